@@ -1,0 +1,98 @@
+use anyhow::Context;
+use oodbox::data::synth::{render_scene, Split};
+use oodbox::detect::image_io::load_rgb;
+use oodbox::detect::DetectOptions;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use super::common::device;
+
+/// Time each stage of detection (median, min and max over --iters runs, after warm-up).
+///
+/// Without --image, a shapes-world scene of --imgsz × --imgsz is used.
+#[derive(clap::Args)]
+pub struct Args {
+    /// YOLOv8 weights (.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image to run on (default: a generated scene).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[arg(long, default_value_t = 640)]
+    imgsz: u32,
+    /// Timed runs.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Write the timings as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Device: cpu, or cuda / cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn stats(ms: &mut [f64]) -> serde_json::Value {
+    ms.sort_by(f64::total_cmp);
+    json!({"median": ms[ms.len() / 2], "min": ms[0], "max": ms[ms.len() - 1], "runs": ms})
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let dev = device(&args.device)?;
+    let detector = oodbox::detect::yolov8::YoloDetector::load(&args.model, &dev)
+        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let image = match &args.image {
+        Some(path) => load_rgb(path)?,
+        None => render_scene(0, Split::TestMixed, 0, args.imgsz, args.imgsz).image,
+    };
+    let options = DetectOptions {
+        imgsz: (args.imgsz, args.imgsz),
+        ..DetectOptions::default()
+    };
+    let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
+    for i in 0..args.warmup + args.iters {
+        let t0 = Instant::now();
+        let (input, geometry) = detector.preprocess(&image, &options)?;
+        let t1 = Instant::now();
+        let output = detector.model().forward(&input)?;
+        dev.synchronize()?;
+        let t2 = Instant::now();
+        let boxes = detector.postprocess(&output, &geometry, &options)?;
+        let t3 = Instant::now();
+        std::hint::black_box(boxes);
+        if i >= args.warmup {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            pre.push(ms(t0, t1));
+            fwd.push(ms(t1, t2));
+            post.push(ms(t2, t3));
+            total.push(ms(t0, t3));
+        }
+    }
+    let report = json!({
+        "model": args.model,
+        "imgsz": args.imgsz,
+        "threads": candle_core::utils::get_num_threads(),
+        "preprocess_ms": stats(&mut pre),
+        "forward_ms": stats(&mut fwd),
+        "postprocess_ms": stats(&mut post),
+        "detect_ms": stats(&mut total),
+    });
+    for key in ["preprocess_ms", "forward_ms", "postprocess_ms", "detect_ms"] {
+        let s = &report[key];
+        eprintln!(
+            "{key:>15}: median {:8.2}  min {:8.2}  max {:8.2}",
+            s["median"].as_f64().unwrap(),
+            s["min"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap()
+        );
+    }
+    if let Some(path) = &args.json {
+        oodbox::data::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

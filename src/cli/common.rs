@@ -1,0 +1,195 @@
+//! What several subcommands share: model loading, detection flags, and the image loop.
+
+use anyhow::Context;
+use candle_core::Device;
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use oodbox::detect::image_io::load_rgb;
+use oodbox::detect::yolov8::YoloDetector;
+use oodbox::detect::{BoxRecord, DetectOptions, Detector};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Flags for loading a detector and running it, shared by `detect` and `extract`.
+#[derive(clap::Args)]
+pub struct DetectorArgs {
+    /// YOLOv8 weights (.safetensors, ultralytics or Candle tensor names).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Class names: an ultralytics data.yaml or a text file with one name a line
+    /// (default: the model file's metadata, else class0, class1, ...).
+    #[arg(long)]
+    pub names: Option<PathBuf>,
+    /// Keep boxes whose confidence is above this.
+    #[arg(long, default_value_t = 0.25)]
+    pub conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, default_value_t = 0.7)]
+    pub iou: f32,
+    /// Input size: one number for a square target, or HEIGHT,WIDTH (padded to multiples of 32).
+    #[arg(long, default_value = "640", value_parser = parse_imgsz)]
+    pub imgsz: (u32, u32),
+    /// At most this many boxes per image.
+    #[arg(long, default_value_t = 300)]
+    pub max_det: usize,
+    /// Class-agnostic NMS.
+    #[arg(long)]
+    pub agnostic_nms: bool,
+    /// Device: cpu, or cuda / cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
+    let parts: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|e| format!("`{p}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [n] if n >= 32 => Ok((n, n)),
+        [h, w] if h >= 32 && w >= 32 => Ok((w, h)),
+        _ => Err("expected N or HEIGHT,WIDTH, each at least 32".into()),
+    }
+}
+
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("unknown device `{name}`: use cpu, cuda or cuda:N"))?,
+                None => anyhow::bail!("unknown device `{name}`: use cpu, cuda or cuda:N"),
+            };
+            Device::new_cuda(ordinal).with_context(|| format!("opening device `{name}`"))
+        }
+    }
+}
+
+impl DetectorArgs {
+    pub fn options(&self, roi_features: bool) -> DetectOptions {
+        DetectOptions {
+            conf: self.conf,
+            iou: self.iou,
+            max_det: self.max_det,
+            agnostic: self.agnostic_nms,
+            imgsz: self.imgsz,
+            roi_features,
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<YoloDetector> {
+        let device = device(&self.device)?;
+        let mut detector = YoloDetector::load(&self.model, &device)
+            .with_context(|| format!("loading the model {}", self.model.display()))?;
+        if let Some(path) = &self.names {
+            let names = oodbox::data::read_class_names(path)?;
+            detector
+                .set_class_names(names)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        Ok(detector)
+    }
+}
+
+/// One processed input.
+pub struct Processed {
+    pub path: PathBuf,
+    pub image: RgbImage,
+    pub boxes: Vec<BoxRecord>,
+}
+
+/// What a run over many images did.
+pub struct RunSummary {
+    pub images: usize,
+    pub boxes: usize,
+    pub failed: Vec<(PathBuf, String)>,
+    pub seconds: f64,
+}
+
+impl RunSummary {
+    pub fn report(&self) {
+        eprintln!(
+            "{} images, {} boxes in {:.2} s ({:.2} images/s){}",
+            self.images,
+            self.boxes,
+            self.seconds,
+            self.images as f64 / self.seconds.max(1e-9),
+            if self.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {} failed", self.failed.len())
+            }
+        );
+    }
+}
+
+/// Runs the detector on every path, reporting and skipping the ones that fail, with a progress
+/// bar. `sink` receives each success in input order; an error from it stops the run.
+pub fn run_images(
+    detector: &dyn Detector,
+    options: &DetectOptions,
+    paths: &[PathBuf],
+    quiet: bool,
+    mut sink: impl FnMut(Processed) -> anyhow::Result<()>,
+) -> anyhow::Result<RunSummary> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(paths.len() as u64)
+    };
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images {per_sec} {elapsed} (eta {eta}) {msg}",
+    )?);
+    let start = Instant::now();
+    let mut summary = RunSummary {
+        images: 0,
+        boxes: 0,
+        failed: Vec::new(),
+        seconds: 0.0,
+    };
+    for path in paths {
+        bar.set_message(short_name(path));
+        match detect_one(detector, options, path) {
+            Ok(processed) => {
+                summary.images += 1;
+                summary.boxes += processed.boxes.len();
+                sink(processed)?;
+            }
+            Err(e) => {
+                bar.suspend(|| eprintln!("warning: skipped {}: {e:#}", path.display()));
+                summary.failed.push((path.clone(), format!("{e:#}")));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn detect_one(
+    detector: &dyn Detector,
+    options: &DetectOptions,
+    path: &Path,
+) -> anyhow::Result<Processed> {
+    let image = load_rgb(path)?;
+    let boxes = detector.detect(&image, options)?;
+    Ok(Processed {
+        path: path.to_path_buf(),
+        image,
+        boxes,
+    })
+}
+
+fn short_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,403 @@
+//! Box sets: per-box features, logits and labels in one safetensors file, from any model.
+//!
+//! Tensors: `features` f32 [N, D], `logits` f32 [N, C], `class_id` i64 [N]; optional `label` i64
+//! [N] (ground-truth class, −1 = unknown), `level` i64 [N], `confidence` f32 [N], `bbox` f32
+//! [N, 4], `image_index` i64 [N], and the head: `head.weight` f32 [C, D] / `head.bias` f32 [C],
+//! or `head.<level>.weight` / `head.<level>.bias` per level. The metadata holds the class names,
+//! the model fingerprint and the source, as JSON strings.
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::detect::{BoxRecord, ClassHead, LinearHead};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BoxSet {
+    /// Row-major [N, D].
+    pub features: Vec<f32>,
+    pub feature_dim: usize,
+    /// Row-major [N, C].
+    pub logits: Vec<f32>,
+    pub num_classes: usize,
+    pub class_id: Vec<i64>,
+    pub label: Option<Vec<i64>>,
+    pub level: Option<Vec<i64>>,
+    pub confidence: Option<Vec<f32>>,
+    pub bbox: Option<Vec<[f32; 4]>>,
+    pub image_index: Option<Vec<i64>>,
+    pub head: Option<ClassHead>,
+    pub class_names: Vec<String>,
+    pub fingerprint: String,
+    pub source: String,
+}
+
+impl BoxSet {
+    pub fn len(&self) -> usize {
+        self.class_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.class_id.is_empty()
+    }
+
+    pub fn feature(&self, i: usize) -> &[f32] {
+        &self.features[i * self.feature_dim..(i + 1) * self.feature_dim]
+    }
+
+    pub fn logit_row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.num_classes..(i + 1) * self.num_classes]
+    }
+
+    /// A box set of detections, with the image each came from.
+    pub fn from_records<'a>(
+        records: impl IntoIterator<Item = (usize, &'a BoxRecord)>,
+        head: &ClassHead,
+        class_names: &[String],
+        fingerprint: &str,
+        source: &str,
+    ) -> Self {
+        let mut set = BoxSet {
+            feature_dim: head.levels.first().map_or(0, |l| l.dim),
+            num_classes: class_names.len(),
+            level: Some(Vec::new()),
+            confidence: Some(Vec::new()),
+            bbox: Some(Vec::new()),
+            image_index: Some(Vec::new()),
+            head: Some(head.clone()),
+            class_names: class_names.to_vec(),
+            fingerprint: fingerprint.to_string(),
+            source: source.to_string(),
+            ..Default::default()
+        };
+        for (image, r) in records {
+            set.features.extend_from_slice(&r.feature);
+            set.logits.extend_from_slice(&r.logits);
+            set.class_id.push(r.class_id as i64);
+            set.level.as_mut().unwrap().push(r.level as i64);
+            set.confidence.as_mut().unwrap().push(r.confidence);
+            set.bbox.as_mut().unwrap().push(r.bbox);
+            set.image_index.as_mut().unwrap().push(image as i64);
+        }
+        set
+    }
+
+    /// Writes the box set, atomically: a temporary file renamed into place.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let n = self.len();
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            (
+                "features".into(),
+                Dtype::F32,
+                vec![n, self.feature_dim],
+                f32_bytes(&self.features),
+            ),
+            (
+                "logits".into(),
+                Dtype::F32,
+                vec![n, self.num_classes],
+                f32_bytes(&self.logits),
+            ),
+            (
+                "class_id".into(),
+                Dtype::I64,
+                vec![n],
+                i64_bytes(&self.class_id),
+            ),
+        ];
+        let optional_i64 = [
+            ("label", &self.label),
+            ("level", &self.level),
+            ("image_index", &self.image_index),
+        ];
+        for (name, values) in optional_i64 {
+            if let Some(v) = values {
+                tensors.push((name.into(), Dtype::I64, vec![n], i64_bytes(v)));
+            }
+        }
+        if let Some(c) = &self.confidence {
+            tensors.push(("confidence".into(), Dtype::F32, vec![n], f32_bytes(c)));
+        }
+        if let Some(b) = &self.bbox {
+            let flat: Vec<f32> = b.iter().flatten().copied().collect();
+            tensors.push(("bbox".into(), Dtype::F32, vec![n, 4], f32_bytes(&flat)));
+        }
+        if let Some(head) = &self.head {
+            for (i, l) in head.levels.iter().enumerate() {
+                let prefix = if head.levels.len() == 1 {
+                    "head".to_string()
+                } else {
+                    format!("head.{i}")
+                };
+                tensors.push((
+                    format!("{prefix}.weight"),
+                    Dtype::F32,
+                    vec![l.classes, l.dim],
+                    f32_bytes(&l.weight),
+                ));
+                tensors.push((
+                    format!("{prefix}.bias"),
+                    Dtype::F32,
+                    vec![l.classes],
+                    f32_bytes(&l.bias),
+                ));
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                let view =
+                    TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| Error::BadInput {
+                        path: path.to_path_buf(),
+                        reason: format!("tensor `{name}`: {e}"),
+                    })?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([
+            (
+                "class_names".to_string(),
+                serde_json::to_string(&self.class_names).expect("strings serialise"),
+            ),
+            ("fingerprint".to_string(), self.fingerprint.clone()),
+            ("source".to_string(), self.source.clone()),
+            ("format".to_string(), "oodbox-boxset-1".to_string()),
+        ]);
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        crate::data::write_atomically(path, &bytes)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let not_safetensors = |reason: String| Error::NotSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let bad = |reason: String| Error::BadInput {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let get = |name: &str| -> Result<Option<RawTensor>> {
+            match file.tensor(name) {
+                Ok(t) => Ok(Some(RawTensor(t.shape().to_vec(), t.dtype(), t.data()))),
+                Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
+                Err(e) => Err(bad(format!("tensor `{name}`: {e}"))),
+            }
+        };
+        let required = |name: &str| {
+            get(name)?.ok_or_else(|| Error::MissingTensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+            })
+        };
+        let as_f32 = |name: &str,
+                      RawTensor(shape, dtype, data): RawTensor|
+         -> Result<(Vec<usize>, Vec<f32>)> {
+            match dtype {
+                Dtype::F32 => Ok((
+                    shape,
+                    data.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                )),
+                Dtype::F64 => Ok((
+                    shape,
+                    data.chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                        .collect(),
+                )),
+                other => Err(bad(format!("tensor `{name}` is {other:?}; expected F32"))),
+            }
+        };
+        let as_i64 = |name: &str,
+                      RawTensor(shape, dtype, data): RawTensor|
+         -> Result<(Vec<usize>, Vec<i64>)> {
+            match dtype {
+                Dtype::I64 => Ok((
+                    shape,
+                    data.chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                )),
+                Dtype::I32 => Ok((
+                    shape,
+                    data.chunks_exact(4)
+                        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+                        .collect(),
+                )),
+                other => Err(bad(format!("tensor `{name}` is {other:?}; expected I64"))),
+            }
+        };
+        let (fshape, features) = as_f32("features", required("features")?)?;
+        let (lshape, logits) = as_f32("logits", required("logits")?)?;
+        let (cshape, class_id) = as_i64("class_id", required("class_id")?)?;
+        if fshape.len() != 2 || lshape.len() != 2 || cshape.len() != 1 {
+            return Err(bad(format!(
+                "expected features [N, D], logits [N, C] and class_id [N]; found {fshape:?}, {lshape:?}, {cshape:?}"
+            )));
+        }
+        let n = cshape[0];
+        if fshape[0] != n || lshape[0] != n {
+            return Err(bad(format!(
+                "features, logits and class_id disagree on the number of boxes: {}, {}, {n}",
+                fshape[0], lshape[0]
+            )));
+        }
+        let vector_i64 = |name: &str| -> Result<Option<Vec<i64>>> {
+            get(name)?
+                .map(|t| {
+                    let (shape, v) = as_i64(name, t)?;
+                    if shape != [n] {
+                        return Err(bad(format!(
+                            "tensor `{name}` has shape {shape:?}; expected [{n}]"
+                        )));
+                    }
+                    Ok(v)
+                })
+                .transpose()
+        };
+        let confidence = get("confidence")?
+            .map(|t| as_f32("confidence", t))
+            .transpose()?
+            .map(|(_, v)| v);
+        let bbox = get("bbox")?
+            .map(|t| as_f32("bbox", t))
+            .transpose()?
+            .map(|(_, v)| {
+                v.chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect()
+            });
+        let mut levels = Vec::new();
+        let mut read_head = |prefix: &str| -> Result<bool> {
+            let (Some(w), Some(b)) = (
+                get(&format!("{prefix}.weight"))?,
+                get(&format!("{prefix}.bias"))?,
+            ) else {
+                return Ok(false);
+            };
+            let (wshape, weight) = as_f32("head weight", w)?;
+            let (_, bias) = as_f32("head bias", b)?;
+            if wshape.len() != 2 || bias.len() != wshape[0] {
+                return Err(bad(format!("`{prefix}.weight` {wshape:?} and `{prefix}.bias` [{}] do not form a linear head", bias.len())));
+            }
+            levels.push(LinearHead {
+                weight,
+                bias,
+                classes: wshape[0],
+                dim: wshape[1],
+            });
+            Ok(true)
+        };
+        if !read_head("head")? {
+            let mut i = 0;
+            while read_head(&format!("head.{i}"))? {
+                i += 1;
+            }
+        }
+        let class_names = match meta.get("class_names") {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| bad(format!("metadata `class_names`: {e}")))?,
+            None => (0..lshape[1]).map(|i| format!("class{i}")).collect(),
+        };
+        Ok(BoxSet {
+            features,
+            feature_dim: fshape[1],
+            logits,
+            num_classes: lshape[1],
+            class_id,
+            label: vector_i64("label")?,
+            level: vector_i64("level")?,
+            confidence,
+            bbox,
+            image_index: vector_i64("image_index")?,
+            head: (!levels.is_empty()).then_some(ClassHead { levels }),
+            class_names,
+            fingerprint: meta.get("fingerprint").cloned().unwrap_or_default(),
+            source: meta.get("source").cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// A tensor as stored: shape, dtype and little-endian bytes.
+struct RawTensor<'a>(Vec<usize>, Dtype, &'a [u8]);
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn i64_bytes(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(class_id: usize, level: u8) -> BoxRecord {
+        BoxRecord {
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            class_id,
+            confidence: 0.5,
+            logits: vec![0.1, -0.2],
+            feature: vec![1.0, 2.0, 3.0],
+            level,
+            anchor: 7,
+            roi_feature: None,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let head = ClassHead {
+            levels: (0..3)
+                .map(|i| LinearHead {
+                    weight: vec![i as f32; 6],
+                    bias: vec![0.5; 2],
+                    classes: 2,
+                    dim: 3,
+                })
+                .collect(),
+        };
+        let records = [record(0, 0), record(1, 2)];
+        let names = vec!["a".to_string(), "b".to_string()];
+        let set = BoxSet::from_records(
+            records.iter().enumerate(),
+            &head,
+            &names,
+            "sha256:x",
+            "test",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boxes.safetensors");
+        set.save(&path).unwrap();
+        assert_eq!(BoxSet::load(&path).unwrap(), set);
+    }
+
+    #[test]
+    fn missing_tensors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial.safetensors");
+        let bytes = f32_bytes(&[1.0, 2.0]);
+        let view = TensorView::new(Dtype::F32, vec![1, 2], &bytes).unwrap();
+        std::fs::write(
+            &path,
+            safetensors::serialize([("features", view)], None).unwrap(),
+        )
+        .unwrap();
+        let err = BoxSet::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("logits") && err.contains("partial.safetensors"),
+            "{err}"
+        );
+    }
+}

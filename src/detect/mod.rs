@@ -1,0 +1,97 @@
+//! Detectors and what they hand over for every kept box.
+
+pub mod image_io;
+pub mod letterbox;
+pub mod nms;
+pub mod roi_align;
+pub mod yolov8;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// One detection with everything an OOD scorer needs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BoxRecord {
+    /// x1, y1, x2, y2 in original image pixels.
+    pub bbox: [f32; 4],
+    pub class_id: usize,
+    pub confidence: f32,
+    /// Raw logits of every class, as the head produced them (pre-sigmoid for YOLO).
+    pub logits: Vec<f32>,
+    /// The input of the final linear classifier at this box (YOLO: the class-branch feature at
+    /// the box's anchor cell).
+    pub feature: Vec<f32>,
+    /// Pyramid level (YOLO: 0, 1, 2 for strides 8, 16, 32).
+    pub level: u8,
+    /// Anchor index over all levels (YOLO) or query index (DETR).
+    pub anchor: u32,
+    /// The neck map of the box's level, ROI-aligned on the box, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roi_feature: Option<Vec<f32>>,
+}
+
+/// A linear classifier `logits = weight · feature + bias`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearHead {
+    /// Row-major `(classes, dim)`.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub classes: usize,
+    pub dim: usize,
+}
+
+impl LinearHead {
+    pub fn logits(&self, feature: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks_exact(self.dim)
+            .zip(&self.bias)
+            .map(|(row, b)| row.iter().zip(feature).map(|(w, f)| w * f).sum::<f32>() + b)
+            .collect()
+    }
+}
+
+/// The final classifier(s) of a detector: one per pyramid level for YOLO, one for DETR.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassHead {
+    pub levels: Vec<LinearHead>,
+}
+
+/// Post-processing settings; the defaults are ultralytics `predict`'s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectOptions {
+    /// Keep boxes whose confidence is strictly above this.
+    pub conf: f32,
+    /// NMS suppresses boxes whose IoU with a kept box is strictly above this.
+    pub iou: f32,
+    pub max_det: usize,
+    /// Suppress across classes.
+    pub agnostic: bool,
+    /// Target input size (width, height) before rect padding.
+    pub imgsz: (u32, u32),
+    /// Also ROI-align the neck map on every box.
+    pub roi_features: bool,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        DetectOptions {
+            conf: 0.25,
+            iou: 0.7,
+            max_det: 300,
+            agnostic: false,
+            imgsz: (640, 640),
+            roi_features: false,
+        }
+    }
+}
+
+/// A detector that keeps, for every box, its logits and feature.
+pub trait Detector: Send + Sync {
+    fn detect(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<BoxRecord>>;
+    fn class_names(&self) -> &[String];
+    fn head(&self) -> &ClassHead;
+    /// Identifies the weights, so that a scorer fitted for one model refuses another's boxes.
+    fn fingerprint(&self) -> &str;
+}

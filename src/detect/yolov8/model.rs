@@ -1,0 +1,514 @@
+//! The YOLOv8 detection network (ultralytics `yolov8.yaml` layout) with BatchNorm folded into
+//! the convolutions, returning raw head outputs and the per-level class-branch features.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Module, Shape, Tensor};
+use candle_nn::init::DEFAULT_KAIMING_NORMAL;
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
+
+use super::arch::{Arch, C2fArch, Naming, SppfArch};
+use crate::error::{Error, Result};
+
+/// ultralytics `Conv` uses BatchNorm2d(eps=1e-3).
+const BN_EPS: f64 = 1e-3;
+
+/// Conv2d without bias + BatchNorm (folded at load) + SiLU; padding k/2.
+#[derive(Debug, Clone)]
+struct ConvBlock {
+    conv: Conv2d,
+}
+
+impl ConvBlock {
+    fn load(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+    ) -> candle_core::Result<Self> {
+        let config = Conv2dConfig {
+            padding: k / 2,
+            stride,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d_no_bias(c_in, c_out, k, config, vb.pp("conv"))?;
+        let bn = candle_nn::batch_norm(c_out, BN_EPS, vb.pp("bn"))?;
+        Ok(Self {
+            conv: conv.absorb_bn(&bn)?,
+        })
+    }
+}
+
+impl Module for ConvBlock {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.conv.forward(x)?.silu()
+    }
+}
+
+/// Two 3×3 convolutions of width `c`, with a residual add in the backbone.
+#[derive(Debug, Clone)]
+struct Bottleneck {
+    cv1: ConvBlock,
+    cv2: ConvBlock,
+    shortcut: bool,
+}
+
+impl Bottleneck {
+    fn load(vb: VarBuilder, c: usize, shortcut: bool) -> candle_core::Result<Self> {
+        Ok(Self {
+            cv1: ConvBlock::load(vb.pp("cv1"), c, c, 3, 1)?,
+            cv2: ConvBlock::load(vb.pp("cv2"), c, c, 3, 1)?,
+            shortcut,
+        })
+    }
+}
+
+impl Module for Bottleneck {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
+        if self.shortcut {
+            y + x
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct C2f {
+    cv1: ConvBlock,
+    bottlenecks: Vec<Bottleneck>,
+    cv2: ConvBlock,
+}
+
+impl C2f {
+    fn load(vb: VarBuilder, c_in: usize, a: C2fArch, shortcut: bool) -> candle_core::Result<Self> {
+        let bottlenecks = (0..a.n)
+            .map(|j| Bottleneck::load(vb.pp(format!("bottleneck.{j}")), a.hidden, shortcut))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            cv1: ConvBlock::load(vb.pp("cv1"), c_in, 2 * a.hidden, 1, 1)?,
+            bottlenecks,
+            cv2: ConvBlock::load(vb.pp("cv2"), (2 + a.n) * a.hidden, a.c_out, 1, 1)?,
+        })
+    }
+}
+
+impl Module for C2f {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut ys = self.cv1.forward(x)?.chunk(2, 1)?;
+        for bottleneck in &self.bottlenecks {
+            let y = bottleneck.forward(&ys[ys.len() - 1])?;
+            ys.push(y);
+        }
+        self.cv2.forward(&Tensor::cat(&ys, 1)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Sppf {
+    cv1: ConvBlock,
+    cv2: ConvBlock,
+}
+
+impl Sppf {
+    fn load(vb: VarBuilder, c_in: usize, a: SppfArch) -> candle_core::Result<Self> {
+        Ok(Self {
+            cv1: ConvBlock::load(vb.pp("cv1"), c_in, a.hidden, 1, 1)?,
+            cv2: ConvBlock::load(vb.pp("cv2"), 4 * a.hidden, a.c_out, 1, 1)?,
+        })
+    }
+}
+
+/// MaxPool2d(k=5, s=1, p=2) with PyTorch's −∞ padding. Replicating the edge gives the same
+/// maxima: every window that reaches into the padding also contains the edge value it copies.
+fn max_pool5(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.pad_with_same(2, 2, 2)?
+        .pad_with_same(3, 2, 2)?
+        .max_pool2d_with_stride(5, 1)
+}
+
+impl Module for Sppf {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.cv1.forward(x)?;
+        let y1 = max_pool5(&x)?;
+        let y2 = max_pool5(&y1)?;
+        let y3 = max_pool5(&y2)?;
+        self.cv2.forward(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)
+    }
+}
+
+/// Layers 0–9 (`net.`).
+#[derive(Debug, Clone)]
+struct Backbone {
+    b1_0: ConvBlock,
+    b1_1: ConvBlock,
+    b2_0: C2f,
+    b2_1: ConvBlock,
+    b2_2: C2f,
+    b3_0: ConvBlock,
+    b3_1: C2f,
+    b4_0: ConvBlock,
+    b4_1: C2f,
+    b5_0: Sppf,
+}
+
+impl Backbone {
+    fn load(vb: VarBuilder, a: &Arch) -> candle_core::Result<Self> {
+        Ok(Self {
+            b1_0: ConvBlock::load(vb.pp("b1.0"), 3, a.b1_0, 3, 2)?,
+            b1_1: ConvBlock::load(vb.pp("b1.1"), a.b1_0, a.b1_1, 3, 2)?,
+            b2_0: C2f::load(vb.pp("b2.0"), a.b1_1, a.b2_0, true)?,
+            b2_1: ConvBlock::load(vb.pp("b2.1"), a.b2_0.c_out, a.b2_1, 3, 2)?,
+            b2_2: C2f::load(vb.pp("b2.2"), a.b2_1, a.b2_2, true)?,
+            b3_0: ConvBlock::load(vb.pp("b3.0"), a.b2_2.c_out, a.b3_0, 3, 2)?,
+            b3_1: C2f::load(vb.pp("b3.1"), a.b3_0, a.b3_1, true)?,
+            b4_0: ConvBlock::load(vb.pp("b4.0"), a.b3_1.c_out, a.b4_0, 3, 2)?,
+            b4_1: C2f::load(vb.pp("b4.1"), a.b4_0, a.b4_1, true)?,
+            b5_0: Sppf::load(vb.pp("b5.0"), a.b4_1.c_out, a.b5_0)?,
+        })
+    }
+
+    /// (P3, P4, P5) at strides 8, 16, 32.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let x = self.b1_1.forward(&self.b1_0.forward(x)?)?;
+        let x = self.b2_1.forward(&self.b2_0.forward(&x)?)?;
+        let p3 = self.b2_2.forward(&x)?;
+        let p4 = self.b3_1.forward(&self.b3_0.forward(&p3)?)?;
+        let x = self.b4_1.forward(&self.b4_0.forward(&p4)?)?;
+        let p5 = self.b5_0.forward(&x)?;
+        Ok((p3, p4, p5))
+    }
+}
+
+/// Layers 10–21 (`fpn.`): top-down then bottom-up path aggregation.
+#[derive(Debug, Clone)]
+struct Neck {
+    n1: C2f,
+    n2: C2f,
+    n3: ConvBlock,
+    n4: C2f,
+    n5: ConvBlock,
+    n6: C2f,
+}
+
+fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(2 * h, 2 * w)
+}
+
+impl Neck {
+    fn load(vb: VarBuilder, a: &Arch) -> candle_core::Result<Self> {
+        let (p3, p4, p5) = (a.b2_2.c_out, a.b3_1.c_out, a.b5_0.c_out);
+        Ok(Self {
+            n1: C2f::load(vb.pp("n1"), p5 + p4, a.n1, false)?,
+            n2: C2f::load(vb.pp("n2"), a.n1.c_out + p3, a.n2, false)?,
+            n3: ConvBlock::load(vb.pp("n3"), a.n2.c_out, a.n3, 3, 2)?,
+            n4: C2f::load(vb.pp("n4"), a.n3 + a.n1.c_out, a.n4, false)?,
+            n5: ConvBlock::load(vb.pp("n5"), a.n4.c_out, a.n5, 3, 2)?,
+            n6: C2f::load(vb.pp("n6"), a.n5 + p5, a.n6, false)?,
+        })
+    }
+
+    /// Head inputs (layers 15, 18, 21). Concat orders follow `yolov8.yaml`.
+    fn forward(&self, p3: &Tensor, p4: &Tensor, p5: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+        let n1 = self.n1.forward(&Tensor::cat(&[&upsample2(p5)?, p4], 1)?)?;
+        let n2 = self.n2.forward(&Tensor::cat(&[&upsample2(&n1)?, p3], 1)?)?;
+        let n4 = self
+            .n4
+            .forward(&Tensor::cat(&[&self.n3.forward(&n2)?, &n1], 1)?)?;
+        let n6 = self
+            .n6
+            .forward(&Tensor::cat(&[&self.n5.forward(&n4)?, p5], 1)?)?;
+        Ok([n2, n4, n6])
+    }
+}
+
+/// One Detect branch of one level: two 3×3 ConvBlocks then a 1×1 conv with bias, kept as the
+/// linear map it is so that the class head can be handed out as (W, b).
+#[derive(Debug, Clone)]
+struct Branch {
+    cv0: ConvBlock,
+    cv1: ConvBlock,
+    /// `(c_out, hidden)`.
+    weight: Tensor,
+    /// `(c_out,)`.
+    bias: Tensor,
+}
+
+impl Branch {
+    fn load(vb: VarBuilder, c_in: usize, hidden: usize, c_out: usize) -> candle_core::Result<Self> {
+        let weight = vb
+            .get_with_hints((c_out, hidden, 1, 1), "2.weight", DEFAULT_KAIMING_NORMAL)?
+            .reshape((c_out, hidden))?;
+        let bound = 1. / (hidden as f64).sqrt();
+        let bias = vb.get_with_hints(
+            c_out,
+            "2.bias",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        Ok(Self {
+            cv0: ConvBlock::load(vb.pp("0"), c_in, hidden, 3, 1)?,
+            cv1: ConvBlock::load(vb.pp("1"), hidden, hidden, 3, 1)?,
+            weight,
+            bias,
+        })
+    }
+
+    /// Input of the final 1×1 conv, `(B, hidden, H, W)`.
+    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.cv1.forward(&self.cv0.forward(x)?)
+    }
+
+    /// The final 1×1 conv on flattened positions: `(B, c_out, H·W)`.
+    fn project(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        self.weight
+            .broadcast_matmul(&features.flatten_from(2)?)?
+            .broadcast_add(&self.bias.unsqueeze(1)?)
+    }
+}
+
+/// Layer 22 (`head.`): per level a box branch (`cv2`) and a class branch (`cv3`).
+#[derive(Debug, Clone)]
+struct Head {
+    boxes: Vec<Branch>,
+    classes: Vec<Branch>,
+}
+
+impl Head {
+    fn load(vb: VarBuilder, a: &Arch) -> candle_core::Result<Self> {
+        let h = a.head;
+        let channels = a.level_channels();
+        let boxes = (0..3)
+            .map(|i| {
+                let vb = vb.pp(format!("cv2.{i}"));
+                Branch::load(vb, channels[i], h.box_hidden, 4 * h.reg_max)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let classes = (0..3)
+            .map(|i| Branch::load(vb.pp(format!("cv3.{i}")), channels[i], h.cls_hidden, h.nc))
+            .collect::<candle_core::Result<_>>()?;
+        // The DFL weights are the fixed bins 0..reg_max and `decode_boxes` uses them directly;
+        // the tensor is only requested so that files lacking it are rejected as incomplete.
+        vb.get_with_hints((1, h.reg_max, 1, 1), "dfl.conv.weight", Init::Const(0.))?;
+        Ok(Self { boxes, classes })
+    }
+}
+
+/// Raw outputs of one forward pass.
+#[derive(Debug, Clone)]
+pub struct YoloOutput {
+    /// `(B, 4·reg_max, A)` raw DFL logits; levels concatenated P3, P4, P5, anchors row-major.
+    pub box_logits: Tensor,
+    /// `(B, nc, A)` pre-sigmoid class logits.
+    pub cls_logits: Tensor,
+    /// Per level `(B, c3, H_i, W_i)`: output of `cv3[i].1` (after SiLU), input of `cv3[i].2`.
+    pub cls_features: Vec<Tensor>,
+    /// Per level the head inputs (layers 15, 18, 21).
+    pub neck: Vec<Tensor>,
+    /// `(H_i, W_i)` per level.
+    pub level_shapes: Vec<(usize, usize)>,
+}
+
+/// YOLOv8 detection network.
+#[derive(Debug, Clone)]
+pub struct YoloV8 {
+    backbone: Backbone,
+    neck: Neck,
+    head: Head,
+    arch: Arch,
+    /// The safetensors `__metadata__` (class names under `names`, a JSON list); empty for
+    /// models built with [`YoloV8::load`].
+    pub metadata: HashMap<String, String>,
+}
+
+impl YoloV8 {
+    /// Builds the network from `vb` in Candle naming (use `rename_f` with
+    /// [`Naming::file_name`] for ultralytics names).
+    pub fn load(vb: VarBuilder, arch: &Arch) -> Result<Self> {
+        Ok(Self {
+            backbone: Backbone::load(vb.pp("net"), arch)?,
+            neck: Neck::load(vb.pp("fpn"), arch)?,
+            head: Head::load(vb.pp("head"), arch)?,
+            arch: arch.clone(),
+            metadata: HashMap::new(),
+        })
+    }
+
+    /// Loads a safetensors file in either naming convention and any float dtype, computing
+    /// in F32 on `device`. The architecture is inferred from the tensor shapes.
+    pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self> {
+        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is mapped read-only; like every mmap, it must not be modified while
+        // the model loads (the weights are copied out by then).
+        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: match e {
+                candle_core::Error::WithPath { inner, .. } => inner.to_string(),
+                e => e.to_string(),
+            },
+        })?;
+        let shapes: HashMap<String, Vec<usize>> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        let (arch, naming) = Arch::infer(&shapes, path)?;
+        let metadata = read_metadata(path)?;
+        let failure = Arc::new(Mutex::new(None));
+        let backend = CheckedFile {
+            file,
+            naming,
+            path: path.to_path_buf(),
+            failure: failure.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let model = Self::load(vb, &arch)
+            .map_err(|e| failure.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))?;
+        Ok(Self { metadata, ..model })
+    }
+
+    /// `x`: `(B, 3, H, W)` F32, H and W multiples of 32.
+    pub fn forward(&self, x: &Tensor) -> Result<YoloOutput> {
+        let (_, _, h, w) = x.dims4()?;
+        if h % 32 != 0 || w % 32 != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "YOLOv8 input is {h}×{w}; height and width must be multiples of 32"
+            ))
+            .into());
+        }
+        let (p3, p4, p5) = self.backbone.forward(x)?;
+        let neck = self.neck.forward(&p3, &p4, &p5)?;
+        let (mut box_logits, mut cls_logits) = (Vec::new(), Vec::new());
+        let (mut cls_features, mut level_shapes) = (Vec::new(), Vec::new());
+        for ((x, boxes), classes) in neck.iter().zip(&self.head.boxes).zip(&self.head.classes) {
+            let (_, _, h, w) = x.dims4()?;
+            box_logits.push(boxes.project(&boxes.features(x)?)?);
+            let features = classes.features(x)?;
+            cls_logits.push(classes.project(&features)?);
+            cls_features.push(features);
+            level_shapes.push((h, w));
+        }
+        Ok(YoloOutput {
+            box_logits: Tensor::cat(&box_logits, 2)?,
+            cls_logits: Tensor::cat(&cls_logits, 2)?,
+            cls_features,
+            neck: Vec::from(neck),
+            level_shapes,
+        })
+    }
+
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    pub fn strides(&self) -> [usize; 3] {
+        [8, 16, 32]
+    }
+
+    pub fn nc(&self) -> usize {
+        self.arch.head.nc
+    }
+
+    /// Dimension of the per-box class-branch feature (ultralytics `c3`).
+    pub fn feature_dim(&self) -> usize {
+        self.arch.head.cls_hidden
+    }
+
+    /// Per level the linear class head `(W (nc, c3), b (nc))` of `cv3[i].2`:
+    /// logits = W·feature + b.
+    pub fn class_head(&self) -> Vec<(Tensor, Tensor)> {
+        self.head
+            .classes
+            .iter()
+            .map(|branch| (branch.weight.clone(), branch.bias.clone()))
+            .collect()
+    }
+}
+
+/// Reads the safetensors `__metadata__` map (empty when absent).
+fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    // The header length was validated when the file was mapped.
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice::<Header>(&header)
+        .map(|h| h.metadata)
+        .map_err(|e| Error::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: format!("__metadata__ is not a map of strings: {e}"),
+        })
+}
+
+/// A safetensors file seen through Candle names, which records the first missing or misshapen
+/// tensor as a typed error (the `VarBuilder` API can only carry a `candle_core::Error`).
+struct CheckedFile {
+    file: MmapedSafetensors,
+    naming: Naming,
+    path: PathBuf,
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+impl SimpleBackend for CheckedFile {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let name = self.naming.file_name(name);
+        let error = match self.file.get(&name) {
+            Err(_) => Error::MissingTensor {
+                path: self.path.clone(),
+                name,
+            },
+            Ok(view) if view.shape() != shape.dims() => Error::WrongShape {
+                path: self.path.clone(),
+                name,
+                found: view.shape().to_vec(),
+                expected: format!("{:?}", shape.dims()),
+            },
+            Ok(_) => return self.file.load(&name, device)?.to_dtype(dtype),
+        };
+        let message = error.to_string();
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(error);
+        }
+        Err(candle_core::Error::Msg(message))
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.file
+            .load(&self.naming.file_name(name), device)?
+            .to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.file.get(&self.naming.file_name(name)).is_ok()
+    }
+}

@@ -1,0 +1,50 @@
+//! Typed errors of the library. Every variant names the file or the item at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a safetensors file ({reason})")]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: missing tensor `{name}`")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected}")]
+    WrongShape {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: String,
+    },
+    #[error("{path}: {reason}")]
+    BadModel { path: PathBuf, reason: String },
+    #[error("{path}: cannot decode image ({reason})")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    BadInput { path: PathBuf, reason: String },
+    /// Evaluation input that no metric can be computed from (empty score set, NaN, a class id
+    /// out of range); `item` names the argument at fault.
+    #[error("{item}: {reason}")]
+    Eval { item: String, reason: String },
+    /// A plot that could not be drawn or written.
+    #[error("{path}: cannot draw plot ({reason})")]
+    Plot { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
