@@ -76,7 +76,8 @@ def main():
         "seed": args.seed,
         "val_map50": round(float(metrics.box.map50), 4),
         "val_map50_95": round(float(metrics.box.map), 4),
-        "epochs_run": int(torch.load(pt, weights_only=False).get("epoch", -1)) + 1,
+        # The stripped best.pt no longer knows its epoch; the training log does.
+        "epochs_run": sum(1 for _ in open(os.path.join(os.path.dirname(pt), "..", "results.csv"))) - 1,
     }
     print(json.dumps(provenance))
     export_state_dict(pt, args.out, provenance)

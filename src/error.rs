@@ -34,8 +34,14 @@ pub enum Error {
     /// A plot that could not be drawn or written.
     #[error("{path}: cannot draw plot ({reason})")]
     Plot { path: PathBuf, reason: String },
+    #[error("calibration: {0}")]
+    Calibration(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An OOD scorer could not be built, fitted, restored or applied: unknown name or
+    /// parameter, bad input box (non-finite value, dimension mismatch), not fitted, bad state.
+    #[error("scorer `{scorer}`: {reason}")]
+    Scorer { scorer: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,18 +4,27 @@ use anyhow::Context;
 use candle_core::Device;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use oodbox::data::dataset::Dataset;
+use oodbox::data::extraction::{extract, Extraction};
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::yolov8::YoloDetector;
 use oodbox::detect::{BoxRecord, DetectOptions, Detector};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Flags for loading a detector and running it, shared by `detect` and `extract`.
+/// The model flag and the detection flags, for commands that always run a detector.
 #[derive(clap::Args)]
 pub struct DetectorArgs {
     /// YOLOv8 weights (.safetensors, ultralytics or Candle tensor names).
     #[arg(long)]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub flags: DetectFlags,
+}
+
+/// How to run a detector: class names, thresholds, input size, device.
+#[derive(clap::Args)]
+pub struct DetectFlags {
     /// Class names: an ultralytics data.yaml or a text file with one name a line
     /// (default: the model file's metadata, else class0, class1, ...).
     #[arg(long)]
@@ -73,6 +82,12 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 }
 
 impl DetectorArgs {
+    pub fn load(&self) -> anyhow::Result<YoloDetector> {
+        self.flags.load(&self.model)
+    }
+}
+
+impl DetectFlags {
     pub fn options(&self, roi_features: bool) -> DetectOptions {
         DetectOptions {
             conf: self.conf,
@@ -84,10 +99,10 @@ impl DetectorArgs {
         }
     }
 
-    pub fn load(&self) -> anyhow::Result<YoloDetector> {
+    pub fn load(&self, model: &Path) -> anyhow::Result<YoloDetector> {
         let device = device(&self.device)?;
-        let mut detector = YoloDetector::load(&self.model, &device)
-            .with_context(|| format!("loading the model {}", self.model.display()))?;
+        let mut detector = YoloDetector::load(model, &device)
+            .with_context(|| format!("loading the model {}", model.display()))?;
         if let Some(path) = &self.names {
             let names = oodbox::data::read_class_names(path)?;
             detector
@@ -174,6 +189,33 @@ pub fn run_images(
     Ok(summary)
 }
 
+/// Runs the detector over a dataset with a progress bar, reporting the images that fail.
+pub fn extract_dataset(
+    detector: &dyn Detector,
+    dataset: &Dataset,
+    options: &DetectOptions,
+    quiet: bool,
+    source: &str,
+) -> anyhow::Result<Extraction> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(dataset.images.len() as u64)
+    };
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images {per_sec} {elapsed} (eta {eta}) {msg}",
+    )?);
+    let extraction = extract(detector, dataset, options, source, &mut |path, error| {
+        if let Some(e) = error {
+            bar.suspend(|| eprintln!("warning: skipped {}: {e}", path.display()));
+        }
+        bar.set_message(short_name(path));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    Ok(extraction)
+}
+
 fn detect_one(
     detector: &dyn Detector,
     options: &DetectOptions,
@@ -192,4 +234,66 @@ fn short_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// `name=value`, for --param.
+pub fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}`: expected name=value")),
+    }
+}
+
+/// Where annotated images go: one PNG per input, named after it, never over an input.
+pub struct OutputFolder {
+    dir: PathBuf,
+    inputs: std::collections::HashSet<PathBuf>,
+    used: std::collections::HashSet<PathBuf>,
+}
+
+impl OutputFolder {
+    pub fn new(dir: &Path, inputs: &[PathBuf]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the output folder {}", dir.display()))?;
+        let probe = dir.join(format!(".oodbox-write-test-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("the output folder {} is not writable", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        Ok(OutputFolder {
+            dir: dir.to_path_buf(),
+            inputs: inputs.iter().map(|p| canonical(p)).collect(),
+            used: Default::default(),
+        })
+    }
+
+    /// Writes `image` as `<input stem>.png`, adding `_1`, `_2`, ... when that name is taken by
+    /// an earlier output or by an input.
+    pub fn write(&mut self, input: &Path, image: &RgbImage) -> anyhow::Result<PathBuf> {
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let mut path = self.dir.join(format!("{stem}.png"));
+        let mut n = 0;
+        while self.used.contains(&path)
+            || self
+                .inputs
+                .contains(&path.canonicalize().unwrap_or_else(|_| path.clone()))
+        {
+            n += 1;
+            path = self.dir.join(format!("{stem}_{n}.png"));
+        }
+        let mut bytes = Vec::new();
+        image
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .with_context(|| format!("encoding {}", path.display()))?;
+        oodbox::data::write_atomically(&path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.used.insert(path.clone());
+        Ok(path)
+    }
 }

@@ -1,51 +1,83 @@
 use anyhow::Context;
-use oodbox::data::boxset::BoxSet;
+use oodbox::data::dataset::{self, Dataset, LabelledImage};
 use oodbox::data::inputs::collect_images;
-use oodbox::detect::{BoxRecord, Detector};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::common::{run_images, DetectorArgs};
+use super::common::{extract_dataset, DetectorArgs};
 
 /// Run the detector and write every kept box's feature, logits and class as a box set
-/// (.safetensors), with the model's class head, for fitting and scoring.
+/// (.safetensors), with the model's class heads, for fitting, scoring and evaluation.
+///
+/// With --data, boxes are labelled by the dataset's ground truth (IoU ≥ 0.5, greedy by
+/// confidence): `label` is the matched object's class, -1 for an unknown object, -2 for none.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     detector: DetectorArgs,
     /// Image files, folders (searched recursively) or glob patterns.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "data", conflicts_with = "data")]
     input: Vec<PathBuf>,
+    /// A dataset with ground truth: an ultralytics data.yaml or a COCO json.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The data.yaml split to read.
+    #[arg(long, default_value = "val")]
+    split: String,
     /// The box set to write.
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let paths = collect_images(&args.input)?;
+    let data = match &args.data {
+        Some(path) => dataset::open(path, &args.split)
+            .with_context(|| format!("reading the dataset {}", path.display()))?,
+        None => Dataset {
+            class_names: None,
+            images: collect_images(&args.input)?
+                .into_iter()
+                .map(|path| LabelledImage {
+                    path,
+                    objects: None,
+                })
+                .collect(),
+        },
+    };
     let detector = args.detector.load()?;
-    let options = args.detector.options(false);
-    let mut records: Vec<(usize, BoxRecord)> = Vec::new();
-    let mut image_index = 0;
-    let summary = run_images(&detector, &options, &paths, args.detector.quiet, |p| {
-        records.extend(p.boxes.into_iter().map(|b| (image_index, b)));
-        image_index += 1;
-        Ok(())
-    })?;
-    let set = BoxSet::from_records(
-        records.iter().map(|(i, r)| (*i, r)),
-        detector.head(),
-        detector.class_names(),
-        detector.fingerprint(),
-        &format!("oodbox extract --model {}", args.detector.model.display()),
-    );
-    set.save(&args.out)
+    let options = args.detector.flags.options(false);
+    let source = match &args.data {
+        Some(d) => format!(
+            "oodbox extract --model {} --data {} --split {}",
+            args.detector.model.display(),
+            d.display(),
+            args.split
+        ),
+        None => format!("oodbox extract --model {}", args.detector.model.display()),
+    };
+    let start = std::time::Instant::now();
+    let extraction = extract_dataset(
+        &detector,
+        &data,
+        &options,
+        args.detector.flags.quiet,
+        &source,
+    )?;
+    extraction
+        .boxes
+        .save(&args.out)
         .with_context(|| format!("writing the box set to {}", args.out.display()))?;
-    if !args.detector.quiet {
-        summary.report();
-        eprintln!("wrote {} boxes to {}", set.len(), args.out.display());
+    if !args.detector.flags.quiet {
+        eprintln!(
+            "{} images ({} failed), {} boxes in {:.1} s; wrote {}",
+            extraction.images.len(),
+            extraction.failed.len(),
+            extraction.boxes.len(),
+            start.elapsed().as_secs_f64(),
+            args.out.display()
+        );
     }
-    Ok(if summary.failed.is_empty() {
+    Ok(if extraction.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 mod bench;
 mod common;
 mod detect;
+mod eval;
 mod extract;
+mod fit;
+mod score;
 mod synth;
 
 /// Open-set recognition for object detectors: per-box logits, features and OOD confidence.
@@ -20,6 +23,9 @@ enum Command {
     Bench(bench::Args),
     Detect(detect::Args),
     Extract(extract::Args),
+    Fit(fit::Args),
+    Score(score::Args),
+    Eval(eval::Args),
     Synth(synth::Args),
 }
 
@@ -28,6 +34,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Detect(args) => detect::run(args),
         Command::Extract(args) => extract::run(args),
+        Command::Fit(args) => fit::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Synth(args) => synth::run(args),
     }
 }

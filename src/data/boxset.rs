@@ -51,6 +51,104 @@ impl BoxSet {
         &self.logits[i * self.num_classes..(i + 1) * self.num_classes]
     }
 
+    /// The boxes at `indices`, in that order, with the same head and metadata.
+    pub fn subset(&self, indices: &[usize]) -> BoxSet {
+        let pick_i64 =
+            |v: &Option<Vec<i64>>| v.as_ref().map(|v| indices.iter().map(|&i| v[i]).collect());
+        BoxSet {
+            features: indices
+                .iter()
+                .flat_map(|&i| self.feature(i).iter().copied())
+                .collect(),
+            feature_dim: self.feature_dim,
+            logits: indices
+                .iter()
+                .flat_map(|&i| self.logit_row(i).iter().copied())
+                .collect(),
+            num_classes: self.num_classes,
+            class_id: indices.iter().map(|&i| self.class_id[i]).collect(),
+            label: pick_i64(&self.label),
+            level: pick_i64(&self.level),
+            confidence: self
+                .confidence
+                .as_ref()
+                .map(|v| indices.iter().map(|&i| v[i]).collect()),
+            bbox: self
+                .bbox
+                .as_ref()
+                .map(|v| indices.iter().map(|&i| v[i]).collect()),
+            image_index: pick_i64(&self.image_index),
+            head: self.head.clone(),
+            class_names: self.class_names.clone(),
+            fingerprint: self.fingerprint.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// Splits off about `fraction` of the boxes for calibration, whole images at a time when
+    /// `image_index` is known (boxes of one image are not exchangeable with each other), in a
+    /// seeded random order. Returns (rest, held out).
+    pub fn split_holdout(&self, fraction: f64, seed: u64) -> (BoxSet, BoxSet) {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let groups: Vec<i64> = match &self.image_index {
+            Some(v) => v.clone(),
+            None => (0..self.len() as i64).collect(),
+        };
+        let mut unique: Vec<i64> = groups.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        unique.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let take = ((unique.len() as f64) * fraction).round() as usize;
+        let held: std::collections::HashSet<i64> = unique.into_iter().take(take).collect();
+        let (mut rest, mut out) = (Vec::new(), Vec::new());
+        for (i, g) in groups.iter().enumerate() {
+            if held.contains(g) {
+                out.push(i);
+            } else {
+                rest.push(i);
+            }
+        }
+        (self.subset(&rest), self.subset(&out))
+    }
+
+    /// Appends another box set of the same model; image indices are offset to stay distinct.
+    pub fn append(&mut self, other: &BoxSet) -> Result<()> {
+        if other.feature_dim != self.feature_dim || other.num_classes != self.num_classes {
+            return Err(Error::BadInput {
+                path: other.source.clone().into(),
+                reason: format!(
+                    "cannot join box sets of dimensions {}×{} and {}×{}",
+                    self.feature_dim, self.num_classes, other.feature_dim, other.num_classes
+                ),
+            });
+        }
+        let offset = self
+            .image_index
+            .as_ref()
+            .and_then(|v| v.iter().max().map(|m| m + 1))
+            .unwrap_or(0);
+        self.features.extend_from_slice(&other.features);
+        self.logits.extend_from_slice(&other.logits);
+        self.class_id.extend_from_slice(&other.class_id);
+        fn join<T: Clone>(a: &mut Option<Vec<T>>, b: &Option<Vec<T>>) {
+            match (a.as_mut(), b) {
+                (Some(a), Some(b)) => a.extend_from_slice(b),
+                _ => *a = None,
+            }
+        }
+        join(&mut self.label, &other.label);
+        join(&mut self.level, &other.level);
+        join(&mut self.confidence, &other.confidence);
+        join(&mut self.bbox, &other.bbox);
+        let shifted = other
+            .image_index
+            .as_ref()
+            .map(|v| v.iter().map(|i| i + offset).collect::<Vec<_>>());
+        join(&mut self.image_index, &shifted);
+        Ok(())
+    }
+
     /// A box set of detections, with the image each came from.
     pub fn from_records<'a>(
         records: impl IntoIterator<Item = (usize, &'a BoxRecord)>,

@@ -1,6 +1,8 @@
 //! Datasets, box sets, the shapes world, and the files oodbox reads and writes.
 
 pub mod boxset;
+pub mod dataset;
+pub mod extraction;
 pub mod inputs;
 pub mod synth;
 

@@ -1,0 +1,299 @@
+use anyhow::Context;
+use oodbox::data::boxset::BoxSet;
+use oodbox::data::dataset;
+use oodbox::data::extraction::{ExtractedImage, LABEL_UNKNOWN};
+use oodbox::eval::openset::open_set_metrics;
+use oodbox::eval::{ood_metrics, plots, roc_curve, ImagePreds, PredBox, CONVENTION};
+use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use super::common::{extract_dataset, DetectFlags};
+use super::fit::known_objects_only;
+
+/// Evaluate OOD scorers: AUROC, FPR95, AUPR-In and AUPR-Out, with the convention stated.
+///
+/// VOS protocol (--id and --ood): every box from the ID set is ID, every box from the OOD set is
+/// OOD. GT-matched protocol (--mixed, labelled boxes or a dataset with ground truth): boxes
+/// matched to a known object of their predicted class are ID, boxes matched to an unknown
+/// object are OOD; with a dataset, open-set metrics (WI, AOSE, unknown recall) are added.
+/// Sets are box sets (.safetensors) or datasets (data.yaml, COCO json, folder; need --model).
+#[derive(clap::Args)]
+pub struct Args {
+    /// A scorer file, or `all`: fit every scorer on --fit and compare them.
+    #[arg(long)]
+    scorer: String,
+    /// With --scorer all: the ID box set to fit on (20% of its images are held out to calibrate).
+    #[arg(long)]
+    fit: Option<PathBuf>,
+    #[arg(long, requires = "ood")]
+    id: Option<PathBuf>,
+    #[arg(long, requires = "id")]
+    ood: Option<PathBuf>,
+    #[arg(long, required_unless_present = "id")]
+    mixed: Option<PathBuf>,
+    /// Model to run on datasets.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The data.yaml split to read for datasets.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Write the metrics here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write ROC curves, score histograms and a markdown table into this folder.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[command(flatten)]
+    flags: DetectFlags,
+}
+
+struct Set {
+    boxes: BoxSet,
+    images: Option<Vec<ExtractedImage>>,
+}
+
+fn load_set(path: &Path, args: &Args) -> anyhow::Result<Set> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let boxes = BoxSet::load(path)
+            .with_context(|| format!("reading the box set {}", path.display()))?;
+        return Ok(Set {
+            boxes,
+            images: None,
+        });
+    }
+    let model = args
+        .model
+        .as_ref()
+        .with_context(|| format!("{} is a dataset: give --model to run on it", path.display()))?;
+    let detector = args.flags.load(model)?;
+    let set =
+        dataset::open(path, &args.split).with_context(|| format!("reading {}", path.display()))?;
+    let source = format!(
+        "oodbox eval --model {} on {}",
+        model.display(),
+        path.display()
+    );
+    let extraction = extract_dataset(
+        &detector,
+        &set,
+        &args.flags.options(false),
+        args.flags.quiet,
+        &source,
+    )?;
+    Ok(Set {
+        boxes: extraction.boxes,
+        images: Some(extraction.images),
+    })
+}
+
+fn fit_all(fit: &BoxSet) -> anyhow::Result<Vec<(FittedScorer, f64)>> {
+    let fit = known_objects_only(fit.clone());
+    let (train, calibration) = fit.split_holdout(0.2, 0);
+    let mut fitted = Vec::new();
+    let mut candidates: Vec<(&str, Option<&str>)> =
+        oodbox::ood::kinds().iter().map(|k| (*k, None)).collect();
+    candidates.extend(["react", "ash", "scale", "dice"].map(|s| ("energy", Some(s))));
+    for (kind, shaping) in candidates {
+        let start = Instant::now();
+        match FittedScorer::fit(
+            kind,
+            shaping,
+            &[],
+            &train,
+            &calibration,
+            &FitOptions::default(),
+        ) {
+            Ok(f) => fitted.push((f, start.elapsed().as_secs_f64())),
+            Err(e) => eprintln!(
+                "warning: {kind}{}: {e}",
+                shaping.map(|s| format!("+{s}")).unwrap_or_default()
+            ),
+        }
+    }
+    Ok(fitted)
+}
+
+/// Scores and the time per box in microseconds.
+fn timed_scores(scorer: &FittedScorer, boxes: &BoxSet) -> anyhow::Result<(Vec<f64>, f64)> {
+    let start = Instant::now();
+    let scores = scorer.raw_scores(boxes)?;
+    Ok((
+        scores,
+        start.elapsed().as_secs_f64() * 1e6 / boxes.len().max(1) as f64,
+    ))
+}
+
+fn mixed_groups(boxes: &BoxSet) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
+    let labels = boxes.label.as_ref().context(
+        "--mixed needs labelled boxes: a dataset with ground truth, or a box set with `label`",
+    )?;
+    let id = (0..boxes.len())
+        .filter(|&i| labels[i] == boxes.class_id[i])
+        .collect();
+    let ood = (0..boxes.len())
+        .filter(|&i| labels[i] == LABEL_UNKNOWN)
+        .collect();
+    Ok((id, ood))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let scorers: Vec<(FittedScorer, Option<f64>)> = if args.scorer == "all" {
+        let path = args
+            .fit
+            .as_ref()
+            .context("--scorer all needs --fit ID.safetensors to fit every scorer on")?;
+        let fit = BoxSet::load(path)
+            .with_context(|| format!("reading the box set {}", path.display()))?;
+        fit_all(&fit)?
+            .into_iter()
+            .map(|(f, s)| (f, Some(s)))
+            .collect()
+    } else {
+        let path = Path::new(&args.scorer);
+        vec![(
+            FittedScorer::load(path)
+                .with_context(|| format!("loading the scorer {}", path.display()))?,
+            None,
+        )]
+    };
+    let vos = match (&args.id, &args.ood) {
+        (Some(id), Some(ood)) => Some((load_set(id, &args)?, load_set(ood, &args)?)),
+        _ => None,
+    };
+    let mixed = args
+        .mixed
+        .as_ref()
+        .map(|p| load_set(p, &args))
+        .transpose()?;
+
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    for (scorer, fit_seconds) in &scorers {
+        let name = scorer.name();
+        let mut row = json!({"scorer": name});
+        if let Some(s) = fit_seconds {
+            row["fit_s"] = json!(s);
+        }
+        if let Some((id, ood)) = &vos {
+            let (id_scores, us_id) = timed_scores(scorer, &id.boxes)?;
+            let (ood_scores, us_ood) = timed_scores(scorer, &ood.boxes)?;
+            let m = ood_metrics(&id_scores, &ood_scores)
+                .with_context(|| format!("metrics of {name}"))?;
+            row["vos"] = serde_json::to_value(&m)?;
+            row["score_us_per_box"] = json!((us_id + us_ood) / 2.0);
+            curves.push((format!("{name} (VOS)"), roc_curve(&id_scores, &ood_scores)));
+            if let Some(dir) = &args.report {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                plots::histogram_png(
+                    &dir.join(format!("hist_{name}.png")),
+                    &id_scores,
+                    &ood_scores,
+                    &format!("{name}: ID vs OOD boxes"),
+                )?;
+            }
+        }
+        if let Some(set) = &mixed {
+            let (scores, _) = timed_scores(scorer, &set.boxes)?;
+            let (id_idx, ood_idx) = mixed_groups(&set.boxes)?;
+            let id_scores: Vec<f64> = id_idx.iter().map(|&i| scores[i]).collect();
+            let ood_scores: Vec<f64> = ood_idx.iter().map(|&i| scores[i]).collect();
+            let m = ood_metrics(&id_scores, &ood_scores)
+                .with_context(|| format!("GT-matched metrics of {name}"))?;
+            row["gt_matched"] = serde_json::to_value(&m)?;
+            if let Some(images) = &set.images {
+                let verdicts = scorer.score(&set.boxes, None)?;
+                let mut preds: Vec<ImagePreds> = vec![Vec::new(); images.len()];
+                let image_index = set
+                    .boxes
+                    .image_index
+                    .as_ref()
+                    .context("extracted boxes carry their image")?;
+                for i in 0..set.boxes.len() {
+                    preds[image_index[i] as usize].push(PredBox {
+                        bbox: set
+                            .boxes
+                            .bbox
+                            .as_ref()
+                            .context("extracted boxes carry their bbox")?[i],
+                        class_id: set.boxes.class_id[i] as usize,
+                        confidence: set.boxes.confidence.as_ref().map_or(1.0, |c| c[i] as f64),
+                        is_unknown: verdicts[i].is_ood,
+                    });
+                }
+                let gt: Vec<_> = images
+                    .iter()
+                    .map(|im| im.ground_truth.clone().unwrap_or_default())
+                    .collect();
+                row["open_set"] =
+                    serde_json::to_value(open_set_metrics(&gt, &preds, set.boxes.num_classes)?)?;
+            }
+        }
+        rows.push(row);
+    }
+    if let Some(dir) = &args.report {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let named: Vec<(&str, Vec<(f64, f64)>)> = curves
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.clone()))
+            .collect();
+        if !named.is_empty() {
+            plots::roc_png(&dir.join("roc.png"), &named, "ROC, ID positive")?;
+        }
+        oodbox::data::write_atomically(&dir.join("metrics.md"), markdown(&rows).as_bytes())?;
+    }
+    print!("{}", markdown(&rows));
+    if let Some(path) = &args.json {
+        let doc = if rows.len() == 1 {
+            let mut one = rows[0].clone();
+            // The headline keys at the top level, from the VOS protocol when it ran.
+            if let Some(m) = one.get("vos").or_else(|| one.get("gt_matched")).cloned() {
+                for (k, v) in m.as_object().unwrap() {
+                    one[k] = v.clone();
+                }
+            }
+            one["convention"] = json!(CONVENTION);
+            one
+        } else {
+            json!({"convention": CONVENTION, "scorers": rows})
+        };
+        oodbox::data::write_atomically(
+            path,
+            (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn markdown(rows: &[Value]) -> String {
+    let mut out = String::from(
+        "| scorer | protocol | AUROC | FPR95 | AUPR-In | AUPR-Out | n ID | n OOD | fit s | score µs/box |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        for protocol in ["vos", "gt_matched"] {
+            let Some(m) = row.get(protocol) else { continue };
+            let f = |k: &str| m[k].as_f64().map_or("-".into(), |v| format!("{v:.4}"));
+            out += &format!(
+                "| {} | {protocol} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                row["scorer"].as_str().unwrap_or(""),
+                f("auroc"),
+                f("fpr95"),
+                f("aupr_in"),
+                f("aupr_out"),
+                m["n_id"],
+                m["n_ood"],
+                row["fit_s"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.3}")),
+                row["score_us_per_box"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.2}")),
+            );
+        }
+    }
+    out
+}

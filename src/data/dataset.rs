@@ -1,0 +1,343 @@
+//! Labelled image sets: an ultralytics `data.yaml` split, a COCO json, or a plain image folder.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::data::inputs::collect_images;
+use crate::error::{Error, Result};
+
+/// One ground-truth object. `class` is `None` for an unknown (OOD) object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroundTruth {
+    pub class: Option<usize>,
+    pub bbox: Bbox,
+}
+
+/// YOLO labels are normalised and need the image size; COCO boxes are in pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bbox {
+    /// Centre x, centre y, width, height, as fractions of the image size.
+    NormalisedCxcywh([f32; 4]),
+    /// x1, y1, x2, y2 in pixels.
+    Pixels([f32; 4]),
+}
+
+impl Bbox {
+    pub fn to_pixels(self, width: u32, height: u32) -> [f32; 4] {
+        match self {
+            Bbox::Pixels(b) => b,
+            Bbox::NormalisedCxcywh([cx, cy, w, h]) => {
+                let (iw, ih) = (width as f32, height as f32);
+                [
+                    (cx - w / 2.0) * iw,
+                    (cy - h / 2.0) * ih,
+                    (cx + w / 2.0) * iw,
+                    (cy + h / 2.0) * ih,
+                ]
+            }
+        }
+    }
+}
+
+/// An image and, when the dataset has labels, its objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledImage {
+    pub path: PathBuf,
+    /// `None` when there is no ground truth for this image (a plain folder).
+    pub objects: Option<Vec<GroundTruth>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Class names when the dataset names them.
+    pub class_names: Option<Vec<String>>,
+    pub images: Vec<LabelledImage>,
+}
+
+/// Opens `path`: a `data.yaml` (then `split` picks `train`, `val` or `test`), a COCO `.json`,
+/// or a folder / glob of images without labels.
+pub fn open(path: &Path, split: &str) -> Result<Dataset> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => yolo_split(path, split),
+        Some("json") => coco(path),
+        _ => Ok(Dataset {
+            class_names: None,
+            images: collect_images(&[path.to_path_buf()])?
+                .into_iter()
+                .map(|path| LabelledImage {
+                    path,
+                    objects: None,
+                })
+                .collect(),
+        }),
+    }
+}
+
+fn bad(path: &Path, reason: String) -> Error {
+    Error::BadInput {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// One split of an ultralytics dataset. Image paths are relative to the yaml's `path` key, or
+/// to the yaml's folder; labels live where ultralytics looks: `/images/` → `/labels/`, `.txt`.
+/// A label of class −1 (as `oodbox synth` writes for unknown objects) is an unknown object.
+pub fn yolo_split(yaml: &Path, split: &str) -> Result<Dataset> {
+    let text = std::fs::read_to_string(yaml).map_err(|e| Error::io(yaml, e))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| bad(yaml, format!("invalid YAML: {e}")))?;
+    let names = crate::data::read_class_names(yaml)?;
+    let base = yaml.parent().unwrap_or(Path::new("."));
+    let root = match doc.get("path").and_then(|p| p.as_str()) {
+        Some(p) => base.join(p),
+        None => base.to_path_buf(),
+    };
+    let entries: Vec<String> = match doc.get(split) {
+        Some(serde_yaml::Value::String(s)) => vec![s.clone()],
+        Some(serde_yaml::Value::Sequence(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        _ => {
+            return Err(bad(
+                yaml,
+                format!("no `{split}` split (expected a path or a list of paths)"),
+            ))
+        }
+    };
+    let mut images = Vec::new();
+    for entry in entries {
+        let source = root.join(&entry);
+        let files = if source.extension().is_some_and(|e| e == "txt") {
+            let list = std::fs::read_to_string(&source).map_err(|e| Error::io(&source, e))?;
+            list.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| root.join(l))
+                .collect()
+        } else {
+            collect_images(&[source])?
+        };
+        for path in files {
+            let objects = read_yolo_labels(&label_path(&path), names.len())?;
+            images.push(LabelledImage {
+                path,
+                objects: Some(objects),
+            });
+        }
+    }
+    Ok(Dataset {
+        class_names: Some(names),
+        images,
+    })
+}
+
+fn label_path(image: &Path) -> PathBuf {
+    let text = image.to_string_lossy();
+    let swapped = match text.rfind("/images/") {
+        Some(i) => format!("{}/labels/{}", &text[..i], &text[i + "/images/".len()..]),
+        None => text.into_owned(),
+    };
+    Path::new(&swapped).with_extension("txt")
+}
+
+/// A missing label file means an image without objects, as in ultralytics.
+fn read_yolo_labels(path: &Path, num_classes: usize) -> Result<Vec<GroundTruth>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let parse = |s: &str| {
+                s.parse::<f32>()
+                    .map_err(|e| bad(path, format!("line {}: `{s}`: {e}", n + 1)))
+            };
+            if fields.len() != 5 {
+                return Err(bad(
+                    path,
+                    format!("line {}: expected `class cx cy w h`", n + 1),
+                ));
+            }
+            let class: i64 = fields[0]
+                .parse()
+                .map_err(|e| bad(path, format!("line {}: class `{}`: {e}", n + 1, fields[0])))?;
+            let class = match class {
+                -1 => None,
+                c if c >= 0 && (c as usize) < num_classes => Some(c as usize),
+                c => {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "line {}: class {c} is not in 0..{num_classes} (or -1 for unknown)",
+                            n + 1
+                        ),
+                    ))
+                }
+            };
+            let b = [
+                parse(fields[1])?,
+                parse(fields[2])?,
+                parse(fields[3])?,
+                parse(fields[4])?,
+            ];
+            Ok(GroundTruth {
+                class,
+                bbox: Bbox::NormalisedCxcywh(b),
+            })
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct CocoFile {
+    images: Vec<CocoImage>,
+    #[serde(default)]
+    annotations: Vec<CocoAnnotation>,
+    categories: Vec<CocoCategory>,
+}
+
+#[derive(serde::Deserialize)]
+struct CocoImage {
+    id: i64,
+    file_name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct CocoAnnotation {
+    image_id: i64,
+    category_id: i64,
+    bbox: [f32; 4],
+    #[serde(default)]
+    unknown: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct CocoCategory {
+    id: i64,
+    name: String,
+    #[serde(default)]
+    supercategory: String,
+}
+
+/// A COCO json. Images are found relative to the json's folder, or in
+/// `<json folder>/../images/<json stem>/` (the layout `oodbox synth` writes). Categories whose
+/// supercategory is `near_ood` or `far_ood`, and annotations marked `"unknown": true`, are unknown
+/// objects; the other categories are the classes, in id order.
+pub fn coco(json: &Path) -> Result<Dataset> {
+    let text = std::fs::read_to_string(json).map_err(|e| Error::io(json, e))?;
+    let file: CocoFile =
+        serde_json::from_str(&text).map_err(|e| bad(json, format!("not a COCO json: {e}")))?;
+    let mut known: Vec<&CocoCategory> = file
+        .categories
+        .iter()
+        .filter(|c| !matches!(c.supercategory.as_str(), "near_ood" | "far_ood"))
+        .collect();
+    known.sort_by_key(|c| c.id);
+    let class_of: HashMap<i64, usize> = known.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+    let dir = json.parent().unwrap_or(Path::new("."));
+    let stem = json.file_stem().unwrap_or_default();
+    let fallback = dir.join("..").join("images").join(stem);
+    let mut objects: HashMap<i64, Vec<GroundTruth>> = HashMap::new();
+    for a in &file.annotations {
+        let [x, y, w, h] = a.bbox;
+        let class = if a.unknown {
+            None
+        } else {
+            class_of.get(&a.category_id).copied()
+        };
+        objects.entry(a.image_id).or_default().push(GroundTruth {
+            class,
+            bbox: Bbox::Pixels([x, y, x + w, y + h]),
+        });
+    }
+    let images = file
+        .images
+        .iter()
+        .map(|im| {
+            let direct = dir.join(&im.file_name);
+            let path = if direct.exists() {
+                direct
+            } else {
+                fallback.join(&im.file_name)
+            };
+            LabelledImage {
+                path,
+                objects: Some(objects.remove(&im.id).unwrap_or_default()),
+            }
+        })
+        .collect();
+    Ok(Dataset {
+        class_names: Some(known.iter().map(|c| c.name.clone()).collect()),
+        images,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synth::{generate, Split, SynthConfig};
+
+    #[test]
+    fn reads_the_shapes_world_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            seed: 3,
+            width: 96,
+            height: 64,
+            counts: vec![(Split::Val, 4), (Split::TestMixed, 5)],
+        };
+        generate(dir.path(), &config, &|| ()).unwrap();
+        let val = open(&dir.path().join("data.yaml"), "val").unwrap();
+        assert_eq!(val.images.len(), 4);
+        assert_eq!(val.class_names.as_ref().unwrap().len(), 4);
+        let yolo_objects: usize = val
+            .images
+            .iter()
+            .map(|i| i.objects.as_ref().unwrap().len())
+            .sum();
+        assert!(yolo_objects > 0);
+
+        let mixed = open(&dir.path().join("coco/test_mixed.json"), "val").unwrap();
+        assert_eq!(mixed.images.len(), 5);
+        assert!(mixed.images.iter().all(|i| i.path.exists()));
+        let all: Vec<&GroundTruth> = mixed
+            .images
+            .iter()
+            .flat_map(|i| i.objects.as_ref().unwrap())
+            .collect();
+        assert!(all.iter().any(|g| g.class.is_none()) && all.iter().any(|g| g.class.is_some()));
+        assert_eq!(
+            mixed.class_names.unwrap(),
+            vec!["circle", "square", "triangle", "star"]
+        );
+
+        // The same boxes through YOLO labels (normalised, 6 decimals) and COCO (pixels).
+        let yolo = yolo_split(&dir.path().join("data.yaml"), "val").unwrap();
+        let coco_val_missing = open(&dir.path().join("coco/val.json"), "val").unwrap();
+        let a = yolo.images[0].objects.as_ref().unwrap()[0]
+            .bbox
+            .to_pixels(96, 64);
+        let b = coco_val_missing.images[0].objects.as_ref().unwrap()[0]
+            .bbox
+            .to_pixels(96, 64);
+        assert!(
+            a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3),
+            "{a:?} {b:?}"
+        );
+    }
+
+    #[test]
+    fn bad_labels_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.txt");
+        std::fs::write(&path, "0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n").unwrap();
+        let err = read_yolo_labels(&path, 4).unwrap_err().to_string();
+        assert!(err.contains("x.txt") && err.contains("line 2"), "{err}");
+    }
+}

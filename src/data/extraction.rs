@@ -1,0 +1,161 @@
+//! Running a detector over a dataset into a box set, labelling each box by its ground truth.
+
+use std::path::PathBuf;
+
+use crate::data::boxset::BoxSet;
+use crate::data::dataset::Dataset;
+use crate::detect::image_io::load_rgb;
+use crate::detect::{BoxRecord, DetectOptions, Detector};
+use crate::error::Error;
+use crate::eval::openset::match_image;
+use crate::eval::{GtBox, PredBox};
+
+/// `label` of a box that matched an unknown (OOD) object.
+pub const LABEL_UNKNOWN: i64 = -1;
+/// `label` of a box that matched no ground-truth object (a background detection).
+pub const LABEL_BACKGROUND: i64 = -2;
+
+/// One processed image.
+pub struct ExtractedImage {
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// Ground truth in pixels, when the dataset has it.
+    pub ground_truth: Option<Vec<GtBox>>,
+}
+
+pub struct Extraction {
+    /// Every kept box; `image_index` points into `images`. `label` is set when every image
+    /// has ground truth: the matched object's class, [`LABEL_UNKNOWN`] or [`LABEL_BACKGROUND`].
+    pub boxes: BoxSet,
+    pub images: Vec<ExtractedImage>,
+    pub failed: Vec<(PathBuf, Error)>,
+}
+
+/// Ground-truth label of each detection of one image (greedy matching at IoU ≥ 0.5, as in
+/// [`crate::eval::openset::match_image`]).
+pub fn labels_from_ground_truth(boxes: &[BoxRecord], ground_truth: &[GtBox]) -> Vec<i64> {
+    let preds: Vec<PredBox> = boxes
+        .iter()
+        .map(|b| PredBox {
+            bbox: b.bbox,
+            class_id: b.class_id,
+            confidence: b.confidence as f64,
+            is_unknown: false,
+        })
+        .collect();
+    match_image(&preds, ground_truth)
+        .pred_gt
+        .iter()
+        .map(|g| match g.map(|g| ground_truth[g].class) {
+            None => LABEL_BACKGROUND,
+            Some(None) => LABEL_UNKNOWN,
+            Some(Some(c)) => c as i64,
+        })
+        .collect()
+}
+
+/// Detects on every image of `dataset`; an image that fails is recorded in `failed` and the
+/// rest go on. `progress` is called after each image.
+pub fn extract(
+    detector: &dyn Detector,
+    dataset: &Dataset,
+    options: &DetectOptions,
+    source: &str,
+    progress: &mut dyn FnMut(&std::path::Path, Option<&Error>),
+) -> Extraction {
+    let mut records: Vec<(usize, BoxRecord)> = Vec::new();
+    let mut labels: Option<Vec<i64>> = Some(Vec::new());
+    let mut images = Vec::new();
+    let mut failed = Vec::new();
+    for item in &dataset.images {
+        let result = load_rgb(&item.path)
+            .and_then(|image| Ok((detector.detect(&image, options)?, image.dimensions())));
+        match result {
+            Ok((boxes, (width, height))) => {
+                let ground_truth: Option<Vec<GtBox>> = item.objects.as_ref().map(|objects| {
+                    objects
+                        .iter()
+                        .map(|o| GtBox {
+                            bbox: o.bbox.to_pixels(width, height),
+                            class: o.class,
+                        })
+                        .collect()
+                });
+                match (&ground_truth, labels.as_mut()) {
+                    (Some(gt), Some(l)) => l.extend(labels_from_ground_truth(&boxes, gt)),
+                    _ => labels = None,
+                }
+                let index = images.len();
+                records.extend(boxes.into_iter().map(|b| (index, b)));
+                images.push(ExtractedImage {
+                    path: item.path.clone(),
+                    width,
+                    height,
+                    ground_truth,
+                });
+                progress(&item.path, None);
+            }
+            Err(e) => {
+                progress(&item.path, Some(&e));
+                failed.push((item.path.clone(), e));
+            }
+        }
+    }
+    let mut boxes = BoxSet::from_records(
+        records.iter().map(|(i, r)| (*i, r)),
+        detector.head(),
+        detector.class_names(),
+        detector.fingerprint(),
+        source,
+    );
+    boxes.label = labels;
+    Extraction {
+        boxes,
+        images,
+        failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bbox: [f32; 4], class_id: usize, confidence: f32) -> BoxRecord {
+        BoxRecord {
+            bbox,
+            class_id,
+            confidence,
+            logits: vec![],
+            feature: vec![],
+            level: 0,
+            anchor: 0,
+            roi_feature: None,
+        }
+    }
+
+    #[test]
+    fn boxes_take_the_label_of_the_object_they_match() {
+        let gt = [
+            GtBox {
+                bbox: [0.0, 0.0, 10.0, 10.0],
+                class: Some(2),
+            },
+            GtBox {
+                bbox: [20.0, 20.0, 30.0, 30.0],
+                class: None,
+            },
+        ];
+        let boxes = [
+            record([0.0, 0.0, 10.0, 9.0], 1, 0.9),
+            record([20.0, 21.0, 30.0, 30.0], 0, 0.8),
+            record([50.0, 50.0, 60.0, 60.0], 0, 0.7),
+            record([0.0, 0.0, 10.0, 10.0], 2, 0.6),
+        ];
+        // The last box would match the first object, but that object is taken.
+        assert_eq!(
+            labels_from_ground_truth(&boxes, &gt),
+            vec![2, LABEL_UNKNOWN, LABEL_BACKGROUND, LABEL_BACKGROUND]
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! From raw OOD scores to calibrated p-values (split conformal; Bates et al., *Testing for
+//! outliers with conformal p-values*, Ann. Statist. 2023).
+//!
+//! For a box with score `s` and predicted class `c`, `p = (1 + #{i : s_i ≥ s}) / (n + 1)` over the
+//! calibration scores `s_i` of class `c` (Mondrian calibration), or over all calibration scores
+//! when class `c` has fewer than `min_class_boxes` of them. For an ID box exchangeable with the
+//! calibration boxes, `P(p ≤ α) ≤ α`: flagging `p ≤ α` keeps at least 1 − α of ID boxes. Ties
+//! count fully (the conservative, deterministic p-value).
+//!
+//! What this does not promise: boxes of one image are not exchangeable with each other, the
+//! guarantee breaks under covariate shift (recalibrate on the new conditions), and it bounds
+//! false alarms on ID boxes only, saying nothing about how many OOD boxes are caught.
+
+use crate::error::{Error, Result};
+
+/// Calibration scores, sorted ascending, pooled and per predicted class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibrator {
+    pooled: Vec<f64>,
+    /// `None` for a class with too few boxes: it uses the pooled scores.
+    per_class: Vec<Option<Vec<f64>>>,
+    min_class_boxes: usize,
+}
+
+/// Per-class calibration counts, for reports and the scorer file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassCalibration {
+    pub class_id: usize,
+    pub boxes: usize,
+    /// The class had fewer than `min_class_boxes` calibration boxes and uses the pooled set.
+    pub pooled_fallback: bool,
+}
+
+impl Calibrator {
+    /// `classes[i]` is the predicted class of calibration box `i`.
+    pub fn fit(
+        scores: &[f64],
+        classes: &[usize],
+        num_classes: usize,
+        min_class_boxes: usize,
+    ) -> Result<Self> {
+        if scores.len() != classes.len() {
+            return Err(Error::Calibration(format!(
+                "{} calibration scores but {} classes",
+                scores.len(),
+                classes.len()
+            )));
+        }
+        if scores.is_empty() {
+            return Err(Error::Calibration("no calibration boxes".into()));
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(Error::Calibration(format!(
+                "calibration box {i} has score {}",
+                scores[i]
+            )));
+        }
+        if let Some(i) = classes.iter().position(|&c| c >= num_classes) {
+            return Err(Error::Calibration(format!(
+                "calibration box {i} has class {} but there are {num_classes} classes",
+                classes[i]
+            )));
+        }
+        let mut pooled = scores.to_vec();
+        pooled.sort_by(f64::total_cmp);
+        let per_class = (0..num_classes)
+            .map(|c| {
+                let mut own: Vec<f64> = scores
+                    .iter()
+                    .zip(classes)
+                    .filter(|(_, &k)| k == c)
+                    .map(|(s, _)| *s)
+                    .collect();
+                own.sort_by(f64::total_cmp);
+                (own.len() >= min_class_boxes.max(1)).then_some(own)
+            })
+            .collect();
+        Ok(Calibrator {
+            pooled,
+            per_class,
+            min_class_boxes,
+        })
+    }
+
+    /// Rebuilds a calibrator from stored scores (already sorted or not).
+    pub fn from_parts(
+        mut pooled: Vec<f64>,
+        per_class: Vec<Option<Vec<f64>>>,
+        min_class_boxes: usize,
+    ) -> Result<Self> {
+        if pooled.is_empty() || pooled.iter().any(|s| !s.is_finite()) {
+            return Err(Error::Calibration(
+                "the pooled calibration scores are empty or not finite".into(),
+            ));
+        }
+        pooled.sort_by(f64::total_cmp);
+        let per_class = per_class
+            .into_iter()
+            .map(|c| {
+                c.map(|mut v| {
+                    v.sort_by(f64::total_cmp);
+                    v
+                })
+            })
+            .collect();
+        Ok(Calibrator {
+            pooled,
+            per_class,
+            min_class_boxes,
+        })
+    }
+
+    fn scores_for(&self, class_id: usize) -> &[f64] {
+        match self.per_class.get(class_id) {
+            Some(Some(own)) => own,
+            _ => &self.pooled,
+        }
+    }
+
+    /// The conformal p-value of a box: small means unusual for its class.
+    pub fn p_value(&self, score: f64, class_id: usize) -> f64 {
+        let cal = self.scores_for(class_id);
+        // NaN compares as "at least as unusual as everything": p is the smallest possible.
+        let at_least = if score.is_nan() {
+            0
+        } else {
+            cal.len() - cal.partition_point(|&s| s < score)
+        };
+        (1 + at_least) as f64 / (cal.len() + 1) as f64
+    }
+
+    pub fn pooled(&self) -> &[f64] {
+        &self.pooled
+    }
+
+    pub fn per_class(&self) -> &[Option<Vec<f64>>] {
+        &self.per_class
+    }
+
+    pub fn min_class_boxes(&self) -> usize {
+        self.min_class_boxes
+    }
+
+    pub fn summary(&self, classes_of_calibration_boxes: Option<&[usize]>) -> Vec<ClassCalibration> {
+        (0..self.per_class.len())
+            .map(|c| ClassCalibration {
+                class_id: c,
+                boxes: match (&self.per_class[c], classes_of_calibration_boxes) {
+                    (Some(own), _) => own.len(),
+                    (None, Some(classes)) => classes.iter().filter(|&&k| k == c).count(),
+                    (None, None) => 0,
+                },
+                pooled_fallback: self.per_class[c].is_none(),
+            })
+            .collect()
+    }
+}
+
+/// The smallest number of calibration boxes for which `p ≤ alpha` can happen at all.
+pub fn minimum_calibration_size(alpha: f64) -> usize {
+    (1.0 / alpha - 1.0).ceil().max(1.0) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p_values_count_ties_conservatively() {
+        let cal = Calibrator::fit(&[1.0, 2.0, 2.0, 3.0], &[0, 0, 0, 0], 1, 1).unwrap();
+        assert_eq!(cal.p_value(0.0, 0), 1.0);
+        assert_eq!(cal.p_value(2.0, 0), 4.0 / 5.0);
+        assert_eq!(cal.p_value(2.5, 0), 2.0 / 5.0);
+        assert_eq!(cal.p_value(9.0, 0), 1.0 / 5.0);
+        assert_eq!(cal.p_value(f64::NAN, 0), 1.0 / 5.0);
+    }
+
+    #[test]
+    fn small_classes_fall_back_to_the_pooled_set() {
+        let scores = [0.0, 1.0, 2.0, 10.0, 11.0];
+        let cal = Calibrator::fit(&scores, &[0, 0, 0, 1, 1], 3, 3).unwrap();
+        // Class 0 has its own three scores: 5.0 is above all of them.
+        assert_eq!(cal.p_value(5.0, 0), 1.0 / 4.0);
+        // Class 1 (two boxes) and class 2 (none) use all five.
+        assert_eq!(cal.p_value(5.0, 1), 3.0 / 6.0);
+        assert_eq!(cal.p_value(5.0, 2), 3.0 / 6.0);
+        let summary = cal.summary(Some(&[0, 0, 0, 1, 1]));
+        assert!(
+            !summary[0].pooled_fallback && summary[1].pooled_fallback && summary[2].pooled_fallback
+        );
+        assert_eq!(summary[1].boxes, 2);
+    }
+
+    #[test]
+    fn bad_calibration_sets_are_refused() {
+        assert!(Calibrator::fit(&[], &[], 2, 1).is_err());
+        assert!(Calibrator::fit(&[f64::INFINITY], &[0], 2, 1).is_err());
+        assert!(Calibrator::fit(&[1.0], &[5], 2, 1).is_err());
+        assert_eq!(minimum_calibration_size(0.05), 19);
+    }
+
+    #[test]
+    fn flag_rate_on_exchangeable_scores_is_at_most_alpha() {
+        // Scores 0..n shuffled deterministically: calibrate on even, test on odd positions.
+        let n = 4000;
+        let scores: Vec<f64> = (0..n).map(|i| ((i * 7919) % n) as f64).collect();
+        let cal_scores: Vec<f64> = scores.iter().step_by(2).copied().collect();
+        let cal = Calibrator::fit(&cal_scores, &vec![0; cal_scores.len()], 1, 1).unwrap();
+        for alpha in [0.01, 0.05, 0.1] {
+            let flagged = scores
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .filter(|&&s| cal.p_value(s, 0) <= alpha)
+                .count();
+            let rate = flagged as f64 / (n / 2) as f64;
+            assert!(
+                rate <= alpha + 0.01 && rate >= alpha - 0.01,
+                "alpha {alpha}: rate {rate}"
+            );
+        }
+    }
+}

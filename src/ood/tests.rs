@@ -1,0 +1,754 @@
+//! Unit tests of the scorers: sign convention, bad input, per-level fits, states.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::data::boxset::BoxSet;
+use crate::detect::{ClassHead, LinearHead};
+
+const D: usize = 40;
+const C: usize = 4;
+const BLOCK: usize = D / C;
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(1e-300);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Head: `W_cj = w_j 1[j in block c] − 1/C` with `w_j` = 1.5 on the first 4 dims of a block
+/// and 0.6 on the rest, `b = 0`: equal logits for features that treat every class block alike
+/// (also after DICE's mask, which keeps the 4 strong weights of every class).
+fn head() -> LinearHead {
+    let mut weight = vec![0.0f32; C * D];
+    for c in 0..C {
+        for j in 0..D {
+            let w = if j % BLOCK < 4 { 1.5 } else { 0.6 };
+            weight[c * D + j] = if j / BLOCK == c { w } else { 0.0 } - 1.0 / C as f32;
+        }
+    }
+    LinearHead {
+        weight,
+        bias: vec![0.0; C],
+        classes: C,
+        dim: D,
+    }
+}
+
+fn from_rows(features: Vec<Vec<f32>>, labels: Vec<i64>, levels: Option<Vec<i64>>) -> BoxSet {
+    let h = head();
+    let n_heads = levels
+        .as_ref()
+        .map_or(1, |l| l.iter().copied().max().unwrap_or(0) as usize + 1);
+    let mut set = BoxSet {
+        feature_dim: D,
+        num_classes: C,
+        head: Some(ClassHead {
+            levels: vec![h.clone(); n_heads],
+        }),
+        level: levels,
+        ..Default::default()
+    };
+    for f in &features {
+        let l = h.logits(f);
+        let pred = l
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
+            .0;
+        set.features.extend_from_slice(f);
+        set.logits.extend_from_slice(&l);
+        set.class_id.push(pred as i64);
+    }
+    set.label = Some(labels);
+    set
+}
+
+/// ID boxes: class block at 3, other dims at 0.2, Gaussian noise 0.3.
+fn id_set(seed: u64, n: usize, levels: Option<usize>) -> BoxSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows = Vec::new();
+    let mut labels = Vec::new();
+    let mut lv = Vec::new();
+    for i in 0..n {
+        let y = rng.random_range(0..C);
+        let f: Vec<f32> = (0..D)
+            .map(|j| {
+                let base = if j / BLOCK == y { 3.0 } else { 0.2 };
+                (base + 0.3 * normal(&mut rng)) as f32
+            })
+            .collect();
+        rows.push(f);
+        labels.push(y as i64);
+        if let Some(l) = levels {
+            lv.push((i % l) as i64);
+        }
+    }
+    from_rows(rows, labels, levels.map(|_| lv))
+}
+
+/// An obviously OOD box: low activation, one dim per class block at 1 and the rest at 0.05, so
+/// flat logits (also after any shaping) and far from every class.
+fn ood_feature() -> Vec<f32> {
+    (0..D)
+        .map(|j| if j % BLOCK == 0 { 1.0 } else { 0.05 })
+        .collect()
+}
+
+fn append(set: &BoxSet, f: Vec<f32>, level: Option<i64>) -> BoxSet {
+    let mut out = set.clone();
+    let l = head().logits(&f);
+    out.features.extend_from_slice(&f);
+    out.logits.extend_from_slice(&l);
+    out.class_id.push(0);
+    if let Some(labels) = &mut out.label {
+        labels.push(-1);
+    }
+    if let Some(levels) = &mut out.level {
+        levels.push(level.unwrap_or(0));
+    }
+    out
+}
+
+fn all_configs() -> Vec<(&'static str, Option<&'static str>)> {
+    let mut v: Vec<(&'static str, Option<&'static str>)> =
+        kinds().iter().map(|&k| (k, None)).collect();
+    for &k in logits::LOGIT_KINDS {
+        for &s in shaping::SHAPINGS {
+            v.push((k, Some(s)));
+        }
+    }
+    v
+}
+
+fn fitted(
+    kind: &str,
+    shaping: Option<&str>,
+    params: &[(&str, &str)],
+    fit: &BoxSet,
+) -> Box<dyn Scorer> {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut s = build(kind, shaping, &params).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    s.fit(fit)
+        .unwrap_or_else(|e| panic!("{kind} {shaping:?}: {e}"));
+    s
+}
+
+#[test]
+fn every_scorer_scores_an_obvious_ood_box_higher_than_id_boxes() {
+    let fit = id_set(1, 400, None);
+    let test = append(&id_set(2, 60, None), ood_feature(), None);
+    for (kind, shaping) in all_configs() {
+        // ViM's default 0.99 ratio keeps 37 of 40 near-isotropic noise directions in the
+        // principal subspace here; remove the 3 class directions only.
+        let params: &[(&str, &str)] = if kind == "vim" {
+            &[("princ_dims", "3")]
+        } else {
+            &[]
+        };
+        let s = fitted(kind, shaping, params, &fit);
+        let scores = s.score(&test).unwrap();
+        assert_eq!(scores.len(), test.len());
+        assert!(scores.iter().all(|v| v.is_finite()), "{kind} {shaping:?}");
+        let (ood, id) = scores.split_last().unwrap();
+        let max_id = id.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            *ood > max_id,
+            "{kind} {shaping:?}: OOD {ood} <= max ID {max_id}"
+        );
+    }
+}
+
+#[test]
+fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
+    let fit = id_set(3, 600, Some(3));
+    let test = id_set(4, 30, Some(3));
+    for (kind, shaping) in all_configs() {
+        let per_level_param: &[(&str, &str)] = match (kind, shaping) {
+            (_, Some("react")) => &[("per_level", "false")],
+            (_, Some(_)) => &[],
+            (k, None) if logits::LOGIT_KINDS.contains(&k) => &[],
+            _ => &[("per_level", "false")],
+        };
+        let a = fitted(kind, shaping, &[], &fit).score(&test).unwrap();
+        let b = fitted(kind, shaping, per_level_param, &fit)
+            .score(&test)
+            .unwrap();
+        assert!(a.iter().chain(&b).all(|v| v.is_finite()), "{kind}");
+    }
+    // Level 5 was never seen at fit.
+    let mut odd = test.clone();
+    odd.level.as_mut().unwrap()[2] = 5;
+    odd.head = None;
+    for kind in ["mahalanobis", "rmds", "knn", "vim", "she", "gram"] {
+        let err = fitted(kind, None, &[], &fit)
+            .score(&odd)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("box 2") && err.contains("level 5"),
+            "{kind}: {err}"
+        );
+    }
+    // A per-level fit cannot score a box set without levels.
+    let mut flat = test.clone();
+    flat.level = None;
+    flat.head = None;
+    let err = fitted("knn", None, &[], &fit)
+        .score(&flat)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no `level`"), "{err}");
+}
+
+#[test]
+fn non_finite_values_are_errors_naming_the_box() {
+    let fit = id_set(5, 200, None);
+    for (kind, shaping) in all_configs() {
+        let uses_logits = logits::LOGIT_KINDS.contains(&kind) || kind == "vim";
+        let uses_features = !logits::LOGIT_KINDS.contains(&kind) || shaping.is_some();
+        let mut cases = Vec::new();
+        if uses_features {
+            let mut b = fit.clone();
+            b.features[7 * D + 3] = f32::NAN;
+            cases.push(("feature", b));
+            let mut b = fit.clone();
+            b.features[11 * D] = f32::INFINITY;
+            cases.push(("feature", b));
+        }
+        if uses_logits {
+            let mut b = fit.clone();
+            b.logits[9 * C + 1] = f32::NEG_INFINITY;
+            cases.push(("logit", b));
+        }
+        for (what, bad) in &cases {
+            let box_index = if what == &"logit" {
+                9
+            } else if bad.features[7 * D + 3].is_nan() {
+                7
+            } else {
+                11
+            };
+            let mut s = build(kind, shaping, &[]).unwrap();
+            let err = s.fit(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("box {box_index} ")) && err.contains(what),
+                "{kind} {shaping:?} fit: {err}"
+            );
+            let s = fitted(kind, shaping, &[], &fit);
+            let err = s.score(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("box {box_index} ")),
+                "{kind} {shaping:?} score: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_fit_set_is_an_error() {
+    let empty = BoxSet {
+        feature_dim: D,
+        num_classes: C,
+        head: Some(ClassHead {
+            levels: vec![head()],
+        }),
+        ..Default::default()
+    };
+    for (kind, shaping) in all_configs() {
+        let mut s = build(kind, shaping, &[]).unwrap();
+        let err = s.fit(&empty).unwrap_err().to_string();
+        assert!(err.contains("empty"), "{kind} {shaping:?}: {err}");
+    }
+}
+
+#[test]
+fn scoring_before_fit_is_an_error() {
+    let test = id_set(6, 5, None);
+    for (kind, shaping) in all_configs() {
+        let s = build(kind, shaping, &[]).unwrap();
+        let err = s.score(&test).unwrap_err().to_string();
+        assert!(err.contains("not fitted"), "{kind}: {err}");
+    }
+}
+
+#[test]
+fn a_class_with_a_single_box_works() {
+    let mut fit = id_set(7, 300, None);
+    // Relabel one box as class 3 and every other class-3 box as class 2.
+    let labels = fit.label.as_mut().unwrap();
+    let mut first = true;
+    for (l, c) in labels.iter_mut().zip(fit.class_id.iter_mut()) {
+        if *l == 3 {
+            if first {
+                first = false;
+            } else {
+                *l = 2;
+                *c = 2;
+            }
+        }
+    }
+    assert!(!first);
+    let test = append(&id_set(8, 20, None), ood_feature(), None);
+    for kind in ["mahalanobis", "rmds", "knn", "vim", "she", "gram"] {
+        let scores = fitted(kind, None, &[], &fit).score(&test).unwrap();
+        assert!(scores.iter().all(|v| v.is_finite()), "{kind}: {scores:?}");
+    }
+}
+
+#[test]
+fn singular_covariances_work_through_the_cut_off() {
+    // Fewer boxes than dimensions.
+    let small = id_set(9, 12, None);
+    // Collinear and constant features.
+    let mut collinear = id_set(10, 300, None);
+    for i in 0..collinear.len() {
+        let v = collinear.features[i * D];
+        collinear.features[i * D + 1] = 2.0 * v;
+        collinear.features[i * D + 2] = 0.5;
+    }
+    let test = append(&id_set(11, 20, None), ood_feature(), None);
+    for fit in [&small, &collinear] {
+        for kind in ["mahalanobis", "rmds"] {
+            let mut s =
+                mahalanobis::Mahalanobis::new(kind == "rmds", true, mahalanobis::PinvRtol::Auto);
+            s.fit(fit).unwrap();
+            let (rank, bg_rank) = s.ranks().unwrap()[0];
+            assert!(rank < D, "{kind}: rank {rank}");
+            if kind == "rmds" {
+                assert!(bg_rank < D);
+            }
+            let scores = s.score(&test).unwrap();
+            assert!(scores.iter().all(|v| v.is_finite()), "{kind}: {scores:?}");
+            let (ood, id) = scores.split_last().unwrap();
+            assert!(id.iter().all(|v| v < ood), "{kind}");
+        }
+    }
+}
+
+#[test]
+fn dimension_mismatch_between_fit_and_score_is_an_error() {
+    let fit = id_set(12, 100, None);
+    let mut narrow = id_set(13, 5, None);
+    narrow.feature_dim = D - 1;
+    narrow.features = narrow
+        .features
+        .chunks(D)
+        .flat_map(|r| r[..D - 1].to_vec())
+        .collect();
+    narrow.head = None;
+    let mut fewer_classes = id_set(13, 5, None);
+    fewer_classes.num_classes = C - 1;
+    fewer_classes.logits = fewer_classes
+        .logits
+        .chunks(C)
+        .flat_map(|r| r[..C - 1].to_vec())
+        .collect();
+    fewer_classes.head = None;
+    for (kind, shaping) in all_configs() {
+        let s = fitted(kind, shaping, &[], &fit);
+        let is_logit = logits::LOGIT_KINDS.contains(&kind);
+        if !is_logit || shaping.is_some() {
+            let err = s.score(&narrow).unwrap_err().to_string();
+            assert!(
+                err.contains("feature dimension"),
+                "{kind} {shaping:?}: {err}"
+            );
+        }
+        if is_logit || kind == "vim" {
+            let err = s.score(&fewer_classes).unwrap_err().to_string();
+            assert!(err.contains("class count"), "{kind} {shaping:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn unknown_names_are_errors_listing_the_valid_ones() {
+    let err = build("foo", None, &[]).err().unwrap().to_string();
+    assert!(
+        err.contains("mahalanobis") && err.contains("joint_energy"),
+        "{err}"
+    );
+    let err = build("knn", None, &[("k".into(), "5".into())])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("`k`") && err.contains("nearest"), "{err}");
+    let err = build("energy", Some("clip"), &[])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("react") && err.contains("dice"), "{err}");
+    let err = build("knn", Some("react"), &[]).err().unwrap().to_string();
+    assert!(err.contains("only to logit scorers"), "{err}");
+    let err = build("energy", None, &[("react_quantile".into(), "0.9".into())])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("valid parameters: none"), "{err}");
+    let err = build("gen", None, &[("gamma".into(), "0".into())])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("gamma"), "{err}");
+    assert!(build("gen", None, &[("gamma".into(), "1.5".into())]).is_err());
+    assert!(build("vim", None, &[("princ_dims".into(), "1.0".into())]).is_err());
+    assert!(build("vim", None, &[("princ_dims".into(), "0".into())]).is_err());
+    assert!(build("knn", None, &[("nearest".into(), "0".into())]).is_err());
+    assert!(build(
+        "energy",
+        Some("react"),
+        &[("react_quantile".into(), "0.9".into())]
+    )
+    .is_ok());
+    assert!(build("ENERGY", Some("none"), &[]).is_ok());
+}
+
+#[test]
+fn she_and_mahalanobis_skip_classes_without_fit_boxes() {
+    let mut fit = id_set(14, 300, None);
+    // Every class-3 box misclassified: SHE has no pattern for class 3.
+    for (l, c) in fit
+        .label
+        .as_ref()
+        .unwrap()
+        .iter()
+        .zip(fit.class_id.iter_mut())
+    {
+        if *l == 3 {
+            *c = 0;
+        }
+    }
+    let test = append(&id_set(15, 40, None), ood_feature(), None);
+    let s = fitted("she", None, &[], &fit);
+    let state = s.to_state();
+    let classes = state
+        .tensors
+        .iter()
+        .find(|t| t.0 == "group0.classes")
+        .unwrap();
+    assert_eq!(classes.2, vec![0.0, 1.0, 2.0]);
+    assert!(s.score(&test).unwrap().iter().all(|v| v.is_finite()));
+    let s = fitted("she", None, &[("class_select", "predicted")], &fit);
+    assert!(s.score(&test).unwrap().iter().all(|v| v.is_finite()));
+    // No class-3 box at all in the fit set: Mahalanobis knows classes 0..2 only.
+    let keep: Vec<usize> = (0..fit.len())
+        .filter(|&i| fit.label.as_ref().unwrap()[i] != 3)
+        .collect();
+    let mut sub = fit.clone();
+    sub.features = keep.iter().flat_map(|&i| fit.feature(i).to_vec()).collect();
+    sub.logits = keep
+        .iter()
+        .flat_map(|&i| fit.logit_row(i).to_vec())
+        .collect();
+    sub.class_id = keep.iter().map(|&i| fit.class_id[i]).collect();
+    sub.label = Some(
+        keep.iter()
+            .map(|&i| fit.label.as_ref().unwrap()[i])
+            .collect(),
+    );
+    for kind in ["mahalanobis", "rmds", "gram"] {
+        let scores = fitted(kind, None, &[], &sub).score(&test).unwrap();
+        assert!(scores.iter().all(|v| v.is_finite()), "{kind}");
+    }
+    // SHE with no correctly classified box at all is a fit error, not NaN.
+    let mut none = fit.clone();
+    for c in none.class_id.iter_mut() {
+        *c = 99;
+    }
+    let mut s = build("she", None, &[]).unwrap();
+    assert!(s
+        .fit(&none)
+        .unwrap_err()
+        .to_string()
+        .contains("no correctly classified"));
+}
+
+#[test]
+fn states_round_trip_exactly() {
+    let fit = id_set(16, 300, Some(3));
+    let test = append(&id_set(17, 30, Some(3)), ood_feature(), Some(1));
+    for (kind, shaping) in all_configs() {
+        let s = fitted(kind, shaping, &[], &fit);
+        let state = s.to_state();
+        assert_eq!(state.kind, kind);
+        assert_eq!(state.shaping.as_deref(), shaping);
+        let again = from_state(&state).unwrap_or_else(|e| panic!("{kind} {shaping:?}: {e}"));
+        assert_eq!(again.to_state(), state, "{kind} {shaping:?}");
+        assert_eq!(again.score(&test).unwrap(), s.score(&test).unwrap());
+        // Unfitted state: rebuilds unfitted.
+        let blank = build(kind, shaping, &[]).unwrap().to_state();
+        assert!(blank.tensors.is_empty());
+        assert!(from_state(&blank).unwrap().score(&test).is_err());
+    }
+}
+
+#[test]
+fn bad_states_are_errors_not_panics() {
+    let fit = id_set(18, 100, None);
+    for (kind, shaping) in all_configs() {
+        let state = fitted(kind, shaping, &[], &fit).to_state();
+        for t in 0..state.tensors.len() {
+            // Wrong data length.
+            let mut bad = state.clone();
+            bad.tensors[t].2.push(1.0);
+            assert!(from_state(&bad).is_err(), "{kind} {}", state.tensors[t].0);
+            // Missing tensor.
+            let mut bad = state.clone();
+            bad.tensors.remove(t);
+            assert!(from_state(&bad).is_err(), "{kind} {}", state.tensors[t].0);
+            // Wrong shape with matching length.
+            let mut bad = state.clone();
+            let n = bad.tensors[t].2.len();
+            bad.tensors[t].1 = vec![n, 1, 1, 1];
+            assert!(from_state(&bad).is_err(), "{kind} {}", state.tensors[t].0);
+            // NaN.
+            let mut bad = state.clone();
+            if let Some(v) = bad.tensors[t].2.first_mut() {
+                *v = f64::NAN;
+                assert!(from_state(&bad).is_err());
+            }
+        }
+        let mut bad = state.clone();
+        bad.tensors.push(("extra".into(), vec![1], vec![0.0]));
+        assert!(from_state(&bad).is_err());
+        let mut bad = state.clone();
+        bad.params.insert("bogus".into(), 1.into());
+        assert!(from_state(&bad).is_err());
+        let mut bad = state.clone();
+        bad.kind = "nope".into();
+        assert!(from_state(&bad).is_err());
+    }
+}
+
+/// Brute-force k-th neighbour distance in f64, optionally leaving one index out.
+fn brute_kth(bank: &[Vec<f64>], q: &[f64], k: usize, skip: Option<usize>) -> f64 {
+    let mut d: Vec<f64> = bank
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| Some(*j) != skip)
+        .map(|(_, b)| {
+            b.iter()
+                .zip(q)
+                .map(|(a, c)| (a - c) * (a - c))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    d.sort_by(|a, b| a.total_cmp(b));
+    d[k.min(d.len()) - 1]
+}
+
+fn unit(f: &[f32]) -> Vec<f64> {
+    let n = f.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    f.iter().map(|&v| v as f64 / (n + 1e-10)).collect()
+}
+
+#[test]
+fn knn_is_exact_across_bank_blocks_and_leave_one_out_skips_only_self() {
+    // 5000 bank rows (several GEMM blocks), low dimension so that neighbours are close.
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let d = 6;
+    let make = |rng: &mut ChaCha8Rng, n: usize| {
+        let mut set = BoxSet {
+            feature_dim: d,
+            num_classes: 1,
+            ..Default::default()
+        };
+        for _ in 0..n {
+            set.features.extend((0..d).map(|_| normal(rng) as f32));
+            set.logits.push(0.0);
+            set.class_id.push(0);
+        }
+        set
+    };
+    let fit = make(&mut rng, 5000);
+    let test = make(&mut rng, 300);
+    let bank: Vec<Vec<f64>> = (0..fit.len()).map(|i| unit(fit.feature(i))).collect();
+    for k in [1, 7, 50] {
+        let mut s = knn::Knn::new(k, true);
+        s.fit(&fit).unwrap();
+        let got = s.score(&test).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let want = brute_kth(&bank, &unit(test.feature(i)), k, None);
+            assert!((g - want).abs() < 1e-6, "k={k} box {i}: {g} vs {want}");
+        }
+        let loo = s.score_in_sample(&fit).unwrap();
+        for i in (0..fit.len()).step_by(97) {
+            let want = brute_kth(&bank, &bank[i], k, Some(i));
+            assert!(
+                (loo[i] - want).abs() < 1e-6,
+                "loo k={k} box {i}: {} vs {want}",
+                loo[i]
+            );
+        }
+        if k == 1 {
+            // Without leave-one-out every fit box is its own nearest neighbour.
+            assert!(s.score(&fit).unwrap().iter().all(|&v| v < 1e-6));
+        }
+    }
+    // score_in_sample refuses a set that is not the fit set.
+    let mut s = knn::Knn::new(5, true);
+    s.fit(&fit).unwrap();
+    assert!(s.score_in_sample(&test).is_err());
+    // k larger than the bank: clamped to the bank size.
+    let mut s = knn::Knn::new(50, true);
+    let tiny = make(&mut rng, 3);
+    s.fit(&tiny).unwrap();
+    let bank: Vec<Vec<f64>> = (0..3).map(|i| unit(tiny.feature(i))).collect();
+    let got = s.score(&test).unwrap();
+    assert!((got[0] - brute_kth(&bank, &unit(test.feature(0)), 3, None)).abs() < 1e-6);
+}
+
+#[test]
+fn logit_scores_are_stable_on_saturated_logits() {
+    let mut set = BoxSet {
+        feature_dim: 1,
+        num_classes: 3,
+        features: vec![0.0, 0.0],
+        logits: vec![1000.0, 0.0, 0.0, -3.0, -3.0, -3.0],
+        class_id: vec![0, 0],
+        ..Default::default()
+    };
+    set.label = None;
+    for kind in logits::LOGIT_KINDS {
+        let s = fitted(kind, None, &[], &set);
+        let v = s.score(&set).unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{kind}: {v:?}");
+        assert!(
+            v[0] < v[1],
+            "{kind}: saturated box must look more ID: {v:?}"
+        );
+    }
+    let e = fitted("entropy", None, &[], &set).score(&set).unwrap();
+    assert_eq!(e[0], 0.0);
+    assert!((e[1] - 3f64.ln()).abs() < 1e-12);
+    let j = fitted("joint_energy", None, &[], &set).score(&set).unwrap();
+    assert!((j[1] + 3.0 * (1.0 + (-3f64).exp()).ln()).abs() < 1e-12);
+}
+
+#[test]
+fn ash_and_scale_reject_an_undefined_scale() {
+    let fit = id_set(20, 100, None);
+    let mut bad = id_set(21, 5, None);
+    for v in bad.features[3 * D..4 * D].iter_mut() {
+        *v = -1.0;
+    }
+    for shaping in ["ash", "scale"] {
+        let err = fitted("energy", Some(shaping), &[], &fit)
+            .score(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("box 3"), "{err}");
+    }
+}
+
+#[test]
+fn vim_princ_dims_count_and_ratio() {
+    let fit = id_set(22, 400, None);
+    let mut s = vim::Vim::new(vim::PrincDims::Count(7), vim::PcaOrigin::Center, true);
+    s.fit(&fit).unwrap();
+    assert_eq!(s.princ_dims_used(), Some(vec![7]));
+    // The ratio gives the number of components needed to exceed it.
+    let mut s = vim::Vim::new(
+        vim::PrincDims::ExplainedVariance(0.5),
+        vim::PcaOrigin::Center,
+        true,
+    );
+    s.fit(&fit).unwrap();
+    let k = s.princ_dims_used().unwrap()[0];
+    // Class structure: 3 between-class directions dominate; noise spreads over the other 37.
+    let feats: Vec<f64> = fit.features.iter().map(|&v| v as f64).collect();
+    let n = fit.len();
+    let mean: Vec<f64> = (0..D)
+        .map(|j| (0..n).map(|i| feats[i * D + j]).sum::<f64>() / n as f64)
+        .collect();
+    let centred: Vec<f64> = (0..n * D).map(|x| feats[x] - mean[x % D]).collect();
+    let cov = linalg::scaled_gram(&centred, n, D, 1.0 / n as f64);
+    let (values, _) = linalg::sym_eigh(&cov, D).unwrap();
+    let total: f64 = values.iter().sum();
+    let top = |m: usize| values.iter().rev().take(m).sum::<f64>() / total;
+    assert!(top(k) > 0.5 && top(k - 1) <= 0.5, "k={k}");
+    // The paper's origin works too.
+    let mut s = vim::Vim::new(vim::PrincDims::Count(3), vim::PcaOrigin::Pseudo, true);
+    s.fit(&fit).unwrap();
+    assert!(s.score(&fit).unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn gram_orders_of_equal_parity_coincide_on_vectors() {
+    let fit = id_set(23, 200, None);
+    let test = append(&id_set(24, 20, None), ood_feature(), None);
+    let one = fitted("gram", None, &[("orders", "1")], &fit)
+        .score(&test)
+        .unwrap();
+    let three = fitted("gram", None, &[("orders", "3")], &fit)
+        .score(&test)
+        .unwrap();
+    assert_eq!(one, three);
+    let two = fitted("gram", None, &[("orders", "[2,4]")], &fit)
+        .score(&test)
+        .unwrap();
+    let four = fitted("gram", None, &[("orders", "4,4")], &fit)
+        .score(&test)
+        .unwrap();
+    assert_eq!(two, four);
+}
+
+#[test]
+fn shaping_head_must_match_the_fit_head() {
+    let fit = id_set(25, 100, None);
+    let mut other = id_set(26, 5, None);
+    other.head.as_mut().unwrap().levels[0].bias[0] = 1.0;
+    let err = fitted("energy", Some("react"), &[], &fit)
+        .score(&other)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("differs"), "{err}");
+    // Without a head in the scored set the fitted one is used.
+    other.head = None;
+    assert!(fitted("energy", Some("react"), &[], &fit)
+        .score(&other)
+        .is_ok());
+}
+
+/// Timing of the exact kNN search at benchmark size (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn knn_speed_100k_bank_256d() {
+    let mut rng = ChaCha8Rng::seed_from_u64(27);
+    let (d, n, m) = (256, 100_000, 10_000);
+    let make = |rng: &mut ChaCha8Rng, n: usize| BoxSet {
+        feature_dim: d,
+        num_classes: 1,
+        features: (0..n * d).map(|_| normal(rng).abs() as f32).collect(),
+        logits: vec![0.0; n],
+        class_id: vec![0; n],
+        ..Default::default()
+    };
+    let fit = make(&mut rng, n);
+    let test = make(&mut rng, m);
+    let mut s = knn::Knn::new(50, true);
+    let t = std::time::Instant::now();
+    s.fit(&fit).unwrap();
+    let fit_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let scores = s.score(&test).unwrap();
+    let score_s = t.elapsed().as_secs_f64();
+    println!(
+        "knn k=50: fit {n}x{d} in {fit_s:.2} s; score {m} queries in {score_s:.2} s ({:.1} us/query); threads {}",
+        score_s / m as f64 * 1e6,
+        rayon::current_num_threads()
+    );
+    assert!(scores.iter().all(|v| v.is_finite()));
+}
