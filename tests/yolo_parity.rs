@@ -60,7 +60,18 @@ fn letterbox_is_bit_exact_with_ultralytics() {
 
 #[test]
 fn detections_match_ultralytics() {
-    let detector = YoloDetector::load(Path::new(MODEL), &Device::Cpu).unwrap();
+    check_detections(&Device::Cpu);
+}
+
+/// The same on the GPU: Candle's CUDA kernels must give ultralytics' boxes too.
+#[cfg(feature = "cuda")]
+#[test]
+fn detections_match_ultralytics_on_cuda() {
+    check_detections(&Device::new_cuda(0).expect("a CUDA device"));
+}
+
+fn check_detections(device: &Device) {
+    let detector = YoloDetector::load(Path::new(MODEL), device).unwrap();
     let options = DetectOptions::default();
     let (mut worst_box, mut worst_conf, mut worst_logit, mut worst_feature) =
         (0f32, 0f32, 0f32, 0f32);
@@ -112,7 +123,7 @@ fn detections_match_ultralytics() {
         "the fixture should hold real detections, found {total}"
     );
     eprintln!(
-        "{total} boxes; worst differences: box {worst_box:.2e} px, confidence {worst_conf:.2e}, \
+        "{device:?}: {total} boxes; worst differences: box {worst_box:.2e} px, confidence {worst_conf:.2e}, \
          logit {worst_logit:.2e}, feature {worst_feature:.2e} (relative)"
     );
 }

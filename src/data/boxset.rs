@@ -112,43 +112,6 @@ impl BoxSet {
         (self.subset(&rest), self.subset(&out))
     }
 
-    /// Appends another box set of the same model; image indices are offset to stay distinct.
-    pub fn append(&mut self, other: &BoxSet) -> Result<()> {
-        if other.feature_dim != self.feature_dim || other.num_classes != self.num_classes {
-            return Err(Error::BadInput {
-                path: other.source.clone().into(),
-                reason: format!(
-                    "cannot join box sets of dimensions {}×{} and {}×{}",
-                    self.feature_dim, self.num_classes, other.feature_dim, other.num_classes
-                ),
-            });
-        }
-        let offset = self
-            .image_index
-            .as_ref()
-            .and_then(|v| v.iter().max().map(|m| m + 1))
-            .unwrap_or(0);
-        self.features.extend_from_slice(&other.features);
-        self.logits.extend_from_slice(&other.logits);
-        self.class_id.extend_from_slice(&other.class_id);
-        fn join<T: Clone>(a: &mut Option<Vec<T>>, b: &Option<Vec<T>>) {
-            match (a.as_mut(), b) {
-                (Some(a), Some(b)) => a.extend_from_slice(b),
-                _ => *a = None,
-            }
-        }
-        join(&mut self.label, &other.label);
-        join(&mut self.level, &other.level);
-        join(&mut self.confidence, &other.confidence);
-        join(&mut self.bbox, &other.bbox);
-        let shifted = other
-            .image_index
-            .as_ref()
-            .map(|v| v.iter().map(|i| i + offset).collect::<Vec<_>>());
-        join(&mut self.image_index, &shifted);
-        Ok(())
-    }
-
     /// A box set of detections, with the image each came from.
     pub fn from_records<'a>(
         records: impl IntoIterator<Item = (usize, &'a BoxRecord)>,

@@ -1,9 +1,9 @@
 //! Post-hoc OOD scorers on box sets: every scorer is fitted on ID boxes, then scores boxes;
 //! a higher score always means more OOD.
 //!
-//! One kept detection is one row: a scorer reads the box's `features` [D] (the input of its
-//! level's classifier), `logits` [C], `class_id`, `label` and `level` from a
-//! [`BoxSet`](crate::data::boxset::BoxSet), and the head `(W, b)` when the method needs it. Fit
+//! One kept detection is one row: a scorer reads the box's `features` (`[D]`, the input of its
+//! level's classifier), `logits` (`[C]`), `class_id`, `label` and `level` from a
+//! [`BoxSet`], and the head `(W, b)` when the method needs it. Fit
 //! statistics and scores are computed in f64. Formulas, defaults and the Oodeel 0.4 checks are in
 //! `shared/reference/ood-methods.md`; each family's module documents its own.
 //!

@@ -1,0 +1,227 @@
+//! Fitting, calibration, scoring and evaluation on the shapes fixture box sets
+//! (tests/fixtures/make_shapes_boxsets.sh): the promises users rely on.
+
+use oodbox::data::boxset::BoxSet;
+use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/shapes_boxes")
+        .join(format!("{name}.safetensors"))
+}
+
+fn known(name: &str) -> BoxSet {
+    let set = BoxSet::load(&fixture(name)).unwrap();
+    let labels = set.label.clone().expect("fixture box sets are labelled");
+    let keep: Vec<usize> = (0..set.len()).filter(|&i| labels[i] >= 0).collect();
+    set.subset(&keep)
+}
+
+fn oodbox(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_oodbox"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// P(X ≤ k) for X ~ Binomial(n, p), summed in log space.
+fn binomial_cdf(k: usize, n: usize, p: f64) -> f64 {
+    let mut log_pmf = n as f64 * (1.0 - p).ln();
+    let mut cdf = log_pmf.exp();
+    for i in 1..=k {
+        log_pmf += ((n - i + 1) as f64).ln() - (i as f64).ln() + p.ln() - (1.0 - p).ln();
+        cdf += log_pmf.exp();
+    }
+    cdf
+}
+
+/// The central 99% interval of Binomial(n, p), as counts.
+fn interval_99(n: usize, p: f64) -> (usize, usize) {
+    let low = (0..=n).find(|&k| binomial_cdf(k, n, p) >= 0.005).unwrap();
+    let high = (0..=n).find(|&k| binomial_cdf(k, n, p) >= 0.995).unwrap();
+    (low, high)
+}
+
+#[test]
+fn calibration_holds_on_held_out_id_boxes() {
+    let (fit, calibration, test) = (known("train"), known("val"), known("test_id"));
+    assert!(
+        test.len() > 500,
+        "the held-out ID set is too small: {}",
+        test.len()
+    );
+    for kind in ["energy", "mahalanobis", "knn"] {
+        let scorer =
+            FittedScorer::fit(kind, None, &[], &fit, &calibration, &FitOptions::default()).unwrap();
+        for alpha in [0.01, 0.05, 0.1] {
+            let flagged = scorer
+                .score(&test, Some(alpha))
+                .unwrap()
+                .iter()
+                .filter(|b| b.is_ood)
+                .count();
+            let (low, high) = interval_99(test.len(), alpha);
+            assert!(
+                (low..=high).contains(&flagged),
+                "{kind} at alpha {alpha}: {flagged} of {} ID boxes flagged, outside the 99% interval [{low}, {high}]",
+                test.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn boxes_of_another_model_are_refused() {
+    let (fit, calibration) = (known("train"), known("val"));
+    let scorer = FittedScorer::fit(
+        "energy",
+        None,
+        &[],
+        &fit,
+        &calibration,
+        &FitOptions::default(),
+    )
+    .unwrap();
+    let mut other = known("test_id");
+    other.fingerprint = "sha256:another-model".into();
+    let err = scorer.score(&other, None).unwrap_err().to_string();
+    assert!(err.contains("another-model"), "{err}");
+    let mut narrow = known("test_id");
+    narrow.num_classes = 3;
+    narrow.logits = narrow
+        .logits
+        .chunks(4)
+        .flat_map(|r| r[..3].to_vec())
+        .collect();
+    let err = scorer.score(&narrow, None).unwrap_err().to_string();
+    assert!(err.contains("3 classes"), "{err}");
+}
+
+#[test]
+fn fit_score_and_eval_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = dir.path().join("scorer.safetensors");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let out = oodbox(&[
+        "fit",
+        "--scorer",
+        "mahalanobis",
+        "--boxes",
+        &path(&fixture("train")),
+        "--calibration-boxes",
+        &path(&fixture("val")),
+        "--out",
+        &path(&scorer),
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let scores = dir.path().join("scores.json");
+    let out = oodbox(&[
+        "score",
+        "--scorer",
+        &path(&scorer),
+        "--boxes",
+        &path(&fixture("test_mixed")),
+        "--json",
+        &path(&scores),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+    let boxes = doc["boxes"].as_array().unwrap();
+    assert_eq!(
+        boxes.len(),
+        BoxSet::load(&fixture("test_mixed")).unwrap().len()
+    );
+    for b in boxes {
+        let (p, c) = (
+            b["p_value"].as_f64().unwrap(),
+            b["confidence"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&p) && (p + c - 1.0).abs() < 1e-12);
+        assert_eq!(b["is_ood"].as_bool().unwrap(), p <= 0.05);
+        assert!(b["score"].is_number());
+    }
+
+    let metrics = dir.path().join("metrics.json");
+    let report = dir.path().join("report");
+    let out = oodbox(&[
+        "eval",
+        "--scorer",
+        &path(&scorer),
+        "--id",
+        &path(&fixture("test_id")),
+        "--ood",
+        &path(&fixture("test_ood_far")),
+        "--mixed",
+        &path(&fixture("test_mixed")),
+        "--json",
+        &path(&metrics),
+        "--report",
+        &path(&report),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    for key in [
+        "auroc",
+        "fpr95",
+        "aupr_in",
+        "aupr_out",
+        "n_id",
+        "n_ood",
+        "convention",
+    ] {
+        assert!(m.get(key).is_some(), "metrics JSON lacks {key}: {m}");
+    }
+    assert!(
+        m["auroc"].as_f64().unwrap() > 0.5,
+        "far-OOD boxes should score higher than ID boxes: {m}"
+    );
+    assert!(m["gt_matched"]["n_ood"].as_u64().unwrap() > 0);
+    for png in ["roc.png", "hist_mahalanobis.png"] {
+        let image = image::open(report.join(png)).unwrap();
+        assert!(image.width() > 100, "{png}");
+    }
+    assert!(std::fs::read_to_string(report.join("metrics.md"))
+        .unwrap()
+        .contains("| mahalanobis | vos |"));
+}
+
+#[test]
+fn unknown_scorers_and_parameters_list_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("s.safetensors");
+    let train = fixture("train");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--boxes",
+            train.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = oodbox(&args);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--scorer", "mahalanobiss"]);
+    assert!(err.contains("mahalanobis") && err.contains("knn"), "{err}");
+    let err = run(&["--scorer", "knn", "--param", "neighbours=5"]);
+    assert!(err.contains("nearest"), "{err}");
+}
