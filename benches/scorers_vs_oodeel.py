@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.modules.setdefault("datasets", types.ModuleType("datasets"))  # see export_oodeel_reference.py
-from oodeel.methods import DKNN, VIM, Energy, Mahalanobis  # noqa: E402
-
+# The fixture exporter stubs out Hugging Face `datasets` before importing Oodeel (see there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 from export_oodeel_reference import write_safetensors  # noqa: E402
+from oodeel.methods import DKNN, VIM, Energy, Mahalanobis  # noqa: E402
 
 
 def main():

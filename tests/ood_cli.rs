@@ -225,3 +225,73 @@ fn unknown_scorers_and_parameters_list_the_valid_ones() {
     let err = run(&["--scorer", "knn", "--param", "neighbours=5"]);
     assert!(err.contains("nearest"), "{err}");
 }
+
+#[test]
+fn fit_and_eval_straight_from_a_dataset() {
+    use oodbox::data::synth::{generate, Split, SynthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let config = SynthConfig {
+        seed: 11,
+        width: 256,
+        height: 256,
+        counts: vec![(Split::Train, 20), (Split::TestMixed, 6)],
+    };
+    generate(dir.path(), &config, &|| ()).unwrap();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    let scorer = path(dir.path().join("scorer.safetensors"));
+    let out = oodbox(&[
+        "fit",
+        "--scorer",
+        "energy",
+        "--model",
+        model,
+        "--data",
+        &path(dir.path().join("data.yaml")),
+        "--split",
+        "train",
+        "--calibration-fraction",
+        "0.5",
+        "--imgsz",
+        "256",
+        "--quiet",
+        "--out",
+        &scorer,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = dir.path().join("m.json");
+    let out = oodbox(&[
+        "eval",
+        "--scorer",
+        &scorer,
+        "--mixed",
+        &path(dir.path().join("coco/test_mixed.json")),
+        "--model",
+        model,
+        "--imgsz",
+        "256",
+        "--quiet",
+        "--json",
+        &path(metrics.clone()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert!(
+        m["open_set"]["wi"].is_number() && m["open_set"]["aose"].is_number(),
+        "{m}"
+    );
+    assert!(m["open_set"]["n_unknown_gt"].as_u64().unwrap() > 0, "{m}");
+    let map = m["id_map"]["all_boxes"]["map50"].as_f64().unwrap();
+    assert!(
+        map > 0.5,
+        "the fixture model should detect the known shapes: mAP50 {map}"
+    );
+}

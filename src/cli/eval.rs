@@ -2,6 +2,7 @@ use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
 use oodbox::data::dataset;
 use oodbox::data::extraction::{ExtractedImage, LABEL_UNKNOWN};
+use oodbox::eval::map::{coco_map, without_unknown};
 use oodbox::eval::openset::open_set_metrics;
 use oodbox::eval::{ood_metrics, plots, roc_curve, ImagePreds, PredBox, CONVENTION};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
@@ -228,8 +229,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|im| im.ground_truth.clone().unwrap_or_default())
                     .collect();
-                row["open_set"] =
-                    serde_json::to_value(open_set_metrics(&gt, &preds, set.boxes.num_classes)?)?;
+                let n = set.boxes.num_classes;
+                row["open_set"] = serde_json::to_value(open_set_metrics(&gt, &preds, n)?)?;
+                // ID detection quality with and without the boxes flagged OOD (at conf > --conf,
+                // so lower than a conf 0.001 mAP): filtering should remove unknowns, not knowns.
+                row["id_map"] = json!({
+                    "all_boxes": coco_map(&gt, &preds, n)?,
+                    "ood_flagged_removed": coco_map(&gt, &without_unknown(&preds), n)?,
+                });
             }
         }
         rows.push(row);
