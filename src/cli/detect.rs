@@ -1,30 +1,38 @@
 use anyhow::Context;
 use oodbox::data::inputs::collect_images;
 use oodbox::data::write_atomically;
-use oodbox::detect::Detector;
+use oodbox::detect::{DetectOptions, Detector};
+use oodbox::ood::fitted::FittedScorer;
+use oodbox::pipeline::OodDetector;
+use oodbox::render::{annotate, Annotation};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use oodbox::render::{annotate, Annotation};
+use super::common::{run_images, DetectorArgs, OutputFolder, RunSummary};
 
-use super::common::{run_images, DetectorArgs, OutputFolder};
-
-/// Detect objects and keep, for every box, its raw logits (and optionally its feature vector).
+/// Detect objects and keep, for every box, its raw logits (and optionally its feature vector);
+/// with --scorer, also its OOD score, p-value, confidence and verdict.
 ///
 /// Defaults follow ultralytics `predict`, so the same weights give the same boxes. Writes the
-/// detections as JSON to --json, or to standard output.
+/// detections as JSON to --json, or to standard output when neither --json nor --out is given.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     detector: DetectorArgs,
+    /// A scorer file from `oodbox fit`, fitted for this model.
+    #[arg(long)]
+    scorer: Option<PathBuf>,
+    /// Significance level for `is_ood` (default: the scorer file's, usually 0.05).
+    #[arg(long, requires = "scorer")]
+    alpha: Option<f64>,
     /// Image files, folders (searched recursively) or glob patterns.
     #[arg(long, num_args = 1.., required = true)]
     input: Vec<PathBuf>,
     /// Write annotated images into this folder (PNG, named after the inputs).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Write the detections JSON here (default: standard output unless --out is given).
+    /// Write the detections JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Include each box's feature vector (the input of the final classifier).
@@ -35,80 +43,137 @@ pub struct Args {
     roi_features: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let paths = collect_images(&args.input)?;
-    let detector = args.detector.load()?;
-    let options = args.detector.flags.options(args.roi_features);
+/// What a detection run writes, shared by `detect` and `demo`.
+pub struct Outputs<'a> {
+    pub model: &'a Path,
+    pub out: Option<&'a Path>,
+    pub json: Option<&'a Path>,
+    pub with_features: bool,
+    pub quiet: bool,
+}
+
+/// Detects (and scores, with `ood`) every image, writing annotated images and the JSON.
+pub fn detect_images(
+    detector: &dyn Detector,
+    ood: Option<&OodDetector>,
+    options: &DetectOptions,
+    paths: &[PathBuf],
+    outputs: &Outputs,
+) -> anyhow::Result<(RunSummary, usize)> {
     let names = detector.class_names().to_vec();
-    let mut outputs = match &args.out {
-        Some(dir) => Some(OutputFolder::new(dir, &paths)?),
-        None => None,
-    };
+    let mut folder = outputs
+        .out
+        .map(|dir| OutputFolder::new(dir, paths))
+        .transpose()?;
     let mut images = Vec::new();
-    let summary = run_images(
-        &detector,
-        &options,
-        &paths,
-        args.detector.flags.quiet,
-        |p| {
-            let detections: Vec<_> = p
-                .boxes
-                .iter()
-                .map(|b| {
-                    let mut d = json!({
-                        "bbox": b.bbox,
-                        "class_id": b.class_id,
-                        "class_name": names[b.class_id],
-                        "confidence": b.confidence,
-                        "logits": b.logits,
-                        "level": b.level,
-                        "anchor": b.anchor,
-                    });
-                    if args.with_features {
-                        d["feature"] = json!(b.feature);
-                    }
-                    if let Some(roi) = &b.roi_feature {
-                        d["roi_feature"] = json!(roi);
-                    }
-                    d
-                })
-                .collect();
-            if let Some(out) = outputs.as_mut() {
-                let annotations: Vec<Annotation> = p
-                    .boxes
-                    .iter()
-                    .map(|b| Annotation {
-                        bbox: b.bbox,
-                        label: format!("{} {:.2}", names[b.class_id], b.confidence),
-                        class_id: b.class_id,
-                        ood_confidence: None,
-                        flagged: false,
-                    })
-                    .collect();
-                out.write(&p.path, &annotate(&p.image, &annotations, false))?;
+    let mut flagged = 0;
+    let summary = run_images(detector, options, paths, outputs.quiet, |p| {
+        let verdicts = match ood {
+            Some(o) => o
+                .score(p.boxes.clone())?
+                .into_iter()
+                .map(|d| Some(d.ood))
+                .collect(),
+            None => vec![None; p.boxes.len()],
+        };
+        flagged += verdicts.iter().flatten().filter(|v| v.is_ood).count();
+        let mut detections = Vec::new();
+        let mut annotations = Vec::new();
+        for (b, verdict) in p.boxes.iter().zip(&verdicts) {
+            let mut d = json!({
+                "bbox": b.bbox,
+                "class_id": b.class_id,
+                "class_name": names[b.class_id],
+                "confidence": b.confidence,
+                "logits": b.logits,
+                "level": b.level,
+                "anchor": b.anchor,
+            });
+            if outputs.with_features {
+                d["feature"] = json!(b.feature);
             }
-            images.push(json!({
-                "path": p.path,
-                "width": p.image.width(),
-                "height": p.image.height(),
-                "detections": detections,
-            }));
-            Ok(())
-        },
-    )?;
-    let document = json!({
-        "model": args.detector.model,
+            if let Some(roi) = &b.roi_feature {
+                d["roi_feature"] = json!(roi);
+            }
+            let mut label = format!("{} {:.2}", names[b.class_id], b.confidence);
+            if let Some(v) = verdict {
+                d["ood"] = json!(v);
+                label += &format!(" · OOD {:.2}", v.confidence);
+            }
+            detections.push(d);
+            annotations.push(Annotation {
+                bbox: b.bbox,
+                label,
+                class_id: b.class_id,
+                ood_confidence: verdict.map(|v| v.confidence),
+                flagged: verdict.is_some_and(|v| v.is_ood),
+            });
+        }
+        if let Some(folder) = folder.as_mut() {
+            folder.write(&p.path, &annotate(&p.image, &annotations, ood.is_some()))?;
+        }
+        images.push(json!({
+            "path": p.path,
+            "width": p.image.width(),
+            "height": p.image.height(),
+            "detections": detections,
+        }));
+        Ok(())
+    })?;
+    let mut document = json!({
+        "model": outputs.model,
         "class_names": names,
         "images": images,
         "failed": summary.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
     });
+    if let Some(o) = ood {
+        document["scorer"] = json!(o.scorer().name());
+        document["alpha"] = json!(o.alpha);
+    }
     let text = serde_json::to_string_pretty(&document)? + "\n";
-    match (&args.json, &args.out) {
+    match (outputs.json, outputs.out) {
         (Some(path), _) => write_atomically(path, text.as_bytes())
             .with_context(|| format!("writing the detections to {}", path.display()))?,
         (None, None) => print!("{text}"),
         (None, Some(_)) => {}
     }
+    Ok((summary, flagged))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let paths = collect_images(&args.input)?;
+    let detector = args.detector.load()?;
+    let options = args.detector.flags.options(args.roi_features);
+    let ood = match &args.scorer {
+        Some(path) => {
+            let scorer = FittedScorer::load(path)
+                .with_context(|| format!("loading the scorer {}", path.display()))?;
+            let mut o = OodDetector::new(Box::new(detector), scorer).with_context(|| {
+                format!(
+                    "using the scorer {} with the model {}",
+                    path.display(),
+                    args.detector.model.display()
+                )
+            })?;
+            if let Some(alpha) = args.alpha {
+                anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha must lie in (0, 1)");
+                o.alpha = alpha;
+            }
+            Ok(o)
+        }
+        None => Err(detector),
+    };
+    let outputs = Outputs {
+        model: &args.detector.model,
+        out: args.out.as_deref(),
+        json: args.json.as_deref(),
+        with_features: args.with_features,
+        quiet: args.detector.flags.quiet,
+    };
+    let (summary, _) = match &ood {
+        Ok(o) => detect_images(o.detector(), Some(o), &options, &paths, &outputs)?,
+        Err(plain) => detect_images(plain, None, &options, &paths, &outputs)?,
+    };
     if !args.detector.flags.quiet {
         summary.report();
     }

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod common;
+mod demo;
 mod detect;
 mod eval;
 mod extract;
@@ -21,6 +22,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Bench(bench::Args),
+    Demo(demo::Args),
     Detect(detect::Args),
     Extract(extract::Args),
     Fit(fit::Args),
@@ -32,6 +34,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Detect(args) => detect::run(args),
         Command::Extract(args) => extract::run(args),
         Command::Fit(args) => fit::run(args),

@@ -1,0 +1,112 @@
+//! [`OodDetector`]: a detector and a fitted scorer together, the one object a perception stack
+//! holds. Load both once, then call [`OodDetector::detect`] per image.
+
+use candle_core::Device;
+use image::RgbImage;
+use serde::Serialize;
+use std::path::Path;
+
+use crate::data::boxset::BoxSet;
+use crate::detect::yolov8::YoloDetector;
+use crate::detect::{BoxRecord, DetectOptions, Detector};
+use crate::error::{Error, Result};
+use crate::ood::fitted::{BoxOod, FittedScorer};
+
+/// One detection with its OOD verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Detection {
+    #[serde(flatten)]
+    pub record: BoxRecord,
+    pub class_name: String,
+    pub ood: BoxOod,
+}
+
+/// A detector with a scorer fitted for it. `Send + Sync`: share one across threads.
+pub struct OodDetector {
+    detector: Box<dyn Detector>,
+    scorer: FittedScorer,
+    /// Must match how the scorer's fit and calibration boxes were detected (input size,
+    /// thresholds), or the p-values lose their meaning.
+    pub options: DetectOptions,
+    /// Significance level for `is_ood`; the scorer file's unless changed.
+    pub alpha: f64,
+}
+
+impl OodDetector {
+    /// Pairs a detector with a scorer, refusing a scorer fitted for another model.
+    pub fn new(detector: Box<dyn Detector>, scorer: FittedScorer) -> Result<Self> {
+        if !scorer.fingerprint().is_empty() && scorer.fingerprint() != detector.fingerprint() {
+            return Err(Error::Scorer {
+                scorer: scorer.name(),
+                reason: format!(
+                    "fitted for model {}, not for this model ({})",
+                    scorer.fingerprint(),
+                    detector.fingerprint()
+                ),
+            });
+        }
+        let alpha = scorer.alpha();
+        Ok(OodDetector {
+            detector,
+            scorer,
+            options: DetectOptions::default(),
+            alpha,
+        })
+    }
+
+    /// Loads a YOLOv8 safetensors file and a scorer file.
+    pub fn load(model: &Path, scorer: &Path, device: &Device) -> Result<Self> {
+        let detector = YoloDetector::load(model, device)?;
+        Self::new(Box::new(detector), FittedScorer::load(scorer)?)
+    }
+
+    pub fn detector(&self) -> &dyn Detector {
+        self.detector.as_ref()
+    }
+
+    pub fn scorer(&self) -> &FittedScorer {
+        &self.scorer
+    }
+
+    /// Detects, then scores every box.
+    pub fn detect(&self, image: &RgbImage) -> Result<Vec<Detection>> {
+        let records = self.detector.detect(image, &self.options)?;
+        self.score(records)
+    }
+
+    /// Scores boxes this detector produced.
+    pub fn score(&self, records: Vec<BoxRecord>) -> Result<Vec<Detection>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.detector.as_ref();
+        let set = BoxSet::from_records(
+            records.iter().map(|r| (0, r)),
+            d.head(),
+            d.class_names(),
+            d.fingerprint(),
+            "",
+        );
+        let verdicts = self.scorer.score(&set, Some(self.alpha))?;
+        Ok(records
+            .into_iter()
+            .zip(verdicts)
+            .map(|(record, ood)| Detection {
+                class_name: d.class_names()[record.class_id].clone(),
+                record,
+                ood,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<OodDetector>();
+    }
+}
