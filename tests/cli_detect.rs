@@ -45,6 +45,7 @@ fn a_corrupt_image_is_reported_and_the_rest_processed() {
     std::fs::create_dir(&images).unwrap();
     awkward_folder(&images);
     let json = dir.path().join("out.json");
+    let annotated = dir.path().join("annotated");
     let out = oodbox(&[
         "detect",
         "--model",
@@ -56,6 +57,8 @@ fn a_corrupt_image_is_reported_and_the_rest_processed() {
         "--imgsz",
         "256",
         "--with-features",
+        "--out",
+        annotated.to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -73,6 +76,8 @@ fn a_corrupt_image_is_reported_and_the_rest_processed() {
         .collect();
     assert_eq!(processed.len(), 6, "{processed:?}");
     assert_eq!(doc["failed"].as_array().unwrap().len(), 1);
+    let written = std::fs::read_dir(&annotated).unwrap().count();
+    assert_eq!(written, 6, "one annotated image per readable input");
     let first = &doc["images"][0];
     assert_eq!(
         (first["width"].as_u64(), first["height"].as_u64()),
