@@ -1,6 +1,6 @@
 //! Detect, score and annotate one image with a model and a scorer fitted for it.
 //!
-//! [IMGSZ=256] cargo run --release --example annotate -- models/shapes.safetensors \
+//! cargo run --release --example annotate -- models/shapes.safetensors \
 //!     models/shapes-scorer.safetensors assets/images/test_mixed_00001.png annotated.png
 
 use oodbox::detect::image_io::load_rgb;
@@ -12,14 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [model, scorer, input, output] = args.as_slice() else {
         return Err("usage: annotate MODEL SCORER INPUT OUTPUT".into());
     };
-    let mut detector =
-        OodDetector::load(model.as_ref(), scorer.as_ref(), &candle_core::Device::Cpu)?;
-    // Detect as the scorer's calibration boxes were detected (the bundled shapes scorer: 256).
-    let imgsz = std::env::var("IMGSZ")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    detector.options.imgsz = (imgsz, imgsz);
+    // Detects as the scorer's calibration boxes were detected (recorded in the scorer file).
+    let detector = OodDetector::load(model.as_ref(), scorer.as_ref(), &candle_core::Device::Cpu)?;
     let image = load_rgb(input.as_ref())?;
     let detections = detector.detect(&image)?;
     let annotations: Vec<Annotation> = detections

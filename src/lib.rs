@@ -10,13 +10,12 @@
 //! use oodbox::detect::image_io::load_rgb;
 //! use oodbox::pipeline::OodDetector;
 //!
-//! let mut detector = OodDetector::load(
+//! // Detects as the scorer's fit boxes were detected (imgsz 256 for the shapes scorer).
+//! let detector = OodDetector::load(
 //!     "models/shapes.safetensors".as_ref(),
 //!     "models/shapes-scorer.safetensors".as_ref(),
 //!     &candle_core::Device::Cpu,
 //! )?;
-//! // Detect as the scorer's fit boxes were detected: the shapes scorer saw imgsz 256.
-//! detector.options.imgsz = (256, 256);
 //! let image = load_rgb("assets/images/test_mixed_00001.png".as_ref())?;
 //! for d in detector.detect(&image)? {
 //!     let verdict = if d.ood.is_ood { "unknown?" } else { "known" };
@@ -29,8 +28,8 @@
 //! [`pipeline::OodDetector`] is `Send + Sync`: one instance can serve several threads.
 //!
 //! The calibration holds for boxes detected the way the fit and calibration boxes were: same
-//! input size and thresholds. A scorer file does not record them yet, so set
-//! [`pipeline::OodDetector::options`] to match.
+//! input size and thresholds. Box sets and scorer files record those settings, and
+//! [`pipeline::OodDetector`] starts from them.
 
 pub mod data;
 pub mod detect;

@@ -25,8 +25,8 @@ pub struct Detection {
 pub struct OodDetector {
     detector: Box<dyn Detector>,
     scorer: FittedScorer,
-    /// Must match how the scorer's fit and calibration boxes were detected (input size,
-    /// thresholds), or the p-values lose their meaning.
+    /// How to detect: by default as the scorer's fit boxes were detected (when the scorer file
+    /// records it), since the p-values hold for boxes detected that way.
     pub options: DetectOptions,
     /// Significance level for `is_ood`; the scorer file's unless changed.
     pub alpha: f64,
@@ -46,10 +46,11 @@ impl OodDetector {
             });
         }
         let alpha = scorer.alpha();
+        let options = scorer.detect_options().cloned().unwrap_or_default();
         Ok(OodDetector {
             detector,
             scorer,
-            options: DetectOptions::default(),
+            options,
             alpha,
         })
     }

@@ -157,6 +157,20 @@ fn the_demo_flags_unknown_objects_at_the_promised_rates() {
 }
 
 #[test]
+fn the_scorer_file_sets_how_to_detect() {
+    let root = Path::new(ROOT);
+    let detector = oodbox::pipeline::OodDetector::load(
+        &root.join("models/shapes.safetensors"),
+        &root.join("models/shapes-scorer.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    // The bundled scorer's boxes were extracted at imgsz 256 (tests/fixtures/make_shapes_boxsets.sh).
+    assert_eq!(detector.options.imgsz, (256, 256));
+    assert_eq!(detector.alpha, 0.05);
+}
+
+#[test]
 fn bad_inputs_to_detect_with_a_scorer() {
     let dir = tempfile::tempdir().unwrap();
     let model = format!("{ROOT}/models/shapes.safetensors");

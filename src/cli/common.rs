@@ -36,8 +36,9 @@ pub struct DetectFlags {
     #[arg(long, default_value_t = 0.7)]
     pub iou: f32,
     /// Input size: one number for a square target, or HEIGHT,WIDTH (padded to multiples of 32).
-    #[arg(long, default_value = "640", value_parser = parse_imgsz)]
-    pub imgsz: (u32, u32),
+    /// Default: 640, or with a scorer, the size its fit boxes were detected at.
+    #[arg(long, value_parser = parse_imgsz)]
+    pub imgsz: Option<(u32, u32)>,
     /// At most this many boxes per image.
     #[arg(long, default_value_t = 300)]
     pub max_det: usize,
@@ -94,7 +95,7 @@ impl DetectFlags {
             iou: self.iou,
             max_det: self.max_det,
             agnostic: self.agnostic_nms,
-            imgsz: self.imgsz,
+            imgsz: self.imgsz.unwrap_or(DetectOptions::default().imgsz),
             roi_features,
         }
     }

@@ -1,7 +1,6 @@
 use anyhow::Context;
 use candle_core::Device;
 use oodbox::data::inputs::collect_images;
-use oodbox::detect::DetectOptions;
 use oodbox::pipeline::OodDetector;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,18 +35,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bundled("models/shapes.safetensors"),
         bundled("models/shapes-scorer.safetensors"),
     );
-    let mut ood = OodDetector::load(&model, &scorer, &Device::Cpu).with_context(|| {
+    // The scorer file says how its boxes were detected: at 256, the size of the bundled scenes.
+    let ood = OodDetector::load(&model, &scorer, &Device::Cpu).with_context(|| {
         format!(
             "loading the bundled model {} and scorer {}",
             model.display(),
             scorer.display()
         )
     })?;
-    // The bundled scenes are 256×256, the size the model was trained and the scorer calibrated at.
-    ood.options = DetectOptions {
-        imgsz: (256, 256),
-        ..DetectOptions::default()
-    };
     let paths = collect_images(&[bundled("assets/images")])?;
     let json = args.out.join("detections.json");
     let outputs = Outputs {

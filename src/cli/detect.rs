@@ -143,7 +143,7 @@ pub fn detect_images(
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let paths = collect_images(&args.input)?;
     let detector = args.detector.load()?;
-    let options = args.detector.flags.options(args.roi_features);
+    let mut options = args.detector.flags.options(args.roi_features);
     let ood = match &args.scorer {
         Some(path) => {
             let scorer = FittedScorer::load(path)
@@ -155,6 +155,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     args.detector.model.display()
                 )
             })?;
+            // Detect as the scorer's fit boxes were, unless told otherwise.
+            if let (Some(fitted), None) = (o.scorer().detect_options(), args.detector.flags.imgsz) {
+                options.imgsz = fitted.imgsz;
+            }
+            if let Some(fitted) = o.scorer().detect_options() {
+                if fitted.imgsz != options.imgsz || fitted.conf != options.conf {
+                    eprintln!(
+                        "warning: the scorer was calibrated on boxes detected at imgsz {:?}, conf {}; \
+                         detecting at imgsz {:?}, conf {}: its p-values may not hold",
+                        fitted.imgsz, fitted.conf, options.imgsz, options.conf
+                    );
+                }
+            }
             if let Some(alpha) = args.alpha {
                 anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha must lie in (0, 1)");
                 o.alpha = alpha;

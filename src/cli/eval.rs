@@ -2,6 +2,7 @@ use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
 use oodbox::data::dataset;
 use oodbox::data::extraction::{ExtractedImage, LABEL_UNKNOWN};
+use oodbox::detect::DetectOptions;
 use oodbox::eval::map::{coco_map, without_unknown};
 use oodbox::eval::openset::open_set_metrics;
 use oodbox::eval::{ood_metrics, plots, roc_curve, ImagePreds, PredBox, CONVENTION};
@@ -56,7 +57,7 @@ struct Set {
     images: Option<Vec<ExtractedImage>>,
 }
 
-fn load_set(path: &Path, args: &Args) -> anyhow::Result<Set> {
+fn load_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result<Set> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         let boxes = BoxSet::load(path)
             .with_context(|| format!("reading the box set {}", path.display()))?;
@@ -77,13 +78,7 @@ fn load_set(path: &Path, args: &Args) -> anyhow::Result<Set> {
         model.display(),
         path.display()
     );
-    let extraction = extract_dataset(
-        &detector,
-        &set,
-        &args.flags.options(false),
-        args.flags.quiet,
-        &source,
-    )?;
+    let extraction = extract_dataset(&detector, &set, options, args.flags.quiet, &source)?;
     Ok(Set {
         boxes: extraction.boxes,
         images: Some(extraction.images),
@@ -160,14 +155,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None,
         )]
     };
+    // Datasets are detected as the scorer's fit boxes were, unless --imgsz says otherwise.
+    let mut options = args.flags.options(false);
+    if let (Some(recorded), None) = (
+        scorers.first().and_then(|(s, _)| s.detect_options()),
+        args.flags.imgsz,
+    ) {
+        options.imgsz = recorded.imgsz;
+    }
     let vos = match (&args.id, &args.ood) {
-        (Some(id), Some(ood)) => Some((load_set(id, &args)?, load_set(ood, &args)?)),
+        (Some(id), Some(ood)) => Some((
+            load_set(id, &args, &options)?,
+            load_set(ood, &args, &options)?,
+        )),
         _ => None,
     };
     let mixed = args
         .mixed
         .as_ref()
-        .map(|p| load_set(p, &args))
+        .map(|p| load_set(p, &args, &options))
         .transpose()?;
 
     let mut rows = Vec::new();

@@ -11,7 +11,7 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::detect::{BoxRecord, ClassHead, LinearHead};
+use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -32,6 +32,9 @@ pub struct BoxSet {
     pub class_names: Vec<String>,
     pub fingerprint: String,
     pub source: String,
+    /// How the boxes were detected, when a detector made them here: a scorer fitted on them
+    /// is calibrated for boxes detected the same way.
+    pub detect_options: Option<DetectOptions>,
 }
 
 impl BoxSet {
@@ -82,6 +85,7 @@ impl BoxSet {
             class_names: self.class_names.clone(),
             fingerprint: self.fingerprint.clone(),
             source: self.source.clone(),
+            detect_options: self.detect_options.clone(),
         }
     }
 
@@ -217,7 +221,7 @@ impl BoxSet {
                 Ok((name.clone(), view))
             })
             .collect::<Result<Vec<_>>>()?;
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             (
                 "class_names".to_string(),
                 serde_json::to_string(&self.class_names).expect("strings serialise"),
@@ -226,6 +230,10 @@ impl BoxSet {
             ("source".to_string(), self.source.clone()),
             ("format".to_string(), "oodbox-boxset-1".to_string()),
         ]);
+        if let Some(options) = &self.detect_options {
+            let json = serde_json::to_string(options).expect("options serialise");
+            metadata.insert("detect_options".to_string(), json);
+        }
         let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -385,6 +393,13 @@ impl BoxSet {
             class_names,
             fingerprint: meta.get("fingerprint").cloned().unwrap_or_default(),
             source: meta.get("source").cloned().unwrap_or_default(),
+            detect_options: match meta.get("detect_options") {
+                Some(json) => Some(
+                    serde_json::from_str(json)
+                        .map_err(|e| bad(format!("metadata `detect_options`: {e}")))?,
+                ),
+                None => None,
+            },
         })
     }
 }
@@ -431,13 +446,17 @@ mod tests {
         };
         let records = [record(0, 0), record(1, 2)];
         let names = vec!["a".to_string(), "b".to_string()];
-        let set = BoxSet::from_records(
+        let mut set = BoxSet::from_records(
             records.iter().enumerate(),
             &head,
             &names,
             "sha256:x",
             "test",
         );
+        set.detect_options = Some(DetectOptions {
+            imgsz: (256, 320),
+            ..DetectOptions::default()
+        });
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("boxes.safetensors");
         set.save(&path).unwrap();

@@ -110,6 +110,7 @@ pub fn extract(
         source,
     );
     boxes.label = labels;
+    boxes.detect_options = Some(options.clone());
     Extraction {
         boxes,
         images,

@@ -59,7 +59,7 @@ pub struct ClassHead {
 }
 
 /// Post-processing settings; the defaults are ultralytics `predict`'s.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct DetectOptions {
     /// Keep boxes whose confidence is strictly above this.
     pub conf: f32,

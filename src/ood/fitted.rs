@@ -15,6 +15,7 @@ use std::path::Path;
 use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
+use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "oodbox-scorer";
@@ -50,6 +51,9 @@ struct Header {
     fit_boxes: usize,
     calibration_boxes: usize,
     source: String,
+    /// How the fit boxes were detected, when known.
+    #[serde(default)]
+    detect_options: Option<DetectOptions>,
 }
 
 /// Settings of a fit.
@@ -143,6 +147,7 @@ impl FittedScorer {
             fit_boxes: fit.len(),
             calibration_boxes: calibration.len(),
             source: fit.source.clone(),
+            detect_options: fit.detect_options.clone(),
         };
         Ok(FittedScorer {
             scorer,
@@ -173,6 +178,11 @@ impl FittedScorer {
 
     pub fn fingerprint(&self) -> &str {
         &self.header.fingerprint
+    }
+
+    /// How the fit boxes were detected: detect the same way for the p-values to hold.
+    pub fn detect_options(&self) -> Option<&DetectOptions> {
+        self.header.detect_options.as_ref()
     }
 
     pub fn calibration_summary(&self) -> &[ClassCalibration] {
