@@ -565,6 +565,20 @@ impl TensorsOut {
     pub fn scalar(&mut self, name: &str, v: f64) {
         self.push(name, vec![], vec![v]);
     }
+
+    pub fn into_state(
+        self,
+        kind: &str,
+        shaping: Option<String>,
+        params: BTreeMap<String, serde_json::Value>,
+    ) -> super::ScorerState {
+        super::ScorerState {
+            kind: kind.to_string(),
+            shaping,
+            params,
+            tensors: self.tensors,
+        }
+    }
 }
 
 /// Tensors of a scorer state being read: every lookup validates the shape, and `finish` rejects
@@ -666,6 +680,15 @@ impl<'a> TensorMap<'a> {
             )));
         }
         Ok(v as usize)
+    }
+
+    /// The stored feature dimension, refusing 0.
+    pub fn feature_dim(&mut self) -> Result<usize> {
+        let d = self.scalar_usize("feature_dim")?;
+        if d == 0 {
+            return Err(self.bad("feature_dim is 0"));
+        }
+        Ok(d)
     }
 
     pub fn scalar_usize(&mut self, name: &str) -> Result<usize> {

@@ -293,21 +293,13 @@ impl Scorer for Knn {
                 );
             }
         }
-        ScorerState {
-            kind: self.kind().to_string(),
-            shaping: None,
-            params,
-            tensors: out.tensors,
-        }
+        out.into_state(self.kind(), None, params)
     }
 }
 
 impl ScorerImpl for Knn {
     fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
-        let d = t.scalar_usize("feature_dim")?;
-        if d == 0 {
-            return Err(t.bad("feature_dim is 0"));
-        }
+        let d = t.feature_dim()?;
         let grouping = Grouping::read(t)?;
         let mut banks = Vec::new();
         for g in 0..grouping.len() {

@@ -241,12 +241,11 @@ impl Scorer for LogitScorer {
                 f.write(s, &mut out);
             }
         }
-        ScorerState {
-            kind: self.kind().to_string(),
-            shaping: self.shaping.as_ref().map(|s| s.name().to_string()),
+        out.into_state(
+            self.kind(),
+            self.shaping.as_ref().map(|s| s.name().to_string()),
             params,
-            tensors: out.tensors,
-        }
+        )
     }
 }
 

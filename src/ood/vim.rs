@@ -359,12 +359,7 @@ impl Scorer for Vim {
                 out.scalar(&format!("group{g}.alpha"), group.alpha);
             }
         }
-        ScorerState {
-            kind: self.kind().to_string(),
-            shaping: None,
-            params,
-            tensors: out.tensors,
-        }
+        out.into_state(self.kind(), None, params)
     }
 }
 
