@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use oodbox::detect::yolov8::{decode_boxes, Arch, Naming, Scale, YoloOutput, YoloV8};
 use oodbox::error::Error;
+use oodbox::nn::MapLayout;
 
 type Shapes = HashMap<String, Vec<usize>>;
 
@@ -222,6 +223,31 @@ fn assert_same_outputs(a: &YoloOutput, b: &YoloOutput, tol: f32) {
     }
 }
 
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(a, b) / max_abs_diff(b, &b.zeros_like().unwrap()).max(1e-12)
+}
+
+/// The fused channels-last CPU path (the default on CPU) against Candle's own ops, output by
+/// output, relative to each output's largest magnitude. Every layer shape of the scale is on
+/// this path, so a wrong kernel shows up in one of them.
+fn assert_fused_path_matches_candle_ops(mut model: YoloV8, x: &Tensor, label: &str) {
+    assert_eq!(model.layout(), MapLayout::Nhwc);
+    let fused = model.forward(x).unwrap();
+    model.set_layout(MapLayout::Nchw);
+    let plain = model.forward(x).unwrap();
+    let pairs = [
+        (&fused.box_logits, &plain.box_logits),
+        (&fused.cls_logits, &plain.cls_logits),
+    ]
+    .into_iter()
+    .chain(fused.cls_features.iter().zip(&plain.cls_features))
+    .chain(fused.neck.iter().zip(&plain.neck));
+    for (i, (a, b)) in pairs.enumerate() {
+        let d = max_rel_diff(a, b);
+        assert!(d <= 1e-4, "{label}: output {i} differs by {d:e} (relative)");
+    }
+}
+
 fn save(tensors: &HashMap<String, Tensor>, dir: &Path, file: &str) -> std::path::PathBuf {
     let path = dir.join(file);
     candle_core::safetensors::save(tensors, &path).unwrap();
@@ -322,10 +348,13 @@ fn round_trip(scale: Option<Scale>, counts: Option<(usize, usize)>) {
             assert_eq!(out.box_logits.dims(), &[1, 64, 126]);
             assert_eq!(out.cls_logits.dims(), &[1, nc, 126]);
             for (i, &(h, w)) in out.level_shapes.iter().enumerate() {
-                assert_eq!(out.cls_features[i].dims(), &[1, arch.head.cls_hidden, h, w]);
-                assert_eq!(out.neck[i].dims(), &[1, levels[i], h, w]);
+                assert_eq!(out.cls_features[i].dims(), &[1, h, w, arch.head.cls_hidden]);
+                assert_eq!(out.neck[i].dims(), &[1, h, w, levels[i]]);
             }
             assert_same_outputs(&out, &reference.forward(&x).unwrap(), 0.0);
+            if nc == 80 && naming == Naming::Candle {
+                assert_fused_path_matches_candle_ops(reference, &x, &label);
+            }
         }
     }
 }
@@ -380,7 +409,11 @@ fn class_head_reproduces_logits() {
     {
         assert_eq!(w.dims(), &[7, model.feature_dim()]);
         assert_eq!(b.dims(), &[7]);
-        let f = features.reshape((model.feature_dim(), h * wd)).unwrap();
+        let f = features
+            .reshape((h * wd, model.feature_dim()))
+            .unwrap()
+            .t()
+            .unwrap();
         let logits = w
             .matmul(&f)
             .unwrap()
@@ -392,7 +425,11 @@ fn class_head_reproduces_logits() {
             .unwrap()
             .squeeze(0)
             .unwrap();
-        assert!(max_abs_diff(&logits, &expected) < 1e-5);
+        let (d, scale) = (
+            max_abs_diff(&logits, &expected),
+            max_abs_diff(&expected, &expected.zeros_like().unwrap()),
+        );
+        assert!(d < 1e-5 * scale.max(1.0), "{d} vs scale {scale}");
         offset += h * wd;
     }
 }

@@ -1,7 +1,11 @@
 use anyhow::Context;
 use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::image_io::load_rgb;
+use oodbox::detect::yolov8::YoloDetector;
 use oodbox::detect::DetectOptions;
+use oodbox::nn::MapLayout;
+use oodbox::ood::fitted::FittedScorer;
+use oodbox::pipeline::OodDetector;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +15,8 @@ use super::common::device;
 
 /// Time each stage of detection (median, min and max over --iters runs, after warm-up).
 ///
-/// Without --image, a shapes-world scene of --imgsz × --imgsz is used.
+/// Without --image, a shapes-world scene of --imgsz × --imgsz is used. With --scorer, the boxes
+/// are also scored and `detect_ms` is the whole detection with its OOD verdicts.
 #[derive(clap::Args)]
 pub struct Args {
     /// YOLOv8 weights (.safetensors).
@@ -34,6 +39,13 @@ pub struct Args {
     /// Device: cpu, or cuda / cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// A scorer fitted for this model: also time OOD scoring of the boxes.
+    #[arg(long)]
+    scorer: Option<PathBuf>,
+    /// Run Candle's own channels-first ops instead of the fused CPU convolutions (the
+    /// reference path, for comparison).
+    #[arg(long)]
+    plain: bool,
 }
 
 fn stats(ms: &mut [f64]) -> serde_json::Value {
@@ -44,8 +56,22 @@ fn stats(ms: &mut [f64]) -> serde_json::Value {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let dev = device(&args.device)?;
-    let detector = oodbox::detect::yolov8::YoloDetector::load(&args.model, &dev)
-        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let load = || {
+        YoloDetector::load(&args.model, &dev)
+            .with_context(|| format!("loading the model {}", args.model.display()))
+    };
+    let mut detector = load()?;
+    if args.plain {
+        detector.model_mut().set_layout(MapLayout::Nchw);
+    }
+    let scorer = match &args.scorer {
+        Some(path) => {
+            let scorer = FittedScorer::load(path)
+                .with_context(|| format!("loading the scorer {}", path.display()))?;
+            Some(OodDetector::new(Box::new(load()?), scorer)?)
+        }
+        None => None,
+    };
     let image = match &args.image {
         Some(path) => load_rgb(path)?,
         None => render_scene(0, Split::TestMixed, 0, args.imgsz, args.imgsz).image,
@@ -55,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..DetectOptions::default()
     };
     let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
+    let mut score = vec![];
     for i in 0..args.warmup + args.iters {
         let t0 = Instant::now();
         let (input, geometry) = detector.preprocess(&image, &options)?;
@@ -64,13 +91,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let t2 = Instant::now();
         let boxes = detector.postprocess(&output, &geometry, &options)?;
         let t3 = Instant::now();
-        std::hint::black_box(boxes);
+        if let Some(scorer) = &scorer {
+            std::hint::black_box(scorer.score(boxes)?);
+        } else {
+            std::hint::black_box(boxes);
+        }
+        let t4 = Instant::now();
         if i >= args.warmup {
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
             pre.push(ms(t0, t1));
             fwd.push(ms(t1, t2));
             post.push(ms(t2, t3));
-            total.push(ms(t0, t3));
+            score.push(ms(t3, t4));
+            total.push(ms(t0, t4));
         }
     }
     let report = json!({
@@ -80,9 +113,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "preprocess_ms": stats(&mut pre),
         "forward_ms": stats(&mut fwd),
         "postprocess_ms": stats(&mut post),
+        "score_ms": stats(&mut score),
         "detect_ms": stats(&mut total),
+        "scorer": args.scorer,
+        "path": if args.plain { "candle" } else { "fused" },
     });
-    for key in ["preprocess_ms", "forward_ms", "postprocess_ms", "detect_ms"] {
+    for key in [
+        "preprocess_ms",
+        "forward_ms",
+        "postprocess_ms",
+        "score_ms",
+        "detect_ms",
+    ] {
         let s = &report[key];
         eprintln!(
             "{key:>15}: median {:8.2}  min {:8.2}  max {:8.2}",

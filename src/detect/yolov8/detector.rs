@@ -99,6 +99,11 @@ impl YoloDetector {
         &self.model
     }
 
+    /// The network, e.g. to choose its layout with [`YoloV8::set_layout`].
+    pub fn model_mut(&mut self) -> &mut YoloV8 {
+        &mut self.model
+    }
+
     /// The letterboxed input tensor `(1, 3, H, W)`, RGB in [0, 1], and its geometry.
     pub fn preprocess(
         &self,
@@ -177,33 +182,58 @@ impl YoloDetector {
                 Some(start)
             })
             .collect();
-        let mut features = Vec::with_capacity(3);
-        for f in &output.cls_features {
-            features.push(f.squeeze(0)?.flatten_all()?.to_vec1::<f32>()?);
+        let level_of = |source: usize| {
+            let level = level_offsets
+                .iter()
+                .rposition(|&o| source >= o)
+                .unwrap_or(0);
+            (level, source - level_offsets[level])
+        };
+        // Only the kept anchors' feature rows leave the device.
+        let dim = self.model.feature_dim();
+        let mut features = vec![Vec::new(); kept.len()];
+        for (level, map) in output.cls_features.iter().enumerate() {
+            let (slots, anchors): (Vec<usize>, Vec<u32>) = kept
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let (l, local) = level_of(c.source);
+                    (l == level).then_some((i, local as u32))
+                })
+                .unzip();
+            if anchors.is_empty() {
+                continue;
+            }
+            let index = Tensor::new(anchors.as_slice(), map.device())?;
+            let rows = map.squeeze(0)?.flatten(0, 1)?.index_select(&index, 0)?;
+            for (slot, row) in slots.into_iter().zip(rows.to_vec2::<f32>()?) {
+                features[slot] = row;
+            }
         }
         let necks = if options.roi_features {
             output
                 .neck
                 .iter()
-                .map(|n| n.squeeze(0)?.flatten_all()?.to_vec1::<f32>())
+                .map(|n| {
+                    n.squeeze(0)?
+                        .permute((2, 0, 1))?
+                        .flatten_all()?
+                        .to_vec1::<f32>()
+                })
                 .collect::<candle_core::Result<Vec<_>>>()?
         } else {
             Vec::new()
         };
-        let dim = self.model.feature_dim();
         kept.into_iter()
-            .map(|c| {
-                let level = level_offsets
-                    .iter()
-                    .rposition(|&o| c.source >= o)
-                    .unwrap_or(0);
+            .zip(features)
+            .map(|(c, feature)| {
+                debug_assert_eq!(feature.len(), dim);
+                let (level, _) = level_of(c.source);
                 let (h, w) = output.level_shapes[level];
-                let local = c.source - level_offsets[level];
-                let plane = h * w;
                 let roi_feature = necks.get(level).map(|neck| {
                     let map = FeatureMap {
                         data: neck,
-                        channels: neck.len() / plane,
+                        channels: neck.len() / (h * w),
                         height: h,
                         width: w,
                     };
@@ -214,9 +244,7 @@ impl YoloDetector {
                     class_id: c.class_id,
                     confidence: c.confidence,
                     logits: (0..nc).map(|k| logits[k * anchors + c.source]).collect(),
-                    feature: (0..dim)
-                        .map(|d| features[level][d * plane + local])
-                        .collect(),
+                    feature,
                     level: level as u8,
                     anchor: c.source as u32,
                     roi_feature,

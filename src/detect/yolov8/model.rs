@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Module, Shape, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::init::DEFAULT_KAIMING_NORMAL;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::arch::{Arch, C2fArch, Naming, SppfArch};
 use crate::error::{Error, Result};
+use crate::nn::{Activation, FusedConv, MapLayout};
 
 /// ultralytics `Conv` uses BatchNorm2d(eps=1e-3).
 const BN_EPS: f64 = 1e-3;
@@ -22,7 +23,7 @@ const BN_EPS: f64 = 1e-3;
 /// Conv2d without bias + BatchNorm (folded at load) + SiLU; padding k/2.
 #[derive(Debug, Clone)]
 struct ConvBlock {
-    conv: Conv2d,
+    conv: FusedConv,
 }
 
 impl ConvBlock {
@@ -41,14 +42,12 @@ impl ConvBlock {
         let conv = candle_nn::conv2d_no_bias(c_in, c_out, k, config, vb.pp("conv"))?;
         let bn = candle_nn::batch_norm(c_out, BN_EPS, vb.pp("bn"))?;
         Ok(Self {
-            conv: conv.absorb_bn(&bn)?,
+            conv: FusedConv::new(conv.absorb_bn(&bn)?, Activation::Silu)?,
         })
     }
-}
 
-impl Module for ConvBlock {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward(x)?.silu()
+    fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        self.conv.forward(x, layout)
     }
 }
 
@@ -68,11 +67,9 @@ impl Bottleneck {
             shortcut,
         })
     }
-}
 
-impl Module for Bottleneck {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
+    fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        let y = self.cv2.forward(&self.cv1.forward(x, layout)?, layout)?;
         if self.shortcut {
             y + x
         } else {
@@ -99,16 +96,15 @@ impl C2f {
             cv2: ConvBlock::load(vb.pp("cv2"), (2 + a.n) * a.hidden, a.c_out, 1, 1)?,
         })
     }
-}
 
-impl Module for C2f {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut ys = self.cv1.forward(x)?.chunk(2, 1)?;
+    fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        let c = layout.channel_dim();
+        let mut ys = self.cv1.forward(x, layout)?.chunk(2, c)?;
         for bottleneck in &self.bottlenecks {
-            let y = bottleneck.forward(&ys[ys.len() - 1])?;
+            let y = bottleneck.forward(&ys[ys.len() - 1], layout)?;
             ys.push(y);
         }
-        self.cv2.forward(&Tensor::cat(&ys, 1)?)
+        self.cv2.forward(&Tensor::cat(&ys, c)?, layout)
     }
 }
 
@@ -125,6 +121,25 @@ impl Sppf {
             cv2: ConvBlock::load(vb.pp("cv2"), 4 * a.hidden, a.c_out, 1, 1)?,
         })
     }
+
+    fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        let x = self.cv1.forward(x, layout)?;
+        // Pooling runs channels-first (the map is 1/32 of the input, so the transposes are
+        // cheap); the concatenation is converted back for cv2.
+        let x = to_nchw(&x, layout)?;
+        let y1 = max_pool5(&x)?;
+        let y2 = max_pool5(&y1)?;
+        let y3 = max_pool5(&y2)?;
+        let pooled = layout.from_nchw(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)?;
+        self.cv2.forward(&pooled, layout)
+    }
+}
+
+fn to_nchw(x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+    match layout {
+        MapLayout::Nchw => Ok(x.clone()),
+        MapLayout::Nhwc => x.permute((0, 3, 1, 2))?.contiguous(),
+    }
 }
 
 /// MaxPool2d(k=5, s=1, p=2) with PyTorch's −∞ padding. Replicating the edge gives the same
@@ -133,16 +148,6 @@ fn max_pool5(x: &Tensor) -> candle_core::Result<Tensor> {
     x.pad_with_same(2, 2, 2)?
         .pad_with_same(3, 2, 2)?
         .max_pool2d_with_stride(5, 1)
-}
-
-impl Module for Sppf {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.cv1.forward(x)?;
-        let y1 = max_pool5(&x)?;
-        let y2 = max_pool5(&y1)?;
-        let y3 = max_pool5(&y2)?;
-        self.cv2.forward(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)
-    }
 }
 
 /// Layers 0–9 (`net.`).
@@ -177,13 +182,18 @@ impl Backbone {
     }
 
     /// (P3, P4, P5) at strides 8, 16, 32.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let x = self.b1_1.forward(&self.b1_0.forward(x)?)?;
-        let x = self.b2_1.forward(&self.b2_0.forward(&x)?)?;
-        let p3 = self.b2_2.forward(&x)?;
-        let p4 = self.b3_1.forward(&self.b3_0.forward(&p3)?)?;
-        let x = self.b4_1.forward(&self.b4_0.forward(&p4)?)?;
-        let p5 = self.b5_0.forward(&x)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        layout: MapLayout,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let l = layout;
+        let x = self.b1_1.forward(&self.b1_0.forward(x, l)?, l)?;
+        let x = self.b2_1.forward(&self.b2_0.forward(&x, l)?, l)?;
+        let p3 = self.b2_2.forward(&x, l)?;
+        let p4 = self.b3_1.forward(&self.b3_0.forward(&p3, l)?, l)?;
+        let x = self.b4_1.forward(&self.b4_0.forward(&p4, l)?, l)?;
+        let p5 = self.b5_0.forward(&x, l)?;
         Ok((p3, p4, p5))
     }
 }
@@ -199,9 +209,21 @@ struct Neck {
     n6: C2f,
 }
 
-fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(2 * h, 2 * w)
+/// Nearest-neighbour 2× upsampling.
+fn upsample2(x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+    match layout {
+        MapLayout::Nchw => {
+            let (_, _, h, w) = x.dims4()?;
+            x.upsample_nearest2d(2 * h, 2 * w)
+        }
+        MapLayout::Nhwc => {
+            let (b, h, w, c) = x.dims4()?;
+            x.reshape((b, h, 1, w, 1, c))?
+                .broadcast_as((b, h, 2, w, 2, c))?
+                .contiguous()?
+                .reshape((b, 2 * h, 2 * w, c))
+        }
+    }
 }
 
 impl Neck {
@@ -218,25 +240,35 @@ impl Neck {
     }
 
     /// Head inputs (layers 15, 18, 21). Concat orders follow `yolov8.yaml`.
-    fn forward(&self, p3: &Tensor, p4: &Tensor, p5: &Tensor) -> candle_core::Result<[Tensor; 3]> {
-        let n1 = self.n1.forward(&Tensor::cat(&[&upsample2(p5)?, p4], 1)?)?;
-        let n2 = self.n2.forward(&Tensor::cat(&[&upsample2(&n1)?, p3], 1)?)?;
-        let n4 = self
-            .n4
-            .forward(&Tensor::cat(&[&self.n3.forward(&n2)?, &n1], 1)?)?;
-        let n6 = self
-            .n6
-            .forward(&Tensor::cat(&[&self.n5.forward(&n4)?, p5], 1)?)?;
+    fn forward(
+        &self,
+        p3: &Tensor,
+        p4: &Tensor,
+        p5: &Tensor,
+        l: MapLayout,
+    ) -> candle_core::Result<[Tensor; 3]> {
+        let c = l.channel_dim();
+        let n1 = self
+            .n1
+            .forward(&Tensor::cat(&[&upsample2(p5, l)?, p4], c)?, l)?;
+        let n2 = self
+            .n2
+            .forward(&Tensor::cat(&[&upsample2(&n1, l)?, p3], c)?, l)?;
+        let n3 = self.n3.forward(&n2, l)?;
+        let n4 = self.n4.forward(&Tensor::cat(&[&n3, &n1], c)?, l)?;
+        let n5 = self.n5.forward(&n4, l)?;
+        let n6 = self.n6.forward(&Tensor::cat(&[&n5, p5], c)?, l)?;
         Ok([n2, n4, n6])
     }
 }
 
-/// One Detect branch of one level: two 3×3 ConvBlocks then a 1×1 conv with bias, kept as the
-/// linear map it is so that the class head can be handed out as (W, b).
+/// One Detect branch of one level: two 3×3 ConvBlocks then a 1×1 conv with bias, whose weights
+/// are also kept as the linear map they are so that the class head can be handed out as (W, b).
 #[derive(Debug, Clone)]
 struct Branch {
     cv0: ConvBlock,
     cv1: ConvBlock,
+    projection: FusedConv,
     /// `(c_out, hidden)`.
     weight: Tensor,
     /// `(c_out,)`.
@@ -245,9 +277,8 @@ struct Branch {
 
 impl Branch {
     fn load(vb: VarBuilder, c_in: usize, hidden: usize, c_out: usize) -> candle_core::Result<Self> {
-        let weight = vb
-            .get_with_hints((c_out, hidden, 1, 1), "2.weight", DEFAULT_KAIMING_NORMAL)?
-            .reshape((c_out, hidden))?;
+        let weight =
+            vb.get_with_hints((c_out, hidden, 1, 1), "2.weight", DEFAULT_KAIMING_NORMAL)?;
         let bound = 1. / (hidden as f64).sqrt();
         let bias = vb.get_with_hints(
             c_out,
@@ -257,24 +288,28 @@ impl Branch {
                 up: bound,
             },
         )?;
+        let conv = Conv2d::new(weight.clone(), Some(bias.clone()), Conv2dConfig::default());
         Ok(Self {
             cv0: ConvBlock::load(vb.pp("0"), c_in, hidden, 3, 1)?,
             cv1: ConvBlock::load(vb.pp("1"), hidden, hidden, 3, 1)?,
-            weight,
+            projection: FusedConv::new(conv, Activation::Identity)?,
+            weight: weight.reshape((c_out, hidden))?,
             bias,
         })
     }
 
-    /// Input of the final 1×1 conv, `(B, hidden, H, W)`.
-    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.cv1.forward(&self.cv0.forward(x)?)
+    /// Input of the final 1×1 conv.
+    fn features(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        self.cv1.forward(&self.cv0.forward(x, layout)?, layout)
     }
 
-    /// The final 1×1 conv on flattened positions: `(B, c_out, H·W)`.
-    fn project(&self, features: &Tensor) -> candle_core::Result<Tensor> {
-        self.weight
-            .broadcast_matmul(&features.flatten_from(2)?)?
-            .broadcast_add(&self.bias.unsqueeze(1)?)
+    /// The final 1×1 conv, flattened over positions: `(B, c_out, H·W)`.
+    fn project(&self, features: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        let y = self.projection.forward(features, layout)?;
+        match layout {
+            MapLayout::Nchw => y.flatten_from(2),
+            MapLayout::Nhwc => y.flatten(1, 2)?.transpose(1, 2),
+        }
     }
 }
 
@@ -312,9 +347,10 @@ pub struct YoloOutput {
     pub box_logits: Tensor,
     /// `(B, nc, A)` pre-sigmoid class logits.
     pub cls_logits: Tensor,
-    /// Per level `(B, c3, H_i, W_i)`: output of `cv3[i].1` (after SiLU), input of `cv3[i].2`.
+    /// Per level `(B, H_i, W_i, c3)`: output of `cv3[i].1` (after SiLU), input of `cv3[i].2`;
+    /// channels last, so that an anchor's feature is one contiguous row.
     pub cls_features: Vec<Tensor>,
-    /// Per level the head inputs (layers 15, 18, 21).
+    /// Per level the head inputs (layers 15, 18, 21), `(B, H_i, W_i, C_i)`.
     pub neck: Vec<Tensor>,
     /// `(H_i, W_i)` per level.
     pub level_shapes: Vec<(usize, usize)>,
@@ -327,6 +363,8 @@ pub struct YoloV8 {
     neck: Neck,
     head: Head,
     arch: Arch,
+    /// Channels-last with the fused convolution on CPU, Candle's channels-first elsewhere.
+    layout: MapLayout,
     /// The safetensors `__metadata__` (class names under `names`, a JSON list); empty for
     /// models built with [`YoloV8::load`].
     pub metadata: HashMap<String, String>,
@@ -341,6 +379,7 @@ impl YoloV8 {
             neck: Neck::load(vb.pp("fpn"), arch)?,
             head: Head::load(vb.pp("head"), arch)?,
             arch: arch.clone(),
+            layout: MapLayout::for_device(vb.device()),
             metadata: HashMap::new(),
         })
     }
@@ -387,25 +426,39 @@ impl YoloV8 {
             ))
             .into());
         }
-        let (p3, p4, p5) = self.backbone.forward(x)?;
-        let neck = self.neck.forward(&p3, &p4, &p5)?;
+        let l = self.layout;
+        let (p3, p4, p5) = self.backbone.forward(&l.from_nchw(x)?, l)?;
+        let neck = self.neck.forward(&p3, &p4, &p5, l)?;
         let (mut box_logits, mut cls_logits) = (Vec::new(), Vec::new());
         let (mut cls_features, mut level_shapes) = (Vec::new(), Vec::new());
         for ((x, boxes), classes) in neck.iter().zip(&self.head.boxes).zip(&self.head.classes) {
-            let (_, _, h, w) = x.dims4()?;
-            box_logits.push(boxes.project(&boxes.features(x)?)?);
-            let features = classes.features(x)?;
-            cls_logits.push(classes.project(&features)?);
-            cls_features.push(features);
-            level_shapes.push((h, w));
+            box_logits.push(boxes.project(&boxes.features(x, l)?, l)?);
+            let features = classes.features(x, l)?;
+            cls_logits.push(classes.project(&features, l)?);
+            cls_features.push(l.to_nhwc(&features)?);
+            level_shapes.push(l.spatial(x)?);
         }
         Ok(YoloOutput {
             box_logits: Tensor::cat(&box_logits, 2)?,
             cls_logits: Tensor::cat(&cls_logits, 2)?,
             cls_features,
-            neck: Vec::from(neck),
+            neck: neck
+                .iter()
+                .map(|n| l.to_nhwc(n))
+                .collect::<candle_core::Result<_>>()?,
             level_shapes,
         })
+    }
+
+    /// The layout the forward pass runs in.
+    pub fn layout(&self) -> MapLayout {
+        self.layout
+    }
+
+    /// Switches between the fused channels-last CPU path and Candle's own ops (the reference;
+    /// the channels-last path needs a model loaded on the CPU).
+    pub fn set_layout(&mut self, layout: MapLayout) {
+        self.layout = layout;
     }
 
     pub fn arch(&self) -> &Arch {
