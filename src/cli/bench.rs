@@ -5,7 +5,6 @@ use oodbox::detect::DetectOptions;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use super::common::device;
 
@@ -14,7 +13,7 @@ use super::common::device;
 /// Without --image, a shapes-world scene of --imgsz × --imgsz is used.
 #[derive(clap::Args)]
 pub struct Args {
-    /// YOLOv8 weights (.safetensors).
+    /// YOLOv8 weights (.safetensors) or a DETR folder.
     #[arg(long)]
     model: PathBuf,
     /// Image to run on (default: a generated scene).
@@ -44,7 +43,7 @@ fn stats(ms: &mut [f64]) -> serde_json::Value {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let dev = device(&args.device)?;
-    let detector = oodbox::detect::yolov8::YoloDetector::load(&args.model, &dev)
+    let detector = oodbox::detect::load_detector(&args.model, &dev)
         .with_context(|| format!("loading the model {}", args.model.display()))?;
     let image = match &args.image {
         Some(path) => load_rgb(path)?,
@@ -56,21 +55,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
     for i in 0..args.warmup + args.iters {
-        let t0 = Instant::now();
-        let (input, geometry) = detector.preprocess(&image, &options)?;
-        let t1 = Instant::now();
-        let output = detector.model().forward(&input)?;
-        dev.synchronize()?;
-        let t2 = Instant::now();
-        let boxes = detector.postprocess(&output, &geometry, &options)?;
-        let t3 = Instant::now();
+        let (boxes, t) = detector.detect_timed(&image, &options, &dev)?;
         std::hint::black_box(boxes);
         if i >= args.warmup {
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            pre.push(ms(t0, t1));
-            fwd.push(ms(t1, t2));
-            post.push(ms(t2, t3));
-            total.push(ms(t0, t3));
+            pre.push(t.preprocess_ms);
+            fwd.push(t.forward_ms);
+            post.push(t.postprocess_ms);
+            total.push(t.preprocess_ms + t.forward_ms + t.postprocess_ms);
         }
     }
     let report = json!({
