@@ -7,8 +7,7 @@ use serde::Serialize;
 use std::path::Path;
 
 use crate::data::boxset::BoxSet;
-use crate::detect::yolov8::YoloDetector;
-use crate::detect::{BoxRecord, DetectOptions, Detector};
+use crate::detect::{load_detector, BoxRecord, DetectOptions, Detector};
 use crate::error::{Error, Result};
 use crate::ood::fitted::{BoxOod, FittedScorer};
 
@@ -55,9 +54,9 @@ impl OodDetector {
         })
     }
 
-    /// Loads a YOLOv8 safetensors file and a scorer file.
+    /// Loads a model (a YOLOv8 safetensors file or a DETR folder) and a scorer file.
     pub fn load(model: &Path, scorer: &Path, device: &Device) -> Result<Self> {
-        let detector = YoloDetector::load(model, device)?;
+        let detector = load_detector(model, device)?;
         Self::new(Box::new(detector), FittedScorer::load(scorer)?)
     }
 

@@ -1,8 +1,8 @@
 use anyhow::Context;
 use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::yolov8::YoloDetector;
 use oodbox::detect::DetectOptions;
+use oodbox::detect::LoadedDetector;
 use oodbox::nn::MapLayout;
 use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::OodDetector;
@@ -19,7 +19,7 @@ use super::common::device;
 /// are also scored and `detect_ms` is the whole detection with its OOD verdicts.
 #[derive(clap::Args)]
 pub struct Args {
-    /// YOLOv8 weights (.safetensors).
+    /// YOLOv8 weights (.safetensors) or a DETR folder.
     #[arg(long)]
     model: PathBuf,
     /// Image to run on (default: a generated scene).
@@ -57,12 +57,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let dev = device(&args.device)?;
     let load = || {
-        YoloDetector::load(&args.model, &dev)
+        oodbox::detect::load_detector(&args.model, &dev)
             .with_context(|| format!("loading the model {}", args.model.display()))
     };
     let mut detector = load()?;
     if args.plain {
-        detector.model_mut().set_layout(MapLayout::Nchw);
+        match &mut detector {
+            LoadedDetector::Yolo(d) => d.model_mut().set_layout(MapLayout::Nchw),
+            LoadedDetector::Detr(_) => anyhow::bail!("--plain applies to YOLOv8 models only"),
+        }
     }
     let scorer = match &args.scorer {
         Some(path) => {
@@ -83,27 +86,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
     let mut score = vec![];
     for i in 0..args.warmup + args.iters {
-        let t0 = Instant::now();
-        let (input, geometry) = detector.preprocess(&image, &options)?;
-        let t1 = Instant::now();
-        let output = detector.model().forward(&input)?;
-        dev.synchronize()?;
-        let t2 = Instant::now();
-        let boxes = detector.postprocess(&output, &geometry, &options)?;
+        let (boxes, t) = detector.detect_timed(&image, &options, &dev)?;
         let t3 = Instant::now();
         if let Some(scorer) = &scorer {
             std::hint::black_box(scorer.score(boxes)?);
         } else {
             std::hint::black_box(boxes);
         }
-        let t4 = Instant::now();
+        let score_ms = t3.elapsed().as_secs_f64() * 1e3;
         if i >= args.warmup {
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            pre.push(ms(t0, t1));
-            fwd.push(ms(t1, t2));
-            post.push(ms(t2, t3));
-            score.push(ms(t3, t4));
-            total.push(ms(t0, t4));
+            pre.push(t.preprocess_ms);
+            fwd.push(t.forward_ms);
+            post.push(t.postprocess_ms);
+            score.push(score_ms);
+            total.push(t.preprocess_ms + t.forward_ms + t.postprocess_ms + score_ms);
         }
     }
     let report = json!({

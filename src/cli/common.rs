@@ -7,15 +7,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::data::dataset::Dataset;
 use oodbox::data::extraction::{extract, Extraction};
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::yolov8::YoloDetector;
-use oodbox::detect::{BoxRecord, DetectOptions, Detector};
+use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector, LoadedDetector};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The model flag and the detection flags, for commands that always run a detector.
 #[derive(clap::Args)]
 pub struct DetectorArgs {
-    /// YOLOv8 weights (.safetensors, ultralytics or Candle tensor names).
+    /// YOLOv8 weights (.safetensors, ultralytics or Candle tensor names), or a Hugging Face
+    /// DETR folder (config.json, model.safetensors).
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -83,7 +83,7 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 }
 
 impl DetectorArgs {
-    pub fn load(&self) -> anyhow::Result<YoloDetector> {
+    pub fn load(&self) -> anyhow::Result<LoadedDetector> {
         self.flags.load(&self.model)
     }
 }
@@ -100,9 +100,9 @@ impl DetectFlags {
         }
     }
 
-    pub fn load(&self, model: &Path) -> anyhow::Result<YoloDetector> {
+    pub fn load(&self, model: &Path) -> anyhow::Result<LoadedDetector> {
         let device = device(&self.device)?;
-        let mut detector = YoloDetector::load(model, &device)
+        let mut detector = load_detector(model, &device)
             .with_context(|| format!("loading the model {}", model.display()))?;
         if let Some(path) = &self.names {
             let names = oodbox::data::read_class_names(path)?;

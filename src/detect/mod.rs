@@ -1,10 +1,15 @@
 //! Detectors and what they hand over for every kept box.
 
+pub mod detr;
 pub mod image_io;
 pub mod letterbox;
+mod loaded;
 pub mod nms;
 pub mod roi_align;
+mod safetensors_file;
 pub mod yolov8;
+
+pub use loaded::{load_detector, LoadedDetector, StageTimes};
 
 use image::RgbImage;
 use serde::Serialize;
@@ -18,10 +23,11 @@ pub struct BoxRecord {
     pub bbox: [f32; 4],
     pub class_id: usize,
     pub confidence: f32,
-    /// Raw logits of every class, as the head produced them (pre-sigmoid for YOLO).
+    /// Raw logits of every class, as the head produced them (pre-sigmoid for YOLO; for DETR
+    /// pre-softmax, no-object last).
     pub logits: Vec<f32>,
     /// The input of the final linear classifier at this box (YOLO: the class-branch feature at
-    /// the box's anchor cell).
+    /// the box's anchor cell; DETR: the query's last decoder hidden state).
     pub feature: Vec<f32>,
     /// Pyramid level (YOLO: 0, 1, 2 for strides 8, 16, 32).
     pub level: u8,

@@ -387,21 +387,7 @@ impl YoloV8 {
     /// Loads a safetensors file in either naming convention and any float dtype, computing
     /// in F32 on `device`. The architecture is inferred from the tensor shapes.
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self> {
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the file is mapped read-only; like every mmap, it must not be modified while
-        // the model loads (the weights are copied out by then).
-        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::NotSafetensors {
-            path: path.to_path_buf(),
-            reason: match e {
-                candle_core::Error::WithPath { inner, .. } => inner.to_string(),
-                e => e.to_string(),
-            },
-        })?;
-        let shapes: HashMap<String, Vec<usize>> = file
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.shape().to_vec()))
-            .collect();
+        let (file, shapes) = crate::detect::safetensors_file::map(path)?;
         let (arch, naming) = Arch::infer(&shapes, path)?;
         let metadata = read_metadata(path)?;
         let failure = Arc::new(Mutex::new(None));

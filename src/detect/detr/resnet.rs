@@ -1,0 +1,221 @@
+//! The ResNet-50/101 trunk of DETR up to C5, with every frozen BatchNorm folded into its
+//! convolution at load. Widths come from the weights, so narrowed trunks load too.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use super::config::{BackboneConfig, BackboneNaming};
+use super::weights::WeightIndex;
+use crate::error::{Error, Result};
+
+/// transformers' `DetrFrozenBatchNorm2d` adds this before the square root.
+const BN_EPS: f64 = 1e-5;
+
+/// Tensor paths of the two namings, relative to `model.backbone.conv_encoder.model`.
+struct Names(BackboneNaming);
+
+impl Names {
+    /// (convolution, batch norm) of the stem.
+    fn stem(&self) -> (String, String) {
+        match self.0 {
+            BackboneNaming::Timm => ("conv1".into(), "bn1".into()),
+            BackboneNaming::HfResNet => (
+                "embedder.embedder.convolution".into(),
+                "embedder.embedder.normalization".into(),
+            ),
+        }
+    }
+
+    fn block(&self, stage: usize, block: usize) -> String {
+        match self.0 {
+            BackboneNaming::Timm => format!("layer{}.{block}", stage + 1),
+            BackboneNaming::HfResNet => format!("encoder.stages.{stage}.layers.{block}"),
+        }
+    }
+
+    /// (convolution, batch norm) of the k-th (0..3) convolution of a block.
+    fn conv(&self, k: usize) -> (String, String) {
+        match self.0 {
+            BackboneNaming::Timm => (format!("conv{}", k + 1), format!("bn{}", k + 1)),
+            BackboneNaming::HfResNet => (
+                format!("layer.{k}.convolution"),
+                format!("layer.{k}.normalization"),
+            ),
+        }
+    }
+
+    fn shortcut(&self) -> (String, String) {
+        match self.0 {
+            BackboneNaming::Timm => ("downsample.0".into(), "downsample.1".into()),
+            BackboneNaming::HfResNet => (
+                "shortcut.convolution".into(),
+                "shortcut.normalization".into(),
+            ),
+        }
+    }
+}
+
+/// A bias-free convolution with its BatchNorm folded in.
+fn conv_bn(
+    vb: &VarBuilder,
+    (conv, bn): (String, String),
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    config: Conv2dConfig,
+) -> candle_core::Result<Conv2d> {
+    let conv = candle_nn::conv2d_no_bias(c_in, c_out, k, config, vb.pp(conv))?;
+    let bn = candle_nn::batch_norm(c_out, BN_EPS, vb.pp(bn))?;
+    conv.absorb_bn(&bn)
+}
+
+struct Bottleneck {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.conv1.forward(x)?.relu()?;
+        let y = self.conv2.forward(&y)?.relu()?;
+        let y = self.conv3.forward(&y)?;
+        let identity = match &self.shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        (y + identity)?.relu()
+    }
+}
+
+pub struct ResNet {
+    stem: Conv2d,
+    stages: Vec<Vec<Bottleneck>>,
+    out_channels: usize,
+}
+
+impl ResNet {
+    /// `vb` at `model.backbone.conv_encoder.model`; `index` gives the widths and block counts.
+    pub fn load(vb: VarBuilder, index: &WeightIndex, config: &BackboneConfig) -> Result<Self> {
+        let prefix = "model.backbone.conv_encoder.model";
+        let names = Names(config.naming);
+        let weight = |name: &str| format!("{prefix}.{name}.weight");
+        let shape = |name: &str| index.shape(&weight(name));
+        let mismatch = |reason: String| Error::BadModel {
+            path: index.path().to_path_buf(),
+            reason,
+        };
+
+        let found: Vec<usize> = (0..4)
+            .map(|s| {
+                (0..)
+                    .take_while(|&j| {
+                        index.contains(&weight(&format!(
+                            "{}.{}",
+                            names.block(s, j),
+                            names.conv(0).0
+                        )))
+                    })
+                    .count()
+            })
+            .collect();
+        if found != config.depths {
+            return Err(mismatch(format!(
+                "config.json describes a backbone with blocks {:?} per stage, the weights have {found:?}",
+                config.depths
+            )));
+        }
+
+        let stem_width = shape(&names.stem().0)?[0];
+        let stem = conv_bn(
+            &vb,
+            names.stem(),
+            3,
+            stem_width,
+            7,
+            Conv2dConfig {
+                padding: 3,
+                stride: 2,
+                ..Default::default()
+            },
+        )?;
+        let mut c_in = stem_width;
+        let mut stages = Vec::new();
+        for (s, &depth) in config.depths.iter().enumerate() {
+            let first = names.block(s, 0);
+            let mid = shape(&format!("{first}.{}", names.conv(0).0))?[0];
+            let c_out = shape(&format!("{first}.{}", names.conv(2).0))?[0];
+            // DC5 (timm `output_stride=16`): the last stage keeps stride 1 and dilates its 3×3
+            // convolutions by 2, except the first block's, which keeps the previous dilation.
+            let dilated = config.dilation && s == 3;
+            let stride = if s == 0 || dilated { 1 } else { 2 };
+            let mut blocks = Vec::with_capacity(depth);
+            for j in 0..depth {
+                let vb = vb.pp(names.block(s, j));
+                let (stride, c_block_in) = if j == 0 { (stride, c_in) } else { (1, c_out) };
+                let dilation = if dilated && j > 0 { 2 } else { 1 };
+                let (stride1, stride3) = if config.downsample_in_bottleneck {
+                    (stride, 1)
+                } else {
+                    (1, stride)
+                };
+                let one = |stride| Conv2dConfig {
+                    stride,
+                    ..Default::default()
+                };
+                let three = Conv2dConfig {
+                    padding: dilation,
+                    stride: stride3,
+                    dilation,
+                    ..Default::default()
+                };
+                let shortcut = if j == 0 && (c_block_in != c_out || stride != 1) {
+                    Some(conv_bn(
+                        &vb,
+                        names.shortcut(),
+                        c_block_in,
+                        c_out,
+                        1,
+                        one(stride),
+                    )?)
+                } else {
+                    None
+                };
+                blocks.push(Bottleneck {
+                    conv1: conv_bn(&vb, names.conv(0), c_block_in, mid, 1, one(stride1))?,
+                    conv2: conv_bn(&vb, names.conv(1), mid, mid, 3, three)?,
+                    conv3: conv_bn(&vb, names.conv(2), mid, c_out, 1, one(1))?,
+                    shortcut,
+                });
+            }
+            stages.push(blocks);
+            c_in = c_out;
+        }
+        Ok(ResNet {
+            stem,
+            stages,
+            out_channels: c_in,
+        })
+    }
+
+    /// Channels of C5.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// `(B, 3, H, W)` → C5 `(B, C, H/32, W/32)` (H/16, W/16 with DC5).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.stem.forward(x)?.relu()?;
+        // Max-pool 3×3 stride 2 padding 1: after the ReLU every value is ≥ 0, so zero padding
+        // gives the maxima that PyTorch's −∞ padding gives.
+        let mut x = x
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .max_pool2d_with_stride(3, 2)?;
+        for block in self.stages.iter().flatten() {
+            x = block.forward(&x)?;
+        }
+        Ok(x)
+    }
+}
