@@ -6,7 +6,7 @@ use image::RgbImage;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-use super::{decode_boxes, YoloOutput, YoloV8};
+use super::{YoloOutput, YoloV8};
 use crate::detect::letterbox::{letterbox, LetterboxGeometry};
 use crate::detect::nms::{non_max_suppression, Candidate};
 use crate::detect::roi_align::{roi_align_mean, FeatureMap};
@@ -157,22 +157,6 @@ impl YoloDetector {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let boxes: Vec<f32> = decode_boxes(&output.box_logits, &output.level_shapes, &strides)?
-            .squeeze(0)?
-            .flatten_all()?
-            .to_vec1()?;
-        for c in &mut candidates {
-            c.bbox
-                .copy_from_slice(&boxes[c.source * 4..c.source * 4 + 4]);
-        }
-        let kept = non_max_suppression(
-            candidates,
-            options.iou,
-            options.agnostic,
-            MAX_NMS,
-            options.max_det,
-        );
-
         let level_offsets: Vec<usize> = output
             .level_shapes
             .iter()
@@ -189,6 +173,33 @@ impl YoloDetector {
                 .unwrap_or(0);
             (level, source - level_offsets[level])
         };
+        // Only the candidates' boxes are decoded: `decode_boxes`'s DFL expectation per anchor.
+        let box_logits: Vec<f32> = output.box_logits.squeeze(0)?.flatten_all()?.to_vec1()?;
+        let reg_max = box_logits.len() / (4 * anchors);
+        for c in &mut candidates {
+            let (level, local) = level_of(c.source);
+            let width = output.level_shapes[level].1;
+            let centre = [(local % width) as f32 + 0.5, (local / width) as f32 + 0.5];
+            let side = |s: usize| {
+                let bins = (0..reg_max).map(|j| box_logits[(s * reg_max + j) * anchors + c.source]);
+                dfl_expectation(bins)
+            };
+            let stride = strides[level] as f32;
+            c.bbox = [
+                (centre[0] - side(0)) * stride,
+                (centre[1] - side(1)) * stride,
+                (centre[0] + side(2)) * stride,
+                (centre[1] + side(3)) * stride,
+            ];
+        }
+        let kept = non_max_suppression(
+            candidates,
+            options.iou,
+            options.agnostic,
+            MAX_NMS,
+            options.max_det,
+        );
+
         // Only the kept anchors' feature rows leave the device.
         let dim = self.model.feature_dim();
         let mut features = vec![Vec::new(); kept.len()];
@@ -252,6 +263,18 @@ impl YoloDetector {
             })
             .collect()
     }
+}
+
+/// The expected bin index under the softmax of one side's DFL logits.
+fn dfl_expectation(logits: impl Iterator<Item = f32> + Clone) -> f32 {
+    let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
+    let (mut total, mut weighted) = (0f32, 0f32);
+    for (j, x) in logits.enumerate() {
+        let e = (x - max).exp();
+        total += e;
+        weighted += e * j as f32;
+    }
+    weighted / total
 }
 
 fn sigmoid(x: f32) -> f32 {
