@@ -1,6 +1,6 @@
 //! oodbox: open-set recognition for object detectors.
 //!
-//! A trained detector (YOLOv8) runs in Candle and keeps, for every box, its raw class logits and
+//! A trained detector (YOLOv8, or DETR from a Hugging Face folder) runs in Candle and keeps, for every box, its raw class logits and
 //! the feature vector its classifier saw. Post-hoc OOD scorers, fitted on in-distribution boxes,
 //! score each box; a conformal calibrator turns the score into a p-value and an OOD confidence.
 //!

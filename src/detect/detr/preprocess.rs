@@ -167,7 +167,7 @@ impl DetrImageProcessor {
         pil_bilinear(image, w, h)
     }
 
-    /// `(1, 3, H, W)` f32, and the resized (width, height).
+    /// The network input `(1, 3, H, W)`, f32.
     pub fn preprocess(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
         let resized = self.resize(image);
         let (w, h) = (resized.width() as usize, resized.height() as usize);
