@@ -54,6 +54,14 @@ impl MapLayout {
         }
     }
 
+    /// Converts a map in this layout into NCHW.
+    pub fn to_nchw(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            MapLayout::Nchw => Ok(x.clone()),
+            MapLayout::Nhwc => x.permute((0, 3, 1, 2))?.contiguous(),
+        }
+    }
+
     /// Converts a map in this layout into NHWC.
     pub fn to_nhwc(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {

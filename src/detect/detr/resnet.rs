@@ -1,12 +1,13 @@
 //! The ResNet-50/101 trunk of DETR up to C5, with every frozen BatchNorm folded into its
 //! convolution at load. Widths come from the weights, so narrowed trunks load too.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::config::{BackboneConfig, BackboneNaming};
 use super::weights::WeightIndex;
 use crate::error::{Error, Result};
+use crate::nn::{Activation, FusedConv, MapLayout};
 
 /// transformers' `DetrFrozenBatchNorm2d` adds this before the square root.
 const BN_EPS: f64 = 1e-5;
@@ -63,26 +64,27 @@ fn conv_bn(
     c_out: usize,
     k: usize,
     config: Conv2dConfig,
-) -> candle_core::Result<Conv2d> {
+    act: Activation,
+) -> candle_core::Result<FusedConv> {
     let conv = candle_nn::conv2d_no_bias(c_in, c_out, k, config, vb.pp(conv))?;
     let bn = candle_nn::batch_norm(c_out, BN_EPS, vb.pp(bn))?;
-    conv.absorb_bn(&bn)
+    FusedConv::new(conv.absorb_bn(&bn)?, act)
 }
 
 struct Bottleneck {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    conv3: Conv2d,
-    shortcut: Option<Conv2d>,
+    conv1: FusedConv,
+    conv2: FusedConv,
+    conv3: FusedConv,
+    shortcut: Option<FusedConv>,
 }
 
 impl Bottleneck {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv1.forward(x)?.relu()?;
-        let y = self.conv2.forward(&y)?.relu()?;
-        let y = self.conv3.forward(&y)?;
+    fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+        let y = self.conv1.forward(x, layout)?;
+        let y = self.conv2.forward(&y, layout)?;
+        let y = self.conv3.forward(&y, layout)?;
         let identity = match &self.shortcut {
-            Some(conv) => conv.forward(x)?,
+            Some(conv) => conv.forward(x, layout)?,
             None => x.clone(),
         };
         (y + identity)?.relu()
@@ -90,9 +92,11 @@ impl Bottleneck {
 }
 
 pub struct ResNet {
-    stem: Conv2d,
+    stem: FusedConv,
     stages: Vec<Vec<Bottleneck>>,
     out_channels: usize,
+    /// Channels-last with the fused convolution on CPU, Candle's channels-first elsewhere.
+    layout: MapLayout,
 }
 
 impl ResNet {
@@ -139,6 +143,7 @@ impl ResNet {
                 stride: 2,
                 ..Default::default()
             },
+            Activation::Relu,
         )?;
         let mut c_in = stem_width;
         let mut stages = Vec::new();
@@ -178,14 +183,31 @@ impl ResNet {
                         c_out,
                         1,
                         one(stride),
+                        Activation::Identity,
                     )?)
                 } else {
                     None
                 };
                 blocks.push(Bottleneck {
-                    conv1: conv_bn(&vb, names.conv(0), c_block_in, mid, 1, one(stride1))?,
-                    conv2: conv_bn(&vb, names.conv(1), mid, mid, 3, three)?,
-                    conv3: conv_bn(&vb, names.conv(2), mid, c_out, 1, one(1))?,
+                    conv1: conv_bn(
+                        &vb,
+                        names.conv(0),
+                        c_block_in,
+                        mid,
+                        1,
+                        one(stride1),
+                        Activation::Relu,
+                    )?,
+                    conv2: conv_bn(&vb, names.conv(1), mid, mid, 3, three, Activation::Relu)?,
+                    conv3: conv_bn(
+                        &vb,
+                        names.conv(2),
+                        mid,
+                        c_out,
+                        1,
+                        one(1),
+                        Activation::Identity,
+                    )?,
                     shortcut,
                 });
             }
@@ -196,6 +218,7 @@ impl ResNet {
             stem,
             stages,
             out_channels: c_in,
+            layout: MapLayout::for_device(vb.device()),
         })
     }
 
@@ -206,16 +229,18 @@ impl ResNet {
 
     /// `(B, 3, H, W)` → C5 `(B, C, H/32, W/32)` (H/16, W/16 with DC5).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.stem.forward(x)?.relu()?;
+        let l = self.layout;
+        let x = l.to_nchw(&self.stem.forward(&l.from_nchw(x)?, l)?)?;
         // Max-pool 3×3 stride 2 padding 1: after the ReLU every value is ≥ 0, so zero padding
         // gives the maxima that PyTorch's −∞ padding gives.
-        let mut x = x
+        let pooled = x
             .pad_with_zeros(2, 1, 1)?
             .pad_with_zeros(3, 1, 1)?
             .max_pool2d_with_stride(3, 2)?;
+        let mut x = l.from_nchw(&pooled)?;
         for block in self.stages.iter().flatten() {
-            x = block.forward(&x)?;
+            x = block.forward(&x, l)?;
         }
-        Ok(x)
+        l.to_nchw(&x)
     }
 }

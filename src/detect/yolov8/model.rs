@@ -126,19 +126,12 @@ impl Sppf {
         let x = self.cv1.forward(x, layout)?;
         // Pooling runs channels-first (the map is 1/32 of the input, so the transposes are
         // cheap); the concatenation is converted back for cv2.
-        let x = to_nchw(&x, layout)?;
+        let x = layout.to_nchw(&x)?;
         let y1 = max_pool5(&x)?;
         let y2 = max_pool5(&y1)?;
         let y3 = max_pool5(&y2)?;
         let pooled = layout.from_nchw(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)?;
         self.cv2.forward(&pooled, layout)
-    }
-}
-
-fn to_nchw(x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
-    match layout {
-        MapLayout::Nchw => Ok(x.clone()),
-        MapLayout::Nhwc => x.permute((0, 3, 1, 2))?.contiguous(),
     }
 }
 
