@@ -46,7 +46,16 @@ unsafe fn bias_act_avx2(dst: &mut [f32], bias: &[f32], act: Activation) {
 
 #[inline(always)]
 fn bias_act_portable(dst: &mut [f32], bias: &[f32], act: Activation) {
-    let rows = dst.chunks_exact_mut(bias.len());
+    // Narrow rows are processed several at a time against a repeated bias, so that the inner
+    // loop is long enough for full vectors.
+    let repeated;
+    let bias = if bias.len() < 256 {
+        repeated = bias.repeat(256 / bias.len());
+        &repeated[..]
+    } else {
+        bias
+    };
+    let rows = dst.chunks_mut(bias.len());
     match act {
         Activation::Identity => {
             rows.for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b))

@@ -237,37 +237,69 @@ impl Conv2dNhwc {
         let (stride, dilation, pad) = (self.stride, self.dilation, self.padding as isize);
         // The taps of one kernel row are adjacent pixels: one copy when pixels are packed.
         let packed_taps = dilation == 1 && sw == c;
-        for (r, row) in patches[..rows * k].chunks_exact_mut(k).enumerate() {
-            let p = first + r;
-            let (bi, oy, ox) = (p / (ho * wo), (p / wo) % ho, p % wo);
+        let span = (k_w - 1) * dilation + 1;
+        let (mut bi, mut oy, mut ox) = (first / (ho * wo), (first / wo) % ho, first % wo);
+        for row in patches[..rows * k].chunks_exact_mut(k) {
             let x0 = (ox * stride) as isize - pad;
-            // Taps kx in lo..hi fall inside the map.
-            let lo = (0..k_w)
-                .find(|&kx| x0 + (kx * dilation) as isize >= 0)
-                .unwrap_or(k_w);
-            let hi = (lo..k_w)
-                .find(|&kx| x0 + (kx * dilation) as isize >= input.w as isize)
-                .unwrap_or(k_w);
+            // Taps kx in lo..hi fall inside the map; all of them away from the left and right
+            // borders.
+            let (lo, hi) = if x0 >= 0 && x0 + span as isize <= input.w as isize {
+                (0, k_w)
+            } else {
+                let inside =
+                    |kx: &usize| (0..input.w as isize).contains(&(x0 + (kx * dilation) as isize));
+                let lo = (0..k_w).find(inside).unwrap_or(k_w);
+                (lo, (lo..k_w).find(|kx| !inside(kx)).unwrap_or(k_w))
+            };
             for (ky, taps) in row.chunks_exact_mut(k_w * c).enumerate() {
                 let iy = (oy * stride + ky * dilation) as isize - pad;
                 if iy < 0 || iy >= input.h as isize || lo >= hi {
                     taps.fill(0.0);
                     continue;
                 }
-                taps[..lo * c].fill(0.0);
-                taps[hi * c..].fill(0.0);
+                if lo > 0 || hi < k_w {
+                    taps[..lo * c].fill(0.0);
+                    taps[hi * c..].fill(0.0);
+                }
                 let base = bi * sb + iy as usize * sh;
                 if packed_taps {
                     let src = base + (x0 + lo as isize) as usize * c;
-                    taps[lo * c..hi * c].copy_from_slice(&input.data[src..src + (hi - lo) * c]);
+                    copy(&mut taps[lo * c..hi * c], &input.data[src..]);
                 } else {
                     for kx in lo..hi {
                         let src = base + (x0 + (kx * dilation) as isize) as usize * sw;
-                        taps[kx * c..(kx + 1) * c].copy_from_slice(&input.data[src..src + c]);
+                        copy(&mut taps[kx * c..(kx + 1) * c], &input.data[src..]);
                     }
                 }
             }
+            ox += 1;
+            if ox == wo {
+                (ox, oy) = (0, oy + 1);
+                if oy == ho {
+                    (oy, bi) = (0, bi + 1);
+                }
+            }
         }
+    }
+}
+
+/// Fills `dst` from the front of `src`. Patch rows of thin layers are a few floats long, where a
+/// `memcpy` call costs more than the copy, so short ones go through fixed-size moves.
+#[inline(always)]
+fn copy(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    if n > 32 {
+        dst.copy_from_slice(&src[..n]);
+        return;
+    }
+    let src = &src[..n];
+    let mut chunks = dst.chunks_exact_mut(4);
+    let mut from = src.chunks_exact(4);
+    for (d, s) in (&mut chunks).zip(&mut from) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in chunks.into_remainder().iter_mut().zip(from.remainder()) {
+        *d = *s;
     }
 }
 
