@@ -38,3 +38,4 @@ pub mod eval;
 pub mod ood;
 pub mod pipeline;
 pub mod render;
+pub mod video;
