@@ -309,6 +309,17 @@ fn tiny_frames(n: usize, size: (u32, u32)) -> Vec<RgbImage> {
     (0..n as u64).map(|f| video.frame(f).0).collect()
 }
 
+/// Writes `frames` as a lossless video.
+fn write_frames(path: &Path, frames: &[RgbImage], fps: f64) {
+    let size = frames[0].dimensions();
+    let mut sink =
+        FrameSink::create(path.to_str().unwrap(), size, fps, Codec::Lossless, None).unwrap();
+    for frame in frames {
+        sink.write(frame).unwrap();
+    }
+    sink.finish().unwrap();
+}
+
 fn ppm(image: &RgbImage) -> Vec<u8> {
     let mut bytes = format!("P6\n{} {}\n255\n", image.width(), image.height()).into_bytes();
     bytes.extend_from_slice(image.as_raw());
@@ -319,18 +330,7 @@ fn ppm(image: &RgbImage) -> Vec<u8> {
 fn odd_frame_sizes_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("odd.mkv");
-    let mut sink = FrameSink::create(
-        input.to_str().unwrap(),
-        (67, 45),
-        5.0,
-        Codec::Lossless,
-        None,
-    )
-    .unwrap();
-    for frame in tiny_frames(3, (67, 45)) {
-        sink.write(&frame).unwrap();
-    }
-    sink.finish().unwrap();
+    write_frames(&input, &tiny_frames(3, (67, 45)), 5.0);
     let output = dir.path().join("odd_out.mp4");
     let (out, stderr) = run(video_command(
         input.to_str().unwrap(),
@@ -458,4 +458,28 @@ fn missing_ffmpeg_names_the_install_command() {
     assert!(!out.status.success());
     assert!(stderr.contains("was not found"), "{stderr}");
     assert!(stderr.contains("apt-get install ffmpeg"), "{stderr}");
+}
+
+/// Frames arriving faster than detection: `--realtime` drops some, says how many, and the
+/// output keeps every frame slot (a dropped frame is stood in for by the previous one).
+#[test]
+fn realtime_drops_frames_under_load_and_keeps_the_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fast.mkv");
+    write_frames(&input, &tiny_frames(25, (64, 48)), 50.0);
+    let output = dir.path().join("out.mkv");
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &["--realtime", "--queue", "1"],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let dropped: u64 = stderr
+        .split(" dropped")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in: {stderr}"));
+    assert!(dropped > 0 && dropped < 25, "{stderr}");
+    assert_eq!(decode_all(&output), (25, 50.0, (64, 48)));
 }

@@ -285,7 +285,7 @@ pub fn filter_stream(
             let (group_ids, ended) = tracker.update(frame.index, &leaders);
             let mut ids = vec![0; detections.len()];
             let mut newly_unknown = Vec::new();
-            for (group, &id) in groups.iter().zip(&group_ids) {
+            for (g, (group, &id)) in groups.iter().zip(&group_ids).enumerate() {
                 let leader = &detections[group[0]];
                 let state = tracks.entry(id).or_insert_with(|| TrackState {
                     evidence: TrackEvidence::default(),
@@ -303,7 +303,12 @@ pub fn filter_stream(
                     .min_by(|a, b| a.0.total_cmp(&b.0))
                     .expect("groups are not empty");
                 let p = (p_min * group.len() as f64).min(1.0);
-                state.evidence.push(p, &rule);
+                // An object overlapping another is partly hidden or merged with it: the
+                // calibration (scenes with limited occlusion) says nothing about such views,
+                // so they count as no evidence either way.
+                if !overlaps_another(&leaders, &leaders[g]) {
+                    state.evidence.push(p, &rule);
+                }
                 state.class_votes[leader.record.class_id] += 1;
                 state.boxes += 1;
                 let bbox = detections[unusual].record.bbox;
@@ -429,6 +434,16 @@ fn group_duplicates(detections: &[Detection], min_iou: f32) -> Vec<Vec<usize>> {
     }
     groups
 }
+
+/// Whether `bbox` overlaps one of `others` (itself excluded) by more than a sliver.
+fn overlaps_another(others: &[[f32; 4]], bbox: &[f32; 4]) -> bool {
+    others
+        .iter()
+        .any(|o| o != bbox && iou(o, bbox) > OCCLUSION_IOU)
+}
+
+/// Boxes overlapping more than this are treated as occluding each other.
+const OCCLUSION_IOU: f32 = 0.05;
 
 /// Tracks that ended, as (id, last frame), and the events of the unknown ones among them.
 type Closed = (Vec<(u64, u64)>, Vec<UnknownEvent>);
