@@ -33,7 +33,7 @@ enum KeepArg {
 /// frame rate and size. A track is called unknown when, in a block of boxes as long as
 /// --min-duration, at least half have small p-values (the level tightens block after block); at
 /// most --track-alpha of the tracks of known objects are called unknown, however correlated
-/// their frames are (README, "Video").
+/// their frames are, as long as their per-box p-values are valid (README, `oodbox video`).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
