@@ -34,6 +34,9 @@ pub enum Error {
     /// A plot that could not be drawn or written.
     #[error("{path}: cannot draw plot ({reason})")]
     Plot { path: PathBuf, reason: String },
+    /// A video input or output that ffmpeg could not open, read or write; `item` names it.
+    #[error("{item}: {reason}")]
+    Video { item: String, reason: String },
     #[error("calibration: {0}")]
     Calibration(String),
     #[error(transparent)]

@@ -39,3 +39,4 @@ pub mod nn;
 pub mod ood;
 pub mod pipeline;
 pub mod render;
+pub mod video;

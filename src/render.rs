@@ -67,7 +67,6 @@ fn text_colour_on(background: Rgb<u8>) -> Rgb<u8> {
 
 /// Draws the annotations on a copy of `image`; `legend` adds the colour scale.
 pub fn annotate(image: &RgbImage, annotations: &[Annotation], legend: bool) -> RgbImage {
-    let font = FontRef::try_from_slice(FONT).expect("the bundled font parses");
     // Very small images are drawn on an upscaled copy so that text stays legible.
     let short = image.width().min(image.height());
     let mut canvas = if short < 256 {
@@ -82,6 +81,18 @@ pub fn annotate(image: &RgbImage, annotations: &[Annotation], legend: bool) -> R
         image.clone()
     };
     let zoom = canvas.width() as f32 / image.width() as f32;
+    draw(&mut canvas, zoom, annotations, legend);
+    canvas
+}
+
+/// Draws the annotations on `frame` itself, at its own size (video frames keep their size).
+pub fn annotate_in_place(frame: &mut RgbImage, annotations: &[Annotation], legend: bool) {
+    draw(frame, 1.0, annotations, legend);
+}
+
+/// Draws boxes whose coordinates are `zoom` times smaller than `canvas`'s pixels.
+fn draw(canvas: &mut RgbImage, zoom: f32, annotations: &[Annotation], legend: bool) {
+    let font = FontRef::try_from_slice(FONT).expect("the bundled font parses");
     let (w, h) = canvas.dimensions();
     let short = w.min(h) as f32;
     let font_px = (short / 38.0).clamp(11.0, 64.0);
@@ -110,13 +121,13 @@ pub fn annotate(image: &RgbImage, annotations: &[Annotation], legend: bool) -> R
         for t in 0..lines {
             let rect = Rect::at(x1 - t, y1 - t)
                 .of_size((x2 - x1 + 2 * t) as u32, (y2 - y1 + 2 * t) as u32);
-            draw_hollow_rect_mut(&mut canvas, rect, colour);
+            draw_hollow_rect_mut(canvas, rect, colour);
         }
         if a.flagged {
             // A contrasting inner line makes flagged boxes stand out on any background.
             let inner = Rect::at(x1 + 1, y1 + 1)
                 .of_size((x2 - x1 - 2).max(1) as u32, (y2 - y1 - 2).max(1) as u32);
-            draw_hollow_rect_mut(&mut canvas, inner, text_colour_on(colour));
+            draw_hollow_rect_mut(canvas, inner, text_colour_on(colour));
         }
         let label = if a.flagged {
             format!("unknown? {}", a.label)
@@ -134,12 +145,12 @@ pub fn annotate(image: &RgbImage, annotations: &[Annotation], legend: bool) -> R
         };
         let lx = x1.clamp(0, (w as i32 - bw).max(0));
         draw_filled_rect_mut(
-            &mut canvas,
+            canvas,
             Rect::at(lx, ly).of_size(bw as u32, bh as u32),
             colour,
         );
         draw_text_mut(
-            &mut canvas,
+            canvas,
             text_colour_on(colour),
             lx + pad,
             ly + pad,
@@ -149,9 +160,8 @@ pub fn annotate(image: &RgbImage, annotations: &[Annotation], legend: bool) -> R
         );
     }
     if legend {
-        draw_legend(&mut canvas, &font, font_px);
+        draw_legend(canvas, &font, font_px);
     }
-    canvas
 }
 
 /// A horizontal colour bar in the bottom-right corner: "known" on the left, "unknown" right.

@@ -9,6 +9,8 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use oodbox::detect::LoadedDetector;
+
 use super::common::{run_images, DetectorArgs, OutputFolder, RunSummary};
 
 /// Detect objects and keep, for every box, its raw logits (and optionally its feature vector);
@@ -140,40 +142,57 @@ pub fn detect_images(
     Ok((summary, flagged))
 }
 
+/// Pairs the model with a scorer file. Detection then runs at the input size the scorer's fit
+/// boxes were detected at unless --imgsz says otherwise, with a warning when the settings
+/// differ, since the p-values only hold for boxes detected the same way.
+pub fn pair_with_scorer(
+    detector: LoadedDetector,
+    args: &DetectorArgs,
+    path: &Path,
+    alpha: Option<f64>,
+    options: &mut DetectOptions,
+) -> anyhow::Result<OodDetector> {
+    let scorer = FittedScorer::load(path)
+        .with_context(|| format!("loading the scorer {}", path.display()))?;
+    let mut o = OodDetector::new(Box::new(detector), scorer).with_context(|| {
+        format!(
+            "using the scorer {} with the model {}",
+            path.display(),
+            args.model.display()
+        )
+    })?;
+    if let (Some(fitted), None) = (o.scorer().detect_options(), args.flags.imgsz) {
+        options.imgsz = fitted.imgsz;
+    }
+    if let Some(fitted) = o.scorer().detect_options() {
+        if fitted.imgsz != options.imgsz || fitted.conf != options.conf {
+            eprintln!(
+                "warning: the scorer was calibrated on boxes detected at imgsz {:?}, conf {}; \
+                 detecting at imgsz {:?}, conf {}: its p-values may not hold",
+                fitted.imgsz, fitted.conf, options.imgsz, options.conf
+            );
+        }
+    }
+    if let Some(alpha) = alpha {
+        anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha must lie in (0, 1)");
+        o.alpha = alpha;
+    }
+    o.options = options.clone();
+    Ok(o)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let paths = collect_images(&args.input)?;
     let detector = args.detector.load()?;
     let mut options = args.detector.flags.options(args.roi_features);
     let ood = match &args.scorer {
-        Some(path) => {
-            let scorer = FittedScorer::load(path)
-                .with_context(|| format!("loading the scorer {}", path.display()))?;
-            let mut o = OodDetector::new(Box::new(detector), scorer).with_context(|| {
-                format!(
-                    "using the scorer {} with the model {}",
-                    path.display(),
-                    args.detector.model.display()
-                )
-            })?;
-            // Detect as the scorer's fit boxes were, unless told otherwise.
-            if let (Some(fitted), None) = (o.scorer().detect_options(), args.detector.flags.imgsz) {
-                options.imgsz = fitted.imgsz;
-            }
-            if let Some(fitted) = o.scorer().detect_options() {
-                if fitted.imgsz != options.imgsz || fitted.conf != options.conf {
-                    eprintln!(
-                        "warning: the scorer was calibrated on boxes detected at imgsz {:?}, conf {}; \
-                         detecting at imgsz {:?}, conf {}: its p-values may not hold",
-                        fitted.imgsz, fitted.conf, options.imgsz, options.conf
-                    );
-                }
-            }
-            if let Some(alpha) = args.alpha {
-                anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha must lie in (0, 1)");
-                o.alpha = alpha;
-            }
-            Ok(o)
-        }
+        Some(path) => Ok(pair_with_scorer(
+            detector,
+            &args.detector,
+            path,
+            args.alpha,
+            &mut options,
+        )?),
         None => Err(detector),
     };
     let outputs = Outputs {

@@ -10,6 +10,8 @@ mod extract;
 mod fit;
 mod score;
 mod synth;
+mod synth_video;
+mod video;
 
 /// Open-set recognition for object detectors: per-box logits, features and OOD confidence.
 #[derive(Parser)]
@@ -29,6 +31,8 @@ enum Command {
     Score(score::Args),
     Eval(eval::Args),
     Synth(synth::Args),
+    SynthVideo(synth_video::Args),
+    Video(video::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -41,5 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Score(args) => score::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::SynthVideo(args) => synth_video::run(args),
+        Command::Video(args) => video::run(args),
     }
 }

@@ -442,18 +442,42 @@ impl Outline {
     }
 }
 
-struct Object {
-    kind: Kind,
+/// One drawable object: its shape and paint are fixed, its centre can move (videos move it).
+pub(crate) struct Object {
+    pub(crate) kind: Kind,
     outline: Outline,
     fill: Fill,
-    cx: f32,
-    cy: f32,
-    radius: f32,
+    pub(crate) cx: f32,
+    pub(crate) cy: f32,
+    pub(crate) radius: f32,
     cos: f32,
     sin: f32,
 }
 
 impl Object {
+    /// A random object of `kind` centred at (cx, cy), painted to stand out from `background`.
+    pub(crate) fn random(
+        rng: &mut ChaCha8Rng,
+        kind: Kind,
+        background: [f32; 3],
+        (cx, cy): (f32, f32),
+        radius: f32,
+    ) -> Self {
+        let angle = rng.random::<f32>() * 2.0 * PI;
+        let outline = make_outline(rng, kind);
+        let fill = object_fill(rng, kind, background, radius);
+        Object {
+            kind,
+            outline,
+            fill,
+            cx,
+            cy,
+            radius,
+            cos: angle.cos(),
+            sin: angle.sin(),
+        }
+    }
+
     fn local(&self, x: f32, y: f32) -> (f32, f32) {
         let (dx, dy) = ((x - self.cx) / self.radius, (y - self.cy) / self.radius);
         (
@@ -590,7 +614,8 @@ fn scene_kinds(rng: &mut ChaCha8Rng, split: Split) -> Vec<Kind> {
     }
 }
 
-fn paint_background(rng: &mut ChaCha8Rng, image: &mut RgbImage) -> [f32; 3] {
+/// Paints a textured background with line clutter; returns its mean colour.
+pub(crate) fn paint_background(rng: &mut ChaCha8Rng, image: &mut RgbImage) -> [f32; 3] {
     let (w, h) = (image.width() as f32, image.height() as f32);
     let a = random_colour(rng);
     let b = lerp(a, random_colour(rng), rng.random_range(0.3..1.0));
@@ -646,28 +671,40 @@ pub fn render_scene(seed: u64, split: Split, index: usize, width: u32, height: u
             if extents.iter().any(|e| overlap_of_smaller(*e, extent) > 0.3) {
                 continue;
             }
-            let angle = rng.random::<f32>() * 2.0 * PI;
-            let outline = make_outline(&mut rng, kind);
-            let fill = object_fill(&mut rng, kind, background, radius);
-            objects.push(Object {
-                kind,
-                outline,
-                fill,
-                cx,
-                cy,
-                radius,
-                cos: angle.cos(),
-                sin: angle.sin(),
-            });
+            objects.push(Object::random(&mut rng, kind, background, (cx, cy), radius));
             extents.push(extent);
             break;
         }
     }
 
+    let boxes = draw_objects(&mut image, &objects);
+    let objects = objects
+        .iter()
+        .zip(boxes)
+        .filter(|(_, b)| b[2] - b[0] >= 4.0 && b[3] - b[1] >= 4.0)
+        .map(|(o, bbox)| Annotation {
+            kind: o.kind.name(),
+            group: o.kind.group(),
+            class_id: o.kind.class_id(),
+            category_id: o.kind.category_id(),
+            bbox,
+        })
+        .collect();
+    Scene { image, objects }
+}
+
+/// Draws `objects` in order (later ones on top) and returns each one's visible box, x1, y1, x2,
+/// y2 in pixels; an object with no visible pixel gets an empty box (x1 > x2).
+pub(crate) fn draw_objects<O: std::borrow::Borrow<Object>>(
+    image: &mut RgbImage,
+    objects: &[O],
+) -> Vec<[f32; 4]> {
     // Rasterise with 2×2 supersampling; the owner map records which object shows at each pixel.
+    let (width, height) = image.dimensions();
     let mut owner = vec![usize::MAX; (width * height) as usize];
     const SUB: [(f32, f32); 4] = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)];
     for (i, obj) in objects.iter().enumerate() {
+        let obj = obj.borrow();
         let x0 = (obj.cx - obj.radius).floor().max(0.0) as u32;
         let y0 = (obj.cy - obj.radius).floor().max(0.0) as u32;
         let x1 = ((obj.cx + obj.radius).ceil() as u32).min(width);
@@ -722,19 +759,7 @@ pub fn render_scene(seed: u64, split: Split, index: usize, width: u32, height: u
         b[2] = b[2].max(x + 1.0);
         b[3] = b[3].max(y + 1.0);
     }
-    let objects = objects
-        .iter()
-        .zip(boxes)
-        .filter(|(_, b)| b[2] - b[0] >= 4.0 && b[3] - b[1] >= 4.0)
-        .map(|(o, bbox)| Annotation {
-            kind: o.kind.name(),
-            group: o.kind.group(),
-            class_id: o.kind.class_id(),
-            category_id: o.kind.category_id(),
-            bbox,
-        })
-        .collect();
-    Scene { image, objects }
+    boxes
 }
 
 /// One YOLO label line: `class cx cy w h`, normalised; unknown objects get class `-1`.

@@ -1,0 +1,265 @@
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
+use oodbox::video::stream::{filter_stream, Keep, OodAction, Output, Progress, StreamOptions};
+use oodbox::video::tracker::TrackerConfig;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::common::DetectorArgs;
+use super::detect::pair_with_scorer;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ActionArg {
+    Flag,
+    Drop,
+    Relabel,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeepArg {
+    All,
+    Ood,
+}
+
+/// Filter a video stream: detect and track every object, call a track unknown once its OOD
+/// evidence adds up, and write the annotated (or filtered) video and one event per unknown
+/// track.
+///
+/// Decoding and encoding run through the ffmpeg command-line tool. The output keeps the input's
+/// frame rate and size. A track is called unknown when, in a block of boxes as long as
+/// --min-duration, at least half have small p-values (the level tightens block after block); at
+/// most --track-alpha of the tracks of known objects are called unknown, however correlated
+/// their frames are, as long as their per-box p-values are valid (README, `oodbox video`).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    detector: DetectorArgs,
+    /// A scorer file from `oodbox fit`, fitted for this model.
+    #[arg(long)]
+    scorer: PathBuf,
+    /// A video file, an image-sequence pattern (frames/%05d.png), a URL ffmpeg reads
+    /// (rtsp://, http://), or - for a stream (a video or concatenated images) on stdin.
+    #[arg(long)]
+    input: String,
+    /// The output video (.mp4, .mkv, ...), an image-sequence pattern, or - (NUT on stdout).
+    #[arg(long)]
+    output: String,
+    /// Write one JSON line per unknown track here, as each track ends.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Write every frame's boxes (with track id, class, confidence and OOD verdict) here, one
+    /// JSON line per frame.
+    #[arg(long)]
+    detections: Option<PathBuf>,
+    /// What to do with the boxes of unknown tracks: keep and mark, remove, or rename "unknown".
+    #[arg(long, value_enum, default_value = "flag")]
+    ood_action: ActionArg,
+    /// Which frames to write: all, or only those that show an unknown track.
+    #[arg(long, value_enum, default_value = "all")]
+    keep: KeepArg,
+    /// Save a crop of each unknown track (its most unusual box) into this folder.
+    #[arg(long)]
+    crops: Option<PathBuf>,
+    /// Read at the input's frame rate and drop frames when detection falls behind.
+    #[arg(long)]
+    realtime: bool,
+    /// The most that tracks of known objects may be called unknown (their false-alarm rate).
+    #[arg(long, default_value_t = 0.05)]
+    track_alpha: f64,
+    /// Seconds of evidence per decision: a shorter unknown may go unreported.
+    #[arg(long, default_value_t = 1.0)]
+    min_duration: f64,
+    /// Frames a track survives without a box.
+    #[arg(long, default_value_t = 5)]
+    max_missed: u64,
+    /// Input frame rate for image sequences and image pipes (default: ffmpeg's reading, 25
+    /// when the input states none).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Frames each queue between the decode, detect and encode threads holds.
+    #[arg(long, default_value_t = 8)]
+    queue: usize,
+}
+
+fn progress_line(p: &Progress) -> String {
+    let [decode, detect, track, encode] = p.stage_ms();
+    format!(
+        "frame {} · {:.1} fps · ms/frame: decode {decode:.1}, detect {detect:.1}, track {track:.2}, \
+         encode {encode:.1} · dropped {} · unknown tracks {}",
+        p.detected,
+        p.fps(),
+        p.dropped,
+        p.unknown_tracks
+    )
+}
+
+type Log = std::io::BufWriter<std::fs::File>;
+
+fn create_log(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<Log>> {
+    path.map(|p| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("creating the {what} file {}", p.display()))
+    })
+    .transpose()
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.track_alpha > 0.0 && args.track_alpha < 1.0,
+        "--track-alpha must lie in (0, 1)"
+    );
+    anyhow::ensure!(args.min_duration > 0.0, "--min-duration must be positive");
+    if let Some(fps) = args.fps {
+        anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
+    }
+    let detector = args.detector.load()?;
+    let mut options = args.detector.flags.options(false);
+    let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
+    if let Some(dir) = &args.crops {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the crops folder {}", dir.display()))?;
+    }
+    let mut events = create_log(args.events.as_deref(), "events")?;
+    let mut detections = create_log(args.detections.as_deref(), "detections")?;
+    let source = FrameSource::open(
+        &args.input,
+        &SourceOptions {
+            frame_rate: args.fps,
+            native_rate: args.realtime && args.input != "-" && !args.input.contains("://"),
+        },
+    )
+    .context("opening the input")?;
+    if source.fps_guessed() {
+        eprintln!(
+            "warning: {} states no frame rate; assuming {} fps (set --fps)",
+            args.input,
+            source.fps()
+        );
+    }
+    let fps = source.fps();
+    let stream_options = StreamOptions {
+        action: match args.ood_action {
+            ActionArg::Flag => OodAction::Flag,
+            ActionArg::Drop => OodAction::Drop,
+            ActionArg::Relabel => OodAction::Relabel,
+        },
+        keep: match args.keep {
+            KeepArg::All => Keep::All,
+            KeepArg::Ood => Keep::Ood,
+        },
+        realtime: args.realtime,
+        track_alpha: args.track_alpha,
+        min_duration_s: args.min_duration,
+        tracker: TrackerConfig {
+            max_missed: args.max_missed,
+            ..Default::default()
+        },
+        queue: args.queue,
+        crops: args.crops.clone(),
+    };
+    let quiet = args.detector.flags.quiet;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
+    let mut last_update = Instant::now();
+    let (input, output) = (args.input.clone(), args.output.clone());
+    let report = filter_stream(
+        &ood,
+        source,
+        move |size| FrameSink::create(&output, size, fps, Codec::Default, Some(&input)),
+        &stream_options,
+        |output| {
+            let (file, path, line) = match output {
+                Output::Event(event) => (
+                    events.as_mut(),
+                    &args.events,
+                    serde_json::to_value(event).expect("events serialise"),
+                ),
+                Output::Frame { index, boxes } => (
+                    detections.as_mut(),
+                    &args.detections,
+                    json!({
+                        "frame": index,
+                        "time_s": index as f64 / fps,
+                        "boxes": boxes.iter().map(|(track, d)| {
+                            let mut v = serde_json::to_value(d).expect("detections serialise");
+                            v["track_id"] = json!(track);
+                            // Features and logits stay out of the per-frame log.
+                            v.as_object_mut().map(|o| { o.remove("feature"); o.remove("logits"); o.remove("roi_feature") });
+                            v
+                        }).collect::<Vec<_>>(),
+                    }),
+                ),
+            };
+            if let (Some(file), Some(path)) = (file, path) {
+                writeln!(file, "{line}")
+                    .and_then(|_| file.flush())
+                    .map_err(|e| oodbox::error::Error::io(path, e))?;
+            }
+            Ok(())
+        },
+        |p| {
+            if last_update.elapsed() >= Duration::from_millis(250) {
+                bar.set_message(progress_line(p));
+                bar.tick();
+                last_update = Instant::now();
+            }
+        },
+    )
+    .with_context(|| format!("filtering {} into {}", args.input, args.output))?;
+    bar.finish_and_clear();
+
+    let p = &report.progress;
+    let [decode, detect, track, encode] = p.stage_ms();
+    eprintln!(
+        "{} frames ({} fps input) in {:.1} s: {:.2} fps; ms per frame: decode {decode:.1}, \
+         detect {detect:.1}, track {track:.2}, encode {encode:.1}; {} written, {} dropped; \
+         {} tracks, {} unknown{}",
+        p.decoded,
+        fps,
+        p.elapsed.as_secs_f64(),
+        report.fps,
+        p.written,
+        p.dropped,
+        report.tracks,
+        report.events,
+        report
+            .peak_rss_kib
+            .map(|k| format!("; peak RSS {:.0} MiB", k as f64 / 1024.0))
+            .unwrap_or_default()
+    );
+    if p.written == 0 {
+        eprintln!("no frame to write: {} was not written", args.output);
+    }
+    let mut failed = false;
+    let (errors, messages) = &report.decode_errors;
+    if *errors > 0 {
+        failed = true;
+        eprintln!(
+            "warning: ffmpeg could not decode {errors} frame(s) of {} (each is skipped or \
+             stood in for by the previous frame): {}",
+            args.input,
+            messages.join(" | ")
+        );
+    }
+    if let Some(e) = &report.input_error {
+        failed = true;
+        eprintln!(
+            "error: the input stopped early: {e}; the {} frames before were processed and written",
+            p.decoded
+        );
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

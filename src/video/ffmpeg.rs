@@ -1,0 +1,624 @@
+//! Decoding and encoding through the ffmpeg command-line tool: frames travel as PPM images
+//! (decoding) and raw RGB (encoding) over pipes, so any input ffmpeg reads works, and no
+//! library is linked. `OODBOX_FFMPEG` names another ffmpeg binary.
+
+use image::RgbImage;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// What to do when ffmpeg is missing.
+pub const INSTALL_HINT: &str = "install it with `sudo apt-get install ffmpeg` (Debian, Ubuntu), \
+     `brew install ffmpeg` (macOS) or from https://ffmpeg.org/download.html, \
+     or set OODBOX_FFMPEG to its path";
+
+/// The ffmpeg binary to run.
+pub fn program() -> PathBuf {
+    std::env::var_os("OODBOX_FFMPEG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("ffmpeg"))
+}
+
+fn video_error(item: &str, reason: impl Into<String>) -> Error {
+    Error::Video {
+        item: item.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn spawn(command: &mut Command, item: &str) -> Result<Child> {
+    command.spawn().map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            video_error(
+                item,
+                format!(
+                    "ffmpeg (`{}`) was not found: {INSTALL_HINT}",
+                    program().display()
+                ),
+            )
+        } else {
+            video_error(item, format!("cannot start ffmpeg: {e}"))
+        }
+    })
+}
+
+/// The last lines and the decoding errors ffmpeg printed, bounded so that a long stream does
+/// not grow it.
+#[derive(Default)]
+struct StderrLog {
+    tail: VecDeque<String>,
+    decode_errors: usize,
+    first_errors: Vec<String>,
+}
+
+const TAIL_LINES: usize = 8;
+const KEPT_ERRORS: usize = 5;
+
+impl StderrLog {
+    fn push(&mut self, line: String) {
+        // Per-frame decoding trouble: ffmpeg reports it and goes on.
+        if line.contains("rror while decoding") || line.contains("concealing") {
+            self.decode_errors += 1;
+            if self.first_errors.len() < KEPT_ERRORS {
+                self.first_errors.push(line.clone());
+            }
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    fn tail(&self) -> String {
+        let lines: Vec<&str> = self.tail.iter().map(|s| s.trim()).collect();
+        if lines.is_empty() {
+            "no message".into()
+        } else {
+            lines.join(" | ")
+        }
+    }
+}
+
+/// Reads ffmpeg's stderr on a thread; sends the frame rate of the input's video stream (from
+/// its "Stream #0:N: Video: ..." line) as soon as it is printed.
+fn watch_stderr(
+    stderr: impl Read + Send + 'static,
+    log: Arc<Mutex<StderrLog>>,
+) -> (mpsc::Receiver<Option<f64>>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut in_input = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("Input #") {
+                in_input = true;
+            } else if line.starts_with("Output #") || line.starts_with("Stream mapping") {
+                in_input = false;
+            }
+            if in_input && line.contains("Stream #") && line.contains("Video:") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(parse_frame_rate(&line));
+                }
+            }
+            log.lock().expect("stderr log").push(line);
+        }
+    });
+    (rx, reader)
+}
+
+/// A running ffmpeg and what it printed.
+struct Process {
+    /// The input or output it works on, for messages.
+    name: String,
+    child: Child,
+    log: Arc<Mutex<StderrLog>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl Process {
+    /// Starts `command` with stderr piped; returns the frame rate channel of [`watch_stderr`].
+    fn start(mut command: Command, name: &str) -> Result<(Self, mpsc::Receiver<Option<f64>>)> {
+        let mut child = spawn(command.stderr(Stdio::piped()), name)?;
+        let log = Arc::new(Mutex::new(StderrLog::default()));
+        let (rate, reader) = watch_stderr(child.stderr.take().expect("piped stderr"), log.clone());
+        let process = Process {
+            name: name.to_string(),
+            child,
+            log,
+            stderr_reader: Some(reader),
+        };
+        Ok((process, rate))
+    }
+
+    /// Waits for ffmpeg to exit and describes why it stopped, with its last words.
+    fn failure(&mut self, what: &str) -> Error {
+        let status = match self.child.wait() {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        let tail = self.log.lock().expect("stderr log").tail();
+        video_error(&self.name, format!("{what} (ffmpeg {status}: {tail})"))
+    }
+}
+
+/// The frame rate in an ffmpeg stream line: its "N fps" field, else "N tbr".
+pub fn parse_frame_rate(line: &str) -> Option<f64> {
+    let field = |unit: &str| {
+        line.split(", ")
+            .filter_map(|f| f.trim().strip_suffix(unit))
+            .find_map(|v| {
+                let v = v.trim();
+                match v.strip_suffix('k') {
+                    Some(k) => k.parse::<f64>().ok().map(|x| x * 1000.0),
+                    None => v.parse::<f64>().ok(),
+                }
+            })
+            .filter(|r| r.is_finite() && *r > 0.0)
+    };
+    field(" fps").or_else(|| field(" tbr"))
+}
+
+/// One decoded frame, counted from 0 in decoding order.
+pub struct Frame {
+    pub index: u64,
+    pub image: RgbImage,
+}
+
+/// Reads one binary PPM (P6, maxval 255) image; `Ok(None)` at a clean end of stream.
+pub fn read_ppm(reader: &mut impl BufRead) -> std::result::Result<Option<RgbImage>, String> {
+    if reader.fill_buf().map_err(|e| e.to_string())?.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = Vec::new();
+    while fields.len() < 4 {
+        let mut token = Vec::new();
+        loop {
+            let mut byte = [0u8];
+            if reader.read(&mut byte).map_err(|e| e.to_string())? == 0 {
+                return Err("the stream ended mid-frame, in a frame header".into());
+            }
+            if byte[0].is_ascii_whitespace() {
+                if !token.is_empty() {
+                    break;
+                }
+            } else {
+                token.push(byte[0]);
+            }
+        }
+        fields.push(String::from_utf8_lossy(&token).into_owned());
+    }
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("bad frame header field `{s}`"))
+    };
+    if fields[0] != "P6" {
+        return Err(format!("not a PPM frame (magic `{}`)", fields[0]));
+    }
+    let (width, height, maxval) = (
+        number(&fields[1])?,
+        number(&fields[2])?,
+        number(&fields[3])?,
+    );
+    if maxval != 255 || width == 0 || height == 0 {
+        return Err(format!(
+            "unsupported frame {width}×{height}, maxval {maxval}"
+        ));
+    }
+    let len = width as usize * height as usize * 3;
+    let mut data = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match reader.read(&mut data[filled..]) {
+            Ok(0) => {
+                return Err(format!(
+                "the stream ended mid-frame ({filled} of {len} bytes of a {width}×{height} frame)"
+            ))
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(Some(
+        RgbImage::from_raw(width, height, data).expect("buffer has the frame's size"),
+    ))
+}
+
+/// Where frames come from: a file, an image-sequence pattern (`frames/%05d.png`), a URL ffmpeg
+/// reads, or `-` for standard input.
+pub struct SourceOptions {
+    /// Input frame rate for image sequences and raw frame pipes (ffmpeg's `-framerate`).
+    pub frame_rate: Option<f64>,
+    /// Read at the input's own frame rate (ffmpeg's `-re`), as a camera delivers frames.
+    pub native_rate: bool,
+}
+
+/// A running ffmpeg that decodes a video into frames.
+pub struct FrameSource {
+    process: Process,
+    stdout: BufReader<ChildStdout>,
+    fps: f64,
+    fps_guessed: bool,
+    next: u64,
+    size: Option<(u32, u32)>,
+    done: bool,
+}
+
+/// ffmpeg's frame rate for inputs that carry none.
+const DEFAULT_FPS: f64 = 25.0;
+
+impl FrameSource {
+    pub fn open(input: &str, options: &SourceOptions) -> Result<Self> {
+        if input != "-" && !input.contains("://") && !input.contains('%') {
+            let path = Path::new(input);
+            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            if meta.is_file() && meta.len() == 0 {
+                return Err(video_error(input, "the file is empty (zero length)"));
+            }
+        }
+        let mut command = Command::new(program());
+        command.args(["-hide_banner", "-nostats", "-loglevel", "info"]);
+        if input == "-" {
+            command.stdin(Stdio::inherit());
+        } else {
+            command.arg("-nostdin").stdin(Stdio::null());
+        }
+        if options.native_rate {
+            command.arg("-re");
+        }
+        if let Some(rate) = options.frame_rate {
+            command.args(["-framerate", &rate.to_string()]);
+        }
+        command
+            .args(["-i", input, "-map", "0:v:0", "-an", "-sn"])
+            .args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"])
+            .stdout(Stdio::piped());
+        let (mut process, rate) = Process::start(command, input)?;
+        let stdout = process.child.stdout.take().expect("piped stdout");
+        let mut source = FrameSource {
+            process,
+            stdout: BufReader::with_capacity(1 << 20, stdout),
+            fps: DEFAULT_FPS,
+            fps_guessed: true,
+            next: 0,
+            size: None,
+            done: false,
+        };
+        // ffmpeg prints the input's streams before its first frame, or fails to open it.
+        match rate.recv() {
+            Ok(Some(fps)) => {
+                source.fps = options.frame_rate.unwrap_or(fps);
+                source.fps_guessed = false;
+            }
+            Ok(None) => {
+                if let Some(fps) = options.frame_rate {
+                    source.fps = fps;
+                    source.fps_guessed = false;
+                }
+            }
+            Err(_) => return Err(source.process.failure("ffmpeg cannot read it")),
+        }
+        Ok(source)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.process.name
+    }
+
+    /// Frames per second of the input (ffmpeg's reading of it, or the one given).
+    pub fn fps(&self) -> f64 {
+        self.fps
+    }
+
+    /// True when the input stated no frame rate and 25 was assumed.
+    pub fn fps_guessed(&self) -> bool {
+        self.fps_guessed
+    }
+
+    /// Frames that ffmpeg reported as undecodable, and the first few of its messages.
+    pub fn decode_errors(&self) -> (usize, Vec<String>) {
+        let log = self.process.log.lock().expect("stderr log");
+        (log.decode_errors, log.first_errors.clone())
+    }
+
+    /// The next frame, `None` at the end of the stream. An error when ffmpeg stops early, the
+    /// stream ends inside a frame, or the frame size changes.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if self.done {
+            return Ok(None);
+        }
+        match read_ppm(&mut self.stdout) {
+            Ok(Some(image)) => {
+                let dims = image.dimensions();
+                match self.size {
+                    None => self.size = Some(dims),
+                    Some(size) if size != dims => {
+                        self.done = true;
+                        let _ = self.process.child.kill();
+                        return Err(video_error(
+                            self.name(),
+                            format!(
+                                "frame {}: the size changed from {}×{} to {}×{} (one size per stream)",
+                                self.next, size.0, size.1, dims.0, dims.1
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                let frame = Frame {
+                    index: self.next,
+                    image,
+                };
+                self.next += 1;
+                Ok(Some(frame))
+            }
+            Ok(None) => {
+                self.done = true;
+                let status = self
+                    .process
+                    .child
+                    .wait()
+                    .map_err(|e| video_error(self.name(), e.to_string()))?;
+                if !status.success() {
+                    let what = format!("ffmpeg stopped after {} frames", self.next);
+                    return Err(self.process.failure(&what));
+                }
+                if self.next == 0 {
+                    return Err(self.process.failure("no video frame in it"));
+                }
+                Ok(None)
+            }
+            Err(reason) => {
+                self.done = true;
+                let what = format!("frame {}: {reason}", self.next);
+                Err(self.process.failure(&what))
+            }
+        }
+    }
+}
+
+impl Drop for FrameSource {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.process.child.kill();
+        }
+        let _ = self.process.child.wait();
+    }
+}
+
+/// How a [`FrameSink`] encodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// H.264 for .mp4/.mkv/.mov/.m4v (4:2:0, or 4:4:4 for odd sizes, which 4:2:0 cannot
+    /// hold); ffmpeg's default codec for other extensions.
+    Default,
+    /// Bit-exact frames: FFV1 in .mkv/.avi, PNG for image sequences, raw video on stdout.
+    Lossless,
+}
+
+/// A running ffmpeg that encodes frames. Files are written under a temporary name and renamed
+/// when [`FrameSink::finish`] succeeds, so a failed run leaves no half-written video.
+pub struct FrameSink {
+    process: Process,
+    stdin: Option<BufWriter<ChildStdin>>,
+    size: (u32, u32),
+    /// (temporary, final) paths when writing a single file.
+    rename: Option<(PathBuf, PathBuf)>,
+    frames: u64,
+}
+
+fn extension(output: &str) -> String {
+    Path::new(output)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn codec_args(output: &str, codec: Codec, (w, h): (u32, u32)) -> Result<Vec<String>> {
+    let ext = extension(output);
+    let args: &[&str] = match (codec, output, ext.as_str()) {
+        (_, "-", _) => &["-f", "nut", "-c:v", "rawvideo", "-pix_fmt", "rgb24"],
+        (Codec::Lossless, _, "mkv" | "avi") => &["-c:v", "ffv1", "-pix_fmt", "bgr0"],
+        (Codec::Lossless, _, "png") if output.contains('%') => &["-c:v", "png"],
+        (Codec::Lossless, _, _) => {
+            return Err(video_error(
+                output,
+                "lossless output needs .mkv, .avi, a .png sequence pattern, or - (stdout)",
+            ))
+        }
+        (Codec::Default, _, "mp4" | "mkv" | "mov" | "m4v") => {
+            if w % 2 == 0 && h % 2 == 0 {
+                &[
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
+                ]
+            } else {
+                &[
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv444p",
+                ]
+            }
+        }
+        (Codec::Default, _, _) => &[],
+    };
+    Ok(args.iter().map(|s| s.to_string()).collect())
+}
+
+impl FrameSink {
+    /// Starts ffmpeg writing `output` (a file, an image-sequence pattern, or `-` for standard
+    /// output) at `fps`, for frames of `size`. Refuses to write over `protect` (the input).
+    pub fn create(
+        output: &str,
+        size: (u32, u32),
+        fps: f64,
+        codec: Codec,
+        protect: Option<&str>,
+    ) -> Result<Self> {
+        let args = codec_args(output, codec, size)?;
+        let single_file = output != "-" && !output.contains('%');
+        let rename = if single_file {
+            let path = PathBuf::from(output);
+            if let Some(input) = protect {
+                let canonical = |p: &Path| p.canonicalize().ok();
+                if canonical(&path).is_some() && canonical(&path) == canonical(Path::new(input)) {
+                    return Err(video_error(output, "the output would overwrite the input"));
+                }
+            }
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "video".into());
+            // The extension stays last, since ffmpeg picks the container from it.
+            let tmp = dir.join(format!(".{}.tmp-{name}", std::process::id()));
+            Some((tmp, path))
+        } else {
+            None
+        };
+        let target = rename
+            .as_ref()
+            .map(|(tmp, _)| tmp.to_string_lossy().into_owned())
+            .unwrap_or_else(|| output.to_string());
+        let mut command = Command::new(program());
+        command
+            .args(["-hide_banner", "-nostats", "-loglevel", "error", "-y"])
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24"])
+            .args(["-s", &format!("{}x{}", size.0, size.1)])
+            .args(["-framerate", &fps.to_string(), "-i", "-"])
+            .args(&args)
+            .args(["-r", &fps.to_string(), &target])
+            .stdin(Stdio::piped())
+            .stdout(if output == "-" {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let (mut process, _) = Process::start(command, output)?;
+        let stdin = process.child.stdin.take().expect("piped stdin");
+        Ok(FrameSink {
+            process,
+            stdin: Some(BufWriter::with_capacity(1 << 20, stdin)),
+            size,
+            rename,
+            frames: 0,
+        })
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    fn failure(&mut self, what: &str) -> Error {
+        self.stdin = None;
+        self.process.failure(what)
+    }
+
+    pub fn write(&mut self, frame: &RgbImage) -> Result<()> {
+        if frame.dimensions() != self.size {
+            return Err(video_error(
+                &self.process.name,
+                format!(
+                    "frame {} is {}×{}, the video {}×{}",
+                    self.frames,
+                    frame.width(),
+                    frame.height(),
+                    self.size.0,
+                    self.size.1
+                ),
+            ));
+        }
+        let written = match self.stdin.as_mut() {
+            Some(stdin) => stdin.write_all(frame.as_raw()),
+            None => Err(ErrorKind::BrokenPipe.into()),
+        };
+        if let Err(e) = written {
+            let what = format!("ffmpeg stopped taking frames after {} ({e})", self.frames);
+            return Err(self.failure(&what));
+        }
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Closes the stream, waits for ffmpeg, and moves the file into place.
+    pub fn finish(mut self) -> Result<u64> {
+        let flushed = self.stdin.take().map(|mut s| s.flush()).transpose();
+        let status = self
+            .process
+            .child
+            .wait()
+            .map_err(|e| video_error(&self.process.name, e.to_string()))?;
+        if flushed.is_err() || !status.success() {
+            let what = format!("encoding failed after {} frames", self.frames);
+            return Err(self.failure(&what));
+        }
+        if let Some((tmp, path)) = self.rename.take() {
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(self.frames)
+    }
+}
+
+impl Drop for FrameSink {
+    fn drop(&mut self) {
+        if self.stdin.take().is_some() {
+            let _ = self.process.child.kill();
+        }
+        let _ = self.process.child.wait();
+        if let Some((tmp, _)) = &self.rename {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_rates_are_read_from_stream_lines() {
+        let line = "  Stream #0:0: Video: ffv1 (FFV1 / 0x31564646), bgr0(pc, gbr/unknown/unknown, \
+                    progressive), 321x239, SAR 1:1 DAR 321:239, 10 fps, 10 tbr, 1k tbn";
+        assert_eq!(parse_frame_rate(line), Some(10.0));
+        let line = "  Stream #0:0(und): Video: h264 (High), yuv420p(progressive), 640x480, \
+                    29.97 tbr, 90k tbn";
+        assert_eq!(parse_frame_rate(line), Some(29.97));
+        assert_eq!(
+            parse_frame_rate("Stream #0:0: Video: rawvideo, 1k tbn"),
+            None
+        );
+    }
+
+    #[test]
+    fn ppm_frames_are_read_and_truncation_is_an_error() {
+        let mut bytes = b"P6\n3 2\n255\n".to_vec();
+        bytes.extend((0..18).map(|i| i as u8));
+        let mut two = bytes.clone();
+        two.extend_from_slice(&bytes);
+        let mut reader = std::io::Cursor::new(two);
+        for _ in 0..2 {
+            let image = read_ppm(&mut reader).unwrap().unwrap();
+            assert_eq!(image.dimensions(), (3, 2));
+            assert_eq!(image.get_pixel(2, 1).0, [15, 16, 17]);
+        }
+        assert!(read_ppm(&mut reader).unwrap().is_none());
+
+        let cut = &bytes[..bytes.len() - 5];
+        let err = read_ppm(&mut std::io::Cursor::new(cut)).unwrap_err();
+        assert!(err.contains("ended mid-frame (13 of 18 bytes"), "{err}");
+        let err = read_ppm(&mut std::io::Cursor::new(&bytes[..5])).unwrap_err();
+        assert!(err.contains("frame header"), "{err}");
+        let err = read_ppm(&mut std::io::Cursor::new(b"P5\n3 2\n255\n".to_vec())).unwrap_err();
+        assert!(err.contains("not a PPM"), "{err}");
+    }
+}

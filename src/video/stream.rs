@@ -1,0 +1,789 @@
+//! The stream filter: decoding, detection with tracking, and encoding run on three threads
+//! joined by bounded queues, so memory stays flat however long the stream is.
+//!
+//! Frames leave the encoder one block (the minimum duration) after they were detected: by then
+//! a track that turns out unknown within its first block has been decided, so its boxes are
+//! marked (or dropped, or relabelled) from its first frame, not only from the frame the
+//! decision came in.
+
+use image::RgbImage;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use super::evidence::{TrackEvidence, TrackRule};
+use super::ffmpeg::{Frame, FrameSink, FrameSource};
+use super::tracker::{EndedTrack, Tracker, TrackerConfig};
+use crate::detect::nms::iou;
+use crate::error::{Error, Result};
+use crate::pipeline::{Detection, OodDetector};
+use crate::render::{annotate_in_place, Annotation};
+
+/// What happens to the boxes of unknown tracks in the output video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OodAction {
+    /// Kept and marked "unknown?" with a double outline.
+    Flag,
+    /// Removed from the drawing.
+    Drop,
+    /// Drawn with the class name replaced by "unknown".
+    Relabel,
+}
+
+/// Which frames the output keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    All,
+    /// Only frames showing a box of an unknown track (for collecting data to label).
+    Ood,
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub action: OodAction,
+    pub keep: Keep,
+    /// Drop frames when detection falls behind, instead of lagging.
+    pub realtime: bool,
+    /// The bound on the share of in-distribution tracks reported as unknown.
+    pub track_alpha: f64,
+    /// Seconds of evidence per decision block (see [`super::evidence`]).
+    pub min_duration_s: f64,
+    pub tracker: TrackerConfig,
+    /// Frames each queue between stages holds.
+    pub queue: usize,
+    /// Write a crop of each unknown track (its most unusual box) into this folder.
+    pub crops: Option<PathBuf>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            action: OodAction::Flag,
+            keep: Keep::All,
+            realtime: false,
+            track_alpha: 0.05,
+            min_duration_s: 1.0,
+            tracker: TrackerConfig::default(),
+            queue: 8,
+            crops: None,
+        }
+    }
+}
+
+/// One unknown track, reported when it ends. Frames count from 0.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnknownEvent {
+    pub track_id: u64,
+    pub first_frame: u64,
+    pub last_frame: u64,
+    pub first_time_s: f64,
+    pub last_time_s: f64,
+    /// The class the detector gave most of the track's boxes.
+    pub class_name: String,
+    /// 1 − the track's p-value.
+    pub ood_confidence: f64,
+    pub p_value: f64,
+    /// Boxes on the track, and the frame by which it was known to be unknown.
+    pub boxes: usize,
+    pub decided_frame: u64,
+    /// The track's most unusual box (smallest p-value), and its frame.
+    pub bbox: [f32; 4],
+    pub bbox_frame: u64,
+    /// A crop of that box, with --crops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop: Option<PathBuf>,
+}
+
+/// What the filter reports as it goes.
+pub enum Output<'a> {
+    /// One frame's boxes, each with its track id.
+    Frame {
+        index: u64,
+        boxes: &'a [(u64, &'a Detection)],
+    },
+    /// An unknown track that ended.
+    Event(&'a UnknownEvent),
+}
+
+/// Time spent per stage, summed over frames.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageTimes {
+    pub decode: Duration,
+    pub detect: Duration,
+    pub track: Duration,
+    pub encode: Duration,
+}
+
+/// A snapshot of a running stream, for progress lines.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub decoded: u64,
+    pub detected: u64,
+    pub written: u64,
+    pub dropped: u64,
+    pub unknown_tracks: u64,
+    pub elapsed: Duration,
+    pub times: StageTimes,
+}
+
+impl Progress {
+    /// Frames detected per second of wall time.
+    pub fn fps(&self) -> f64 {
+        self.detected as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Mean milliseconds per frame of decode, detect, track and encode.
+    pub fn stage_ms(&self) -> [f64; 4] {
+        let per = |d: Duration, n: u64| d.as_secs_f64() * 1000.0 / n.max(1) as f64;
+        [
+            per(self.times.decode, self.decoded),
+            per(self.times.detect, self.detected),
+            per(self.times.track, self.detected),
+            per(self.times.encode, self.written),
+        ]
+    }
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct StreamReport {
+    pub progress: Progress,
+    pub fps: f64,
+    /// Tracks started, and unknown tracks reported.
+    pub tracks: u64,
+    pub events: usize,
+    /// Frames ffmpeg could not decode, and its first messages about them.
+    pub decode_errors: (usize, Vec<String>),
+    /// Why the input stopped early, when it did; frames before it were processed and written.
+    pub input_error: Option<Error>,
+    /// Peak resident memory of the process, KiB (Linux).
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// The peak resident set size of this process (`VmHWM`), where /proc tells it.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[derive(Default)]
+struct Counters {
+    decoded: AtomicU64,
+    detected: AtomicU64,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    decode_ns: AtomicU64,
+    encode_ns: AtomicU64,
+    /// Set by the decoder when it has read its last frame.
+    input_done: AtomicBool,
+}
+
+fn add(counter: &AtomicU64, d: Duration) {
+    counter.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+}
+
+fn nanos(counter: &AtomicU64) -> Duration {
+    Duration::from_nanos(counter.load(Ordering::Relaxed))
+}
+
+/// A detected box with its track.
+struct TrackedBox {
+    detection: Detection,
+    track: u64,
+}
+
+/// What the detector stage hands the encoder for one frame.
+struct Detected {
+    index: u64,
+    image: RgbImage,
+    boxes: Vec<TrackedBox>,
+    /// Tracks found unknown while detecting this frame.
+    newly_unknown: Vec<u64>,
+    /// Tracks that ended at this frame: (id, last frame).
+    ended: Vec<(u64, u64)>,
+}
+
+/// Per-track bookkeeping in the detector stage.
+struct TrackState {
+    evidence: TrackEvidence,
+    class_votes: Vec<usize>,
+    boxes: usize,
+    decided: Option<u64>,
+    /// The box with the smallest p-value so far: (p, box, frame).
+    most_unusual: (f64, [f32; 4], u64),
+    /// Its crop, when crops are wanted.
+    crop: Option<RgbImage>,
+}
+
+fn crop_box(image: &RgbImage, bbox: [f32; 4]) -> Option<RgbImage> {
+    let (w, h) = image.dimensions();
+    let x1 = (bbox[0].floor().max(0.0) as u32).min(w);
+    let y1 = (bbox[1].floor().max(0.0) as u32).min(h);
+    let x2 = (bbox[2].ceil().max(0.0) as u32).min(w);
+    let y2 = (bbox[3].ceil().max(0.0) as u32).min(h);
+    (x2 > x1 && y2 > y1)
+        .then(|| image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image())
+}
+
+/// Runs the stream filter. `make_sink` opens the output once the first frame to write is
+/// known (its size); with `Keep::Ood` and no unknown track it is never called. `on_output`
+/// receives each frame's tracked boxes and each unknown track as it ends; `on_progress` a
+/// snapshot after every frame.
+#[allow(clippy::too_many_arguments)]
+pub fn filter_stream(
+    detector: &OodDetector,
+    source: FrameSource,
+    make_sink: impl FnOnce((u32, u32)) -> Result<FrameSink> + Send,
+    options: &StreamOptions,
+    mut on_output: impl FnMut(Output) -> Result<()>,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<StreamReport> {
+    let fps = source.fps();
+    let rule = TrackRule::new(options.track_alpha, options.min_duration_s, fps);
+    let counters = Counters::default();
+    let start = Instant::now();
+    let queue = options.queue.max(1);
+    let (frame_tx, frame_rx) = sync_channel::<Frame>(queue);
+    let (detected_tx, detected_rx) = sync_channel::<Detected>(queue);
+    let names = detector.detector().class_names().to_vec();
+
+    std::thread::scope(|scope| {
+        let decoder = scope.spawn(|| decode(source, frame_tx, options.realtime, &counters));
+        let encoder =
+            scope.spawn(|| encode(detected_rx, make_sink, options, rule.block, &counters));
+
+        let mut tracker = Tracker::new(options.tracker.clone());
+        let mut tracks: HashMap<u64, TrackState> = HashMap::new();
+        let mut events = 0usize;
+        let (mut detect_time, mut track_time) = (Duration::ZERO, Duration::ZERO);
+        let mut unknown_tracks = 0u64;
+        let mut stage_error = None;
+
+        for frame in frame_rx.iter() {
+            let t0 = Instant::now();
+            let detections = match detector.detect(&frame.image) {
+                Ok(d) => d,
+                Err(e) => {
+                    stage_error = Some(e);
+                    break;
+                }
+            };
+            let t1 = Instant::now();
+            // Class-aware NMS can leave several boxes, of different classes, on one object:
+            // they form one group, tracked as one.
+            let groups = group_duplicates(&detections, DUPLICATE_IOU);
+            let leaders: Vec<[f32; 4]> = groups
+                .iter()
+                .map(|g| detections[g[0]].record.bbox)
+                .collect();
+            let (group_ids, ended) = tracker.update(frame.index, &leaders);
+            let mut ids = vec![0; detections.len()];
+            let mut newly_unknown = Vec::new();
+            for (g, (group, &id)) in groups.iter().zip(&group_ids).enumerate() {
+                let leader = &detections[group[0]];
+                let state = tracks.entry(id).or_insert_with(|| TrackState {
+                    evidence: TrackEvidence::default(),
+                    class_votes: vec![0; names.len()],
+                    boxes: 0,
+                    decided: None,
+                    most_unusual: (f64::INFINITY, leader.record.bbox, frame.index),
+                    crop: None,
+                });
+                // Bonferroni over the group: the smallest of k p-values, times k, is a valid
+                // p-value for the object whatever the dependence between its boxes.
+                let (p_min, unusual) = group
+                    .iter()
+                    .map(|&i| (detections[i].ood.p_value, i))
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+                    .expect("groups are not empty");
+                let p = (p_min * group.len() as f64).min(1.0);
+                // An object overlapping another is partly hidden or merged with it: the
+                // calibration (scenes with limited occlusion) says nothing about such views,
+                // so they count as no evidence either way.
+                if !overlaps_another(&leaders, &leaders[g]) {
+                    state.evidence.push(p, &rule);
+                }
+                state.class_votes[leader.record.class_id] += 1;
+                state.boxes += 1;
+                let bbox = detections[unusual].record.bbox;
+                if p < state.most_unusual.0 {
+                    state.most_unusual = (p, bbox, frame.index);
+                    if options.crops.is_some() {
+                        state.crop = crop_box(&frame.image, bbox);
+                    }
+                }
+                if state.decided.is_none() && state.evidence.is_unknown(&rule) {
+                    state.decided = Some(frame.index);
+                    newly_unknown.push(id);
+                    unknown_tracks += 1;
+                }
+                for &i in group {
+                    ids[i] = id;
+                }
+            }
+            let boxes: Vec<(u64, &Detection)> = ids.iter().copied().zip(&detections).collect();
+            let reported = on_output(Output::Frame {
+                index: frame.index,
+                boxes: &boxes,
+            })
+            .and_then(|_| close_tracks(ended, &mut tracks, options, &names, fps))
+            .and_then(|(ended, finished)| {
+                events += finished.len();
+                finished
+                    .iter()
+                    .try_for_each(|e| on_output(Output::Event(e)))
+                    .map(|_| ended)
+            });
+            let ended = match reported {
+                Ok(ended) => ended,
+                Err(e) => {
+                    stage_error = Some(e);
+                    break;
+                }
+            };
+            let t2 = Instant::now();
+            detect_time += t1 - t0;
+            track_time += t2 - t1;
+            counters.detected.fetch_add(1, Ordering::Relaxed);
+            let message = Detected {
+                index: frame.index,
+                image: frame.image,
+                boxes: detections
+                    .into_iter()
+                    .zip(ids)
+                    .map(|(detection, track)| TrackedBox { detection, track })
+                    .collect(),
+                newly_unknown,
+                ended,
+            };
+            if detected_tx.send(message).is_err() {
+                break; // the encoder failed; its error is reported below
+            }
+            on_progress(&snapshot(
+                &counters,
+                start,
+                detect_time,
+                track_time,
+                unknown_tracks,
+            ));
+        }
+        if stage_error.is_none() {
+            // The frames still held by the encoder need no retirement notices: it ends too.
+            let reported = close_tracks(tracker.finish(), &mut tracks, options, &names, fps)
+                .and_then(|(_, finished)| {
+                    events += finished.len();
+                    finished
+                        .iter()
+                        .try_for_each(|e| on_output(Output::Event(e)))
+                });
+            if let Err(e) = reported {
+                stage_error = Some(e);
+            }
+        }
+        drop(detected_tx);
+        drop(frame_rx);
+        let encoded = encoder.join().expect("the encoder thread does not panic");
+        let decoded = decoder.join().expect("the decoder thread does not panic");
+        if let Some(e) = stage_error {
+            return Err(e);
+        }
+        encoded?;
+        let (decode_errors, input_error) = decoded;
+        let progress = snapshot(&counters, start, detect_time, track_time, unknown_tracks);
+        Ok(StreamReport {
+            fps: progress.fps(),
+            tracks: tracker.started(),
+            progress,
+            events,
+            decode_errors,
+            input_error,
+            peak_rss_kib: peak_rss_kib(),
+        })
+    })
+}
+
+/// Boxes whose IoU with a more confident box is at least this lie on the same object.
+const DUPLICATE_IOU: f32 = 0.6;
+
+/// Groups detections that overlap a more confident one by at least `min_iou`, ignoring the
+/// class; each group lists its members, most confident first.
+fn group_duplicates(detections: &[Detection], min_iou: f32) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..detections.len()).collect();
+    order.sort_by(|&a, &b| {
+        detections[b]
+            .record
+            .confidence
+            .total_cmp(&detections[a].record.confidence)
+    });
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        let bbox = &detections[i].record.bbox;
+        match groups
+            .iter_mut()
+            .find(|g| iou(&detections[g[0]].record.bbox, bbox) >= min_iou)
+        {
+            Some(group) => group.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// Whether `bbox` overlaps one of `others` (itself excluded) by more than a sliver.
+fn overlaps_another(others: &[[f32; 4]], bbox: &[f32; 4]) -> bool {
+    others
+        .iter()
+        .any(|o| o != bbox && iou(o, bbox) > OCCLUSION_IOU)
+}
+
+/// Boxes overlapping more than this are treated as occluding each other.
+const OCCLUSION_IOU: f32 = 0.05;
+
+/// Tracks that ended, as (id, last frame), and the events of the unknown ones among them.
+type Closed = (Vec<(u64, u64)>, Vec<UnknownEvent>);
+
+/// Removes the ended tracks' state; returns (id, last frame) of each, and the events of the
+/// unknown ones (writing their crops).
+fn close_tracks(
+    ended: Vec<EndedTrack>,
+    tracks: &mut HashMap<u64, TrackState>,
+    options: &StreamOptions,
+    names: &[String],
+    fps: f64,
+) -> Result<Closed> {
+    let mut closed = Vec::new();
+    let mut events = Vec::new();
+    for t in ended {
+        closed.push((t.id, t.last_frame));
+        let Some(state) = tracks.remove(&t.id) else {
+            continue;
+        };
+        let Some(decided) = state.decided else {
+            continue;
+        };
+        let class_id = (0..state.class_votes.len())
+            .max_by_key(|&c| (state.class_votes[c], std::cmp::Reverse(c)))
+            .unwrap_or(0);
+        let crop = match (&options.crops, state.crop) {
+            (Some(dir), Some(image)) => {
+                let path = dir.join(format!("track_{:06}.png", t.id));
+                let mut bytes = Vec::new();
+                image
+                    .write_to(
+                        &mut std::io::Cursor::new(&mut bytes),
+                        image::ImageFormat::Png,
+                    )
+                    .map_err(|e| Error::BadInput {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                crate::data::write_atomically(&path, &bytes)?;
+                Some(path)
+            }
+            _ => None,
+        };
+        let p = state.evidence.p_value();
+        events.push(UnknownEvent {
+            track_id: t.id,
+            first_frame: t.first_frame,
+            last_frame: t.last_frame,
+            first_time_s: t.first_frame as f64 / fps,
+            last_time_s: t.last_frame as f64 / fps,
+            class_name: names[class_id].clone(),
+            ood_confidence: 1.0 - p,
+            p_value: p,
+            boxes: state.boxes,
+            decided_frame: decided,
+            bbox: state.most_unusual.1,
+            bbox_frame: state.most_unusual.2,
+            crop,
+        });
+    }
+    Ok((closed, events))
+}
+
+fn snapshot(
+    counters: &Counters,
+    start: Instant,
+    detect: Duration,
+    track: Duration,
+    unknown_tracks: u64,
+) -> Progress {
+    Progress {
+        decoded: counters.decoded.load(Ordering::Relaxed),
+        detected: counters.detected.load(Ordering::Relaxed),
+        written: counters.written.load(Ordering::Relaxed),
+        dropped: counters.dropped.load(Ordering::Relaxed),
+        unknown_tracks,
+        elapsed: start.elapsed(),
+        times: StageTimes {
+            decode: nanos(&counters.decode_ns),
+            detect,
+            track,
+            encode: nanos(&counters.encode_ns),
+        },
+    }
+}
+
+/// The decoder thread: reads frames until the end, an error, or the consumer stops. In
+/// realtime mode a frame that finds the queue full is dropped.
+fn decode(
+    mut source: FrameSource,
+    tx: SyncSender<Frame>,
+    realtime: bool,
+    counters: &Counters,
+) -> ((usize, Vec<String>), Option<Error>) {
+    let mut error = None;
+    loop {
+        let t0 = Instant::now();
+        let frame = match source.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        add(&counters.decode_ns, t0.elapsed());
+        counters.decoded.fetch_add(1, Ordering::Relaxed);
+        let sent = if realtime {
+            match tx.try_send(frame) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        } else {
+            tx.send(frame).is_ok()
+        };
+        if !sent {
+            break;
+        }
+    }
+    counters.input_done.store(true, Ordering::Relaxed);
+    (source.decode_errors(), error)
+}
+
+/// Labels and draws one frame's boxes; `None` when `Keep::Ood` leaves the frame out.
+fn render(
+    mut frame: Detected,
+    unknown: &HashSet<u64>,
+    options: &StreamOptions,
+) -> Option<RgbImage> {
+    let has_unknown = frame.boxes.iter().any(|b| unknown.contains(&b.track));
+    if options.keep == Keep::Ood && !has_unknown {
+        return None;
+    }
+    let mut annotations = Vec::new();
+    for b in &frame.boxes {
+        let d = &b.detection;
+        let is_unknown = unknown.contains(&b.track);
+        let name = if is_unknown && options.action == OodAction::Relabel {
+            "unknown"
+        } else {
+            &d.class_name
+        };
+        if is_unknown && options.action == OodAction::Drop {
+            continue;
+        }
+        annotations.push(Annotation {
+            bbox: d.record.bbox,
+            label: format!(
+                "#{} {name} {:.2} · OOD {:.2}",
+                b.track, d.record.confidence, d.ood.confidence
+            ),
+            class_id: d.record.class_id,
+            ood_confidence: Some(d.ood.confidence),
+            flagged: is_unknown && options.action == OodAction::Flag,
+        });
+    }
+    annotate_in_place(&mut frame.image, &annotations, true);
+    Some(frame.image)
+}
+
+/// The encoder thread: holds frames back one block, draws them with the track decisions made
+/// meanwhile, and writes them. In realtime mode a dropped frame is replaced by the previous
+/// output frame, so the output keeps its length and timing.
+fn encode(
+    rx: Receiver<Detected>,
+    make_sink: impl FnOnce((u32, u32)) -> Result<FrameSink>,
+    options: &StreamOptions,
+    delay: usize,
+    counters: &Counters,
+) -> Result<()> {
+    let mut make_sink = Some(make_sink);
+    let mut sink: Option<FrameSink> = None;
+    let mut unknown: HashSet<u64> = HashSet::new();
+    // Ended unknown tracks leave the set once the frames that show them are written.
+    let mut retiring: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut held: VecDeque<Detected> = VecDeque::new();
+    let mut last_written: Option<RgbImage> = None;
+    let mut next_index = 0u64;
+
+    let mut write = |image: &RgbImage, sink: &mut Option<FrameSink>| -> Result<()> {
+        let t0 = Instant::now();
+        if sink.is_none() {
+            let open = make_sink.take().expect("the sink is opened once");
+            *sink = Some(open(image.dimensions())?);
+        }
+        sink.as_mut().expect("opened").write(image)?;
+        add(&counters.encode_ns, t0.elapsed());
+        counters.written.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    };
+
+    let mut emit = |frame: Detected,
+                    unknown: &mut HashSet<u64>,
+                    retiring: &mut VecDeque<(u64, u64)>,
+                    sink: &mut Option<FrameSink>|
+     -> Result<()> {
+        let index = frame.index;
+        let t0 = Instant::now();
+        let rendered = render(frame, unknown, options);
+        add(&counters.encode_ns, t0.elapsed());
+        if options.keep == Keep::All {
+            // Frames dropped under load are stood in for by the previous frame.
+            while next_index < index {
+                let stand_in = last_written.as_ref().or(rendered.as_ref());
+                if let Some(image) = stand_in {
+                    write(image, sink)?;
+                }
+                next_index += 1;
+            }
+        }
+        next_index = index + 1;
+        if let Some(image) = rendered {
+            write(&image, sink)?;
+            if options.realtime {
+                last_written = Some(image);
+            }
+        }
+        while retiring.front().is_some_and(|&(last, _)| last <= index) {
+            let (_, id) = retiring.pop_front().expect("non-empty");
+            unknown.remove(&id);
+        }
+        Ok(())
+    };
+
+    for frame in rx.iter() {
+        unknown.extend(frame.newly_unknown.iter().copied());
+        let mut ended = frame.ended.clone();
+        ended.sort_unstable_by_key(|&(_, last)| last);
+        for (id, last) in ended {
+            if unknown.contains(&id) {
+                retiring.push_back((last, id));
+            }
+        }
+        held.push_back(frame);
+        while held.len() > delay {
+            let out = held.pop_front().expect("non-empty");
+            emit(out, &mut unknown, &mut retiring, &mut sink)?;
+        }
+    }
+    while let Some(out) = held.pop_front() {
+        emit(out, &mut unknown, &mut retiring, &mut sink)?;
+    }
+    if options.keep == Keep::All && counters.input_done.load(Ordering::Relaxed) {
+        // Trailing frames dropped under load.
+        let total = counters.decoded.load(Ordering::Relaxed);
+        if let Some(image) = last_written.take() {
+            while next_index < total {
+                write(&image, &mut sink)?;
+                next_index += 1;
+            }
+        }
+    }
+    match sink {
+        Some(s) => s.finish().map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::BoxRecord;
+    use crate::ood::fitted::BoxOod;
+    use image::Rgb;
+
+    fn detection(bbox: [f32; 4], class_id: usize, confidence: f32, p: f64) -> Detection {
+        Detection {
+            record: BoxRecord {
+                bbox,
+                class_id,
+                confidence,
+                logits: vec![0.0; 4],
+                feature: Vec::new(),
+                level: 0,
+                anchor: 0,
+                roi_feature: None,
+            },
+            class_name: ["circle", "square"][class_id].to_string(),
+            ood: BoxOod {
+                score: 0.0,
+                p_value: p,
+                confidence: 1.0 - p,
+                is_ood: p <= 0.05,
+            },
+        }
+    }
+
+    #[test]
+    fn duplicate_boxes_on_one_object_form_one_group() {
+        let boxes = [
+            detection([10.0, 10.0, 50.0, 50.0], 0, 0.4, 0.01),
+            detection([100.0, 10.0, 140.0, 50.0], 1, 0.9, 0.5),
+            detection([11.0, 9.0, 50.0, 52.0], 1, 0.8, 0.2),
+        ];
+        assert_eq!(group_duplicates(&boxes, 0.6), vec![vec![1], vec![2, 0]]);
+    }
+
+    /// What each action does to the pixels of an unknown track's box, and which frames
+    /// `Keep::Ood` writes.
+    #[test]
+    fn unknown_tracks_are_flagged_dropped_or_relabelled() {
+        let frame = |track: u64| Detected {
+            index: 0,
+            image: RgbImage::from_pixel(300, 300, Rgb([128, 128, 128])),
+            boxes: vec![TrackedBox {
+                detection: detection([40.0, 60.0, 200.0, 220.0], 0, 0.9, 0.004),
+                track,
+            }],
+            newly_unknown: Vec::new(),
+            ended: Vec::new(),
+        };
+        let unknown: HashSet<u64> = [7].into();
+        let draw = |action, keep, track| {
+            let options = StreamOptions {
+                action,
+                keep,
+                ..Default::default()
+            };
+            render(frame(track), &unknown, &options)
+        };
+        let plain = RgbImage::from_pixel(300, 300, Rgb([128, 128, 128]));
+        let edge = |image: &RgbImage| *image.get_pixel(120, 60);
+        let flagged = draw(OodAction::Flag, Keep::All, 7).unwrap();
+        let known = draw(OodAction::Flag, Keep::All, 3).unwrap();
+        let dropped = draw(OodAction::Drop, Keep::All, 7).unwrap();
+        let relabelled = draw(OodAction::Relabel, Keep::All, 7).unwrap();
+        assert_ne!(edge(&flagged), edge(&plain));
+        assert_ne!(edge(&relabelled), edge(&plain));
+        // Dropped: the box is gone (only the legend, bottom right, is drawn).
+        assert_eq!(edge(&dropped), edge(&plain));
+        assert_eq!(dropped.get_pixel(40, 140), plain.get_pixel(40, 140));
+        // Flagged boxes get a double outline; relabelled ones a different label.
+        assert_ne!(flagged.get_pixel(38, 140), known.get_pixel(38, 140));
+        assert_ne!(relabelled.as_raw(), known.as_raw());
+        assert!(draw(OodAction::Flag, Keep::Ood, 3).is_none());
+        assert!(draw(OodAction::Flag, Keep::Ood, 7).is_some());
+    }
+}

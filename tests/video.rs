@@ -1,0 +1,485 @@
+//! `oodbox video` on synthetic videos with ground truth, and on bad input. Needs ffmpeg on PATH
+//! (`.ci/run` installs it).
+
+use image::RgbImage;
+use oodbox::data::synth::{Group, Kind};
+use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
+use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
+const SCORER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/shapes-scorer.safetensors"
+);
+
+fn video_command(input: &str, output: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oodbox"));
+    command
+        .args(["video", "--model", MODEL, "--scorer", SCORER, "--quiet"])
+        .args(["--input", input, "--output", output])
+        .args(extra);
+    command
+}
+
+fn run(mut command: Command) -> (Output, String) {
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+/// Writes a lossless video and returns each frame's ground truth.
+fn write_video(path: &Path, config: SynthVideoConfig) -> Vec<Vec<TruthObject>> {
+    let frames = config.frames;
+    let (size, fps) = ((config.width, config.height), config.fps);
+    let mut video = SynthVideo::new(config);
+    let mut sink =
+        FrameSink::create(path.to_str().unwrap(), size, fps, Codec::Lossless, None).unwrap();
+    let mut truth = Vec::new();
+    for f in 0..frames {
+        let (image, objects) = video.frame(f);
+        sink.write(&image).unwrap();
+        truth.push(objects);
+    }
+    sink.finish().unwrap();
+    truth
+}
+
+/// Frame count, frame rate and size of a video, read back through ffmpeg.
+fn decode_all(path: &Path) -> (u64, f64, (u32, u32)) {
+    let options = SourceOptions {
+        frame_rate: None,
+        native_rate: false,
+    };
+    let mut source = FrameSource::open(path.to_str().unwrap(), &options).unwrap();
+    let (mut n, mut size) = (0, (0, 0));
+    while let Some(frame) = source.next_frame().unwrap() {
+        size = frame.image.dimensions();
+        n += 1;
+    }
+    (n, source.fps(), size)
+}
+
+fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+/// The ground-truth object an event's most unusual box lies on.
+fn event_object(event: &Value, truth: &[Vec<TruthObject>]) -> Option<(usize, Group)> {
+    let frame = event["bbox_frame"].as_u64().unwrap() as usize;
+    let bbox: Vec<f32> = serde_json::from_value(event["bbox"].clone()).unwrap();
+    let bbox = [bbox[0], bbox[1], bbox[2], bbox[3]];
+    truth[frame]
+        .iter()
+        .map(|o| (iou(o.bbox, bbox), o))
+        .filter(|(overlap, _)| *overlap >= 0.3)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, o)| (o.id, o.group))
+}
+
+/// Per object: its group and the first and last frame it is visible in.
+fn visibility(truth: &[Vec<TruthObject>]) -> BTreeMap<usize, (Group, u64, u64)> {
+    let mut seen = BTreeMap::new();
+    for (f, objects) in truth.iter().enumerate() {
+        for o in objects {
+            seen.entry(o.id).or_insert((o.group, f as u64, f as u64)).2 = f as u64;
+        }
+    }
+    seen
+}
+
+/// The smallest k with P(Binomial(n, p) > k) < 1%: more events than this on n known-object
+/// tracks would be evidence that the rate exceeds p.
+fn binomial_upper(n: usize, p: f64) -> usize {
+    let mut cdf = 0.0;
+    let mut term = (1.0 - p).powi(n as i32);
+    for k in 0..=n {
+        cdf += term;
+        if cdf >= 0.99 {
+            return k;
+        }
+        term *= (n - k) as f64 / (k + 1) as f64 * p / (1.0 - p);
+    }
+    n
+}
+
+/// Per frame, the boxes the video command reported (`--detections`).
+fn read_boxes(path: &Path) -> Vec<Vec<([f32; 4], bool)>> {
+    read_events(path)
+        .iter()
+        .map(|frame| {
+            frame["boxes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let bbox: Vec<f32> = serde_json::from_value(b["bbox"].clone()).unwrap();
+                    let flagged = b["ood"]["is_ood"].as_bool().unwrap();
+                    ([bbox[0], bbox[1], bbox[2], bbox[3]], flagged)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Known shapes drifting, unknown ones (far-OOD: blobs and pixel-noise patches) entering,
+/// staying 1–2 s, and leaving. A track rule can only combine the evidence the per-box scorer
+/// gives: the claim checked is that every unknown object that lasts at least 1 s and that the
+/// per-box scorer flags in most of its frames (a persistent unknown, not one odd frame)
+/// yields an event. The rest are counted and printed.
+#[test]
+fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    let fps = 10.0;
+    let truth = write_video(
+        &input,
+        SynthVideoConfig {
+            seed: 3,
+            frames: 130,
+            fps,
+            id_objects: 2,
+            visitors: vec![Visitors {
+                kinds: vec![Kind::Blob, Kind::NoisePatch],
+                every_s: 2.5,
+                stay_s: (1.0, 2.0),
+            }],
+            ..Default::default()
+        },
+    );
+    let output = dir.path().join("out.mp4");
+    let events_path = dir.path().join("events.jsonl");
+    let boxes_path = dir.path().join("boxes.jsonl");
+    let crops = dir.path().join("crops");
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &[
+            "--events",
+            events_path.to_str().unwrap(),
+            "--detections",
+            boxes_path.to_str().unwrap(),
+            "--crops",
+            crops.to_str().unwrap(),
+            "--track-alpha",
+            "0.1",
+        ],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{stderr}");
+
+    assert_eq!(decode_all(&output), (130, fps, (256, 256)));
+
+    let events = read_events(&events_path);
+    let boxes = read_boxes(&boxes_path);
+    assert_eq!(boxes.len(), 130);
+    let matched: Vec<Option<(usize, Group)>> =
+        events.iter().map(|e| event_object(e, &truth)).collect();
+    let (mut lasting, mut persistent, mut caught) = (0, 0, 0);
+    for (id, (group, first, last)) in visibility(&truth) {
+        if group == Group::Id || ((last - first + 1) as f64) < fps {
+            continue;
+        }
+        lasting += 1;
+        // Frames where a box on the object is flagged by the per-box calibration.
+        let flagged = (first..=last)
+            .filter(|&f| {
+                let object = truth[f as usize].iter().find(|o| o.id == id);
+                object.is_some_and(|o| {
+                    boxes[f as usize]
+                        .iter()
+                        .any(|(b, is_ood)| *is_ood && iou(*b, o.bbox) >= 0.5)
+                })
+            })
+            .count();
+        let event = matched.iter().position(|m| *m == Some((id, group)));
+        caught += event.is_some() as usize;
+        eprintln!(
+            "unknown object {id}: frames {first}..={last}, flagged per box in {flagged}, event {}",
+            event.is_some()
+        );
+        if (flagged as u64) * 10 < (last - first + 1) * 6 {
+            continue;
+        }
+        persistent += 1;
+        assert!(
+            event.is_some(),
+            "unknown object {id} (frames {first}..={last}, flagged in {flagged}) has no event: {events:?}"
+        );
+        let e = &events[event.unwrap()];
+        // Frames count from 0; times are frames / fps.
+        let (ef, el) = (
+            e["first_frame"].as_u64().unwrap(),
+            e["last_frame"].as_u64().unwrap(),
+        );
+        assert!(first <= el && ef <= last, "{e} vs {first}..={last}");
+        assert_eq!(e["first_time_s"].as_f64().unwrap(), ef as f64 / fps);
+        assert_eq!(e["last_time_s"].as_f64().unwrap(), el as f64 / fps);
+        assert!(e["ood_confidence"].as_f64().unwrap() >= 0.9);
+        assert!(e["class_name"].is_string());
+        let crop = image::open(e["crop"].as_str().unwrap()).unwrap();
+        assert!(crop.width() > 4 && crop.height() > 4);
+    }
+    let id_events = matched
+        .iter()
+        .filter(|m| matches!(m, Some((_, Group::Id))))
+        .count();
+    eprintln!(
+        "{caught} of {lasting} lasting unknown objects reported ({persistent} flagged per box in \
+         most frames); {id_events} events on the 2 known objects"
+    );
+    assert!(
+        persistent >= 1,
+        "the video should hold a persistent unknown"
+    );
+    assert!(id_events <= binomial_upper(2, 0.1));
+}
+
+/// Only known objects: five present throughout and one entering every second. Every event is
+/// a false alarm; there should be at most about alpha of the known tracks.
+#[test]
+fn known_object_tracks_raise_events_at_most_at_the_configured_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("id.mkv");
+    let truth = write_video(
+        &input,
+        SynthVideoConfig {
+            seed: 11,
+            frames: 100,
+            id_objects: 5,
+            visitors: vec![Visitors {
+                kinds: Kind::ID.to_vec(),
+                every_s: 1.0,
+                stay_s: (1.0, 2.0),
+            }],
+            ..Default::default()
+        },
+    );
+    let objects = visibility(&truth).len();
+    let events_path = dir.path().join("events.jsonl");
+    let output = dir.path().join("ood_only.mkv");
+    let alpha = 0.05;
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &[
+            "--events",
+            events_path.to_str().unwrap(),
+            "--keep",
+            "ood",
+            "--track-alpha",
+            &alpha.to_string(),
+        ],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{stderr}");
+    let events = read_events(&events_path).len();
+    eprintln!("{events} events on {objects} known objects (alpha {alpha})");
+    assert!(objects >= 12, "{objects}");
+    assert!(
+        events <= binomial_upper(objects, alpha),
+        "{events} of {objects}"
+    );
+    // --keep ood writes only frames that show an unknown track: none without events.
+    assert_eq!(output.exists(), events > 0);
+}
+
+fn tiny_frames(n: usize, size: (u32, u32)) -> Vec<RgbImage> {
+    let mut video = SynthVideo::new(SynthVideoConfig {
+        width: size.0,
+        height: size.1,
+        frames: n as u64,
+        ..Default::default()
+    });
+    (0..n as u64).map(|f| video.frame(f).0).collect()
+}
+
+/// Writes `frames` as a lossless video.
+fn write_frames(path: &Path, frames: &[RgbImage], fps: f64) {
+    let size = frames[0].dimensions();
+    let mut sink =
+        FrameSink::create(path.to_str().unwrap(), size, fps, Codec::Lossless, None).unwrap();
+    for frame in frames {
+        sink.write(frame).unwrap();
+    }
+    sink.finish().unwrap();
+}
+
+fn ppm(image: &RgbImage) -> Vec<u8> {
+    let mut bytes = format!("P6\n{} {}\n255\n", image.width(), image.height()).into_bytes();
+    bytes.extend_from_slice(image.as_raw());
+    bytes
+}
+
+#[test]
+fn odd_frame_sizes_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("odd.mkv");
+    write_frames(&input, &tiny_frames(3, (67, 45)), 5.0);
+    let output = dir.path().join("odd_out.mp4");
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &["--ood-action", "relabel"],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(decode_all(&output), (3, 5.0, (67, 45)));
+}
+
+#[test]
+fn a_corrupt_frame_is_reported_and_the_rest_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for (i, frame) in tiny_frames(4, (64, 48)).iter().enumerate() {
+        frame.save(frames.join(format!("f{i:03}.png"))).unwrap();
+    }
+    std::fs::write(frames.join("f002.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let output = dir.path().join("out.mkv");
+    let pattern = frames.join("f%03d.png");
+    let (out, stderr) = run(video_command(
+        pattern.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &["--fps", "4"],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not decode 1 frame"), "{stderr}");
+    // ffmpeg stands in the previous frame for the corrupt one, so the timing holds.
+    assert_eq!(decode_all(&output), (4, 4.0, (64, 48)));
+}
+
+#[test]
+fn a_stream_ending_mid_frame_is_reported_after_the_whole_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.mkv");
+    let mut bytes = Vec::new();
+    for frame in tiny_frames(3, (64, 48)) {
+        bytes.extend(ppm(&frame));
+    }
+    bytes.truncate(bytes.len() - 1000);
+    let mut command = video_command("-", output.to_str().unwrap(), &["--fps", "5"]);
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not decode 1 frame"), "{stderr}");
+    assert_eq!(decode_all(&output), (2, 5.0, (64, 48)));
+}
+
+#[cfg(unix)]
+#[test]
+fn ffmpeg_exiting_early_is_an_error_and_the_frames_before_are_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A decoder that prints its stream, sends one frame and half of the next, then dies;
+    // encoding goes to the real ffmpeg.
+    let frame = dir.path().join("frame.ppm");
+    std::fs::write(&frame, ppm(&tiny_frames(1, (64, 48))[0])).unwrap();
+    let script = dir.path().join("ffmpeg");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *image2pipe*) ;; *) exec ffmpeg \"$@\";; esac\n\
+             echo 'Input #0, rawvideo, from x:' >&2\n\
+             echo '  Stream #0:0: Video: rawvideo, rgb24, 64x48, 5 fps, 5 tbr' >&2\n\
+             cat '{0}'\nhead -c 5000 '{0}'\necho 'Conversion failed!' >&2\nexit 1\n",
+            frame.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let input = dir.path().join("camera.mp4");
+    std::fs::write(&input, b"never read: the fake decoder ignores it").unwrap();
+    let output = dir.path().join("out.mkv");
+    let mut command = video_command(input.to_str().unwrap(), output.to_str().unwrap(), &[]);
+    command.env("OODBOX_FFMPEG", &script);
+    let (out, stderr) = run(command);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the input stopped early"), "{stderr}");
+    assert!(
+        stderr.contains("frame 1: the stream ended mid-frame"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Conversion failed!"), "{stderr}");
+    assert_eq!(decode_all(&output), (1, 5.0, (64, 48)));
+}
+
+#[test]
+fn zero_length_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let output = dir.path().join("out.mp4");
+    let (out, stderr) = run(video_command(
+        empty.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &[],
+    ));
+    assert!(!out.status.success());
+    assert!(stderr.contains("empty.mp4: the file is empty"), "{stderr}");
+    assert!(!output.exists());
+
+    let mut command = video_command("-", output.to_str().unwrap(), &[]);
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("-: ffmpeg cannot read it"), "{stderr}");
+    assert!(!output.exists());
+}
+
+#[test]
+fn missing_ffmpeg_names_the_install_command() {
+    let mut command = video_command("in.mp4", "out.mp4", &[]);
+    command.env("OODBOX_FFMPEG", "/nonexistent/ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.mp4"), b"x").unwrap();
+    command.current_dir(dir.path());
+    let (out, stderr) = run(command);
+    assert!(!out.status.success());
+    assert!(stderr.contains("was not found"), "{stderr}");
+    assert!(stderr.contains("apt-get install ffmpeg"), "{stderr}");
+}
+
+/// Frames arriving faster than detection: `--realtime` drops some, says how many, and the
+/// output keeps every frame slot (a dropped frame is stood in for by the previous one).
+#[test]
+fn realtime_drops_frames_under_load_and_keeps_the_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fast.mkv");
+    write_frames(&input, &tiny_frames(25, (64, 48)), 50.0);
+    let output = dir.path().join("out.mkv");
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &["--realtime", "--queue", "1"],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let dropped: u64 = stderr
+        .split(" dropped")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in: {stderr}"));
+    assert!(dropped > 0 && dropped < 25, "{stderr}");
+    assert_eq!(decode_all(&output), (25, 50.0, (64, 48)));
+}
