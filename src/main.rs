@@ -9,7 +9,17 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Library errors already show their cause; print each cause only once.
+            let mut message = String::new();
+            for cause in err.chain().map(|c| c.to_string()) {
+                if !message.contains(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::{ManuallyDrop, MaybeUninit};
 
 use super::activation::{bias_act, Activation};
 #[cfg(target_arch = "x86_64")]
@@ -187,7 +188,11 @@ impl CustomOp1 for Conv2dNhwc {
         };
         let (ho, wo) = self.out_size(h, w)?;
         let pixels = b * ho * wo;
-        let mut out = vec![0f32; pixels * self.c_out];
+        // Left uninitialised: zeroing every output map costs a full extra pass over memory, and
+        // each tile's product writes all of its values before anything reads them.
+        let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(pixels * self.c_out);
+        // SAFETY: `MaybeUninit` needs no initialisation; the capacity was just reserved.
+        unsafe { out.set_len(pixels * self.c_out) };
         let k = self.kernel.0 * self.kernel.1 * self.c_in;
         // Enough tiles to keep every thread busy, each small enough for its patch rows to
         // stay in cache.
@@ -208,11 +213,23 @@ impl CustomOp1 for Conv2dNhwc {
                     self.gather(&input, (ho, wo), first, rows, patches);
                     (&patches[..], k)
                 };
+                let dst = dst.as_mut_ptr().cast::<f32>();
                 // SAFETY: `lhs` holds `rows` rows of `k` values at stride `lhs_rs` (the last
-                // row of an in-place view ends within the input) and `dst` is `rows × c_out`.
-                unsafe { self.multiply(lhs.as_ptr(), lhs_rs, rows, dst.as_mut_ptr()) };
+                // row of an in-place view ends within the input) and `dst` is `rows × c_out`;
+                // the product writes every one of those values, so the slice is then
+                // initialised.
+                let dst = unsafe {
+                    self.multiply(lhs.as_ptr(), lhs_rs, rows, dst);
+                    std::slice::from_raw_parts_mut(dst, rows * self.c_out)
+                };
                 bias_act(dst, &self.bias, self.act);
             });
+        let mut out = ManuallyDrop::new(out);
+        // SAFETY: every element was written above; `MaybeUninit<f32>` has `f32`'s layout, and
+        // the allocation is handed over whole (pointer, length, capacity).
+        let out = unsafe {
+            Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
+        };
         Ok((CpuStorage::F32(out), Shape::from((b, ho, wo, self.c_out))))
     }
 }
