@@ -16,6 +16,10 @@ pub enum Activation {
 }
 
 /// `dst[r][j] = act(dst[r][j] + bias[j])` for every row `r` of width `bias.len()`.
+///
+/// `bias` may also be a channel bias repeated a whole number of times (see
+/// [`repeat_for_rows`]), as long as `dst` holds whole channel rows: narrow rows are then
+/// processed several at a time, with an inner loop long enough for full vectors.
 pub fn bias_act(dst: &mut [f32], bias: &[f32], act: Activation) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -32,6 +36,11 @@ pub fn bias_act(dst: &mut [f32], bias: &[f32], act: Activation) {
     bias_act_portable(dst, bias, act)
 }
 
+/// A channel bias repeated to at least 256 values, computed once at load for [`bias_act`].
+pub fn repeat_for_rows(bias: &[f32]) -> Vec<f32> {
+    bias.repeat((256 / bias.len().max(1)).max(1))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bias_act_avx512(dst: &mut [f32], bias: &[f32], act: Activation) {
@@ -46,15 +55,7 @@ unsafe fn bias_act_avx2(dst: &mut [f32], bias: &[f32], act: Activation) {
 
 #[inline(always)]
 fn bias_act_portable(dst: &mut [f32], bias: &[f32], act: Activation) {
-    // Narrow rows are processed several at a time against a repeated bias, so that the inner
-    // loop is long enough for full vectors.
-    let repeated;
-    let bias = if bias.len() < 256 {
-        repeated = bias.repeat(256 / bias.len());
-        &repeated[..]
-    } else {
-        bias
-    };
+    // The last chunk is shorter when `bias` holds several rows' worth.
     let rows = dst.chunks_mut(bias.len());
     match act {
         Activation::Identity => {
@@ -124,6 +125,9 @@ mod tests {
         for act in [Activation::Identity, Activation::Relu, Activation::Silu] {
             let mut got = input;
             bias_act(&mut got, &bias, act);
+            let mut via_repeated = input;
+            bias_act(&mut via_repeated, &repeat_for_rows(&bias), act);
+            assert_eq!(got, via_repeated);
             for (k, (&g, &x)) in got.iter().zip(&input).enumerate() {
                 let x = x + bias[k % 3];
                 let want = match act {

@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::{ManuallyDrop, MaybeUninit};
 
-use super::activation::{bias_act, Activation};
+use super::activation::{bias_act, repeat_for_rows, Activation};
 #[cfg(target_arch = "x86_64")]
 use super::avx512::PackedWeights;
 
@@ -27,6 +27,7 @@ const TILE_FLOATS: usize = 64 * 1024;
 pub struct Conv2dNhwc {
     /// `(k_h, k_w, c_in, c_out)` row-major: the im2col weight matrix.
     weight: Vec<f32>,
+    /// The channel bias repeated for several rows at a time (`repeat_for_rows`).
     bias: Vec<f32>,
     c_in: usize,
     c_out: usize,
@@ -70,7 +71,7 @@ impl Conv2dNhwc {
             #[cfg(target_arch = "x86_64")]
             avx512: PackedWeights::new(&packed, k_h * k_w * c_in, c_out),
             weight: packed,
-            bias,
+            bias: repeat_for_rows(&bias),
             c_in,
             c_out,
             kernel: (k_h, k_w),
