@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
@@ -24,3 +25,19 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+/// By default glibc hands freed blocks above a few hundred KiB back to the kernel, so every
+/// layer of a forward pass page-faults its output map in afresh: about 8% of a yolov8n forward
+/// pass at 640² on 2 cores. Blocks up to 32 MiB (glibc's ceiling) now come from the heap, and
+/// freed heap memory is kept for reuse, at the price of resident memory staying at its peak.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}

@@ -3,12 +3,17 @@
 //! Candle's CPU `conv2d` works channels-first: every call repacks its input into a fresh im2col
 //! matrix the size of the whole map, multiplies, copies the result back to NCHW, and then the
 //! bias and the activation each make another full pass. Here the map stays NHWC from layer to
-//! layer, so a pixel's channels are one contiguous row: a 1×1 convolution is a plain matrix
-//! product on the input rows as they lie (channel slices of a concatenation included, through
-//! their row stride), and a k×k one gathers its patch rows tile by tile into a buffer that stays
-//! in cache. Each tile is multiplied by the weights, pre-arranged once as a `(k·k·c_in, c_out)`
-//! matrix, then gets its bias and activation while it is still hot. Tiles run in parallel on
-//! Candle's thread count, each product single-threaded, which keeps batch 1 fast.
+//! layer, so a pixel's channels are one contiguous row. On AVX-512 CPUs (`avx512.rs`):
+//! - a pointwise convolution multiplies the input rows where they lie (channel slices of a
+//!   map, and the maps of a concatenation, each read through their own stride);
+//! - a k×k convolution copies its input once into a zero-bordered map, and each kernel tap of a
+//!   block of output pixels is then a shifted, strided view of it: no im2col;
+//! - bias and activation are applied in registers before a block is stored.
+//!
+//! Elsewhere, patch rows are gathered tile by tile into a buffer that stays in cache and
+//! multiplied by the `gemm` crate, then get their bias and activation while still hot. Either
+//! way tiles run in parallel on Candle's thread count, each product single-threaded, which
+//! keeps batch 1 fast.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -17,7 +22,7 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 
 use super::activation::{bias_act, repeat_for_rows, Activation};
 #[cfg(target_arch = "x86_64")]
-use super::avx512::PackedWeights;
+use super::avx512::{PackedWeights, Segment, MR};
 
 /// Patch rows gathered per tile: about 256 KiB of f32, well inside L2 with the weights.
 const TILE_FLOATS: usize = 64 * 1024;
@@ -86,6 +91,45 @@ impl Conv2dNhwc {
         x.apply_op1_no_bwd(self)
     }
 
+    /// The convolution of the channel concatenation of `parts`, all `(B, H, W, C_i)` maps of
+    /// one size. A pointwise convolution on the AVX-512 path reads each part where it lies, so
+    /// the concatenation is never made; otherwise the parts are concatenated first.
+    pub fn forward_cat(&self, parts: &[&Tensor]) -> candle_core::Result<Tensor> {
+        if let [x] = parts {
+            return self.forward(x);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Some(packed)) = (self.is_pointwise(), &self.avx512) {
+            let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
+            let maps: Vec<InputMap> = guards
+                .iter()
+                .filter_map(|(storage, layout)| match &**storage {
+                    candle_core::Storage::Cpu(CpuStorage::F32(data)) => {
+                        InputMap::new(data, layout).ok()
+                    }
+                    _ => None,
+                })
+                .filter(InputMap::rows_are_uniform)
+                .collect();
+            let size = |m: &InputMap| (m.b, m.h, m.w);
+            if maps.len() == parts.len()
+                && maps.iter().all(|m| size(m) == size(&maps[0]))
+                && maps.iter().map(|m| m.c).sum::<usize>() == self.c_in
+            {
+                let (b, h, w) = size(&maps[0]);
+                let mut out = uninit(b * h * w * self.c_out);
+                let threads = candle_core::utils::get_num_threads().max(1);
+                self.pointwise(packed, &maps, threads, &mut out);
+                return Tensor::from_vec(
+                    assume_init(out),
+                    (b, h, w, self.c_out),
+                    parts[0].device(),
+                );
+            }
+        }
+        self.forward(&Tensor::cat(parts, 3)?)
+    }
+
     /// The same convolution through the portable `gemm` kernels only.
     pub fn without_avx512(self) -> Self {
         Self {
@@ -95,16 +139,13 @@ impl Conv2dNhwc {
         }
     }
 
-    /// `dst (rows × c_out) = lhs (rows × k, row stride lhs_rs) · weight`.
+    /// `dst (rows × c_out) = lhs (rows × k, row stride lhs_rs) · weight`, through the portable
+    /// `gemm` crate.
     ///
     /// # Safety
     /// `lhs` must hold `rows` rows of `k` values at stride `lhs_rs`, `dst` `rows × c_out`.
     unsafe fn multiply(&self, lhs: *const f32, lhs_rs: usize, rows: usize, dst: *mut f32) {
         let k = self.weight.len() / self.c_out;
-        #[cfg(target_arch = "x86_64")]
-        if let Some(packed) = &self.avx512 {
-            return packed.matmul(lhs, lhs_rs, rows, dst, self.c_out);
-        }
         gemm::gemm(
             rows,
             self.c_out,
@@ -155,8 +196,96 @@ impl Conv2dNhwc {
 struct InputMap<'a> {
     data: &'a [f32],
     strides: [usize; 3],
+    b: usize,
     h: usize,
     w: usize,
+    c: usize,
+}
+
+/// An input map copied with a zero border of `pad` pixels on every side, images one after
+/// another, and `slack` zeroed pixels after the last one: the rows of a block that are not
+/// stored may read that far past the last image.
+impl<'a> InputMap<'a> {
+    fn new(data: &'a [f32], layout: &Layout) -> candle_core::Result<Self> {
+        let (b, h, w, c) = layout.shape().dims4()?;
+        let s = layout.stride();
+        if s[3] != 1 {
+            candle_core::bail!(
+                "conv2d-nhwc: input {:?} with strides {s:?}; expected contiguous channels",
+                layout.shape().dims()
+            );
+        }
+        Ok(InputMap {
+            data: &data[layout.start_offset()..],
+            strides: [s[0], s[1], s[2]],
+            b,
+            h,
+            w,
+            c,
+        })
+    }
+
+    /// Whether pixel `r` (counting over batch, rows and columns) starts at `r · strides[2]`.
+    fn rows_are_uniform(&self) -> bool {
+        let [sb, sh, sw] = self.strides;
+        sh == self.w * sw && (self.b == 1 || sb == self.h * sh)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct PaddedMap {
+    data: Vec<f32>,
+    /// Padded width, in pixels.
+    wp: usize,
+    /// Floats per padded image.
+    image_len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PaddedMap {
+    fn new(input: &InputMap, pad: usize, slack: usize) -> Self {
+        let c = input.c;
+        let (h, w) = (input.h, input.w);
+        let wp = w + 2 * pad;
+        let row_len = wp * c;
+        let image_len = (h + 2 * pad) * row_len;
+        let [sb, sh, sw] = input.strides;
+        let len = input.b * image_len + slack * c;
+        let mut data: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
+        // SAFETY: `MaybeUninit` needs no initialisation; every value is written below.
+        unsafe { data.set_len(len) };
+        let (images, rest) = data.split_at_mut(input.b * image_len);
+        rest.fill(MaybeUninit::new(0.0));
+        images
+            .par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (bi, y) = (r / (h + 2 * pad), r % (h + 2 * pad));
+                // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; every value of the row is
+                // written here before it is read.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), row_len) };
+                if y < pad || y >= h + pad {
+                    row.fill(0.0);
+                    return;
+                }
+                row[..pad * c].fill(0.0);
+                row[(pad + w) * c..].fill(0.0);
+                let src = &input.data[bi * sb + (y - pad) * sh..];
+                if sw == c {
+                    row[pad * c..(pad + w) * c].copy_from_slice(&src[..w * c]);
+                } else {
+                    for (x, px) in row[pad * c..(pad + w) * c].chunks_exact_mut(c).enumerate() {
+                        px.copy_from_slice(&src[x * sw..x * sw + c]);
+                    }
+                }
+            });
+        PaddedMap {
+            data: assume_init(data),
+            wp,
+            image_len,
+        }
+    }
 }
 
 impl CustomOp1 for Conv2dNhwc {
@@ -172,46 +301,224 @@ impl CustomOp1 for Conv2dNhwc {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("conv2d-nhwc: f32 input only, got {:?}", storage.dtype());
         };
-        let (b, h, w, c) = layout.shape().dims4()?;
-        let s = layout.stride();
-        if c != self.c_in || s[3] != 1 {
+        let input = InputMap::new(data, layout)?;
+        if input.c != self.c_in {
             candle_core::bail!(
-                "conv2d-nhwc: input {:?} with strides {s:?}; expected {} contiguous channels",
+                "conv2d-nhwc: input {:?} has {} channels; expected {}",
                 layout.shape().dims(),
+                input.c,
                 self.c_in
             );
         }
-        let input = InputMap {
-            data: &data[layout.start_offset()..],
-            strides: [s[0], s[1], s[2]],
-            h,
-            w,
-        };
-        let (ho, wo) = self.out_size(h, w)?;
-        let pixels = b * ho * wo;
-        // Left uninitialised: zeroing every output map costs a full extra pass over memory, and
-        // each tile's product writes all of its values before anything reads them.
-        let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(pixels * self.c_out);
-        // SAFETY: `MaybeUninit` needs no initialisation; the capacity was just reserved.
-        unsafe { out.set_len(pixels * self.c_out) };
+        let b = input.b;
+        let (ho, wo) = self.out_size(input.h, input.w)?;
+        let mut out = uninit(b * ho * wo * self.c_out);
+        let threads = candle_core::utils::get_num_threads().max(1);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.avx512 {
+            if self.is_pointwise() && input.rows_are_uniform() {
+                self.pointwise(packed, &[input], threads, &mut out);
+            } else {
+                self.direct(packed, &input, (ho, wo), threads, &mut out);
+            }
+            return Ok((
+                CpuStorage::F32(assume_init(out)),
+                Shape::from((b, ho, wo, self.c_out)),
+            ));
+        }
+        self.gathered(&input, (ho, wo), threads, &mut out);
+        Ok((
+            CpuStorage::F32(assume_init(out)),
+            Shape::from((b, ho, wo, self.c_out)),
+        ))
+    }
+}
+
+/// `len` values, left uninitialised: zeroing every output map costs a full extra pass over
+/// memory, and the convolution writes all of them before anything reads them.
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit` needs no initialisation; the capacity was just reserved.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The output buffer once every element has been written.
+fn assume_init(out: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut out = ManuallyDrop::new(out);
+    // SAFETY: the callers write every element; `MaybeUninit<f32>` has `f32`'s layout, and the
+    // allocation is handed over whole (pointer, length, capacity).
+    unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) }
+}
+
+impl Conv2dNhwc {
+    /// A pointwise convolution of the channel concatenation of `parts` (one or more maps of
+    /// the same size, rows at a uniform stride), read in place: each part is one segment of the
+    /// product's shared dimension.
+    #[cfg(target_arch = "x86_64")]
+    fn pointwise(
+        &self,
+        packed: &PackedWeights,
+        parts: &[InputMap],
+        threads: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let pixels = out.len() / self.c_out;
+        let tile = pixels.div_ceil(4 * threads).next_multiple_of(MR);
+        out.par_chunks_mut(tile * self.c_out)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                let first = t * tile;
+                let segments: Vec<Segment> = parts
+                    .iter()
+                    .map(|part| Segment {
+                        ptr: part.data[first * part.strides[2]..].as_ptr(),
+                        lda: part.strides[2],
+                        len: part.c,
+                    })
+                    .collect();
+                // SAFETY: each part holds `pixels` rows at its uniform stride (checked by the
+                // callers), from `first` on at least this tile's; `dst` is this tile's rows of
+                // `c_out` values, all of which the product writes.
+                unsafe {
+                    packed.matmul(
+                        &segments,
+                        dst.len() / self.c_out,
+                        dst.as_mut_ptr().cast(),
+                        self.c_out,
+                        &self.bias,
+                        self.act,
+                    )
+                };
+            });
+    }
+
+    /// The convolution without im2col: every tap of a block of 12 output pixels is a shifted,
+    /// strided view of a zero-bordered copy of the input, which the micro-kernel reads in place
+    /// (see [`PackedWeights::block`]). Tiles of whole output rows run in parallel; each gets
+    /// its bias and activation while still in cache.
+    #[cfg(target_arch = "x86_64")]
+    fn direct(
+        &self,
+        packed: &PackedWeights,
+        input: &InputMap,
+        (ho, wo): (usize, usize),
+        threads: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let b = input.b;
+        let (k_h, k_w) = self.kernel;
+        let (c, stride, dilation) = (self.c_in, self.stride, self.dilation);
+        let padded = PaddedMap::new(input, self.padding, MR * stride);
+        let wp = padded.wp;
+        let taps: Vec<usize> = (0..k_h)
+            .flat_map(|ky| (0..k_w).map(move |kx| (ky * wp + kx) * dilation * c))
+            .collect();
+        let row_len = wo * self.c_out;
+        let rows_per_tile = ho.div_ceil((4 * threads).div_ceil(b)).max(1);
+        out.par_chunks_mut(ho * row_len)
+            .enumerate()
+            .for_each(|(bi, image_out)| {
+                let image = &padded.data[bi * padded.image_len..];
+                image_out
+                    .par_chunks_mut(rows_per_tile * row_len)
+                    .enumerate()
+                    .for_each(|(t, dst)| {
+                        let first_row = t * rows_per_tile;
+                        let rows = dst.len() / row_len;
+                        let dst = dst.as_mut_ptr().cast::<f32>();
+                        // Blocks of MR output pixels: with stride 1 they run on across output
+                        // rows (the pixels in between, over the padding, are computed and not
+                        // stored), so narrow maps waste little on partial blocks; with a
+                        // larger stride each output row is cut into blocks of its own.
+                        let mut blocks = Vec::new();
+                        if stride == 1 {
+                            let start = first_row * wp;
+                            let end = (first_row + rows - 1) * wp + wo;
+                            for q in (start..end).step_by(MR) {
+                                let mut out_rows = [std::ptr::null_mut(); MR];
+                                for (i, out_row) in out_rows.iter_mut().enumerate() {
+                                    let (oy, ox) = ((q + i) / wp, (q + i) % wp);
+                                    if q + i < end && ox < wo {
+                                        // SAFETY: (oy, ox) is an output pixel of this tile.
+                                        *out_row = unsafe {
+                                            dst.add(((oy - first_row) * wo + ox) * self.c_out)
+                                        };
+                                    }
+                                }
+                                blocks.push((q * c, c, out_rows));
+                            }
+                        } else {
+                            for oy in first_row..first_row + rows {
+                                for ox in (0..wo).step_by(MR) {
+                                    let mut out_rows = [std::ptr::null_mut(); MR];
+                                    for (i, out_row) in
+                                        out_rows.iter_mut().enumerate().take(wo - ox)
+                                    {
+                                        // SAFETY: (oy, ox + i) is an output pixel of this tile.
+                                        *out_row = unsafe {
+                                            dst.add(((oy - first_row) * wo + ox + i) * self.c_out)
+                                        };
+                                    }
+                                    let at = (oy * stride * wp + ox * stride) * c;
+                                    blocks.push((at, stride * c, out_rows));
+                                }
+                            }
+                        }
+                        let mut segments: Vec<Segment> = taps
+                            .iter()
+                            .map(|_| Segment {
+                                ptr: std::ptr::null(),
+                                lda: 0,
+                                len: c,
+                            })
+                            .collect();
+                        for (at, lda, out_rows) in &blocks {
+                            for (segment, tap) in segments.iter_mut().zip(&taps) {
+                                segment.ptr = image[at + tap..].as_ptr();
+                                segment.lda = *lda;
+                            }
+                            for panel in 0..packed.panel_count() {
+                                // SAFETY: every tap of every one of the MR rows lies within
+                                // the padded image or the slack after it (`PaddedMap::new`),
+                                // and each non-null row is an output pixel with `c_out`
+                                // values; the blocks write every pixel of these rows.
+                                unsafe {
+                                    packed.block(panel, &segments, out_rows, &self.bias, self.act)
+                                };
+                            }
+                        }
+                    });
+            });
+    }
+
+    /// The portable path: patch rows gathered tile by tile (im2col in cache, or the rows in
+    /// place for a pointwise convolution), multiplied by the `gemm` crate, then bias and
+    /// activation.
+    fn gathered(
+        &self,
+        input: &InputMap,
+        (ho, wo): (usize, usize),
+        threads: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let k = self.kernel.0 * self.kernel.1 * self.c_in;
+        let in_place = self.is_pointwise() && input.rows_are_uniform();
+        let pixels = out.len() / self.c_out;
         // Enough tiles to keep every thread busy, each small enough for its patch rows to
         // stay in cache.
-        let threads = candle_core::utils::get_num_threads().max(1);
         let tile = (TILE_FLOATS / k.max(1))
             .min(pixels.div_ceil(4 * threads))
             .max(8);
-        // Rows of a pointwise convolution are read in place when their stride is uniform.
-        let in_place = self.is_pointwise() && s[1] == w * s[2] && (b == 1 || s[0] == h * s[1]);
         out.par_chunks_mut(tile * self.c_out)
             .enumerate()
             .for_each_init(Vec::new, |patches, (t, dst)| {
                 let first = t * tile;
                 let rows = dst.len() / self.c_out;
                 let (lhs, lhs_rs) = if in_place {
-                    (&input.data[first * s[2]..], s[2])
+                    (&input.data[first * input.strides[2]..], input.strides[2])
                 } else {
-                    self.gather(&input, (ho, wo), first, rows, patches);
+                    self.gather(input, (ho, wo), first, rows, patches);
                     (&patches[..], k)
                 };
                 let dst = dst.as_mut_ptr().cast::<f32>();
@@ -225,17 +532,8 @@ impl CustomOp1 for Conv2dNhwc {
                 };
                 bias_act(dst, &self.bias, self.act);
             });
-        let mut out = ManuallyDrop::new(out);
-        // SAFETY: every element was written above; `MaybeUninit<f32>` has `f32`'s layout, and
-        // the allocation is handed over whole (pointer, length, capacity).
-        let out = unsafe {
-            Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
-        };
-        Ok((CpuStorage::F32(out), Shape::from((b, ho, wo, self.c_out))))
     }
-}
 
-impl Conv2dNhwc {
     /// Writes the patch rows of output pixels `first..first + rows` into `patches`, one row of
     /// `k_h · k_w · c_in` values per pixel, zeros where the kernel overhangs the padding.
     fn gather(
@@ -403,6 +701,36 @@ mod tests {
             let got = op.forward(&slice).unwrap();
             let want = op.forward(&slice.contiguous().unwrap()).unwrap();
             assert_eq!(max_rel_diff(&got, &want), 0.0);
+        }
+    }
+
+    #[test]
+    fn a_pointwise_convolution_of_parts_equals_one_of_their_concatenation() {
+        let dev = Device::Cpu;
+        // C2f's cv2 input: the two halves of one map (channel slices) and a separate map.
+        let halves = Tensor::randn(0f32, 1., (2, 5, 7, 8), &dev).unwrap();
+        let halves = halves.chunk(2, 3).unwrap();
+        let third = Tensor::randn(0f32, 1., (2, 5, 7, 4), &dev).unwrap();
+        let parts = [&halves[0], &halves[1], &third];
+        for c_out in [3, 16, 40] {
+            let wt = Tensor::randn(0f32, 0.5, (c_out, 12, 1, 1), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.5, c_out, &dev).unwrap();
+            let op = Conv2dNhwc::new(&wt, Some(&b), 1, 0, 1, Activation::Silu).unwrap();
+            let want = plain(
+                &Tensor::cat(&parts, 3).unwrap(),
+                &wt,
+                &b,
+                1,
+                0,
+                1,
+                Activation::Silu,
+            );
+            for op in [op.clone(), op.without_avx512()] {
+                let got = op.forward_cat(&parts).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let d = max_rel_diff(&got, &want);
+                assert!(d < 1e-5, "12->{c_out}: {d:e}");
+            }
         }
     }
 

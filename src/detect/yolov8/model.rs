@@ -49,6 +49,11 @@ impl ConvBlock {
     fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
         self.conv.forward(x, layout)
     }
+
+    /// The block on the channel concatenation of `parts`, made only where it must be.
+    fn forward_cat(&self, parts: &[&Tensor], layout: MapLayout) -> candle_core::Result<Tensor> {
+        self.conv.forward_cat(parts, layout)
+    }
 }
 
 /// Two 3×3 convolutions of width `c`, with a residual add in the backbone.
@@ -97,14 +102,16 @@ impl C2f {
         })
     }
 
-    fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
+    /// C2f on the channel concatenation of `inputs` (the neck's concatenations are folded into
+    /// cv1, and the block's own into cv2).
+    fn forward(&self, inputs: &[&Tensor], layout: MapLayout) -> candle_core::Result<Tensor> {
         let c = layout.channel_dim();
-        let mut ys = self.cv1.forward(x, layout)?.chunk(2, c)?;
+        let mut ys = self.cv1.forward_cat(inputs, layout)?.chunk(2, c)?;
         for bottleneck in &self.bottlenecks {
             let y = bottleneck.forward(&ys[ys.len() - 1], layout)?;
             ys.push(y);
         }
-        self.cv2.forward(&Tensor::cat(&ys, c)?, layout)
+        self.cv2.forward_cat(&ys.iter().collect::<Vec<_>>(), layout)
     }
 }
 
@@ -124,14 +131,21 @@ impl Sppf {
 
     fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
         let x = self.cv1.forward(x, layout)?;
-        // Pooling runs channels-first (the map is 1/32 of the input, so the transposes are
-        // cheap); the concatenation is converted back for cv2.
-        let x = layout.to_nchw(&x)?;
-        let y1 = max_pool5(&x)?;
-        let y2 = max_pool5(&y1)?;
-        let y3 = max_pool5(&y2)?;
-        let pooled = layout.from_nchw(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)?;
-        self.cv2.forward(&pooled, layout)
+        match layout {
+            MapLayout::Nhwc => {
+                let y1 = crate::nn::pool::max_pool_same(&x, 5)?;
+                let y2 = crate::nn::pool::max_pool_same(&y1, 5)?;
+                let y3 = crate::nn::pool::max_pool_same(&y2, 5)?;
+                self.cv2.forward_cat(&[&x, &y1, &y2, &y3], layout)
+            }
+            MapLayout::Nchw => {
+                let y1 = max_pool5(&x)?;
+                let y2 = max_pool5(&y1)?;
+                let y3 = max_pool5(&y2)?;
+                self.cv2
+                    .forward(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?, layout)
+            }
+        }
     }
 }
 
@@ -182,10 +196,10 @@ impl Backbone {
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let l = layout;
         let x = self.b1_1.forward(&self.b1_0.forward(x, l)?, l)?;
-        let x = self.b2_1.forward(&self.b2_0.forward(&x, l)?, l)?;
-        let p3 = self.b2_2.forward(&x, l)?;
-        let p4 = self.b3_1.forward(&self.b3_0.forward(&p3, l)?, l)?;
-        let x = self.b4_1.forward(&self.b4_0.forward(&p4, l)?, l)?;
+        let x = self.b2_1.forward(&self.b2_0.forward(&[&x], l)?, l)?;
+        let p3 = self.b2_2.forward(&[&x], l)?;
+        let p4 = self.b3_1.forward(&[&self.b3_0.forward(&p3, l)?], l)?;
+        let x = self.b4_1.forward(&[&self.b4_0.forward(&p4, l)?], l)?;
         let p5 = self.b5_0.forward(&x, l)?;
         Ok((p3, p4, p5))
     }
@@ -240,17 +254,12 @@ impl Neck {
         p5: &Tensor,
         l: MapLayout,
     ) -> candle_core::Result<[Tensor; 3]> {
-        let c = l.channel_dim();
-        let n1 = self
-            .n1
-            .forward(&Tensor::cat(&[&upsample2(p5, l)?, p4], c)?, l)?;
-        let n2 = self
-            .n2
-            .forward(&Tensor::cat(&[&upsample2(&n1, l)?, p3], c)?, l)?;
+        let n1 = self.n1.forward(&[&upsample2(p5, l)?, p4], l)?;
+        let n2 = self.n2.forward(&[&upsample2(&n1, l)?, p3], l)?;
         let n3 = self.n3.forward(&n2, l)?;
-        let n4 = self.n4.forward(&Tensor::cat(&[&n3, &n1], c)?, l)?;
+        let n4 = self.n4.forward(&[&n3, &n1], l)?;
         let n5 = self.n5.forward(&n4, l)?;
-        let n6 = self.n6.forward(&Tensor::cat(&[&n5, p5], c)?, l)?;
+        let n6 = self.n6.forward(&[&n5, p5], l)?;
         Ok([n2, n4, n6])
     }
 }
