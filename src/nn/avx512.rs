@@ -270,7 +270,13 @@ unsafe fn activate(x: __m512, act: Activation) -> __m512 {
                 p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
             }
             let e = _mm512_scalef_ps(p, n);
-            _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+            // x / (1 + e) through a 14-bit reciprocal and one Newton step (relative error about
+            // 1e-8 before rounding): a 512-bit division blocks the FMA port for about ten
+            // cycles, and every output value passes through here.
+            let d = _mm512_add_ps(_mm512_set1_ps(1.0), e);
+            let r = _mm512_rcp14_ps(d);
+            let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0)), r);
+            _mm512_mul_ps(x, r)
         }
     }
 }
@@ -343,5 +349,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn silu_epilogue_matches_the_formula() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512 on this CPU; nothing to check");
+            return;
+        }
+        let mut worst = 0f64;
+        for i in -12_000..12_000 {
+            let x = i as f32 * 1e-2;
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F was checked above.
+            unsafe {
+                let y = activate(_mm512_set1_ps(x), Activation::Silu);
+                _mm512_storeu_ps(got.as_mut_ptr(), y);
+            }
+            let want = x as f64 / (1.0 + (-(x as f64)).exp());
+            // Relative where SiLU is not tiny, absolute (to the unit activation scale) where it is.
+            worst = worst.max((got[0] as f64 - want).abs() / want.abs().max(1.0));
+        }
+        assert!(worst < 1e-6, "worst error {worst:e}");
     }
 }

@@ -1,4 +1,4 @@
-//! Max pooling on channels-last maps, for SPPF.
+//! Max pooling and upsampling on channels-last maps, for SPPF and the YOLOv8 neck.
 //!
 //! Candle's `max_pool2d` works channels-first, one window at a time. SPPF pools the same map
 //! three times with a 5×5 window, stride 1; a max over a rectangle is a max over its rows of
@@ -51,14 +51,33 @@ pub fn max_pool_same(x: &Tensor, k: usize) -> Result<Tensor> {
     Tensor::from_vec(out, (b, h, w, c), x.device())
 }
 
+/// Nearest-neighbour 2× upsampling of a `(B, H, W, C)` f32 map: each pixel's channels copied
+/// into a 2×2 block, output rows in parallel. (Candle's broadcast-then-copy walks the strided
+/// view one element at a time on one thread.)
+pub fn upsample2(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let input = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; 4 * input.len()];
+    out.par_chunks_mut(2 * w * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let src = &input[(row / 2) * w * c..(row / 2 + 1) * w * c];
+            for (pair, px) in dst.chunks_exact_mut(2 * c).zip(src.chunks_exact(c)) {
+                pair[..c].copy_from_slice(px);
+                pair[c..].copy_from_slice(px);
+            }
+        });
+    Tensor::from_vec(out, (b, 2 * h, 2 * w, c), x.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
 
-    #[test]
     /// Candle pads by repeating the edge, which gives the same maxima as −∞ padding: every
     /// window that reaches into the padding also holds the edge value it repeats.
+    #[test]
     fn matches_candle_pooling_over_edge_padding() {
         let dev = Device::Cpu;
         for (b, h, w, c, k) in [(2, 7, 9, 5, 5), (1, 3, 2, 17, 5), (1, 6, 6, 3, 3)] {
@@ -83,5 +102,21 @@ mod tests {
                 "{b}×{h}×{w}×{c} k{k}"
             );
         }
+    }
+
+    #[test]
+    fn upsample2_matches_candle_nearest() {
+        let x = Tensor::randn(0f32, 1., (2, 3, 5, 7), &Device::Cpu).unwrap();
+        let got = upsample2(&x).unwrap();
+        let want = x
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .upsample_nearest2d(6, 10)
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     }
 }

@@ -223,13 +223,7 @@ fn upsample2(x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
             let (_, _, h, w) = x.dims4()?;
             x.upsample_nearest2d(2 * h, 2 * w)
         }
-        MapLayout::Nhwc => {
-            let (b, h, w, c) = x.dims4()?;
-            x.reshape((b, h, 1, w, 1, c))?
-                .broadcast_as((b, h, 2, w, 2, c))?
-                .contiguous()?
-                .reshape((b, 2 * h, 2 * w, c))
-        }
+        MapLayout::Nhwc => crate::nn::pool::upsample2(x),
     }
 }
 
