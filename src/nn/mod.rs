@@ -81,25 +81,22 @@ fn nchw_to_nhwc(x: &Tensor) -> candle_core::Result<Tensor> {
     const BLOCK: usize = 1024;
     let (b, c, h, w) = x.dims4()?;
     let plane = h * w;
-    let input = x.flatten_all()?.to_vec1::<f32>()?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("nchw_to_nhwc: expected an f32 CPU tensor");
+    };
+    let input = &data[layout.start_offset()..][..b * c * plane];
     let mut out = vec![0f32; input.len()];
     out.par_chunks_mut(BLOCK * c)
         .enumerate()
         .for_each(|(i, dst)| {
-            let first = i * BLOCK;
-            let (image, p0) = (first / plane, first % plane);
-            let src = &input[image * c * plane..];
-            // Blocks do not straddle images when a plane holds whole blocks; otherwise walk
-            // pixel by pixel with the image recomputed.
             for (j, px) in dst.chunks_exact_mut(c).enumerate() {
-                let (image_j, p) = if p0 + j < plane {
-                    (0, p0 + j)
-                } else {
-                    ((p0 + j) / plane, (p0 + j) % plane)
-                };
-                let src = &src[image_j * c * plane..];
+                let pixel = i * BLOCK + j;
+                let (image, p) = (pixel / plane, pixel % plane);
+                let src = &input[image * c * plane + p..];
                 for (ch, v) in px.iter_mut().enumerate() {
-                    *v = src[ch * plane + p];
+                    *v = src[ch * plane];
                 }
             }
         });
