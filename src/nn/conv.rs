@@ -6,8 +6,8 @@
 //! layer, so a pixel's channels are one contiguous row. On AVX-512 CPUs (`avx512.rs`):
 //! - a pointwise convolution multiplies the input rows where they lie (channel slices of a
 //!   map, and the maps of a concatenation, each read through their own stride);
-//! - a k×k convolution copies its input once into a zero-bordered map, and each kernel tap of a
-//!   block of output pixels is then a shifted, strided view of it: no im2col;
+//! - a k×k convolution copies the input rows of each tile into a zero-bordered window in cache,
+//!   and each kernel tap of a block of output pixels is a shifted, strided view of it: no im2col;
 //! - bias and activation are applied in registers before a block is stored.
 //!
 //! Elsewhere, patch rows are gathered tile by tile into a buffer that stays in cache and
@@ -26,6 +26,9 @@ use super::avx512::{PackedWeights, Segment, MR};
 
 /// Patch rows gathered per tile: about 256 KiB of f32, well inside L2 with the weights.
 const TILE_FLOATS: usize = 64 * 1024;
+/// Input window of a direct convolution's tile: about 512 KiB of f32.
+#[cfg(target_arch = "x86_64")]
+const WINDOW_FLOATS: usize = 128 * 1024;
 
 /// A convolution with its bias and activation, on `(B, H, W, C)` f32 tensors.
 #[derive(Debug, Clone)]
@@ -202,9 +205,6 @@ struct InputMap<'a> {
     c: usize,
 }
 
-/// An input map copied with a zero border of `pad` pixels on every side, images one after
-/// another, and `slack` zeroed pixels after the last one: the rows of a block that are not
-/// stored may read that far past the last image.
 impl<'a> InputMap<'a> {
     fn new(data: &'a [f32], layout: &Layout) -> candle_core::Result<Self> {
         let (b, h, w, c) = layout.shape().dims4()?;
@@ -232,58 +232,42 @@ impl<'a> InputMap<'a> {
     }
 }
 
+/// Input rows `first .. first + rows` (which may start above or end below the map) of image
+/// `image`, as a window `w + 2·pad` pixels wide: zeros outside the map, then `slack` zeroed
+/// pixels, which the rows of a block that are not stored may read.
 #[cfg(target_arch = "x86_64")]
-struct PaddedMap {
-    data: Vec<f32>,
-    /// Padded width, in pixels.
-    wp: usize,
-    /// Floats per padded image.
-    image_len: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl PaddedMap {
-    fn new(input: &InputMap, pad: usize, slack: usize) -> Self {
-        let c = input.c;
-        let (h, w) = (input.h, input.w);
-        let wp = w + 2 * pad;
-        let row_len = wp * c;
-        let image_len = (h + 2 * pad) * row_len;
-        let [sb, sh, sw] = input.strides;
-        let len = input.b * image_len + slack * c;
-        let mut data: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
-        // SAFETY: `MaybeUninit` needs no initialisation; every value is written below.
-        unsafe { data.set_len(len) };
-        let (images, rest) = data.split_at_mut(input.b * image_len);
-        rest.fill(MaybeUninit::new(0.0));
-        images
-            .par_chunks_mut(row_len)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let (bi, y) = (r / (h + 2 * pad), r % (h + 2 * pad));
-                // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; every value of the row is
-                // written here before it is read.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), row_len) };
-                if y < pad || y >= h + pad {
-                    row.fill(0.0);
-                    return;
-                }
-                row[..pad * c].fill(0.0);
-                row[(pad + w) * c..].fill(0.0);
-                let src = &input.data[bi * sb + (y - pad) * sh..];
-                if sw == c {
-                    row[pad * c..(pad + w) * c].copy_from_slice(&src[..w * c]);
-                } else {
-                    for (x, px) in row[pad * c..(pad + w) * c].chunks_exact_mut(c).enumerate() {
-                        px.copy_from_slice(&src[x * sw..x * sw + c]);
-                    }
-                }
-            });
-        PaddedMap {
-            data: assume_init(data),
-            wp,
-            image_len,
+fn fill_window(
+    input: &InputMap,
+    image: usize,
+    first: isize,
+    rows: usize,
+    pad: usize,
+    slack: usize,
+    window: &mut Vec<f32>,
+) {
+    let (c, w) = (input.c, input.w);
+    let row_len = (w + 2 * pad) * c;
+    let [sb, sh, sw] = input.strides;
+    // Every value is written below, so the buffer needs no clearing.
+    window.resize(rows * row_len + slack * c, 0.0);
+    let (body, rest) = window.split_at_mut(rows * row_len);
+    rest.fill(0.0);
+    for (r, row) in body.chunks_exact_mut(row_len).enumerate() {
+        let y = first + r as isize;
+        if y < 0 || y >= input.h as isize {
+            row.fill(0.0);
+            continue;
+        }
+        row[..pad * c].fill(0.0);
+        row[(pad + w) * c..].fill(0.0);
+        let src = &input.data[image * sb + y as usize * sh..];
+        let dst = &mut row[pad * c..(pad + w) * c];
+        if sw == c {
+            dst.copy_from_slice(&src[..w * c]);
+        } else {
+            for (x, px) in dst.chunks_exact_mut(c).enumerate() {
+                px.copy_from_slice(&src[x * sw..x * sw + c]);
+            }
         }
     }
 }
@@ -393,10 +377,11 @@ impl Conv2dNhwc {
             });
     }
 
-    /// The convolution without im2col: every tap of a block of 12 output pixels is a shifted,
-    /// strided view of a zero-bordered copy of the input, which the micro-kernel reads in place
-    /// (see [`PackedWeights::block`]). Tiles of whole output rows run in parallel; each gets
-    /// its bias and activation while still in cache.
+    /// The convolution without im2col. Each tile of whole output rows first copies the input
+    /// rows it reads into a zero-bordered window (a thread's buffer, small enough to stay in
+    /// cache); every tap of a block of MR output pixels is then a shifted, strided view of that
+    /// window, which the micro-kernel reads in place (see [`PackedWeights::block`]). Bias and
+    /// activation are applied before the block is stored.
     #[cfg(target_arch = "x86_64")]
     fn direct(
         &self,
@@ -406,65 +391,33 @@ impl Conv2dNhwc {
         threads: usize,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let b = input.b;
         let (k_h, k_w) = self.kernel;
-        let (c, stride, dilation) = (self.c_in, self.stride, self.dilation);
-        let padded = PaddedMap::new(input, self.padding, MR * stride);
-        let wp = padded.wp;
+        let (c, stride, dilation, pad) = (self.c_in, self.stride, self.dilation, self.padding);
+        let wp = input.w + 2 * pad;
         let taps: Vec<usize> = (0..k_h)
             .flat_map(|ky| (0..k_w).map(move |kx| (ky * wp + kx) * dilation * c))
             .collect();
+        // Input rows a tile of `rows` output rows reads.
+        let window_rows = |rows: usize| (rows - 1) * stride + (k_h - 1) * dilation + 1;
         let row_len = wo * self.c_out;
-        let rows_per_tile = ho.div_ceil((4 * threads).div_ceil(b)).max(1);
+        // Enough tiles for every thread, each window within about 512 KiB.
+        let mut rows_per_tile = ho.div_ceil((4 * threads).div_ceil(input.b)).max(1);
+        while rows_per_tile > 1 && window_rows(rows_per_tile) * wp * c > WINDOW_FLOATS {
+            rows_per_tile = rows_per_tile.div_ceil(2);
+        }
         out.par_chunks_mut(ho * row_len)
             .enumerate()
             .for_each(|(bi, image_out)| {
-                let image = &padded.data[bi * padded.image_len..];
                 image_out
                     .par_chunks_mut(rows_per_tile * row_len)
                     .enumerate()
-                    .for_each(|(t, dst)| {
+                    .for_each_init(Vec::new, |window, (t, dst)| {
                         let first_row = t * rows_per_tile;
                         let rows = dst.len() / row_len;
+                        let first_in = (first_row * stride) as isize - pad as isize;
+                        let slack = MR * stride;
+                        fill_window(input, bi, first_in, window_rows(rows), pad, slack, window);
                         let dst = dst.as_mut_ptr().cast::<f32>();
-                        // Blocks of MR output pixels: with stride 1 they run on across output
-                        // rows (the pixels in between, over the padding, are computed and not
-                        // stored), so narrow maps waste little on partial blocks; with a
-                        // larger stride each output row is cut into blocks of its own.
-                        let mut blocks = Vec::new();
-                        if stride == 1 {
-                            let start = first_row * wp;
-                            let end = (first_row + rows - 1) * wp + wo;
-                            for q in (start..end).step_by(MR) {
-                                let mut out_rows = [std::ptr::null_mut(); MR];
-                                for (i, out_row) in out_rows.iter_mut().enumerate() {
-                                    let (oy, ox) = ((q + i) / wp, (q + i) % wp);
-                                    if q + i < end && ox < wo {
-                                        // SAFETY: (oy, ox) is an output pixel of this tile.
-                                        *out_row = unsafe {
-                                            dst.add(((oy - first_row) * wo + ox) * self.c_out)
-                                        };
-                                    }
-                                }
-                                blocks.push((q * c, c, out_rows));
-                            }
-                        } else {
-                            for oy in first_row..first_row + rows {
-                                for ox in (0..wo).step_by(MR) {
-                                    let mut out_rows = [std::ptr::null_mut(); MR];
-                                    for (i, out_row) in
-                                        out_rows.iter_mut().enumerate().take(wo - ox)
-                                    {
-                                        // SAFETY: (oy, ox + i) is an output pixel of this tile.
-                                        *out_row = unsafe {
-                                            dst.add(((oy - first_row) * wo + ox + i) * self.c_out)
-                                        };
-                                    }
-                                    let at = (oy * stride * wp + ox * stride) * c;
-                                    blocks.push((at, stride * c, out_rows));
-                                }
-                            }
-                        }
                         let mut segments: Vec<Segment> = taps
                             .iter()
                             .map(|_| Segment {
@@ -473,19 +426,52 @@ impl Conv2dNhwc {
                                 len: c,
                             })
                             .collect();
-                        for (at, lda, out_rows) in &blocks {
+                        let mut run = |at: usize, lda: usize, out_rows: &[*mut f32; MR]| {
                             for (segment, tap) in segments.iter_mut().zip(&taps) {
-                                segment.ptr = image[at + tap..].as_ptr();
-                                segment.lda = *lda;
+                                segment.ptr = window[at + tap..].as_ptr();
+                                segment.lda = lda;
                             }
                             for panel in 0..packed.panel_count() {
                                 // SAFETY: every tap of every one of the MR rows lies within
-                                // the padded image or the slack after it (`PaddedMap::new`),
-                                // and each non-null row is an output pixel with `c_out`
-                                // values; the blocks write every pixel of these rows.
+                                // the window or the slack after it (`fill_window`), and each
+                                // non-null row is an output pixel with `c_out` values; the
+                                // blocks write every pixel of these rows.
                                 unsafe {
                                     packed.block(panel, &segments, out_rows, &self.bias, self.act)
                                 };
+                            }
+                        };
+                        // Blocks of MR output pixels: with stride 1 they run on across output
+                        // rows (the pixels in between, over the padding, are computed and not
+                        // stored), so narrow maps waste little on partial blocks; with a
+                        // larger stride each output row is cut into blocks of its own.
+                        if stride == 1 {
+                            let end = (rows - 1) * wp + wo;
+                            for q in (0..end).step_by(MR) {
+                                let mut out_rows = [std::ptr::null_mut(); MR];
+                                for (i, out_row) in out_rows.iter_mut().enumerate() {
+                                    let (oy, ox) = ((q + i) / wp, (q + i) % wp);
+                                    if q + i < end && ox < wo {
+                                        // SAFETY: (oy, ox) is an output pixel of this tile.
+                                        *out_row = unsafe { dst.add((oy * wo + ox) * self.c_out) };
+                                    }
+                                }
+                                run(q * c, c, &out_rows);
+                            }
+                        } else {
+                            for oy in 0..rows {
+                                for ox in (0..wo).step_by(MR) {
+                                    let mut out_rows = [std::ptr::null_mut(); MR];
+                                    for (i, out_row) in
+                                        out_rows.iter_mut().enumerate().take(wo - ox)
+                                    {
+                                        // SAFETY: (oy, ox + i) is an output pixel of this tile.
+                                        *out_row =
+                                            unsafe { dst.add((oy * wo + ox + i) * self.c_out) };
+                                    }
+                                    let at = (oy * stride * wp + ox * stride) * c;
+                                    run(at, stride * c, &out_rows);
+                                }
                             }
                         }
                     });
