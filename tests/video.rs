@@ -17,6 +17,10 @@ const SCORER: &str = concat!(
     "/models/shapes-scorer.safetensors"
 );
 
+#[path = "../examples/filter_stream.rs"]
+#[allow(dead_code)] // its `main` is the example's entry point
+mod filter_stream_example;
+
 fn video_command(input: &str, output: &str, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_oodbox"));
     command
@@ -482,4 +486,40 @@ fn realtime_drops_frames_under_load_and_keeps_the_timing() {
         .unwrap_or_else(|| panic!("no drop count in: {stderr}"));
     assert!(dropped > 0 && dropped < 25, "{stderr}");
     assert_eq!(decode_all(&output), (25, 50.0, (64, 48)));
+}
+
+/// The library example `examples/filter_stream.rs`, on a short synthetic video: every frame is
+/// written, and the events it hands over are the unknown tracks the report counts.
+#[test]
+fn the_filter_stream_example_filters_a_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_video(
+        &input,
+        SynthVideoConfig {
+            seed: 3,
+            frames: 30,
+            visitors: vec![Visitors {
+                kinds: vec![Kind::Blob, Kind::NoisePatch],
+                every_s: 1.0,
+                stay_s: (1.0, 2.0),
+            }],
+            ..Default::default()
+        },
+    );
+    let output = dir.path().join("out.mp4");
+    let mut events = Vec::new();
+    let report = filter_stream_example::filter_file(
+        MODEL,
+        SCORER,
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        |e| events.push(e.clone()),
+    )
+    .unwrap();
+    assert!(report.input_error.is_none());
+    assert_eq!(report.progress.written, 30);
+    assert_eq!(report.events, events.len());
+    assert!(events.iter().all(|e| e.first_frame <= e.last_frame));
+    assert_eq!(decode_all(&output), (30, 10.0, (256, 256)));
 }
