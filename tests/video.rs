@@ -7,9 +7,10 @@ use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
 const SCORER: &str = concat!(
@@ -522,4 +523,70 @@ fn the_filter_stream_example_filters_a_video() {
     assert_eq!(report.events, events.len());
     assert!(events.iter().all(|e| e.first_frame <= e.last_frame));
     assert_eq!(decode_all(&output), (30, 10.0, (256, 256)));
+}
+
+/// SIGTERM or SIGINT stops `oodbox video` cleanly, even while its input stalls (frames on
+/// stdin, the pipe held open): ffmpeg is stopped, the temporary output removed, the exit code
+/// is 128 + the signal, and the message says why.
+#[cfg(unix)]
+#[test]
+fn a_signal_stops_the_stream_and_removes_the_partial_output() {
+    // ffmpeg reads 5 MB of a piped stream (its probe size) before it lets out a frame.
+    let frames: Vec<u8> = tiny_frames(30, (256, 256)).iter().flat_map(ppm).collect();
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.mp4");
+        let mut child = video_command("-", output.to_str().unwrap(), &["--fps", "5"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&frames).unwrap();
+        let names = || -> Vec<String> {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        // The output is opened when the first frame is written, a block (5 frames) later.
+        let start = Instant::now();
+        while names().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no output started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status();
+        assert!(sent.unwrap().success());
+        // The input is still open: the process has to end by itself.
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still running after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal} after")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("out.mp4 was not written"), "{stderr}");
+        assert_eq!(names(), Vec::<String>::new(), "left behind");
+    }
 }

@@ -1,12 +1,15 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
+use oodbox::video::ffmpeg::{is_single_file, Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::stream::{filter_stream, Keep, OodAction, Output, Progress, StreamOptions};
 use oodbox::video::tracker::TrackerConfig;
 use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::common::DetectorArgs;
@@ -142,6 +145,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let fps = source.fps();
+    // Ctrl-C or SIGTERM stops the stream cleanly: ffmpeg killed, the partial output removed.
+    // A second one ends the process at once, should stopping hang. Registered once the input
+    // is open: opening may wait on a silent stream, and a signal then ends the process as
+    // usual, before any output exists.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM] {
+        // The shutdown goes first, so that it sees the stop flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())?;
+        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
     let stream_options = StreamOptions {
         action: match args.ood_action {
             ActionArg::Flag => OodAction::Flag,
@@ -161,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         queue: args.queue,
         crops: args.crops.clone(),
+        stop: Some(stop),
     };
     let quiet = args.detector.flags.quiet;
     let bar = if quiet {
@@ -171,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
     let mut last_update = Instant::now();
     let (input, output) = (args.input.clone(), args.output.clone());
-    let report = filter_stream(
+    let result = filter_stream(
         &ood,
         source,
         move |size| FrameSink::create(&output, size, fps, Codec::Default, Some(&input)),
@@ -213,9 +229,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 last_update = Instant::now();
             }
         },
-    )
-    .with_context(|| format!("filtering {} into {}", args.input, args.output))?;
+    );
     bar.finish_and_clear();
+    if let Err(oodbox::error::Error::Interrupted { frames }) = result {
+        let sig = signal.load(Ordering::Relaxed) as i32;
+        let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+        let output = if is_single_file(&args.output) {
+            format!(
+                "{} was not written (its partial file is removed)",
+                args.output
+            )
+        } else {
+            format!("what was written to {} is left as it is", args.output)
+        };
+        let events = match &args.events {
+            Some(path) => format!("; {} holds the unknown tracks seen so far", path.display()),
+            None => String::new(),
+        };
+        eprintln!("interrupted by {name} after {frames} frames: {output}{events}");
+        return Ok(ExitCode::from(128 + sig as u8));
+    }
+    let report =
+        result.with_context(|| format!("filtering {} into {}", args.input, args.output))?;
 
     let p = &report.progress;
     let [decode, detect, track, encode] = p.stage_ms();

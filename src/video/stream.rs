@@ -11,11 +11,14 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError,
+};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::evidence::{TrackEvidence, TrackRule};
-use super::ffmpeg::{Frame, FrameSink, FrameSource};
+use super::ffmpeg::{Frame, FrameSink, FrameSource, Killer};
 use super::tracker::{EndedTrack, Tracker, TrackerConfig};
 use crate::detect::nms::iou;
 use crate::error::{Error, Result};
@@ -56,7 +59,16 @@ pub struct StreamOptions {
     pub queue: usize,
     /// Write a crop of each unknown track (its most unusual box) into this folder.
     pub crops: Option<PathBuf>,
+    /// Set it (from a signal handler, say) to stop the stream: the ffmpeg processes are killed
+    /// within [`STOP_POLL`], the output is abandoned (a single-file output is removed, see
+    /// [`FrameSink`]), the unknown tracks still open are reported as events, and
+    /// [`filter_stream`] returns [`Error::Interrupted`]. A stream whose output was already
+    /// complete finishes as usual.
+    pub stop: Option<Arc<AtomicBool>>,
 }
+
+/// How often a stop request is looked for while the stages may be blocked on ffmpeg's pipes.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
 
 impl Default for StreamOptions {
     fn default() -> Self {
@@ -69,6 +81,7 @@ impl Default for StreamOptions {
             tracker: TrackerConfig::default(),
             queue: 8,
             crops: None,
+            stop: None,
         }
     }
 }
@@ -184,6 +197,13 @@ struct Counters {
     input_done: AtomicBool,
 }
 
+fn stop_requested(options: &StreamOptions) -> bool {
+    options
+        .stop
+        .as_ref()
+        .is_some_and(|stop| stop.load(Ordering::Relaxed))
+}
+
 fn add(counter: &AtomicU64, d: Duration) {
     counter.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
 }
@@ -252,11 +272,41 @@ pub fn filter_stream(
     let (frame_tx, frame_rx) = sync_channel::<Frame>(queue);
     let (detected_tx, detected_rx) = sync_channel::<Detected>(queue);
     let names = detector.detector().class_names().to_vec();
+    let source_killer = source.killer();
+    let sink_killer: Mutex<Option<Killer>> = Mutex::new(None);
+    // Dropped when the stream is over, which ends the stop watcher.
+    let (running, watching) = channel::<()>();
 
     std::thread::scope(|scope| {
+        if let Some(stop) = &options.stop {
+            // Any stage may be blocked on an ffmpeg pipe (a stalled camera, a stalled reader of
+            // the output): killing both ffmpegs unblocks them all, and each then stops.
+            let (source_killer, sink_killer) = (&source_killer, &sink_killer);
+            scope.spawn(move || loop {
+                match watching.recv_timeout(STOP_POLL) {
+                    Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => {
+                        source_killer.kill();
+                        if let Some(sink) = sink_killer.lock().expect("sink killer").as_ref() {
+                            sink.kill();
+                        }
+                        return;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            });
+        }
         let decoder = scope.spawn(|| decode(source, frame_tx, options.realtime, &counters));
-        let encoder =
-            scope.spawn(|| encode(detected_rx, make_sink, options, rule.block, &counters));
+        let encoder = scope.spawn(|| {
+            encode(
+                detected_rx,
+                make_sink,
+                options,
+                rule.block,
+                &counters,
+                &sink_killer,
+            )
+        });
 
         let mut tracker = Tracker::new(options.tracker.clone());
         let mut tracks: HashMap<u64, TrackState> = HashMap::new();
@@ -264,8 +314,13 @@ pub fn filter_stream(
         let (mut detect_time, mut track_time) = (Duration::ZERO, Duration::ZERO);
         let mut unknown_tracks = 0u64;
         let mut stage_error = None;
+        let mut interrupted = false;
 
         for frame in frame_rx.iter() {
+            if stop_requested(options) {
+                interrupted = true;
+                break;
+            }
             let t0 = Instant::now();
             let detections = match detector.detect(&frame.image) {
                 Ok(d) => d,
@@ -375,6 +430,7 @@ pub fn filter_stream(
         }
         if stage_error.is_none() {
             // The frames still held by the encoder need no retirement notices: it ends too.
+            // After a stop, too, the unknown tracks seen so far are reported.
             let reported = close_tracks(tracker.finish(), &mut tracks, options, &names, fps)
                 .and_then(|(_, finished)| {
                     events += finished.len();
@@ -390,6 +446,14 @@ pub fn filter_stream(
         drop(frame_rx);
         let encoded = encoder.join().expect("the encoder thread does not panic");
         let decoded = decoder.join().expect("the decoder thread does not panic");
+        drop(running);
+        // A stage that failed while a stop was pending failed because of it: the stop killed
+        // its ffmpeg, or the terminal's Ctrl-C reached ffmpeg (same process group) as well.
+        if interrupted || (stop_requested(options) && (stage_error.is_some() || encoded.is_err())) {
+            return Err(Error::Interrupted {
+                frames: counters.detected.load(Ordering::Relaxed),
+            });
+        }
         if let Some(e) = stage_error {
             return Err(e);
         }
@@ -618,6 +682,7 @@ fn encode(
     options: &StreamOptions,
     delay: usize,
     counters: &Counters,
+    sink_killer: &Mutex<Option<Killer>>,
 ) -> Result<()> {
     let mut make_sink = Some(make_sink);
     let mut sink: Option<FrameSink> = None;
@@ -632,7 +697,9 @@ fn encode(
         let t0 = Instant::now();
         if sink.is_none() {
             let open = make_sink.take().expect("the sink is opened once");
-            *sink = Some(open(image.dimensions())?);
+            let opened = open(image.dimensions())?;
+            *sink_killer.lock().expect("sink killer") = Some(opened.killer());
+            *sink = Some(opened);
         }
         sink.as_mut().expect("opened").write(image)?;
         add(&counters.encode_ns, t0.elapsed());
@@ -687,6 +754,12 @@ fn encode(
             let out = held.pop_front().expect("non-empty");
             emit(out, &mut unknown, &mut retiring, &mut sink)?;
         }
+    }
+    if stop_requested(options) {
+        // Dropping the sink unfinished kills its ffmpeg and removes the partial file.
+        return Err(Error::Interrupted {
+            frames: counters.detected.load(Ordering::Relaxed),
+        });
     }
     while let Some(out) = held.pop_front() {
         emit(out, &mut unknown, &mut retiring, &mut sink)?;
