@@ -6,7 +6,7 @@ use oodbox::data::synth::{Group, Kind};
 use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -588,5 +588,96 @@ fn a_signal_stops_the_stream_and_removes_the_partial_output() {
         );
         assert!(stderr.contains("out.mp4 was not written"), "{stderr}");
         assert_eq!(names(), Vec::<String>::new(), "left behind");
+    }
+}
+
+/// `--keep ood` writes short clips: each frame that shows an unknown track, and the frames
+/// within `--clip-pad` of one, each once. The expected count comes from the events (each
+/// unknown track and the frame it was decided in) and the per-frame boxes (`--detections`).
+#[test]
+fn keep_ood_writes_the_frames_within_the_clip_pad_of_unknown_tracks() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    let (frames, fps) = (100u64, 10.0f64);
+    // Two unknown tracks, with a gap between them wider than twice the pad.
+    let made = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+        .args([
+            "synth-video",
+            "--out",
+            input.to_str().unwrap(),
+            "--seed",
+            "3",
+        ])
+        .args([
+            "--seconds",
+            "10",
+            "--ood-every",
+            "2.5",
+            "--ood-stay",
+            "1",
+            "2",
+        ])
+        .args(["--unknowns", "far", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    // Output frames are drawn a block (--min-duration, 1 s) after they are detected, with the
+    // decisions made by then.
+    let block = fps as u64;
+    for pad in [0.0, 0.5] {
+        let output = dir.path().join(format!("clips-{pad}.mkv"));
+        let events_path = dir.path().join("events.jsonl");
+        let boxes_path = dir.path().join("boxes.jsonl");
+        let (out, stderr) = run(video_command(
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            &[
+                "--keep",
+                "ood",
+                "--clip-pad",
+                &pad.to_string(),
+                "--track-alpha",
+                "0.1",
+                "--events",
+                events_path.to_str().unwrap(),
+                "--detections",
+                boxes_path.to_str().unwrap(),
+            ],
+        ));
+        assert!(out.status.success(), "{stderr}");
+        let decided: HashMap<u64, u64> = read_events(&events_path)
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_u64().unwrap();
+                (field("track_id"), field("decided_frame"))
+            })
+            .collect();
+        let shown: Vec<u64> = read_events(&boxes_path)
+            .iter()
+            .map(|f| (f["frame"].as_u64().unwrap(), f["boxes"].as_array().unwrap()))
+            .filter(|(frame, boxes)| {
+                boxes.iter().any(|b| {
+                    let track = b["track_id"].as_u64().unwrap();
+                    decided.get(&track).is_some_and(|&d| d <= frame + block)
+                })
+            })
+            .map(|(frame, _)| frame)
+            .collect();
+        let pad_frames = (pad * fps).round() as u64;
+        let expected: BTreeSet<u64> = shown
+            .iter()
+            .flat_map(|&f| f.saturating_sub(pad_frames)..=(f + pad_frames).min(frames - 1))
+            .collect();
+        eprintln!(
+            "pad {pad} s: {} unknown tracks, {} frames show one, {} expected in the clips",
+            decided.len(),
+            shown.len(),
+            expected.len()
+        );
+        assert!(!shown.is_empty(), "the video should show an unknown track");
+        assert_eq!(
+            decode_all(&output),
+            (expected.len() as u64, fps, (256, 256))
+        );
     }
 }

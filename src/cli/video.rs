@@ -61,9 +61,15 @@ pub struct Args {
     /// What to do with the boxes of unknown tracks: keep and mark, remove, or rename "unknown".
     #[arg(long, value_enum, default_value = "flag")]
     ood_action: ActionArg,
-    /// Which frames to write: all, or only those that show an unknown track.
+    /// Which frames to write: all, or only short clips around the frames that show an unknown
+    /// track (see --clip-pad).
     #[arg(long, value_enum, default_value = "all")]
     keep: KeepArg,
+    /// With --keep ood, also write the frames up to this many seconds before and after each
+    /// frame that shows an unknown track (0: only those frames). The frames before are held in
+    /// memory, at most this many seconds of them.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    clip_pad: f64,
     /// Save a crop of each unknown track (its most unusual box) into this folder.
     #[arg(long)]
     crops: Option<PathBuf>,
@@ -117,6 +123,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--track-alpha must lie in (0, 1)"
     );
     anyhow::ensure!(args.min_duration > 0.0, "--min-duration must be positive");
+    anyhow::ensure!(
+        args.clip_pad >= 0.0 && args.clip_pad.is_finite(),
+        "--clip-pad must be 0 or more seconds"
+    );
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
@@ -167,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             KeepArg::All => Keep::All,
             KeepArg::Ood => Keep::Ood,
         },
+        clip_pad_s: args.clip_pad,
         realtime: args.realtime,
         track_alpha: args.track_alpha,
         min_duration_s: args.min_duration,
