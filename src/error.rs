@@ -37,6 +37,10 @@ pub enum Error {
     /// A video input or output that ffmpeg could not open, read or write; `item` names it.
     #[error("{item}: {reason}")]
     Video { item: String, reason: String },
+    /// A stream stopped on request (`StreamOptions::stop`, set by a signal handler) after this
+    /// many frames were detected; its output was abandoned.
+    #[error("stopped on request after {frames} frames")]
+    Interrupted { frames: u64 },
     #[error("calibration: {0}")]
     Calibration(String),
     #[error(transparent)]

@@ -6,16 +6,21 @@ use oodbox::data::synth::{Group, Kind};
 use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
 const SCORER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/models/shapes-scorer.safetensors"
 );
+
+#[path = "../examples/filter_stream.rs"]
+#[allow(dead_code)] // its `main` is the example's entry point
+mod filter_stream_example;
 
 fn video_command(input: &str, output: &str, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_oodbox"));
@@ -482,4 +487,197 @@ fn realtime_drops_frames_under_load_and_keeps_the_timing() {
         .unwrap_or_else(|| panic!("no drop count in: {stderr}"));
     assert!(dropped > 0 && dropped < 25, "{stderr}");
     assert_eq!(decode_all(&output), (25, 50.0, (64, 48)));
+}
+
+/// The library example `examples/filter_stream.rs`, on a short synthetic video: every frame is
+/// written, and the events it hands over are the unknown tracks the report counts.
+#[test]
+fn the_filter_stream_example_filters_a_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_video(
+        &input,
+        SynthVideoConfig {
+            seed: 3,
+            frames: 30,
+            visitors: vec![Visitors {
+                kinds: vec![Kind::Blob, Kind::NoisePatch],
+                every_s: 1.0,
+                stay_s: (1.0, 2.0),
+            }],
+            ..Default::default()
+        },
+    );
+    let output = dir.path().join("out.mp4");
+    let mut events = Vec::new();
+    let report = filter_stream_example::filter_file(
+        MODEL,
+        SCORER,
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        |e| events.push(e.clone()),
+    )
+    .unwrap();
+    assert!(report.input_error.is_none());
+    assert_eq!(report.progress.written, 30);
+    assert_eq!(report.events, events.len());
+    assert!(events.iter().all(|e| e.first_frame <= e.last_frame));
+    assert_eq!(decode_all(&output), (30, 10.0, (256, 256)));
+}
+
+/// SIGTERM or SIGINT stops `oodbox video` cleanly, even while its input stalls (frames on
+/// stdin, the pipe held open): ffmpeg is stopped, the temporary output removed, the exit code
+/// is 128 + the signal, and the message says why.
+#[cfg(unix)]
+#[test]
+fn a_signal_stops_the_stream_and_removes_the_partial_output() {
+    // ffmpeg reads 5 MB of a piped stream (its probe size) before it lets out a frame.
+    let frames: Vec<u8> = tiny_frames(30, (256, 256)).iter().flat_map(ppm).collect();
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.mp4");
+        let mut child = video_command("-", output.to_str().unwrap(), &["--fps", "5"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&frames).unwrap();
+        let names = || -> Vec<String> {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        // The output is opened when the first frame is written, a block (5 frames) later.
+        let start = Instant::now();
+        while names().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no output started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status();
+        assert!(sent.unwrap().success());
+        // The input is still open: the process has to end by itself.
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still running after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal} after")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("out.mp4 was not written"), "{stderr}");
+        assert_eq!(names(), Vec::<String>::new(), "left behind");
+    }
+}
+
+/// `--keep ood` writes short clips: each frame that shows an unknown track, and the frames
+/// within `--clip-pad` of one, each once. The expected count comes from the events (each
+/// unknown track and the frame it was decided in) and the per-frame boxes (`--detections`).
+#[test]
+fn keep_ood_writes_the_frames_within_the_clip_pad_of_unknown_tracks() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    let (frames, fps) = (100u64, 10.0f64);
+    // Two unknown tracks, with a gap between them wider than twice the pad.
+    let made = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+        .args([
+            "synth-video",
+            "--out",
+            input.to_str().unwrap(),
+            "--seed",
+            "3",
+        ])
+        .args([
+            "--seconds",
+            "10",
+            "--ood-every",
+            "2.5",
+            "--ood-stay",
+            "1",
+            "2",
+        ])
+        .args(["--unknowns", "far", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    // Output frames are drawn a block (--min-duration, 1 s) after they are detected, with the
+    // decisions made by then.
+    let block = fps as u64;
+    for pad in [0.0, 0.5] {
+        let output = dir.path().join(format!("clips-{pad}.mkv"));
+        let events_path = dir.path().join("events.jsonl");
+        let boxes_path = dir.path().join("boxes.jsonl");
+        let (out, stderr) = run(video_command(
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            &[
+                "--keep",
+                "ood",
+                "--clip-pad",
+                &pad.to_string(),
+                "--track-alpha",
+                "0.1",
+                "--events",
+                events_path.to_str().unwrap(),
+                "--detections",
+                boxes_path.to_str().unwrap(),
+            ],
+        ));
+        assert!(out.status.success(), "{stderr}");
+        let decided: HashMap<u64, u64> = read_events(&events_path)
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_u64().unwrap();
+                (field("track_id"), field("decided_frame"))
+            })
+            .collect();
+        let shown: Vec<u64> = read_events(&boxes_path)
+            .iter()
+            .map(|f| (f["frame"].as_u64().unwrap(), f["boxes"].as_array().unwrap()))
+            .filter(|(frame, boxes)| {
+                boxes.iter().any(|b| {
+                    let track = b["track_id"].as_u64().unwrap();
+                    decided.get(&track).is_some_and(|&d| d <= frame + block)
+                })
+            })
+            .map(|(frame, _)| frame)
+            .collect();
+        let pad_frames = (pad * fps).round() as u64;
+        let expected: BTreeSet<u64> = shown
+            .iter()
+            .flat_map(|&f| f.saturating_sub(pad_frames)..=(f + pad_frames).min(frames - 1))
+            .collect();
+        eprintln!(
+            "pad {pad} s: {} unknown tracks, {} frames show one, {} expected in the clips",
+            decided.len(),
+            shown.len(),
+            expected.len()
+        );
+        assert!(!shown.is_empty(), "the video should show an unknown track");
+        assert_eq!(
+            decode_all(&output),
+            (expected.len() as u64, fps, (256, 256))
+        );
+    }
 }

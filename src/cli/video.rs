@@ -1,12 +1,15 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
+use oodbox::video::ffmpeg::{is_single_file, Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::stream::{filter_stream, Keep, OodAction, Output, Progress, StreamOptions};
 use oodbox::video::tracker::TrackerConfig;
 use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::common::DetectorArgs;
@@ -58,9 +61,15 @@ pub struct Args {
     /// What to do with the boxes of unknown tracks: keep and mark, remove, or rename "unknown".
     #[arg(long, value_enum, default_value = "flag")]
     ood_action: ActionArg,
-    /// Which frames to write: all, or only those that show an unknown track.
+    /// Which frames to write: all, or only short clips around the frames that show an unknown
+    /// track (see --clip-pad).
     #[arg(long, value_enum, default_value = "all")]
     keep: KeepArg,
+    /// With --keep ood, also write the frames up to this many seconds before and after each
+    /// frame that shows an unknown track (0: only those frames). The frames before are held in
+    /// memory, at most this many seconds of them.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    clip_pad: f64,
     /// Save a crop of each unknown track (its most unusual box) into this folder.
     #[arg(long)]
     crops: Option<PathBuf>,
@@ -114,6 +123,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--track-alpha must lie in (0, 1)"
     );
     anyhow::ensure!(args.min_duration > 0.0, "--min-duration must be positive");
+    anyhow::ensure!(
+        args.clip_pad >= 0.0 && args.clip_pad.is_finite(),
+        "--clip-pad must be 0 or more seconds"
+    );
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
@@ -142,6 +155,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let fps = source.fps();
+    // Ctrl-C or SIGTERM stops the stream cleanly: ffmpeg killed, the partial output removed.
+    // A second one ends the process at once, should stopping hang. Registered once the input
+    // is open: opening may wait on a silent stream, and a signal then ends the process as
+    // usual, before any output exists.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM] {
+        // The shutdown goes first, so that it sees the stop flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())?;
+        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
     let stream_options = StreamOptions {
         action: match args.ood_action {
             ActionArg::Flag => OodAction::Flag,
@@ -152,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             KeepArg::All => Keep::All,
             KeepArg::Ood => Keep::Ood,
         },
+        clip_pad_s: args.clip_pad,
         realtime: args.realtime,
         track_alpha: args.track_alpha,
         min_duration_s: args.min_duration,
@@ -161,6 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         queue: args.queue,
         crops: args.crops.clone(),
+        stop: Some(stop),
     };
     let quiet = args.detector.flags.quiet;
     let bar = if quiet {
@@ -171,7 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
     let mut last_update = Instant::now();
     let (input, output) = (args.input.clone(), args.output.clone());
-    let report = filter_stream(
+    let result = filter_stream(
         &ood,
         source,
         move |size| FrameSink::create(&output, size, fps, Codec::Default, Some(&input)),
@@ -213,9 +240,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 last_update = Instant::now();
             }
         },
-    )
-    .with_context(|| format!("filtering {} into {}", args.input, args.output))?;
+    );
     bar.finish_and_clear();
+    if let Err(oodbox::error::Error::Interrupted { frames }) = result {
+        let sig = signal.load(Ordering::Relaxed) as i32;
+        let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+        let output = if is_single_file(&args.output) {
+            format!(
+                "{} was not written (its partial file is removed)",
+                args.output
+            )
+        } else {
+            format!("what was written to {} is left as it is", args.output)
+        };
+        let events = match &args.events {
+            Some(path) => format!("; {} holds the unknown tracks seen so far", path.display()),
+            None => String::new(),
+        };
+        eprintln!("interrupted by {name} after {frames} frames: {output}{events}");
+        return Ok(ExitCode::from(128 + sig as u8));
+    }
+    let report =
+        result.with_context(|| format!("filtering {} into {}", args.input, args.output))?;
 
     let p = &report.progress;
     let [decode, detect, track, encode] = p.stage_ms();

@@ -6,7 +6,7 @@ use image::RgbImage;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -117,7 +117,9 @@ fn watch_stderr(
 struct Process {
     /// The input or output it works on, for messages.
     name: String,
-    child: Child,
+    /// Shared with [`Killer`]s. Whoever holds the lock while waiting only waits for an ffmpeg
+    /// that is exiting (its pipe closed, or killed), so a kill never waits long.
+    child: Arc<Mutex<Child>>,
     log: Arc<Mutex<StderrLog>>,
     stderr_reader: Option<JoinHandle<()>>,
 }
@@ -130,16 +132,28 @@ impl Process {
         let (rate, reader) = watch_stderr(child.stderr.take().expect("piped stderr"), log.clone());
         let process = Process {
             name: name.to_string(),
-            child,
+            child: Arc::new(Mutex::new(child)),
             log,
             stderr_reader: Some(reader),
         };
         Ok((process, rate))
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().expect("ffmpeg child")
+    }
+
+    fn kill(&self) {
+        let _ = self.child().kill();
+    }
+
+    fn wait(&self) -> std::io::Result<ExitStatus> {
+        self.child().wait()
+    }
+
     /// Waits for ffmpeg to exit and describes why it stopped, with its last words.
     fn failure(&mut self, what: &str) -> Error {
-        let status = match self.child.wait() {
+        let status = match self.wait() {
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),
         };
@@ -148,6 +162,18 @@ impl Process {
         }
         let tail = self.log.lock().expect("stderr log").tail();
         video_error(&self.name, format!("{what} (ffmpeg {status}: {tail})"))
+    }
+}
+
+/// Kills a running ffmpeg from another thread, so that a stage blocked on its pipe (a stalled
+/// input or output) sees the pipe close. An ffmpeg already waited for is left alone: the
+/// standard library does not signal a child it has reaped, whose id may be reused.
+#[derive(Clone)]
+pub(crate) struct Killer(Arc<Mutex<Child>>);
+
+impl Killer {
+    pub(crate) fn kill(&self) {
+        let _ = self.0.lock().expect("ffmpeg child").kill();
     }
 }
 
@@ -283,8 +309,8 @@ impl FrameSource {
             .args(["-i", input, "-map", "0:v:0", "-an", "-sn"])
             .args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"])
             .stdout(Stdio::piped());
-        let (mut process, rate) = Process::start(command, input)?;
-        let stdout = process.child.stdout.take().expect("piped stdout");
+        let (process, rate) = Process::start(command, input)?;
+        let stdout = process.child().stdout.take().expect("piped stdout");
         let mut source = FrameSource {
             process,
             stdout: BufReader::with_capacity(1 << 20, stdout),
@@ -320,6 +346,10 @@ impl FrameSource {
         self.fps
     }
 
+    pub(crate) fn killer(&self) -> Killer {
+        Killer(self.process.child.clone())
+    }
+
     /// True when the input stated no frame rate and 25 was assumed.
     pub fn fps_guessed(&self) -> bool {
         self.fps_guessed
@@ -344,7 +374,7 @@ impl FrameSource {
                     None => self.size = Some(dims),
                     Some(size) if size != dims => {
                         self.done = true;
-                        let _ = self.process.child.kill();
+                        self.process.kill();
                         return Err(video_error(
                             self.name(),
                             format!(
@@ -366,7 +396,6 @@ impl FrameSource {
                 self.done = true;
                 let status = self
                     .process
-                    .child
                     .wait()
                     .map_err(|e| video_error(self.name(), e.to_string()))?;
                 if !status.success() {
@@ -390,9 +419,9 @@ impl FrameSource {
 impl Drop for FrameSource {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.process.child.kill();
+            self.process.kill();
         }
-        let _ = self.process.child.wait();
+        let _ = self.process.wait();
     }
 }
 
@@ -415,6 +444,12 @@ pub struct FrameSink {
     /// (temporary, final) paths when writing a single file.
     rename: Option<(PathBuf, PathBuf)>,
     frames: u64,
+}
+
+/// Whether `output` names one file (not `-` or an image-sequence pattern): such a file is
+/// written under a temporary name and appears only when complete.
+pub fn is_single_file(output: &str) -> bool {
+    output != "-" && !output.contains('%')
 }
 
 fn extension(output: &str) -> String {
@@ -463,8 +498,7 @@ impl FrameSink {
         protect: Option<&str>,
     ) -> Result<Self> {
         let args = codec_args(output, codec, size)?;
-        let single_file = output != "-" && !output.contains('%');
-        let rename = if single_file {
+        let rename = if is_single_file(output) {
             let path = PathBuf::from(output);
             if let Some(input) = protect {
                 let canonical = |p: &Path| p.canonicalize().ok();
@@ -504,8 +538,8 @@ impl FrameSink {
             } else {
                 Stdio::null()
             });
-        let (mut process, _) = Process::start(command, output)?;
-        let stdin = process.child.stdin.take().expect("piped stdin");
+        let (process, _) = Process::start(command, output)?;
+        let stdin = process.child().stdin.take().expect("piped stdin");
         Ok(FrameSink {
             process,
             stdin: Some(BufWriter::with_capacity(1 << 20, stdin)),
@@ -517,6 +551,10 @@ impl FrameSink {
 
     pub fn frames(&self) -> u64 {
         self.frames
+    }
+
+    pub(crate) fn killer(&self) -> Killer {
+        Killer(self.process.child.clone())
     }
 
     fn failure(&mut self, what: &str) -> Error {
@@ -555,7 +593,6 @@ impl FrameSink {
         let flushed = self.stdin.take().map(|mut s| s.flush()).transpose();
         let status = self
             .process
-            .child
             .wait()
             .map_err(|e| video_error(&self.process.name, e.to_string()))?;
         if flushed.is_err() || !status.success() {
@@ -572,9 +609,9 @@ impl FrameSink {
 impl Drop for FrameSink {
     fn drop(&mut self) {
         if self.stdin.take().is_some() {
-            let _ = self.process.child.kill();
+            self.process.kill();
         }
-        let _ = self.process.child.wait();
+        let _ = self.process.wait();
         if let Some((tmp, _)) = &self.rename {
             let _ = std::fs::remove_file(tmp);
         }

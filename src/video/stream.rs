@@ -5,17 +5,28 @@
 //! a track that turns out unknown within its first block has been decided, so its boxes are
 //! marked (or dropped, or relabelled) from its first frame, not only from the frame the
 //! decision came in.
+//!
+//! With `Keep::Ood`, a frame that shows no unknown track waits in a lead-in of at most
+//! `clip_pad_s` × fps frames; when a frame that shows one comes, the lead-in is drawn and
+//! written before it, and the same number of frames after it are written too. Memory grows
+//! with the pad, never with the stream. Drawn that late, a lead-in frame marks the tracks
+//! decided up to a block plus the pad after it, so a clip shows an unknown object from before
+//! the frame its track was decided in. Frames of a track that took longer than that to be
+//! decided are not written: keeping them would need a buffer as long as the slowest decision.
 
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError,
+};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::evidence::{TrackEvidence, TrackRule};
-use super::ffmpeg::{Frame, FrameSink, FrameSource};
+use super::ffmpeg::{Frame, FrameSink, FrameSource, Killer};
 use super::tracker::{EndedTrack, Tracker, TrackerConfig};
 use crate::detect::nms::iou;
 use crate::error::{Error, Result};
@@ -37,7 +48,8 @@ pub enum OodAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keep {
     All,
-    /// Only frames showing a box of an unknown track (for collecting data to label).
+    /// Only frames showing a box of an unknown track, and those within
+    /// [`StreamOptions::clip_pad_s`] of one: short clips, for collecting data to label.
     Ood,
 }
 
@@ -45,6 +57,10 @@ pub enum Keep {
 pub struct StreamOptions {
     pub action: OodAction,
     pub keep: Keep,
+    /// With `Keep::Ood`, the frames up to this many seconds before and after each frame that
+    /// shows an unknown track are written too, each frame once (see the module documentation).
+    /// 0 writes only the frames that show one.
+    pub clip_pad_s: f64,
     /// Drop frames when detection falls behind, instead of lagging.
     pub realtime: bool,
     /// The bound on the share of in-distribution tracks reported as unknown.
@@ -56,19 +72,30 @@ pub struct StreamOptions {
     pub queue: usize,
     /// Write a crop of each unknown track (its most unusual box) into this folder.
     pub crops: Option<PathBuf>,
+    /// Set it (from a signal handler, say) to stop the stream: the ffmpeg processes are killed
+    /// within [`STOP_POLL`], the output is abandoned (a single-file output is removed, see
+    /// [`FrameSink`]), the unknown tracks still open are reported as events, and
+    /// [`filter_stream`] returns [`Error::Interrupted`]. A stream whose output was already
+    /// complete finishes as usual.
+    pub stop: Option<Arc<AtomicBool>>,
 }
+
+/// How often a stop request is looked for while the stages may be blocked on ffmpeg's pipes.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
 
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             action: OodAction::Flag,
             keep: Keep::All,
+            clip_pad_s: 1.0,
             realtime: false,
             track_alpha: 0.05,
             min_duration_s: 1.0,
             tracker: TrackerConfig::default(),
             queue: 8,
             crops: None,
+            stop: None,
         }
     }
 }
@@ -184,6 +211,13 @@ struct Counters {
     input_done: AtomicBool,
 }
 
+fn stop_requested(options: &StreamOptions) -> bool {
+    options
+        .stop
+        .as_ref()
+        .is_some_and(|stop| stop.load(Ordering::Relaxed))
+}
+
 fn add(counter: &AtomicU64, d: Duration) {
     counter.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
 }
@@ -246,17 +280,48 @@ pub fn filter_stream(
 ) -> Result<StreamReport> {
     let fps = source.fps();
     let rule = TrackRule::new(options.track_alpha, options.min_duration_s, fps);
+    let pad = (options.clip_pad_s.max(0.0) * fps).round() as usize;
     let counters = Counters::default();
     let start = Instant::now();
     let queue = options.queue.max(1);
     let (frame_tx, frame_rx) = sync_channel::<Frame>(queue);
     let (detected_tx, detected_rx) = sync_channel::<Detected>(queue);
     let names = detector.detector().class_names().to_vec();
+    let source_killer = source.killer();
+    let sink_killer: Mutex<Option<Killer>> = Mutex::new(None);
+    // Dropped when the stream is over, which ends the stop watcher.
+    let (running, watching) = channel::<()>();
 
     std::thread::scope(|scope| {
+        if let Some(stop) = &options.stop {
+            // Any stage may be blocked on an ffmpeg pipe (a stalled camera, a stalled reader of
+            // the output): killing both ffmpegs unblocks them all, and each then stops.
+            let (source_killer, sink_killer) = (&source_killer, &sink_killer);
+            scope.spawn(move || loop {
+                match watching.recv_timeout(STOP_POLL) {
+                    Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => {
+                        source_killer.kill();
+                        if let Some(sink) = sink_killer.lock().expect("sink killer").as_ref() {
+                            sink.kill();
+                        }
+                        return;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            });
+        }
         let decoder = scope.spawn(|| decode(source, frame_tx, options.realtime, &counters));
-        let encoder =
-            scope.spawn(|| encode(detected_rx, make_sink, options, rule.block, &counters));
+        let encoder = scope.spawn(|| {
+            encode(
+                detected_rx,
+                make_sink,
+                options,
+                (rule.block, pad),
+                &counters,
+                &sink_killer,
+            )
+        });
 
         let mut tracker = Tracker::new(options.tracker.clone());
         let mut tracks: HashMap<u64, TrackState> = HashMap::new();
@@ -264,8 +329,13 @@ pub fn filter_stream(
         let (mut detect_time, mut track_time) = (Duration::ZERO, Duration::ZERO);
         let mut unknown_tracks = 0u64;
         let mut stage_error = None;
+        let mut interrupted = false;
 
         for frame in frame_rx.iter() {
+            if stop_requested(options) {
+                interrupted = true;
+                break;
+            }
             let t0 = Instant::now();
             let detections = match detector.detect(&frame.image) {
                 Ok(d) => d,
@@ -375,6 +445,7 @@ pub fn filter_stream(
         }
         if stage_error.is_none() {
             // The frames still held by the encoder need no retirement notices: it ends too.
+            // After a stop, too, the unknown tracks seen so far are reported.
             let reported = close_tracks(tracker.finish(), &mut tracks, options, &names, fps)
                 .and_then(|(_, finished)| {
                     events += finished.len();
@@ -390,6 +461,14 @@ pub fn filter_stream(
         drop(frame_rx);
         let encoded = encoder.join().expect("the encoder thread does not panic");
         let decoded = decoder.join().expect("the decoder thread does not panic");
+        drop(running);
+        // A stage that failed while a stop was pending failed because of it: the stop killed
+        // its ffmpeg, or the terminal's Ctrl-C reached ffmpeg (same process group) as well.
+        if interrupted || (stop_requested(options) && (stage_error.is_some() || encoded.is_err())) {
+            return Err(Error::Interrupted {
+                frames: counters.detected.load(Ordering::Relaxed),
+            });
+        }
         if let Some(e) = stage_error {
             return Err(e);
         }
@@ -572,16 +651,13 @@ fn decode(
     (source.decode_errors(), error)
 }
 
-/// Labels and draws one frame's boxes; `None` when `Keep::Ood` leaves the frame out.
-fn render(
-    mut frame: Detected,
-    unknown: &HashSet<u64>,
-    options: &StreamOptions,
-) -> Option<RgbImage> {
-    let has_unknown = frame.boxes.iter().any(|b| unknown.contains(&b.track));
-    if options.keep == Keep::Ood && !has_unknown {
-        return None;
-    }
+/// Whether a frame shows a box of an unknown track.
+fn shows_unknown(frame: &Detected, unknown: &HashSet<u64>) -> bool {
+    frame.boxes.iter().any(|b| unknown.contains(&b.track))
+}
+
+/// Labels and draws one frame's boxes.
+fn render(mut frame: Detected, unknown: &HashSet<u64>, options: &StreamOptions) -> RgbImage {
     let mut annotations = Vec::new();
     for b in &frame.boxes {
         let d = &b.detection;
@@ -606,33 +682,49 @@ fn render(
         });
     }
     annotate_in_place(&mut frame.image, &annotations, true);
-    Some(frame.image)
+    frame.image
 }
 
-/// The encoder thread: holds frames back one block, draws them with the track decisions made
-/// meanwhile, and writes them. In realtime mode a dropped frame is replaced by the previous
-/// output frame, so the output keeps its length and timing.
+/// The encoder thread: holds frames back one block (`delay` frames), draws them with the track
+/// decisions made meanwhile, and writes them. In realtime mode a dropped frame is replaced by
+/// the previous output frame, so the output keeps its length and timing. With `Keep::Ood` it
+/// writes the frames that show an unknown track and the `pad` frames before and after each.
 fn encode(
     rx: Receiver<Detected>,
     make_sink: impl FnOnce((u32, u32)) -> Result<FrameSink>,
     options: &StreamOptions,
-    delay: usize,
+    (delay, pad): (usize, usize),
     counters: &Counters,
+    sink_killer: &Mutex<Option<Killer>>,
 ) -> Result<()> {
     let mut make_sink = Some(make_sink);
     let mut sink: Option<FrameSink> = None;
     let mut unknown: HashSet<u64> = HashSet::new();
-    // Ended unknown tracks leave the set once the frames that show them are written.
+    // Ended unknown tracks leave the set once no frame still to be drawn can show them.
     let mut retiring: VecDeque<(u64, u64)> = VecDeque::new();
     let mut held: VecDeque<Detected> = VecDeque::new();
+    // With `Keep::Ood`: the last (at most `pad`) frames not written, the lead-in of a clip
+    // should the next frame show an unknown track; and how many frames the clip still runs
+    // after the last one that did.
+    let mut lead_in: VecDeque<Detected> = VecDeque::new();
+    let mut trail = 0usize;
     let mut last_written: Option<RgbImage> = None;
     let mut next_index = 0u64;
+
+    let draw = |frame: Detected, unknown: &HashSet<u64>| {
+        let t0 = Instant::now();
+        let image = render(frame, unknown, options);
+        add(&counters.encode_ns, t0.elapsed());
+        image
+    };
 
     let mut write = |image: &RgbImage, sink: &mut Option<FrameSink>| -> Result<()> {
         let t0 = Instant::now();
         if sink.is_none() {
             let open = make_sink.take().expect("the sink is opened once");
-            *sink = Some(open(image.dimensions())?);
+            let opened = open(image.dimensions())?;
+            *sink_killer.lock().expect("sink killer") = Some(opened.killer());
+            *sink = Some(opened);
         }
         sink.as_mut().expect("opened").write(image)?;
         add(&counters.encode_ns, t0.elapsed());
@@ -646,27 +738,43 @@ fn encode(
                     sink: &mut Option<FrameSink>|
      -> Result<()> {
         let index = frame.index;
-        let t0 = Instant::now();
-        let rendered = render(frame, unknown, options);
-        add(&counters.encode_ns, t0.elapsed());
-        if options.keep == Keep::All {
-            // Frames dropped under load are stood in for by the previous frame.
-            while next_index < index {
-                let stand_in = last_written.as_ref().or(rendered.as_ref());
-                if let Some(image) = stand_in {
-                    write(image, sink)?;
+        match options.keep {
+            Keep::All => {
+                let image = draw(frame, unknown);
+                // Frames dropped under load are stood in for by the previous frame.
+                while next_index < index {
+                    write(last_written.as_ref().unwrap_or(&image), sink)?;
+                    next_index += 1;
                 }
-                next_index += 1;
+                next_index = index + 1;
+                write(&image, sink)?;
+                if options.realtime {
+                    last_written = Some(image);
+                }
+            }
+            Keep::Ood if shows_unknown(&frame, unknown) => {
+                // The lead-in is drawn only now, so that a track found unknown since it was
+                // detected is marked in it too.
+                for earlier in lead_in.drain(..).chain([frame]) {
+                    write(&draw(earlier, unknown), sink)?;
+                }
+                trail = pad;
+            }
+            Keep::Ood if trail > 0 => {
+                trail -= 1;
+                write(&draw(frame, unknown), sink)?;
+            }
+            Keep::Ood => {
+                if pad > 0 {
+                    if lead_in.len() == pad {
+                        lead_in.pop_front();
+                    }
+                    lead_in.push_back(frame);
+                }
             }
         }
-        next_index = index + 1;
-        if let Some(image) = rendered {
-            write(&image, sink)?;
-            if options.realtime {
-                last_written = Some(image);
-            }
-        }
-        while retiring.front().is_some_and(|&(last, _)| last <= index) {
+        let horizon = lead_in.front().map_or(index + 1, |f| f.index);
+        while retiring.front().is_some_and(|&(last, _)| last < horizon) {
             let (_, id) = retiring.pop_front().expect("non-empty");
             unknown.remove(&id);
         }
@@ -687,6 +795,12 @@ fn encode(
             let out = held.pop_front().expect("non-empty");
             emit(out, &mut unknown, &mut retiring, &mut sink)?;
         }
+    }
+    if stop_requested(options) {
+        // Dropping the sink unfinished kills its ffmpeg and removes the partial file.
+        return Err(Error::Interrupted {
+            frames: counters.detected.load(Ordering::Relaxed),
+        });
     }
     while let Some(out) = held.pop_front() {
         emit(out, &mut unknown, &mut retiring, &mut sink)?;
@@ -746,8 +860,8 @@ mod tests {
         assert_eq!(group_duplicates(&boxes, 0.6), vec![vec![1], vec![2, 0]]);
     }
 
-    /// What each action does to the pixels of an unknown track's box, and which frames
-    /// `Keep::Ood` writes.
+    /// What each action does to the pixels of an unknown track's box, and which frames show
+    /// an unknown track.
     #[test]
     fn unknown_tracks_are_flagged_dropped_or_relabelled() {
         let frame = |track: u64| Detected {
@@ -761,20 +875,19 @@ mod tests {
             ended: Vec::new(),
         };
         let unknown: HashSet<u64> = [7].into();
-        let draw = |action, keep, track| {
+        let draw = |action, track| {
             let options = StreamOptions {
                 action,
-                keep,
                 ..Default::default()
             };
             render(frame(track), &unknown, &options)
         };
         let plain = RgbImage::from_pixel(300, 300, Rgb([128, 128, 128]));
         let edge = |image: &RgbImage| *image.get_pixel(120, 60);
-        let flagged = draw(OodAction::Flag, Keep::All, 7).unwrap();
-        let known = draw(OodAction::Flag, Keep::All, 3).unwrap();
-        let dropped = draw(OodAction::Drop, Keep::All, 7).unwrap();
-        let relabelled = draw(OodAction::Relabel, Keep::All, 7).unwrap();
+        let flagged = draw(OodAction::Flag, 7);
+        let known = draw(OodAction::Flag, 3);
+        let dropped = draw(OodAction::Drop, 7);
+        let relabelled = draw(OodAction::Relabel, 7);
         assert_ne!(edge(&flagged), edge(&plain));
         assert_ne!(edge(&relabelled), edge(&plain));
         // Dropped: the box is gone (only the legend, bottom right, is drawn).
@@ -783,7 +896,7 @@ mod tests {
         // Flagged boxes get a double outline; relabelled ones a different label.
         assert_ne!(flagged.get_pixel(38, 140), known.get_pixel(38, 140));
         assert_ne!(relabelled.as_raw(), known.as_raw());
-        assert!(draw(OodAction::Flag, Keep::Ood, 3).is_none());
-        assert!(draw(OodAction::Flag, Keep::Ood, 7).is_some());
+        assert!(!shows_unknown(&frame(3), &unknown));
+        assert!(shows_unknown(&frame(7), &unknown));
     }
 }
