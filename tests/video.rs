@@ -599,7 +599,7 @@ fn keep_ood_writes_the_frames_within_the_clip_pad_of_unknown_tracks() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mkv");
     let (frames, fps) = (100u64, 10.0f64);
-    // Two unknown tracks, with a gap between them wider than twice the pad.
+    // A far-OOD object every 2.5 s: clips with gaps between them wider than twice the pad.
     let made = Command::new(env!("CARGO_BIN_EXE_oodbox"))
         .args([
             "synth-video",

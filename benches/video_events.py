@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Track-level events and tracking quality of `oodbox video` against the ground truth of
+synthetic videos (BENCHMARKS.md, "Track-level events against ground truth").
+
+Three 60 s videos (256², 10 fps, `oodbox synth-video --truth`): known objects only (seed 21:
+4 shapes all along, one entering every second), and far- and near-OOD unknowns entering every
+2.5 s among 2 known shapes (seed 22). Each goes through `oodbox video` with the fixture model
+and the demo scorer; events are matched to the ground-truth object under their most unusual
+box (IoU >= 0.3), detections to objects per frame (IoU >= 0.5).
+
+Usage: benches/video_events.py [OUT_DIR] [-- extra `oodbox video` flags]
+Standard library only; needs target/release/oodbox and ffmpeg.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "oodbox"
+FPS = 10
+SCENARIOS = {
+    "known": ["--seed", "21", "--id-objects", "4", "--id-every", "1", "--ood-every", "0"],
+    "far": ["--seed", "22", "--id-objects", "2", "--ood-every", "2.5", "--unknowns", "far"],
+    "near": ["--seed", "22", "--id-objects", "2", "--ood-every", "2.5", "--unknowns", "near"],
+}
+
+
+def iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(name, out, extra):
+    video, truth = out / f"{name}.mkv", out / f"{name}_truth.jsonl"
+    subprocess.run(
+        [BIN, "synth-video", "--out", video, "--truth", truth, "--seconds", "60",
+         "--fps", str(FPS), "--quiet", *SCENARIOS[name]],
+        check=True, capture_output=True)
+    events, boxes = out / f"{name}_events.jsonl", out / f"{name}_boxes.jsonl"
+    done = subprocess.run(
+        [BIN, "video", "--model", ROOT / "models/shapes.safetensors",
+         "--scorer", ROOT / "models/shapes-scorer.safetensors", "--input", video,
+         "--output", out / f"{name}_out.mp4", "--events", events, "--detections", boxes,
+         "--quiet", *extra],
+        check=True, capture_output=True, text=True)
+    tracks = int(re.search(r"(\d+) tracks", done.stderr).group(1))
+    return lines(truth), lines(events), lines(boxes), tracks
+
+
+def analyse(truth, events, boxes, tracks):
+    objects = {}  # id -> (group, kind, frames visible)
+    covering = defaultdict(set)  # object -> track ids of the boxes on it
+    covered = defaultdict(set)  # track id -> objects its boxes lay on
+    flagged = defaultdict(int)
+    for frame, seen in zip(truth, boxes):
+        for o in frame["objects"]:
+            group, kind, n = objects.get(o["id"], (o["group"], o["kind"], 0))
+            objects[o["id"]] = (group, kind, n + 1)
+            on = [b for b in seen["boxes"] if iou(b["bbox"], o["bbox"]) >= 0.5]
+            if on:
+                best = max(on, key=lambda b: iou(b["bbox"], o["bbox"]))
+                covering[o["id"]].add(best["track_id"])
+                covered[best["track_id"]].add(o["id"])
+            flagged[o["id"]] += any(b["ood"]["is_ood"] for b in on)
+
+    def event_object(e):
+        frame = truth[e["bbox_frame"]]["objects"]
+        scored = [(iou(o["bbox"], e["bbox"]), o["id"]) for o in frame]
+        scored = [s for s in scored if s[0] >= 0.3]
+        return max(scored)[1] if scored else None
+
+    matched = [event_object(e) for e in events]
+    seen = [o for o in objects if covering[o]]
+    return {
+        "objects": objects,
+        "tracks": tracks,
+        "tracks_per_object": sum(len(covering[o]) for o in seen) / max(1, len(seen)),
+        "merged_tracks": sum(len(objs) > 1 for objs in covered.values()),
+        "matched": matched,
+        "flagged": flagged,
+        "events": len(events),
+    }
+
+
+def main():
+    args = sys.argv[1:]
+    extra = args[args.index("--") + 1:] if "--" in args else []
+    args = args[:args.index("--")] if "--" in args else args
+    out = Path(args[0] if args else "video-events")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"`oodbox video` flags: {' '.join(extra) or '(defaults)'}\n")
+    print("| video | objects | tracks | tracks per object | tracks on > 1 object | events | "
+          "events on known objects | lasting unknowns | with an event | flagged per box in "
+          ">= 60% | of those, with an event |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in SCENARIOS:
+        r = analyse(*run(name, out, extra))
+        objects, matched = r["objects"], r["matched"]
+        on_known = sum(m is not None and objects[m][0] == "id" for m in matched)
+        lasting = [o for o, (g, _, n) in objects.items() if g != "id" and n >= FPS]
+        caught = [o for o in lasting if o in matched]
+        persistent = [o for o in lasting if r["flagged"][o] * 10 >= objects[o][2] * 6]
+        caught_persistent = [o for o in persistent if o in matched]
+        unknown = "| – | – | – | – |" if name == "known" else (
+            f"| {len(lasting)} | {len(caught)} | {len(persistent)} | {len(caught_persistent)} |")
+        print(f"| {name} | {len(objects)} | {r['tracks']} | {r['tracks_per_object']:.2f} | "
+              f"{r['merged_tracks']} | {r['events']} | {on_known} {unknown}")
+
+
+if __name__ == "__main__":
+    main()
