@@ -295,3 +295,24 @@ fn fit_and_eval_straight_from_a_dataset() {
         "the fixture model should detect the known shapes: mAP50 {map}"
     );
 }
+
+#[path = "../examples/fit_and_score.rs"]
+#[allow(dead_code)] // its `main` is the example's entry point
+mod fit_and_score_example;
+
+/// The library example fits and scores end to end: boxes on both kinds of scenes, and a larger
+/// share flagged among the shapes the model never saw.
+#[test]
+fn the_fit_and_score_example_separates_unknown_shapes() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
+    let report = fit_and_score_example::fit_and_score(model.as_ref(), "energy").unwrap();
+    let [(_, known, known_flagged), (_, unknown, unknown_flagged)] = report[..] else {
+        panic!("expected two rows, got {report:?}");
+    };
+    assert!(known > 0 && unknown > 0, "{report:?}");
+    let share = |flagged: usize, n: usize| flagged as f64 / n as f64;
+    assert!(
+        share(unknown_flagged, unknown) > share(known_flagged, known),
+        "{report:?}"
+    );
+}
