@@ -1,8 +1,14 @@
-//! Mapping a safetensors weight file, with errors that name it.
+//! Mapping a safetensors weight file, with errors that name it, and reading a model from it
+//! through a `VarBuilder` that records the first missing or misshapen tensor as a typed error
+//! and which tensors were used.
 
 use candle_core::safetensors::MmapedSafetensors;
-use std::collections::HashMap;
-use std::path::Path;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
@@ -24,4 +30,141 @@ pub fn map(path: &Path) -> Result<(MmapedSafetensors, HashMap<String, Vec<usize>
         .map(|(name, view)| (name, view.shape().to_vec()))
         .collect();
     Ok((file, shapes))
+}
+
+/// How a model's tensor names map to the names in its file.
+pub type Rename = Box<dyn Fn(&str) -> String + Send + Sync>;
+
+/// What is known about a weight file before and after a model is built from it.
+pub struct WeightIndex {
+    path: PathBuf,
+    shapes: HashMap<String, Vec<usize>>,
+    rename: Rename,
+    used: Mutex<HashSet<String>>,
+    failure: Mutex<Option<Error>>,
+}
+
+impl WeightIndex {
+    /// The name in the file of a tensor known by the model's name.
+    fn file_name(&self, name: &str) -> String {
+        (self.rename)(name)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.shapes.contains_key(&self.file_name(name))
+    }
+
+    /// The shape of a tensor, or a missing-tensor error naming it.
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        let name = self.file_name(name);
+        match self.shapes.get(&name) {
+            Some(shape) => Ok(shape),
+            None => Err(Error::MissingTensor {
+                path: self.path.clone(),
+                name,
+            }),
+        }
+    }
+
+    /// Tensors of the file that the model did not load, sorted (BN's `num_batches_tracked`
+    /// counters are not weights and are left out).
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut unused: Vec<String> = self
+            .shapes
+            .keys()
+            .filter(|n| !used.contains(*n) && !n.ends_with("num_batches_tracked"))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+
+    /// The typed error behind a failed load, when the file was at fault (the `VarBuilder` API
+    /// can only carry a `candle_core::Error`).
+    pub fn take_failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
+    }
+
+    fn fail(&self, error: Error) -> candle_core::Error {
+        let message = error.to_string();
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(error);
+        }
+        candle_core::Error::Msg(message)
+    }
+}
+
+/// A `VarBuilder` over a mapped file (from [`map`]), computing in F32 on `device`, and the
+/// index that records what it read.
+pub fn var_builder(
+    path: &Path,
+    file: MmapedSafetensors,
+    shapes: HashMap<String, Vec<usize>>,
+    rename: Rename,
+    device: &Device,
+) -> (Arc<WeightIndex>, VarBuilder<'static>) {
+    let index = Arc::new(WeightIndex {
+        path: path.to_path_buf(),
+        shapes,
+        rename,
+        used: Mutex::new(HashSet::new()),
+        failure: Mutex::new(None),
+    });
+    let backend = Backend {
+        file,
+        index: index.clone(),
+    };
+    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+    (index, vb)
+}
+
+struct Backend {
+    file: MmapedSafetensors,
+    index: Arc<WeightIndex>,
+}
+
+impl SimpleBackend for Backend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let index = &self.index;
+        let found = index.shape(name).map_err(|e| index.fail(e))?;
+        if found != shape.dims() {
+            return Err(index.fail(Error::WrongShape {
+                path: index.path.clone(),
+                name: index.file_name(name),
+                found: found.to_vec(),
+                expected: format!("{:?}", shape.dims()),
+            }));
+        }
+        self.get_unchecked(name, dtype, device)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let name = self.index.file_name(name);
+        let tensor = self.file.load(&name, device)?.to_dtype(dtype)?;
+        if let Ok(mut used) = self.index.used.lock() {
+            used.insert(name);
+        }
+        Ok(tensor)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.index.contains(name)
+    }
 }

@@ -4,16 +4,14 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::init::DEFAULT_KAIMING_NORMAL;
-use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
-use super::arch::{Arch, C2fArch, Naming, SppfArch};
+use super::arch::{Arch, C2fArch, SppfArch};
+use crate::detect::safetensors_file;
 use crate::error::{Error, Result};
 use crate::nn::{Activation, FusedConv, MapLayout};
 
@@ -383,19 +381,12 @@ impl YoloV8 {
     /// Loads a safetensors file in either naming convention and any float dtype, computing
     /// in F32 on `device`. The architecture is inferred from the tensor shapes.
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self> {
-        let (file, shapes) = crate::detect::safetensors_file::map(path)?;
+        let (file, shapes) = safetensors_file::map(path)?;
         let (arch, naming) = Arch::infer(&shapes, path)?;
         let metadata = read_metadata(path)?;
-        let failure = Arc::new(Mutex::new(None));
-        let backend = CheckedFile {
-            file,
-            naming,
-            path: path.to_path_buf(),
-            failure: failure.clone(),
-        };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let model = Self::load(vb, &arch)
-            .map_err(|e| failure.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))?;
+        let rename = Box::new(move |name: &str| naming.file_name(name));
+        let (index, vb) = safetensors_file::var_builder(path, file, shapes, rename, device);
+        let model = Self::load(vb, &arch).map_err(|e| index.take_failure().unwrap_or(e))?;
         Ok(Self { metadata, ..model })
     }
 
@@ -491,59 +482,4 @@ fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
             path: path.to_path_buf(),
             reason: format!("__metadata__ is not a map of strings: {e}"),
         })
-}
-
-/// A safetensors file seen through Candle names, which records the first missing or misshapen
-/// tensor as a typed error (the `VarBuilder` API can only carry a `candle_core::Error`).
-struct CheckedFile {
-    file: MmapedSafetensors,
-    naming: Naming,
-    path: PathBuf,
-    failure: Arc<Mutex<Option<Error>>>,
-}
-
-impl SimpleBackend for CheckedFile {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let name = self.naming.file_name(name);
-        let error = match self.file.get(&name) {
-            Err(_) => Error::MissingTensor {
-                path: self.path.clone(),
-                name,
-            },
-            Ok(view) if view.shape() != shape.dims() => Error::WrongShape {
-                path: self.path.clone(),
-                name,
-                found: view.shape().to_vec(),
-                expected: format!("{:?}", shape.dims()),
-            },
-            Ok(_) => return self.file.load(&name, device)?.to_dtype(dtype),
-        };
-        let message = error.to_string();
-        if let Ok(mut failure) = self.failure.lock() {
-            failure.get_or_insert(error);
-        }
-        Err(candle_core::Error::Msg(message))
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.file
-            .load(&self.naming.file_name(name), device)?
-            .to_dtype(dtype)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.file.get(&self.naming.file_name(name)).is_ok()
-    }
 }
