@@ -180,19 +180,29 @@ impl SynthVideo {
         let fps = config.fps;
         {
             let radius = rng.random_range(0.1..0.16) * short;
-            let enter = (0.5 * fps).round().max(1.0) as u64;
             let inside = (
                 rng.random_range(radius * 1.2..w - radius * 1.2),
                 rng.random_range(radius * 1.2..h - radius * 1.2),
             );
-            // Leave through the nearest edge, fully out of view.
+            // Enter and leave through the nearest edge, fully out of view.
             let out = radius * 1.1;
             let outside = [
                 (-out, inside.1),
                 (w + out, inside.1),
                 (inside.0, -out),
                 (inside.0, h + out),
-            ][rng.random_range(0..4)];
+            ]
+            .into_iter()
+            .min_by(|a, b| {
+                let distance = |p: &(f32, f32)| (p.0 - inside.0).hypot(p.1 - inside.1);
+                distance(a).total_cmp(&distance(b))
+            })
+            .expect("four edges");
+            // Walk in and out at most a quarter of the object's width per frame, as a camera
+            // would see a person walk in, and take at least half a second: a faster object
+            // jumps further than its own size between frames and no IoU tracker can follow it.
+            let distance = (outside.0 - inside.0).hypot(outside.1 - inside.1);
+            let enter = (0.5 * fps).max((distance / (0.5 * radius)) as f64).ceil() as u64;
             let drift = (
                 rng.random_range(-0.3..0.3f32),
                 rng.random_range(-0.3..0.3f32),
@@ -327,5 +337,36 @@ mod tests {
             .all(|v| v.1 == 0 && v.2 == 79));
         let (a, _) = SynthVideo::new(video.config().clone()).frame(17);
         assert_eq!(a.as_raw(), video.frame(17).0.as_raw());
+    }
+
+    /// Visitors walk in and out: between two frames an object moves at most a quarter of its
+    /// width (plus its slow drift), so that consecutive boxes overlap and a tracker can follow.
+    #[test]
+    fn visitors_move_less_than_a_quarter_of_their_width_per_frame() {
+        let config = SynthVideoConfig {
+            frames: 200,
+            ..Default::default()
+        };
+        let video = SynthVideo::new(config);
+        let mut visitors = 0;
+        for actor in &video.actors {
+            if !matches!(actor.motion, Motion::Visit { .. }) {
+                continue;
+            }
+            visitors += 1;
+            let width = 2.0 * actor.object.radius;
+            let positions: Vec<Option<(f32, f32)>> =
+                (0..200).map(|f| video.position(actor, f)).collect();
+            for pair in positions.windows(2) {
+                if let [Some(a), Some(b)] = pair {
+                    let step = (b.0 - a.0).hypot(b.1 - a.1);
+                    assert!(
+                        step <= 0.25 * width + 0.5,
+                        "{step} px for a {width} px object"
+                    );
+                }
+            }
+        }
+        assert!(visitors >= 3);
     }
 }
