@@ -3,6 +3,7 @@
 
 use image::RgbImage;
 use oodbox::data::synth::{Group, Kind};
+use oodbox::video::evidence::{TrackEvidence, TrackRule};
 use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use serde_json::Value;
@@ -123,8 +124,14 @@ fn binomial_upper(n: usize, p: f64) -> usize {
     n
 }
 
-/// Per frame, the boxes the video command reported (`--detections`).
-fn read_boxes(path: &Path) -> Vec<Vec<([f32; 4], bool)>> {
+/// A box the video command reported (`--detections`).
+struct ReportedBox {
+    bbox: [f32; 4],
+    p_value: f64,
+}
+
+/// Per frame, the boxes the video command reported.
+fn read_boxes(path: &Path) -> Vec<Vec<ReportedBox>> {
     read_events(path)
         .iter()
         .map(|frame| {
@@ -134,24 +141,61 @@ fn read_boxes(path: &Path) -> Vec<Vec<([f32; 4], bool)>> {
                 .iter()
                 .map(|b| {
                     let bbox: Vec<f32> = serde_json::from_value(b["bbox"].clone()).unwrap();
-                    let flagged = b["ood"]["is_ood"].as_bool().unwrap();
-                    ([bbox[0], bbox[1], bbox[2], bbox[3]], flagged)
+                    ReportedBox {
+                        bbox: [bbox[0], bbox[1], bbox[2], bbox[3]],
+                        p_value: b["ood"]["p_value"].as_f64().unwrap(),
+                    }
                 })
                 .collect()
         })
         .collect()
 }
 
+/// The track rule applied to one ground-truth object's own boxes, as if tracking were perfect:
+/// per frame, the boxes on it (IoU >= 0.5) give the smallest p-value times their number, and
+/// frames where it overlaps another object count as no evidence, as in the video command.
+fn oracle_p_value(
+    id: usize,
+    truth: &[Vec<TruthObject>],
+    boxes: &[Vec<ReportedBox>],
+    rule: &TrackRule,
+) -> f64 {
+    let mut evidence = TrackEvidence::default();
+    for (objects, reported) in truth.iter().zip(boxes) {
+        let Some(object) = objects.iter().find(|o| o.id == id) else {
+            continue;
+        };
+        if objects
+            .iter()
+            .any(|o| o.id != id && iou(o.bbox, object.bbox) > 0.05)
+        {
+            continue;
+        }
+        let on: Vec<f64> = reported
+            .iter()
+            .filter(|b| iou(b.bbox, object.bbox) >= 0.5)
+            .map(|b| b.p_value)
+            .collect();
+        if let Some(p_min) = on.iter().copied().min_by(f64::total_cmp) {
+            evidence.push((p_min * on.len() as f64).min(1.0), rule);
+        }
+    }
+    evidence.p_value()
+}
+
 /// Known shapes drifting, unknown ones (far-OOD: blobs and pixel-noise patches) entering,
 /// staying 1–2 s, and leaving. A track rule can only combine the evidence the per-box scorer
-/// gives: the claim checked is that every unknown object that lasts at least 1 s and that the
-/// per-box scorer flags in most of its frames (a persistent unknown, not one odd frame)
-/// yields an event. The rest are counted and printed.
+/// gives, so the claim checked is about the pipeline (detection, tracking, grouping, events):
+/// every unknown object that lasts at least 1 s, and whose own boxes would make it unknown
+/// under the track rule at half the configured alpha (perfect tracking, an oracle), yields an
+/// event. How many of all the lasting unknowns are reported is printed; BENCHMARKS.md has the
+/// figures on longer videos.
 #[test]
 fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_rate() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mkv");
     let fps = 10.0;
+    let track_alpha = 0.1;
     let truth = write_video(
         &input,
         SynthVideoConfig {
@@ -182,7 +226,7 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
             "--crops",
             crops.to_str().unwrap(),
             "--track-alpha",
-            "0.1",
+            &track_alpha.to_string(),
         ],
     ));
     assert!(out.status.success(), "{stderr}");
@@ -195,36 +239,29 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
     assert_eq!(boxes.len(), 130);
     let matched: Vec<Option<(usize, Group)>> =
         events.iter().map(|e| event_object(e, &truth)).collect();
-    let (mut lasting, mut persistent, mut caught) = (0, 0, 0);
+    let oracle_rule = TrackRule::new(track_alpha / 2.0, 1.0, fps);
+    let (mut lasting, mut evident, mut caught) = (0, 0, 0);
     for (id, (group, first, last)) in visibility(&truth) {
         if group == Group::Id || ((last - first + 1) as f64) < fps {
             continue;
         }
         lasting += 1;
-        // Frames where a box on the object is flagged by the per-box calibration.
-        let flagged = (first..=last)
-            .filter(|&f| {
-                let object = truth[f as usize].iter().find(|o| o.id == id);
-                object.is_some_and(|o| {
-                    boxes[f as usize]
-                        .iter()
-                        .any(|(b, is_ood)| *is_ood && iou(*b, o.bbox) >= 0.5)
-                })
-            })
-            .count();
+        let oracle = oracle_p_value(id, &truth, &boxes, &oracle_rule);
         let event = matched.iter().position(|m| *m == Some((id, group)));
         caught += event.is_some() as usize;
         eprintln!(
-            "unknown object {id}: frames {first}..={last}, flagged per box in {flagged}, event {}",
+            "unknown object {id}: frames {first}..={last}, oracle track p-value {oracle:.4}, \
+             event {}",
             event.is_some()
         );
-        if (flagged as u64) * 10 < (last - first + 1) * 6 {
+        if oracle > oracle_rule.alpha {
             continue;
         }
-        persistent += 1;
+        evident += 1;
         assert!(
             event.is_some(),
-            "unknown object {id} (frames {first}..={last}, flagged in {flagged}) has no event: {events:?}"
+            "unknown object {id} (frames {first}..={last}, oracle p {oracle}) has no event: \
+             {events:?}"
         );
         let e = &events[event.unwrap()];
         // Frames count from 0; times are frames / fps.
@@ -235,7 +272,7 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
         assert!(first <= el && ef <= last, "{e} vs {first}..={last}");
         assert_eq!(e["first_time_s"].as_f64().unwrap(), ef as f64 / fps);
         assert_eq!(e["last_time_s"].as_f64().unwrap(), el as f64 / fps);
-        assert!(e["ood_confidence"].as_f64().unwrap() >= 0.9);
+        assert!(e["ood_confidence"].as_f64().unwrap() >= 1.0 - track_alpha);
         assert!(e["class_name"].is_string());
         let crop = image::open(e["crop"].as_str().unwrap()).unwrap();
         assert!(crop.width() > 4 && crop.height() > 4);
@@ -245,14 +282,11 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
         .filter(|m| matches!(m, Some((_, Group::Id))))
         .count();
     eprintln!(
-        "{caught} of {lasting} lasting unknown objects reported ({persistent} flagged per box in \
-         most frames); {id_events} events on the 2 known objects"
+        "{caught} of {lasting} lasting unknown objects reported ({evident} evident to the \
+         oracle); {id_events} events on the 2 known objects"
     );
-    assert!(
-        persistent >= 1,
-        "the video should hold a persistent unknown"
-    );
-    assert!(id_events <= binomial_upper(2, 0.1));
+    assert!(evident >= 1, "the video should hold an evident unknown");
+    assert!(id_events <= binomial_upper(2, track_alpha));
 }
 
 /// Only known objects: five present throughout and one entering every second. Every event is
@@ -471,7 +505,8 @@ fn missing_ffmpeg_names_the_install_command() {
 fn realtime_drops_frames_under_load_and_keeps_the_timing() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("fast.mkv");
-    write_frames(&input, &tiny_frames(25, (64, 48)), 50.0);
+    // 2 ms a frame: faster than detection on any CPU, so some frames must be dropped.
+    write_frames(&input, &tiny_frames(25, (64, 48)), 500.0);
     let output = dir.path().join("out.mkv");
     let (out, stderr) = run(video_command(
         input.to_str().unwrap(),
@@ -486,7 +521,7 @@ fn realtime_drops_frames_under_load_and_keeps_the_timing() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no drop count in: {stderr}"));
     assert!(dropped > 0 && dropped < 25, "{stderr}");
-    assert_eq!(decode_all(&output), (25, 50.0, (64, 48)));
+    assert_eq!(decode_all(&output), (25, 500.0, (64, 48)));
 }
 
 /// The library example `examples/filter_stream.rs`, on a short synthetic video: every frame is
