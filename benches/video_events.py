@@ -46,7 +46,7 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def block_rule_p_value(p_values, block, alpha_weights=(0.8, 0.2)):
+def block_rule_p_value(p_values, block):
     """The track p-value of src/video/evidence.rs for p-values in track order."""
     needed = (block + 1) // 2
     best = 1.0
@@ -55,7 +55,7 @@ def block_rule_p_value(p_values, block, alpha_weights=(0.8, 0.2)):
         if len(part) < needed:
             continue
         k = j // block
-        weight = alpha_weights[0] if k == 0 else alpha_weights[1] * 0.5 ** k
+        weight = 0.8 if k == 0 else 0.2 * 0.5 ** k
         best = min(best, part[needed - 1] * block / (needed * weight))
     return best
 
@@ -146,10 +146,10 @@ def main():
         on_known = sum(m is not None and objects[m][0] == "id" for m in matched)
         lasting = [o for o, (g, _, n) in objects.items() if g != "id" and n >= FPS]
         caught = [o for o in lasting if o in matched]
-        persistent = [o for o in lasting if r["oracle"][o] <= alpha]
-        caught_persistent = [o for o in persistent if o in matched]
+        evident = [o for o in lasting if r["oracle"][o] <= alpha]
+        caught_evident = [o for o in evident if o in matched]
         unknown = "| – | – | – | – |" if name == "known" else (
-            f"| {len(lasting)} | {len(caught)} | {len(persistent)} | {len(caught_persistent)} |")
+            f"| {len(lasting)} | {len(caught)} | {len(evident)} | {len(caught_evident)} |")
         print(f"| {name} | {len(objects)} | {r['tracks']} | {r['tracks_per_object']:.2f} | "
               f"{r['merged_tracks']} | {r['events']} | {on_known} {unknown}")
 

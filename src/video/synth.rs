@@ -186,6 +186,7 @@ impl SynthVideo {
             );
             // Enter and leave through the nearest edge, fully out of view.
             let out = radius * 1.1;
+            let from_inside = |p: (f32, f32)| (p.0 - inside.0).hypot(p.1 - inside.1);
             let outside = [
                 (-out, inside.1),
                 (w + out, inside.1),
@@ -193,16 +194,13 @@ impl SynthVideo {
                 (inside.0, h + out),
             ]
             .into_iter()
-            .min_by(|a, b| {
-                let distance = |p: &(f32, f32)| (p.0 - inside.0).hypot(p.1 - inside.1);
-                distance(a).total_cmp(&distance(b))
-            })
+            .min_by(|&a, &b| from_inside(a).total_cmp(&from_inside(b)))
             .expect("four edges");
             // Walk in and out at most a quarter of the object's width per frame, as a camera
             // would see a person walk in, and take at least half a second: a faster object
             // jumps further than its own size between frames and no IoU tracker can follow it.
-            let distance = (outside.0 - inside.0).hypot(outside.1 - inside.1);
-            let enter = (0.5 * fps).max((distance / (0.5 * radius)) as f64).ceil() as u64;
+            let steps = from_inside(outside) / (0.5 * radius);
+            let enter = (0.5 * fps).max(steps as f64).ceil() as u64;
             let drift = (
                 rng.random_range(-0.3..0.3f32),
                 rng.random_range(-0.3..0.3f32),
