@@ -8,16 +8,23 @@ Three 60 s videos (256², 10 fps, `oodbox synth-video --truth`): known objects o
 and the demo scorer; events are matched to the ground-truth object under their most unusual
 box (IoU >= 0.3), detections to objects per frame (IoU >= 0.5).
 
-"Evident to the oracle": the lasting unknowns that the track rule calls unknown, at the
+"Evident to the oracle": the lasting unknowns that the track rule (calibrated, with
+--calibrate) calls unknown, at the
 command's --track-alpha, on the object's own boxes, as if tracking were perfect (per frame the
 boxes on it, IoU >= 0.5, give their smallest p-value times their number; frames where it
 overlaps another object give no evidence) -- what tests/video.rs checks, there at half alpha.
 
-Usage: benches/video_events.py [OUT_DIR] [--scorer SCORER] [-- extra `oodbox video` flags]
+With --calibrate SECONDS, the track rule is calibrated first (`oodbox video --fit-tracks`) on
+a video of known objects only, like "known" but of another seed (31) and that long, and each
+video then runs with --track-calibration.
+
+Usage: benches/video_events.py [OUT_DIR] [--scorer SCORER] [--calibrate SECONDS]
+                               [-- extra `oodbox video` flags]
 Standard library only; needs target/release/oodbox and ffmpeg.
 """
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -60,7 +67,17 @@ def block_rule_p_value(p_values, block):
     return best
 
 
-def oracle_p_value(oid, truth, boxes):
+def calibrated_p_value(p_values, block, statistics):
+    """The track p-value of src/video/evidence.rs with a track calibration."""
+    surprisal, statistic = 0.0, 0.0
+    for n, p in enumerate(p_values, 1):
+        surprisal -= math.log(max(p, sys.float_info.min))
+        if n >= block:
+            statistic = max(statistic, surprisal / n)
+    return (1 + sum(s >= statistic for s in statistics)) / (1 + len(statistics))
+
+
+def oracle_p_value(oid, truth, boxes, statistics):
     p_values = []
     for frame, seen in zip(truth, boxes):
         obj = next((o for o in frame["objects"] if o["id"] == oid), None)
@@ -70,15 +87,36 @@ def oracle_p_value(oid, truth, boxes):
         on = [b["ood"]["p_value"] for b in seen["boxes"] if iou(b["bbox"], obj["bbox"]) >= 0.5]
         if on:
             p_values.append(min(1.0, min(on) * len(on)))
+    if statistics is not None:
+        return calibrated_p_value(p_values, FPS, statistics)
     return block_rule_p_value(p_values, FPS)
+
+
+def synth(video, truth, seconds, scenario):
+    subprocess.run(
+        [BIN, "synth-video", "--out", video, "--truth", truth, "--seconds", str(seconds),
+         "--fps", str(FPS), "--quiet", *scenario],
+        check=True, capture_output=True)
+
+
+def fit_tracks(out, scorer, seconds, extra):
+    """Calibrates the track rule on known objects only; returns the calibration file."""
+    video, calibration = out / "calibration.mkv", out / "tracks.json"
+    scenario = SCENARIOS["known"].copy()
+    scenario[scenario.index("--seed") + 1] = "31"
+    synth(video, out / "calibration_truth.jsonl", seconds, scenario)
+    done = subprocess.run(
+        [BIN, "video", "--model", ROOT / "models/shapes.safetensors", "--scorer", scorer,
+         "--input", video, "--output", out / "calibration_out.mp4",
+         "--fit-tracks", calibration, "--quiet", *extra],
+        check=True, capture_output=True, text=True)
+    print(done.stderr.strip().splitlines()[-1])
+    return calibration
 
 
 def run(name, out, scorer, extra):
     video, truth = out / f"{name}.mkv", out / f"{name}_truth.jsonl"
-    subprocess.run(
-        [BIN, "synth-video", "--out", video, "--truth", truth, "--seconds", "60",
-         "--fps", str(FPS), "--quiet", *SCENARIOS[name]],
-        check=True, capture_output=True)
+    synth(video, truth, 60, SCENARIOS[name])
     events, boxes = out / f"{name}_events.jsonl", out / f"{name}_boxes.jsonl"
     done = subprocess.run(
         [BIN, "video", "--model", ROOT / "models/shapes.safetensors",
@@ -90,7 +128,7 @@ def run(name, out, scorer, extra):
     return lines(truth), lines(events), lines(boxes), tracks
 
 
-def analyse(truth, events, boxes, tracks):
+def analyse(truth, events, boxes, tracks, statistics):
     objects = {}  # id -> (group, kind, frames visible)
     covering = defaultdict(set)  # object -> track ids of the boxes on it
     covered = defaultdict(set)  # track id -> objects its boxes lay on
@@ -118,7 +156,7 @@ def analyse(truth, events, boxes, tracks):
         "tracks_per_object": sum(len(covering[o]) for o in seen) / max(1, len(seen)),
         "merged_tracks": sum(len(objs) > 1 for objs in covered.values()),
         "matched": matched,
-        "oracle": {o: oracle_p_value(o, truth, boxes) for o in objects},
+        "oracle": {o: oracle_p_value(o, truth, boxes, statistics) for o in objects},
         "events": len(events),
     }
 
@@ -132,16 +170,26 @@ def main():
         i = args.index("--scorer")
         scorer = Path(args[i + 1])
         del args[i:i + 2]
+    calibrate = 0
+    if "--calibrate" in args:
+        i = args.index("--calibrate")
+        calibrate = float(args[i + 1])
+        del args[i:i + 2]
     alpha = float(extra[extra.index("--track-alpha") + 1]) if "--track-alpha" in extra else 0.05
     out = Path(args[0] if args else "video-events")
     out.mkdir(parents=True, exist_ok=True)
+    statistics = None
+    if calibrate > 0:
+        calibration = fit_tracks(out, scorer, calibrate, extra)
+        statistics = json.loads(calibration.read_text())["statistics"]
+        extra = [*extra, "--track-calibration", str(calibration)]
     print(f"scorer {scorer}; `oodbox video` flags: {' '.join(extra) or '(defaults)'}\n")
     print("| video | objects | tracks | tracks per object | tracks on > 1 object | events | "
           "events on known objects | lasting unknowns | with an event | evident to the oracle | "
           "of those, with an event |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in SCENARIOS:
-        r = analyse(*run(name, out, scorer, extra))
+        r = analyse(*run(name, out, scorer, extra), statistics)
         objects, matched = r["objects"], r["matched"]
         on_known = sum(m is not None and objects[m][0] == "id" for m in matched)
         lasting = [o for o, (g, _, n) in objects.items() if g != "id" and n >= FPS]

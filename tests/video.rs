@@ -3,6 +3,7 @@
 
 use image::RgbImage;
 use oodbox::data::synth::{Group, Kind};
+use oodbox::video::calibration::TrackCalibration;
 use oodbox::video::evidence::{TrackEvidence, TrackRule};
 use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
 use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
@@ -287,6 +288,144 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
     );
     assert!(evident >= 1, "the video should hold an evident unknown");
     assert!(id_events <= binomial_upper(2, track_alpha));
+}
+
+/// Known objects only: four present throughout and one entering every second, as in footage
+/// of a scene with no unknowns.
+fn known_footage(seed: u64, seconds: u64) -> SynthVideoConfig {
+    SynthVideoConfig {
+        seed,
+        frames: seconds * 10,
+        id_objects: 4,
+        visitors: vec![Visitors {
+            kinds: Kind::ID.to_vec(),
+            every_s: 1.0,
+            stay_s: (1.0, 2.5),
+        }],
+        ..Default::default()
+    }
+}
+
+/// `--fit-tracks` on footage of known objects, then `--track-calibration` on other footage:
+/// events on known objects stay within the configured rate, and the calibrated rule reports
+/// more of the lasting far-OOD unknowns than the distribution-free one. A calibration for
+/// another setting is refused. (No oracle claim here: a scribble is often boxed in pieces that
+/// become overlapping tracks, whose frames the pipeline counts as no evidence, so a scribble
+/// evident on its own boxes can still go unreported.)
+#[test]
+fn a_track_calibration_from_known_footage_holds_alpha_and_reports_more_unknowns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let alpha = 0.05;
+    write_video(Path::new(&path("fit.mkv")), known_footage(41, 90));
+    let calibration = path("tracks.json");
+    let (out, stderr) = run(video_command(
+        &path("fit.mkv"),
+        &path("fit_out.mp4"),
+        &["--fit-tracks", &calibration],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{stderr}");
+    let fitted: Value =
+        serde_json::from_str(&std::fs::read_to_string(&calibration).unwrap()).unwrap();
+    let statistics: Vec<f64> = serde_json::from_value(fitted["statistics"].clone()).unwrap();
+    assert!(statistics.len() >= 100, "{}", statistics.len());
+
+    // Known objects only, another seed: every event is a false alarm.
+    let truth = write_video(Path::new(&path("known.mkv")), known_footage(42, 40));
+    let (out, stderr) = run(video_command(
+        &path("known.mkv"),
+        &path("known_out.mp4"),
+        &[
+            "--track-calibration",
+            &calibration,
+            "--events",
+            &path("known.jsonl"),
+        ],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let tracks: usize = stderr
+        .split(" tracks,")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no track count in {stderr}"));
+    let events = read_events(Path::new(&path("known.jsonl"))).len();
+    eprintln!(
+        "{events} events on {tracks} tracks of {} known objects (alpha {alpha})",
+        visibility(&truth).len()
+    );
+    assert!(tracks >= 50, "{tracks}");
+    assert!(
+        events <= binomial_upper(tracks, alpha),
+        "{events} of {tracks}"
+    );
+
+    // Far-OOD unknowns entering among two known objects, with and without the calibration.
+    let far = SynthVideoConfig {
+        seed: 43,
+        frames: 400,
+        id_objects: 2,
+        visitors: vec![Visitors {
+            kinds: Kind::FAR_OOD.to_vec(),
+            every_s: 2.5,
+            stay_s: (1.0, 2.5),
+        }],
+        ..Default::default()
+    };
+    let truth = write_video(Path::new(&path("far.mkv")), far);
+    let mut caught = BTreeMap::new();
+    let far_boxes = path("far_boxes.jsonl");
+    let far_out = path("far_out.mp4");
+    for calibrated in [false, true] {
+        let events = path(&format!("far_{calibrated}.jsonl"));
+        let mut extra = vec!["--events", &events, "--detections", &far_boxes];
+        if calibrated {
+            extra.extend(["--track-calibration", &calibration]);
+        }
+        let (out, stderr) = run(video_command(&path("far.mkv"), &far_out, &extra));
+        assert!(out.status.success(), "{stderr}");
+        let objects: BTreeSet<usize> = read_events(Path::new(&events))
+            .iter()
+            .filter_map(|e| event_object(e, &truth).map(|(id, _)| id))
+            .collect();
+        caught.insert(calibrated, objects);
+    }
+    let boxes = read_boxes(Path::new(&far_boxes));
+    let c = TrackCalibration::load(Path::new(&calibration)).unwrap();
+    let oracle_rule = TrackRule {
+        calibration: Some(std::sync::Arc::new(c)),
+        ..TrackRule::new(alpha, 1.0, 10.0)
+    };
+    let (mut lasting, mut evident) = (0, 0);
+    let [mut with_plain, mut with_calibrated] = [0, 0];
+    for (id, (group, first, last)) in visibility(&truth) {
+        if group == Group::Id || last - first + 1 < 10 {
+            continue;
+        }
+        lasting += 1;
+        with_plain += caught[&false].contains(&id) as usize;
+        with_calibrated += caught[&true].contains(&id) as usize;
+        evident += (oracle_p_value(id, &truth, &boxes, &oracle_rule) <= alpha) as usize;
+    }
+    eprintln!(
+        "lasting far-OOD unknowns: {lasting}; reported {with_plain} without the calibration, \
+         {with_calibrated} with it ({evident} evident to the calibrated oracle)"
+    );
+    assert!(with_calibrated > with_plain);
+
+    // Another frame rate or block length is another setting.
+    let (out, stderr) = run(video_command(
+        &path("far.mkv"),
+        &path("refused.mp4"),
+        &["--track-calibration", &calibration, "--min-duration", "2"],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("tracks.json") && stderr.contains("blocks of 10 frames"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&path("refused.mp4")).exists());
 }
 
 /// Only known objects: five present throughout and one entering every second. Every event is

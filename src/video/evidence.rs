@@ -27,6 +27,18 @@
 //!
 //! A block is checked as each box arrives: `p_(r)` of a partial block can only fall as the block
 //! fills, so an alarm on a partial block is one the full block would raise.
+//!
+//! **With a track calibration** ([`super::calibration`], fitted on footage of known objects),
+//! the rule is calibrated instead. The track statistic is the largest running mean surprisal
+//! `(1/n) Σ −ln p_i` over the track's first `n` boxes, taken over `n ≥ m` (0 before `m` boxes):
+//! a persistent unknown with mildly small p-values adds up, while a known object that is
+//! hidden for a while falls back once it is seen whole. The track's p-value is that statistic's
+//! conformal p-value among the calibration's tracks; the statistic only grows, so the p-value
+//! only falls, and a track is unknown once it is `≤ alpha`.
+
+use std::sync::Arc;
+
+use super::calibration::TrackCalibration;
 
 /// The track-level decision rule. See the module documentation.
 #[derive(Clone, Debug)]
@@ -36,6 +48,8 @@ pub struct TrackRule {
     /// Boxes per block (the minimum duration, in frames); at least 3, so that two boxes are
     /// needed.
     pub block: usize,
+    /// Calibrates the rule on footage of known objects (see the module documentation).
+    pub calibration: Option<Arc<TrackCalibration>>,
 }
 
 impl TrackRule {
@@ -44,6 +58,7 @@ impl TrackRule {
         TrackRule {
             alpha,
             block: ((min_duration_s * fps).round() as usize).max(3),
+            calibration: None,
         }
     }
 
@@ -73,6 +88,9 @@ impl TrackRule {
 pub struct TrackEvidence {
     block_index: usize,
     block: Vec<f64>,
+    boxes: usize,
+    surprisal: f64,
+    statistic: f64,
     p_value: f64,
 }
 
@@ -81,6 +99,9 @@ impl Default for TrackEvidence {
         TrackEvidence {
             block_index: 0,
             block: Vec::new(),
+            boxes: 0,
+            surprisal: 0.0,
+            statistic: 0.0,
             p_value: 1.0,
         }
     }
@@ -89,14 +110,31 @@ impl Default for TrackEvidence {
 impl TrackEvidence {
     /// Adds one box's p-value.
     pub fn push(&mut self, p_value: f64, rule: &TrackRule) {
-        self.block.push(p_value);
-        self.p_value = self
-            .p_value
-            .min(rule.block_p_value(self.block_index, &self.block));
-        if self.block.len() == rule.block {
-            self.block.clear();
-            self.block_index += 1;
+        self.boxes += 1;
+        // A p-value of 0 cannot come from a conformal calibration; the floor keeps it finite.
+        self.surprisal -= p_value.max(f64::MIN_POSITIVE).ln();
+        if self.boxes >= rule.block {
+            self.statistic = self.statistic.max(self.surprisal / self.boxes as f64);
         }
+        let p = match &rule.calibration {
+            Some(calibration) => calibration.p_value(self.statistic),
+            None => {
+                self.block.push(p_value);
+                let p = rule.block_p_value(self.block_index, &self.block);
+                if self.block.len() == rule.block {
+                    self.block.clear();
+                    self.block_index += 1;
+                }
+                p
+            }
+        };
+        self.p_value = self.p_value.min(p);
+    }
+
+    /// The largest running mean surprisal over at least a block of boxes (0 before): what a
+    /// track calibration ranks.
+    pub fn statistic(&self) -> f64 {
+        self.statistic
     }
 
     /// The track's p-value: how plausible its boxes are for an in-distribution object.
@@ -154,5 +192,81 @@ mod tests {
             let rate = alarms as f64 / trials as f64;
             assert!(rate <= rule.alpha, "correlated {correlated}: {rate}");
         }
+    }
+
+    #[test]
+    fn the_statistic_is_the_largest_running_mean_surprisal_after_a_block() {
+        let rule = TrackRule::new(0.05, 1.0, 3.0);
+        let mut evidence = TrackEvidence::default();
+        let surprisal = |p: f64| -p.ln();
+        evidence.push(1e-6, &rule);
+        evidence.push(1e-6, &rule);
+        assert_eq!(evidence.statistic(), 0.0, "not before a block of boxes");
+        evidence.push(0.5, &rule);
+        let three = (2.0 * surprisal(1e-6) + surprisal(0.5)) / 3.0;
+        assert!((evidence.statistic() - three).abs() < 1e-12);
+        evidence.push(1.0, &rule);
+        assert!(
+            (evidence.statistic() - three).abs() < 1e-12,
+            "it never falls"
+        );
+    }
+
+    /// Known-object tracks in which a run of frames looks unusual (an occlusion) at a random
+    /// place: the calibrated rule, fitted on such tracks, calls at most alpha of fresh ones
+    /// unknown.
+    #[test]
+    fn a_calibrated_rule_holds_alpha_on_exchangeable_tracks() {
+        let fps = 10.0;
+        let alpha = 0.05;
+        let plain = TrackRule::new(alpha, 1.0, fps);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let known_track = |rng: &mut rand_chacha::ChaCha8Rng, rule: &TrackRule| {
+            let length = rng.random_range(1..80);
+            let run_start = rng.random_range(0..length);
+            let run = run_start..run_start + rng.random_range(0..20);
+            let mut evidence = TrackEvidence::default();
+            for i in 0..length {
+                let p: f64 = rng.random();
+                evidence.push(if run.contains(&i) { 0.05 * p } else { p }, rule);
+            }
+            evidence
+        };
+        let (repeats, per_repeat) = (100, 1000);
+        let mut rates = Vec::new();
+        for _ in 0..repeats {
+            let statistics = (0..199)
+                .map(|_| known_track(&mut rng, &plain).statistic())
+                .collect();
+            let setting = crate::video::calibration::TrackSetting {
+                model: String::new(),
+                scorer: String::new(),
+                imgsz: (256, 256),
+                conf: 0.25,
+                fps,
+                block: plain.block,
+            };
+            let calibrated = TrackRule {
+                calibration: Some(Arc::new(
+                    TrackCalibration::fit(setting, "simulation", statistics).unwrap(),
+                )),
+                ..plain.clone()
+            };
+            let alarms = (0..per_repeat)
+                .filter(|_| known_track(&mut rng, &calibrated).is_unknown(&calibrated))
+                .count();
+            rates.push(alarms as f64 / per_repeat as f64);
+        }
+        // Over calibration sets the expected rate is exactly 10/200 here: the mean of the
+        // repeats lies within four of its standard errors of it.
+        let mean = rates.iter().sum::<f64>() / repeats as f64;
+        let sd =
+            (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (repeats - 1) as f64).sqrt();
+        eprintln!("false-alarm rate {mean:.4} (sd over calibration sets {sd:.4})");
+        assert!(
+            mean <= alpha + 4.0 * sd / (repeats as f64).sqrt(),
+            "{mean} ± {sd}"
+        );
+        assert!(mean >= 0.5 * alpha, "the rule should use its alpha: {mean}");
     }
 }

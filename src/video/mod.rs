@@ -2,6 +2,7 @@
 //! track, and a stream filter that marks, drops or relabels unknown objects and reports one
 //! event per unknown track.
 
+pub mod calibration;
 pub mod evidence;
 pub mod ffmpeg;
 pub mod stream;

@@ -25,6 +25,7 @@ use std::sync::mpsc::{
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::calibration::TrackCalibration;
 use super::evidence::{TrackEvidence, TrackRule};
 use super::ffmpeg::{Frame, FrameSink, FrameSource, Killer};
 use super::tracker::{EndedTrack, Tracker, TrackerConfig};
@@ -67,6 +68,9 @@ pub struct StreamOptions {
     pub track_alpha: f64,
     /// Seconds of evidence per decision block (see [`super::evidence`]).
     pub min_duration_s: f64,
+    /// Calibrates the track rule on footage of known objects (see [`super::calibration`]);
+    /// its setting must match this stream's.
+    pub track_calibration: Option<Arc<TrackCalibration>>,
     pub tracker: TrackerConfig,
     /// Frames each queue between stages holds.
     pub queue: usize,
@@ -92,6 +96,7 @@ impl Default for StreamOptions {
             realtime: false,
             track_alpha: 0.05,
             min_duration_s: 1.0,
+            track_calibration: None,
             tracker: TrackerConfig::default(),
             queue: 8,
             crops: None,
@@ -133,6 +138,20 @@ pub enum Output<'a> {
     },
     /// An unknown track that ended.
     Event(&'a UnknownEvent),
+    /// Any track that ended, known or not, with its evidence: what `--fit-tracks` calibrates
+    /// on.
+    TrackEnded(&'a EndedTrackEvidence),
+}
+
+/// A track's evidence when it ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndedTrackEvidence {
+    pub track_id: u64,
+    /// Boxes on the track.
+    pub boxes: usize,
+    /// The statistic a track calibration ranks ([`TrackEvidence::statistic`]).
+    pub statistic: f64,
+    pub p_value: f64,
 }
 
 /// Time spent per stage, summed over frames.
@@ -279,7 +298,10 @@ pub fn filter_stream(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<StreamReport> {
     let fps = source.fps();
-    let rule = TrackRule::new(options.track_alpha, options.min_duration_s, fps);
+    let rule = TrackRule {
+        calibration: options.track_calibration.clone(),
+        ..TrackRule::new(options.track_alpha, options.min_duration_s, fps)
+    };
     let pad = (options.clip_pad_s.max(0.0) * fps).round() as usize;
     let counters = Counters::default();
     let start = Instant::now();
@@ -403,12 +425,9 @@ pub fn filter_stream(
                 boxes: &boxes,
             })
             .and_then(|_| close_tracks(ended, &mut tracks, options, &names, fps))
-            .and_then(|(ended, finished)| {
-                events += finished.len();
-                finished
-                    .iter()
-                    .try_for_each(|e| on_output(Output::Event(e)))
-                    .map(|_| ended)
+            .and_then(|closed| {
+                events += closed.events.len();
+                report_closed(&closed, &mut on_output).map(|_| closed.ended)
             });
             let ended = match reported {
                 Ok(ended) => ended,
@@ -447,11 +466,9 @@ pub fn filter_stream(
             // The frames still held by the encoder need no retirement notices: it ends too.
             // After a stop, too, the unknown tracks seen so far are reported.
             let reported = close_tracks(tracker.finish(), &mut tracks, options, &names, fps)
-                .and_then(|(_, finished)| {
-                    events += finished.len();
-                    finished
-                        .iter()
-                        .try_for_each(|e| on_output(Output::Event(e)))
+                .and_then(|closed| {
+                    events += closed.events.len();
+                    report_closed(&closed, &mut on_output)
                 });
             if let Err(e) = reported {
                 stage_error = Some(e);
@@ -525,10 +542,27 @@ fn overlaps_another(others: &[[f32; 4]], bbox: &[f32; 4]) -> bool {
 const OCCLUSION_IOU: f32 = 0.05;
 
 /// Tracks that ended, as (id, last frame), and the events of the unknown ones among them.
-type Closed = (Vec<(u64, u64)>, Vec<UnknownEvent>);
+/// Tracks that ended in one frame.
+struct Closed {
+    /// (id, last frame) of each.
+    ended: Vec<(u64, u64)>,
+    evidence: Vec<EndedTrackEvidence>,
+    /// The unknown ones.
+    events: Vec<UnknownEvent>,
+}
 
-/// Removes the ended tracks' state; returns (id, last frame) of each, and the events of the
-/// unknown ones (writing their crops).
+fn report_closed(closed: &Closed, on_output: &mut impl FnMut(Output) -> Result<()>) -> Result<()> {
+    for evidence in &closed.evidence {
+        on_output(Output::TrackEnded(evidence))?;
+    }
+    for event in &closed.events {
+        on_output(Output::Event(event))?;
+    }
+    Ok(())
+}
+
+/// Removes the ended tracks' state; returns their evidence, and the events of the unknown ones
+/// (writing their crops).
 fn close_tracks(
     ended: Vec<EndedTrack>,
     tracks: &mut HashMap<u64, TrackState>,
@@ -536,13 +570,22 @@ fn close_tracks(
     names: &[String],
     fps: f64,
 ) -> Result<Closed> {
-    let mut closed = Vec::new();
-    let mut events = Vec::new();
+    let mut closed = Closed {
+        ended: Vec::new(),
+        evidence: Vec::new(),
+        events: Vec::new(),
+    };
     for t in ended {
-        closed.push((t.id, t.last_frame));
+        closed.ended.push((t.id, t.last_frame));
         let Some(state) = tracks.remove(&t.id) else {
             continue;
         };
+        closed.evidence.push(EndedTrackEvidence {
+            track_id: t.id,
+            boxes: state.boxes,
+            statistic: state.evidence.statistic(),
+            p_value: state.evidence.p_value(),
+        });
         let Some(decided) = state.decided else {
             continue;
         };
@@ -568,7 +611,7 @@ fn close_tracks(
             _ => None,
         };
         let p = state.evidence.p_value();
-        events.push(UnknownEvent {
+        closed.events.push(UnknownEvent {
             track_id: t.id,
             first_frame: t.first_frame,
             last_frame: t.last_frame,
@@ -584,7 +627,7 @@ fn close_tracks(
             crop,
         });
     }
-    Ok((closed, events))
+    Ok(closed)
 }
 
 fn snapshot(
