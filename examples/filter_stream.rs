@@ -23,13 +23,7 @@ pub fn filter_file(
 ) -> Result<StreamReport> {
     // Detects as the scorer's calibration boxes were detected (recorded in the scorer file).
     let detector = OodDetector::load(model.as_ref(), scorer.as_ref(), &candle_core::Device::Cpu)?;
-    let source = FrameSource::open(
-        input,
-        &SourceOptions {
-            frame_rate: None,
-            native_rate: false,
-        },
-    )?;
+    let source = FrameSource::open(input, &SourceOptions::default())?;
     let fps = source.fps();
     filter_stream(
         &detector,

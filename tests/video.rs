@@ -58,10 +58,7 @@ fn write_video(path: &Path, config: SynthVideoConfig) -> Vec<Vec<TruthObject>> {
 
 /// Frame count, frame rate and size of a video, read back through ffmpeg.
 fn decode_all(path: &Path) -> (u64, f64, (u32, u32)) {
-    let options = SourceOptions {
-        frame_rate: None,
-        native_rate: false,
-    };
+    let options = SourceOptions::default();
     let mut source = FrameSource::open(path.to_str().unwrap(), &options).unwrap();
     let (mut n, mut size) = (0, (0, 0));
     while let Some(frame) = source.next_frame().unwrap() {
@@ -502,6 +499,71 @@ fn ppm(image: &RgbImage) -> Vec<u8> {
     let mut bytes = format!("P6\n{} {}\n255\n", image.width(), image.height()).into_bytes();
     bytes.extend_from_slice(image.as_raw());
     bytes
+}
+
+/// `--low-latency` skips ffmpeg's long probe of a piped input (BENCHMARKS.md has the time to
+/// the first frame); every frame still comes through, from a video container streamed in
+/// (MPEG-TS with H.264, raw NUT) or from concatenated images.
+#[test]
+fn low_latency_pipes_keep_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = tiny_frames(12, (96, 64));
+    let lossless = dir.path().join("in.mkv");
+    write_frames(&lossless, &frames, 5.0);
+    let stream = |format: &[&str]| {
+        let out = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i"])
+            .arg(&lossless)
+            .args(format)
+            .arg("-")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let mpegts = stream(&["-f", "mpegts", "-c:v", "libx264", "-tune", "zerolatency"]);
+    let inputs = [
+        ("mpegts", mpegts.clone(), vec![]),
+        (
+            "nut",
+            stream(&["-f", "nut", "-c:v", "rawvideo", "-pix_fmt", "rgb24"]),
+            vec![],
+        ),
+        (
+            "ppm",
+            frames.iter().flat_map(ppm).collect(),
+            vec!["--fps", "5"],
+        ),
+    ];
+    let pipe = |bytes: &[u8], output: &Path, extra: &[&str]| {
+        let mut child = video_command("-", output.to_str().unwrap(), extra)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // ffmpeg may stop reading early when it refuses the input.
+        let _ = child.stdin.take().unwrap().write_all(bytes);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (name, bytes, extra) in inputs {
+        let output = dir.path().join(format!("{name}.mkv"));
+        let (ok, stderr) = pipe(&bytes, &output, &[&["--low-latency"], &extra[..]].concat());
+        assert!(ok, "{name}: {stderr}");
+        assert_eq!(decode_all(&output), (12, 5.0, (96, 64)), "{name}: {stderr}");
+    }
+    let (ok, stderr) = pipe(&mpegts, &dir.path().join("refused.mkv"), &["--fps", "5"]);
+    assert!(
+        !ok && stderr.contains("its own frame rate, set none"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -103,6 +103,11 @@ pub struct Args {
     /// when the input states none).
     #[arg(long)]
     fps: Option<f64>,
+    /// Start on the first frame of a live input (a pipe, a camera URL) instead of after
+    /// ffmpeg's probe of up to 5 s of stream; an input whose format needs that look may then
+    /// fail to open.
+    #[arg(long)]
+    low_latency: bool,
     /// Frames each queue between the decode, detect and encode threads holds.
     #[arg(long, default_value_t = 8)]
     queue: usize,
@@ -158,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &SourceOptions {
             frame_rate: args.fps,
             native_rate: args.realtime && args.input != "-" && !args.input.contains("://"),
+            low_latency: args.low_latency,
         },
     )
     .context("opening the input")?;

@@ -262,11 +262,16 @@ pub fn read_ppm(reader: &mut impl BufRead) -> std::result::Result<Option<RgbImag
 
 /// Where frames come from: a file, an image-sequence pattern (`frames/%05d.png`), a URL ffmpeg
 /// reads, or `-` for standard input.
+#[derive(Clone, Debug, Default)]
 pub struct SourceOptions {
     /// Input frame rate for image sequences and raw frame pipes (ffmpeg's `-framerate`).
     pub frame_rate: Option<f64>,
     /// Read at the input's own frame rate (ffmpeg's `-re`), as a camera delivers frames.
     pub native_rate: bool,
+    /// Open the input after a minimal look at it instead of ffmpeg's default probe (up to 5 MB
+    /// or 5 s of stream), and buffer nothing: from a live pipe or camera the first frame comes
+    /// at once. A format whose stream parameters take longer to find may then fail to open.
+    pub low_latency: bool,
 }
 
 /// A running ffmpeg that decodes a video into frames.
@@ -305,6 +310,9 @@ impl FrameSource {
         if let Some(rate) = options.frame_rate {
             command.args(["-framerate", &rate.to_string()]);
         }
+        if options.low_latency {
+            command.args(["-probesize", "32", "-analyzeduration", "0"]);
+        }
         command
             .args(["-i", input, "-map", "0:v:0", "-an", "-sn"])
             .args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"])
@@ -332,7 +340,17 @@ impl FrameSource {
                     source.fps_guessed = false;
                 }
             }
-            Err(_) => return Err(source.process.failure("ffmpeg cannot read it")),
+            Err(_) => {
+                // ffmpeg's own words ("Option framerate not found") do not say which option.
+                let what = match options.frame_rate {
+                    Some(_) => {
+                        "ffmpeg cannot read it; if it is a video with its own frame rate, set \
+                         none (a frame rate is for image sequences and image pipes)"
+                    }
+                    None => "ffmpeg cannot read it",
+                };
+                return Err(source.process.failure(what));
+            }
         }
         Ok(source)
     }

@@ -541,7 +541,6 @@ fn overlaps_another(others: &[[f32; 4]], bbox: &[f32; 4]) -> bool {
 /// Boxes overlapping more than this are treated as occluding each other.
 const OCCLUSION_IOU: f32 = 0.05;
 
-/// Tracks that ended, as (id, last frame), and the events of the unknown ones among them.
 /// Tracks that ended in one frame.
 struct Closed {
     /// (id, last frame) of each.
