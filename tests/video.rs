@@ -306,9 +306,9 @@ fn known_footage(seed: u64, seconds: u64) -> SynthVideoConfig {
 /// `--fit-tracks` on footage of known objects, then `--track-calibration` on other footage:
 /// events on known objects stay within the configured rate, and the calibrated rule reports
 /// more of the lasting far-OOD unknowns than the distribution-free one. A calibration for
-/// another setting is refused. (No oracle claim here: a scribble is often boxed in pieces that
-/// become overlapping tracks, whose frames the pipeline counts as no evidence, so a scribble
-/// evident on its own boxes can still go unreported.)
+/// another setting is refused, alone or merged with others. (No oracle claim here: a scribble
+/// is often boxed in pieces that become overlapping tracks, whose frames the pipeline counts
+/// as no evidence, so a scribble evident on its own boxes can still go unreported.)
 #[test]
 fn a_track_calibration_from_known_footage_holds_alpha_and_reports_more_unknowns() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,6 +423,26 @@ fn a_track_calibration_from_known_footage_holds_alpha_and_reports_more_unknowns(
         "{stderr}"
     );
     assert!(!Path::new(&path("refused.mp4")).exists());
+    // Calibrations are merged only if they share the setting: one fitted at another conf is
+    // refused, naming its file.
+    let mut other = fitted.clone();
+    other["setting"]["conf"] = serde_json::json!(0.1);
+    std::fs::write(path("other.json"), other.to_string()).unwrap();
+    let (out, stderr) = run(video_command(
+        &path("far.mkv"),
+        &path("refused.mp4"),
+        &[
+            "--track-calibration",
+            &calibration,
+            "--track-calibration",
+            &path("other.json"),
+        ],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("other.json") && stderr.contains("conf 0.1"),
+        "{stderr}"
+    );
 }
 
 /// Only known objects: five present throughout and one entering every second. Every event is

@@ -89,9 +89,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     min_duration: f64,
     /// Calibrate the track rule with this file, from --fit-tracks on footage of known objects
-    /// from the same camera, model, scorer, detection flags and frame rate.
+    /// from the same camera, model, scorer, detection flags and frame rate. Given more than
+    /// once (one file per clip), the files calibrate as one.
     #[arg(long, value_name = "FILE")]
-    track_calibration: Option<PathBuf>,
+    track_calibration: Vec<PathBuf>,
     /// The input shows known objects only: write a track calibration from its tracks to FILE
     /// (for --track-calibration).
     #[arg(long, value_name = "FILE", conflicts_with = "track_calibration")]
@@ -189,24 +190,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         fps,
         block: TrackRule::new(args.track_alpha, args.min_duration, fps).block,
     };
-    let track_calibration = match &args.track_calibration {
-        Some(path) => {
-            let calibration = TrackCalibration::load(path)?;
-            calibration.check(path, &setting)?;
-            if calibration.smallest_p_value() > args.track_alpha {
-                eprintln!(
-                    "warning: {} holds {} tracks, so its smallest p-value is {:.3}: no track \
-                     can be called unknown at --track-alpha {}; fit it on longer footage",
-                    path.display(),
-                    calibration.statistics.len(),
-                    calibration.smallest_p_value(),
-                    args.track_alpha
-                );
-            }
-            Some(Arc::new(calibration))
+    let mut track_calibration: Option<TrackCalibration> = None;
+    for path in &args.track_calibration {
+        let calibration = TrackCalibration::load(path)?;
+        calibration.check(path, &setting)?;
+        match &mut track_calibration {
+            Some(merged) => merged.merge(calibration, path)?,
+            None => track_calibration = Some(calibration),
         }
-        None => None,
-    };
+    }
+    if let Some(calibration) = &track_calibration {
+        if calibration.smallest_p_value() > args.track_alpha {
+            eprintln!(
+                "warning: the track calibration holds {} tracks, so its smallest p-value is \
+                 {:.3}: no track can be called unknown at --track-alpha {}; fit it on longer \
+                 footage",
+                calibration.statistics.len(),
+                calibration.smallest_p_value(),
+                args.track_alpha
+            );
+        }
+    }
+    let track_calibration = track_calibration.map(Arc::new);
     let mut fitted_statistics = Vec::new();
     // Ctrl-C or SIGTERM stops the stream cleanly: ffmpeg killed, the partial output removed.
     // A second one ends the process at once, should stopping hang. Registered once the input

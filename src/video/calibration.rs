@@ -101,6 +101,16 @@ impl TrackCalibration {
         Ok(calibration)
     }
 
+    /// Adds the tracks of `other` (loaded from `path`), fitted in the same setting: footage in
+    /// several clips calibrates as one.
+    pub fn merge(&mut self, other: TrackCalibration, path: &Path) -> Result<()> {
+        other.check(path, &self.setting)?;
+        self.source = format!("{} + {}", self.source, other.source);
+        self.statistics.extend(other.statistics);
+        self.statistics.sort_by(f64::total_cmp);
+        Ok(())
+    }
+
     /// Refuses a calibration fitted in another setting, naming what differs.
     pub fn check(&self, path: &Path, setting: &TrackSetting) -> Result<()> {
         let fitted = &self.setting;
@@ -195,6 +205,24 @@ mod tests {
         std::fs::write(&path, b"{}").unwrap();
         let e = TrackCalibration::load(&path).unwrap_err().to_string();
         assert!(e.contains("not a track calibration"), "{e}");
+    }
+
+    #[test]
+    fn calibrations_of_one_setting_merge_and_of_another_are_refused() {
+        let mut a = TrackCalibration::fit(setting(), "a.mkv", vec![3.0, 1.0]).unwrap();
+        let b = TrackCalibration::fit(setting(), "b.mkv", vec![2.0]).unwrap();
+        a.merge(b, Path::new("b.json")).unwrap();
+        assert_eq!(
+            (a.statistics.as_slice(), a.source.as_str()),
+            (&[1.0, 2.0, 3.0][..], "a.mkv + b.mkv")
+        );
+        let other = TrackSetting {
+            conf: 0.1,
+            ..setting()
+        };
+        let c = TrackCalibration::fit(other, "c.mkv", vec![2.0]).unwrap();
+        let e = a.merge(c, Path::new("c.json")).unwrap_err().to_string();
+        assert!(e.starts_with("c.json") && e.contains("conf 0.1"), "{e}");
     }
 
     #[test]
