@@ -1,5 +1,6 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use oodbox::ood::calibration::minimum_calibration_size;
 use oodbox::video::calibration::{TrackCalibration, TrackSetting};
 use oodbox::video::evidence::TrackRule;
 use oodbox::video::ffmpeg::{is_single_file, Codec, FrameSink, FrameSource, SourceOptions};
@@ -193,14 +194,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut track_calibration: Option<TrackCalibration> = None;
     for path in &args.track_calibration {
         let calibration = TrackCalibration::load(path)?;
-        calibration.check(path, &setting)?;
+        // The first must fit this setting; merging holds the others to the first's.
         match &mut track_calibration {
             Some(merged) => merged.merge(calibration, path)?,
-            None => track_calibration = Some(calibration),
+            None => {
+                calibration.check(path, &setting)?;
+                track_calibration = Some(calibration);
+            }
         }
     }
     if let Some(calibration) = &track_calibration {
-        if calibration.smallest_p_value() > args.track_alpha {
+        if calibration.statistics.len() < minimum_calibration_size(args.track_alpha) {
             eprintln!(
                 "warning: the track calibration holds {} tracks, so its smallest p-value is \
                  {:.3}: no track can be called unknown at --track-alpha {}; fit it on longer \
@@ -353,8 +357,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("fitting {}", path.display()))?;
         calibration.save(path)?;
         eprintln!(
-            "fitted a track calibration on {tracks} tracks ({} of them long enough to score, at least {} boxes): its \
-             smallest p-value is {:.4}; wrote {}",
+            "fitted a track calibration on {tracks} tracks ({} of them long enough to score, at \
+             least {} boxes): its smallest p-value is {:.4}; wrote {}",
             calibration.statistics.iter().filter(|&&s| s > 0.0).count(),
             calibration.setting.block,
             calibration.smallest_p_value(),

@@ -119,14 +119,7 @@ impl Calibrator {
 
     /// The conformal p-value of a box: small means unusual for its class.
     pub fn p_value(&self, score: f64, class_id: usize) -> f64 {
-        let cal = self.scores_for(class_id);
-        // NaN compares as "at least as unusual as everything": p is the smallest possible.
-        let at_least = if score.is_nan() {
-            0
-        } else {
-            cal.len() - cal.partition_point(|&s| s < score)
-        };
-        (1 + at_least) as f64 / (cal.len() + 1) as f64
+        conformal_p_value(self.scores_for(class_id), score)
     }
 
     pub fn pooled(&self) -> &[f64] {
@@ -154,6 +147,17 @@ impl Calibrator {
             })
             .collect()
     }
+}
+
+/// The conformal p-value of `score` among ascending calibration scores (higher = more unusual):
+/// (1 + those at least as large) / (1 + all). NaN counts as at least as unusual as everything.
+pub fn conformal_p_value(sorted: &[f64], score: f64) -> f64 {
+    let at_least = if score.is_nan() {
+        0
+    } else {
+        sorted.len() - sorted.partition_point(|&s| s < score)
+    };
+    (1 + at_least) as f64 / (sorted.len() + 1) as f64
 }
 
 /// The smallest number of calibration boxes for which `p ≤ alpha` can happen at all.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::ood::calibration::conformal_p_value;
 
 /// What a calibration is valid for: a track statistic depends on the detector, the scorer, the
 /// detection settings, the frame rate and the block length.
@@ -65,9 +66,7 @@ impl TrackCalibration {
     /// The conformal p-value of a track statistic: (1 + calibration tracks at least as
     /// unusual) / (1 + calibration tracks).
     pub fn p_value(&self, statistic: f64) -> f64 {
-        let below = self.statistics.partition_point(|&s| s < statistic);
-        let n = self.statistics.len();
-        (1 + n - below) as f64 / (1 + n) as f64
+        conformal_p_value(&self.statistics, statistic)
     }
 
     /// The smallest p-value it can give: a track-alpha below it calls no track unknown.

@@ -269,8 +269,8 @@ pub struct SourceOptions {
     /// Read at the input's own frame rate (ffmpeg's `-re`), as a camera delivers frames.
     pub native_rate: bool,
     /// Open the input after a minimal look at it instead of ffmpeg's default probe (up to 5 MB
-    /// or 5 s of stream), and buffer nothing: from a live pipe or camera the first frame comes
-    /// at once. A format whose stream parameters take longer to find may then fail to open.
+    /// or 5 s of stream): from a live pipe or camera the first frame comes at once. A format
+    /// whose stream parameters take longer to find may then fail to open.
     pub low_latency: bool,
 }
 
