@@ -107,8 +107,7 @@ def fit_tracks(out, scorer, seconds, extra):
     synth(video, out / "calibration_truth.jsonl", seconds, scenario)
     done = subprocess.run(
         [BIN, "video", "--model", ROOT / "models/shapes.safetensors", "--scorer", scorer,
-         "--input", video, "--output", out / "calibration_out.mp4",
-         "--fit-tracks", calibration, "--quiet", *extra],
+         "--input", video, "--fit-tracks", calibration, "--quiet", *extra],
         check=True, capture_output=True, text=True)
     print(done.stderr.strip().splitlines()[-1])
     return calibration

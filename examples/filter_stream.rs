@@ -30,7 +30,9 @@ pub fn filter_file(
         source,
         // Opened at the first frame to write, once its size is known; naming the input keeps
         // it from being overwritten.
-        |size| FrameSink::create(output, size, fps, Codec::Default, Some(input)),
+        Some(Box::new(|size| {
+            FrameSink::create(output, size, fps, Codec::Default, Some(input))
+        })),
         // Unknown boxes flagged, every frame kept, at most 5% of known tracks called unknown.
         &StreamOptions::default(),
         |out| {

@@ -781,6 +781,74 @@ fn the_filter_stream_example_filters_a_video() {
     assert_eq!(decode_all(&output), (30, 10.0, (256, 256)));
 }
 
+/// Without `--output` (a camera watched for events only) no frame is drawn or encoded and no
+/// video appears, and the events are those of a run that writes the video. A run that would
+/// write nothing, and output-only flags without an output, are refused.
+#[test]
+fn without_an_output_video_the_events_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    write_video(
+        Path::new(&path("in.mkv")),
+        SynthVideoConfig {
+            seed: 3,
+            frames: 80,
+            visitors: vec![Visitors {
+                kinds: vec![Kind::Blob, Kind::NoisePatch],
+                every_s: 1.0,
+                stay_s: (1.5, 3.0),
+            }],
+            ..Default::default()
+        },
+    );
+    let (out, stderr) = run(video_command(
+        &path("in.mkv"),
+        &path("out.mp4"),
+        &["--events", &path("with_video.jsonl")],
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let events_only = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oodbox"));
+        command
+            .args(["video", "--model", MODEL, "--scorer", SCORER, "--quiet"])
+            .args(["--input", &path("in.mkv")])
+            .args(extra);
+        run(command)
+    };
+    let (out, stderr) = events_only(&["--events", &path("events_only.jsonl")]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no video written"), "{stderr}");
+    assert!(stderr.contains("encode 0.0"), "{stderr}");
+    let with_video = read_events(Path::new(&path("with_video.jsonl")));
+    assert!(
+        !with_video.is_empty(),
+        "the video should hold an unknown track"
+    );
+    assert_eq!(
+        read_events(Path::new(&path("events_only.jsonl"))),
+        with_video
+    );
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["events_only.jsonl", "in.mkv", "out.mp4", "with_video.jsonl"]
+    );
+
+    let (out, stderr) = events_only(&[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--output") && stderr.contains("--events"),
+        "{stderr}"
+    );
+    let (out, stderr) = events_only(&["--events", &path("e.jsonl"), "--keep", "ood"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--output"), "{stderr}");
+}
+
 /// SIGTERM or SIGINT stops `oodbox video` cleanly, even while its input stalls (frames on
 /// stdin, the pipe held open): ffmpeg is stopped, the temporary output removed, the exit code
 /// is 128 + the signal, and the message says why.

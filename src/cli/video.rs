@@ -4,7 +4,9 @@ use oodbox::ood::calibration::minimum_calibration_size;
 use oodbox::video::calibration::{TrackCalibration, TrackSetting};
 use oodbox::video::evidence::TrackRule;
 use oodbox::video::ffmpeg::{is_single_file, Codec, FrameSink, FrameSource, SourceOptions};
-use oodbox::video::stream::{filter_stream, Keep, OodAction, Output, Progress, StreamOptions};
+use oodbox::video::stream::{
+    filter_stream, Keep, OodAction, OpenSink, Output, Progress, StreamOptions,
+};
 use oodbox::video::tracker::TrackerConfig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -45,6 +47,10 @@ enum KeepArg {
 /// calibrated on that footage's tracks instead: more unknowns are caught, and the rate holds
 /// for footage like it.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("writes")
+    .args(["output", "events", "detections", "crops", "fit_tracks"])
+    .multiple(true)
+    .required(true))]
 pub struct Args {
     #[command(flatten)]
     detector: DetectorArgs,
@@ -56,8 +62,10 @@ pub struct Args {
     #[arg(long)]
     input: String,
     /// The output video (.mp4, .mkv, ...), an image-sequence pattern, or - (NUT on stdout).
+    /// Without it no video is written, and frames are not drawn: a camera watched for events
+    /// only.
     #[arg(long)]
-    output: String,
+    output: Option<String>,
     /// Write one JSON line per unknown track here, as each track ends.
     #[arg(long)]
     events: Option<PathBuf>,
@@ -66,16 +74,21 @@ pub struct Args {
     #[arg(long)]
     detections: Option<PathBuf>,
     /// What to do with the boxes of unknown tracks: keep and mark, remove, or rename "unknown".
-    #[arg(long, value_enum, default_value = "flag")]
+    #[arg(long, value_enum, default_value = "flag", requires = "output")]
     ood_action: ActionArg,
     /// Which frames to write: all, or only short clips around the frames that show an unknown
     /// track (see --clip-pad).
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_enum, default_value = "all", requires = "output")]
     keep: KeepArg,
     /// With --keep ood, also write the frames up to this many seconds before and after each
     /// frame that shows an unknown track (0: only those frames). The frames before are held in
     /// memory, at most this many seconds of them.
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "SECONDS",
+        requires = "output"
+    )]
     clip_pad: f64,
     /// Save a crop of each unknown track (its most unusual box) into this folder.
     #[arg(long)]
@@ -260,11 +273,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
     let mut last_update = Instant::now();
-    let (input, output) = (args.input.clone(), args.output.clone());
+    let input = args.input.clone();
+    let open_sink = args.output.clone().map(|output| -> OpenSink {
+        Box::new(move |size| FrameSink::create(&output, size, fps, Codec::Default, Some(&input)))
+    });
     let result = filter_stream(
         &ood,
         source,
-        move |size| FrameSink::create(&output, size, fps, Codec::Default, Some(&input)),
+        open_sink,
         &stream_options,
         |output| {
             let (file, path, line) = match output {
@@ -314,13 +330,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(oodbox::error::Error::Interrupted { frames }) = result {
         let sig = signal.load(Ordering::Relaxed) as i32;
         let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
-        let output = if is_single_file(&args.output) {
-            format!(
-                "{} was not written (its partial file is removed)",
-                args.output
-            )
-        } else {
-            format!("what was written to {} is left as it is", args.output)
+        let output = match &args.output {
+            Some(output) if is_single_file(output) => {
+                format!("{output} was not written (its partial file is removed)")
+            }
+            Some(output) => format!("what was written to {output} is left as it is"),
+            None => "no video was being written".to_string(),
         };
         let events = match &args.events {
             Some(path) => format!("; {} holds the unknown tracks seen so far", path.display()),
@@ -329,20 +344,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("interrupted by {name} after {frames} frames: {output}{events}");
         return Ok(ExitCode::from(128 + sig as u8));
     }
-    let report =
-        result.with_context(|| format!("filtering {} into {}", args.input, args.output))?;
+    let report = result.with_context(|| match &args.output {
+        Some(output) => format!("filtering {} into {output}", args.input),
+        None => format!("filtering {}", args.input),
+    })?;
 
     let p = &report.progress;
     let [decode, detect, track, encode] = p.stage_ms();
     eprintln!(
         "{} frames ({} fps input) in {:.1} s: {:.2} fps; ms per frame: decode {decode:.1}, \
-         detect {detect:.1}, track {track:.2}, encode {encode:.1}; {} written, {} dropped; \
+         detect {detect:.1}, track {track:.2}, encode {encode:.1}; {}, {} dropped; \
          {} tracks, {} unknown{}",
         p.decoded,
         fps,
         p.elapsed.as_secs_f64(),
         report.fps,
-        p.written,
+        match &args.output {
+            Some(_) => format!("{} written", p.written),
+            None => "no video written".to_string(),
+        },
         p.dropped,
         report.tracks,
         report.events,
@@ -365,8 +385,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    if p.written == 0 {
-        eprintln!("no frame to write: {} was not written", args.output);
+    if let (Some(output), 0) = (&args.output, p.written) {
+        eprintln!("no frame to write: {output} was not written");
     }
     let mut failed = false;
     let (errors, messages) = &report.decode_errors;

@@ -284,15 +284,19 @@ fn crop_box(image: &RgbImage, bbox: [f32; 4]) -> Option<RgbImage> {
         .then(|| image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image())
 }
 
-/// Runs the stream filter. `make_sink` opens the output once the first frame to write is
-/// known (its size); with `Keep::Ood` and no unknown track it is never called. `on_output`
-/// receives each frame's tracked boxes and each unknown track as it ends; `on_progress` a
-/// snapshot after every frame.
+/// Opens the output video, given the size of its first frame.
+pub type OpenSink<'a> = Box<dyn FnOnce((u32, u32)) -> Result<FrameSink> + Send + 'a>;
+
+/// Runs the stream filter. `open_sink` opens the output once the first frame to write is
+/// known (its size); with `Keep::Ood` and no unknown track it is never called. Without it no
+/// frame is drawn or written: the stream is only detected and tracked, for `on_output`.
+/// `on_output` receives each frame's tracked boxes and each unknown track as it ends;
+/// `on_progress` a snapshot after every frame.
 #[allow(clippy::too_many_arguments)]
 pub fn filter_stream(
     detector: &OodDetector,
     source: FrameSource,
-    make_sink: impl FnOnce((u32, u32)) -> Result<FrameSink> + Send,
+    open_sink: Option<OpenSink>,
     options: &StreamOptions,
     mut on_output: impl FnMut(Output) -> Result<()>,
     mut on_progress: impl FnMut(&Progress),
@@ -334,16 +338,23 @@ pub fn filter_stream(
             });
         }
         let decoder = scope.spawn(|| decode(source, frame_tx, options.realtime, &counters));
-        let encoder = scope.spawn(|| {
-            encode(
-                detected_rx,
-                make_sink,
-                options,
-                (rule.block, pad),
-                &counters,
-                &sink_killer,
-            )
-        });
+        let (encoder, detected_tx) = match open_sink {
+            Some(open_sink) => {
+                let (counters, sink_killer) = (&counters, &sink_killer);
+                let encoder = scope.spawn(move || {
+                    encode(
+                        detected_rx,
+                        open_sink,
+                        options,
+                        (rule.block, pad),
+                        counters,
+                        sink_killer,
+                    )
+                });
+                (Some(encoder), Some(detected_tx))
+            }
+            None => (None, None),
+        };
 
         let mut tracker = Tracker::new(options.tracker.clone());
         let mut tracks: HashMap<u64, TrackState> = HashMap::new();
@@ -440,19 +451,21 @@ pub fn filter_stream(
             detect_time += t1 - t0;
             track_time += t2 - t1;
             counters.detected.fetch_add(1, Ordering::Relaxed);
-            let message = Detected {
-                index: frame.index,
-                image: frame.image,
-                boxes: detections
-                    .into_iter()
-                    .zip(ids)
-                    .map(|(detection, track)| TrackedBox { detection, track })
-                    .collect(),
-                newly_unknown,
-                ended,
-            };
-            if detected_tx.send(message).is_err() {
-                break; // the encoder failed; its error is reported below
+            if let Some(detected_tx) = &detected_tx {
+                let message = Detected {
+                    index: frame.index,
+                    image: frame.image,
+                    boxes: detections
+                        .into_iter()
+                        .zip(ids)
+                        .map(|(detection, track)| TrackedBox { detection, track })
+                        .collect(),
+                    newly_unknown,
+                    ended,
+                };
+                if detected_tx.send(message).is_err() {
+                    break; // the encoder failed; its error is reported below
+                }
             }
             on_progress(&snapshot(
                 &counters,
@@ -476,7 +489,9 @@ pub fn filter_stream(
         }
         drop(detected_tx);
         drop(frame_rx);
-        let encoded = encoder.join().expect("the encoder thread does not panic");
+        let encoded = encoder.map_or(Ok(()), |e| {
+            e.join().expect("the encoder thread does not panic")
+        });
         let decoded = decoder.join().expect("the decoder thread does not panic");
         drop(running);
         // A stage that failed while a stop was pending failed because of it: the stop killed
@@ -733,13 +748,13 @@ fn render(mut frame: Detected, unknown: &HashSet<u64>, options: &StreamOptions) 
 /// writes the frames that show an unknown track and the `pad` frames before and after each.
 fn encode(
     rx: Receiver<Detected>,
-    make_sink: impl FnOnce((u32, u32)) -> Result<FrameSink>,
+    open_sink: OpenSink,
     options: &StreamOptions,
     (delay, pad): (usize, usize),
     counters: &Counters,
     sink_killer: &Mutex<Option<Killer>>,
 ) -> Result<()> {
-    let mut make_sink = Some(make_sink);
+    let mut open_sink = Some(open_sink);
     let mut sink: Option<FrameSink> = None;
     let mut unknown: HashSet<u64> = HashSet::new();
     // Ended unknown tracks leave the set once no frame still to be drawn can show them.
@@ -763,7 +778,7 @@ fn encode(
     let mut write = |image: &RgbImage, sink: &mut Option<FrameSink>| -> Result<()> {
         let t0 = Instant::now();
         if sink.is_none() {
-            let open = make_sink.take().expect("the sink is opened once");
+            let open = open_sink.take().expect("the sink is opened once");
             let opened = open(image.dimensions())?;
             *sink_killer.lock().expect("sink killer") = Some(opened.killer());
             *sink = Some(opened);
