@@ -586,6 +586,66 @@ fn low_latency_pipes_keep_every_frame() {
     );
 }
 
+/// Serves `body` over HTTP/1.0 on a local port, to every connection, and returns its URL.
+/// With `cut`, the connection closes after that many bytes: a stream that drops.
+fn serve_http(body: Vec<u8>, cut: Option<usize>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/camera.mkv", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let sent = &body[..cut.unwrap_or(body.len())];
+            let header = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: video/x-matroska\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            // The reader may hang up early; that is its business.
+            let _ = stream
+                .write_all(header.as_bytes())
+                .and_then(|_| stream.write_all(sent));
+        }
+    });
+    url
+}
+
+/// A stream URL (here http://, as a camera or a media server gives): every frame is read, at
+/// its frame rate; a connection that drops mid-stream, like a truncated file, is reported
+/// after the frames before it (ffmpeg itself ends such a read with success).
+#[test]
+fn a_stream_url_is_read_and_a_dropped_connection_or_truncated_file_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("camera.mkv");
+    write_frames(&input, &tiny_frames(20, (96, 64)), 5.0);
+    let body = std::fs::read(&input).unwrap();
+    let output = dir.path().join("out.mkv");
+    let url = serve_http(body.clone(), None);
+    let (out, stderr) = run(video_command(&url, output.to_str().unwrap(), &[]));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(decode_all(&output), (20, 5.0, (96, 64)));
+
+    let truncated = dir.path().join("truncated.mkv");
+    std::fs::write(&truncated, &body[..body.len() / 2]).unwrap();
+    for input in [
+        serve_http(body.clone(), Some(body.len() / 2)),
+        truncated.to_str().unwrap().to_string(),
+    ] {
+        let (out, stderr) = run(video_command(&input, output.to_str().unwrap(), &[]));
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("the input stopped early") && stderr.contains("prematurely"),
+            "{stderr}"
+        );
+        let (frames, fps, size) = decode_all(&output);
+        assert!((5..20).contains(&frames), "{frames} frames written");
+        assert_eq!((fps, size), (5.0, (96, 64)));
+    }
+}
+
 #[test]
 fn odd_frame_sizes_are_kept() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,11 @@ struct StderrLog {
     tail: VecDeque<String>,
     decode_errors: usize,
     first_errors: Vec<String>,
+    /// For an input: "INPUT: ", the start of ffmpeg's line when reading it fails.
+    input_prefix: Option<String>,
+    /// The first line saying that reading the input failed. ffmpeg treats such a failure (a
+    /// connection that drops, say) as the end of the input and exits with success.
+    read_error: Option<String>,
 }
 
 const TAIL_LINES: usize = 8;
@@ -67,6 +72,12 @@ impl StderrLog {
             self.decode_errors += 1;
             if self.first_errors.len() < KEPT_ERRORS {
                 self.first_errors.push(line.clone());
+            }
+        }
+        if let Some(prefix) = &self.input_prefix {
+            let failed = line.starts_with(prefix.as_str()) || line.contains("prematurely");
+            if failed && self.read_error.is_none() {
+                self.read_error = Some(line.clone());
             }
         }
         if self.tail.len() == TAIL_LINES {
@@ -126,9 +137,17 @@ struct Process {
 
 impl Process {
     /// Starts `command` with stderr piped; returns the frame rate channel of [`watch_stderr`].
-    fn start(mut command: Command, name: &str) -> Result<(Self, mpsc::Receiver<Option<f64>>)> {
+    /// An `input` is watched for read failures.
+    fn start(
+        mut command: Command,
+        name: &str,
+        input: bool,
+    ) -> Result<(Self, mpsc::Receiver<Option<f64>>)> {
         let mut child = spawn(command.stderr(Stdio::piped()), name)?;
-        let log = Arc::new(Mutex::new(StderrLog::default()));
+        let log = Arc::new(Mutex::new(StderrLog {
+            input_prefix: input.then(|| format!("{name}: ")),
+            ..Default::default()
+        }));
         let (rate, reader) = watch_stderr(child.stderr.take().expect("piped stderr"), log.clone());
         let process = Process {
             name: name.to_string(),
@@ -151,15 +170,20 @@ impl Process {
         self.child().wait()
     }
 
+    /// After ffmpeg exited: its stderr read to the end.
+    fn read_all_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
     /// Waits for ffmpeg to exit and describes why it stopped, with its last words.
     fn failure(&mut self, what: &str) -> Error {
         let status = match self.wait() {
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),
         };
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
+        self.read_all_stderr();
         let tail = self.log.lock().expect("stderr log").tail();
         video_error(&self.name, format!("{what} (ffmpeg {status}: {tail})"))
     }
@@ -317,7 +341,7 @@ impl FrameSource {
             .args(["-i", input, "-map", "0:v:0", "-an", "-sn"])
             .args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"])
             .stdout(Stdio::piped());
-        let (process, rate) = Process::start(command, input)?;
+        let (process, rate) = Process::start(command, input, true)?;
         let stdout = process.child().stdout.take().expect("piped stdout");
         let mut source = FrameSource {
             process,
@@ -418,6 +442,22 @@ impl FrameSource {
                     .map_err(|e| video_error(self.name(), e.to_string()))?;
                 if !status.success() {
                     let what = format!("ffmpeg stopped after {} frames", self.next);
+                    return Err(self.process.failure(&what));
+                }
+                self.process.read_all_stderr();
+                let read_error = self
+                    .process
+                    .log
+                    .lock()
+                    .expect("stderr log")
+                    .read_error
+                    .take();
+                if let Some(line) = read_error {
+                    let what = format!(
+                        "reading it failed after {} frames: {}",
+                        self.next,
+                        line.trim()
+                    );
                     return Err(self.process.failure(&what));
                 }
                 if self.next == 0 {
@@ -556,7 +596,7 @@ impl FrameSink {
             } else {
                 Stdio::null()
             });
-        let (process, _) = Process::start(command, output)?;
+        let (process, _) = Process::start(command, output, false)?;
         let stdin = process.child().stdin.take().expect("piped stdin");
         Ok(FrameSink {
             process,
