@@ -587,7 +587,8 @@ fn low_latency_pipes_keep_every_frame() {
 }
 
 /// Serves `body` over HTTP/1.0 on a local port, to every connection, and returns its URL.
-/// With `cut`, the connection closes after that many bytes: a stream that drops.
+/// With `cut`, the connection closes after that many bytes: a stream that drops. With
+/// `Some(0)` nothing is sent and the connection stays open: a server that froze.
 fn serve_http(body: Vec<u8>, cut: Option<usize>) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/camera.mkv", listener.local_addr().unwrap());
@@ -598,6 +599,10 @@ fn serve_http(body: Vec<u8>, cut: Option<usize>) -> String {
             let mut byte = [0u8];
             while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
                 request.push(byte[0]);
+            }
+            if cut == Some(0) {
+                std::thread::sleep(Duration::from_secs(120));
+                continue;
             }
             let sent = &body[..cut.unwrap_or(body.len())];
             let header = format!(
@@ -644,6 +649,112 @@ fn a_stream_url_is_read_and_a_dropped_connection_or_truncated_file_reported() {
         assert!((5..20).contains(&frames), "{frames} frames written");
         assert_eq!((fps, size), (5.0, (96, 64)));
     }
+}
+
+/// Starts `command` with `bytes` written to its stdin, which stays open (the caller holds it).
+fn spawn_fed(
+    mut command: Command,
+    bytes: &[u8],
+) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(bytes).unwrap();
+    stdin.flush().unwrap();
+    (child, stdin)
+}
+
+/// Waits (at most 60 s from `start`) for a child whose stdin the caller holds open to end by
+/// itself, after `what`; returns its status and stderr.
+fn wait_with_input_open(
+    child: &mut std::process::Child,
+    start: Instant,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still running after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+/// `--stall-timeout`: an input that sends nothing while a frame is awaited (a frozen camera, a
+/// stalled pipe, a server that never answers) is given up with a message saying so, and the
+/// frames before it are written; a slow detector holding frames back does not count as a
+/// stall.
+#[test]
+fn a_stalled_input_is_given_up_after_the_stall_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.mkv");
+    let frames: Vec<u8> = tiny_frames(20, (96, 64)).iter().flat_map(ppm).collect();
+    let (mut child, stdin) = spawn_fed(
+        video_command(
+            "-",
+            output.to_str().unwrap(),
+            &["--fps", "5", "--low-latency", "--stall-timeout", "1"],
+        ),
+        &frames,
+    );
+    // The pipe stays open, silent, until the process has ended by itself.
+    let (status, stderr) = wait_with_input_open(&mut child, Instant::now(), "stalled");
+    drop(stdin);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nothing came for 1.0 s (stall timeout)"),
+        "{stderr}"
+    );
+    // ffmpeg's image-pipe reader holds the last image until the next one starts.
+    let (written, fps, size) = decode_all(&output);
+    assert!((19..=20).contains(&written), "{written} frames");
+    assert_eq!((fps, size), (5.0, (96, 64)));
+
+    let url = serve_http(Vec::new(), Some(0));
+    let (out, stderr) = run(video_command(
+        &url,
+        output.to_str().unwrap(),
+        &["--stall-timeout", "1"],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("opening it: nothing came for 1.0 s"),
+        "{stderr}"
+    );
+
+    // The reader of the output pauses for 3 s, which holds every stage back: not a stall.
+    let input = dir.path().join("in.mkv");
+    write_frames(&input, &tiny_frames(40, (256, 256)), 10.0);
+    let child = video_command(
+        input.to_str().unwrap(),
+        "-",
+        &["--stall-timeout", "1", "--queue", "1"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let piped = dir.path().join("piped.nut");
+    std::fs::write(&piped, &out.stdout).unwrap();
+    assert_eq!(decode_all(&piped).0, 40);
 }
 
 #[test]
@@ -920,13 +1031,10 @@ fn a_signal_stops_the_stream_and_removes_the_partial_output() {
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("out.mp4");
-        let mut child = video_command("-", output.to_str().unwrap(), &["--fps", "5"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(&frames).unwrap();
+        let (mut child, stdin) = spawn_fed(
+            video_command("-", output.to_str().unwrap(), &["--fps", "5"]),
+            &frames,
+        );
         let names = || -> Vec<String> {
             std::fs::read_dir(dir.path())
                 .unwrap()
@@ -947,24 +1055,8 @@ fn a_signal_stops_the_stream_and_removes_the_partial_output() {
             .status();
         assert!(sent.unwrap().success());
         // The input is still open: the process has to end by itself.
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "still running after SIG{signal}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (status, stderr) = wait_with_input_open(&mut child, start, &format!("SIG{signal}"));
         drop(stdin);
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
         assert_eq!(status.code(), Some(code), "{stderr}");
         assert!(
             stderr.contains(&format!("interrupted by SIG{signal} after")),

@@ -123,10 +123,18 @@ pub struct Args {
     /// fail to open.
     #[arg(long)]
     low_latency: bool,
+    /// Stop with an error when the input sends nothing for this many seconds while a frame is
+    /// awaited (a frozen camera or connection); 0: wait forever. Default: 10 for a URL,
+    /// 0 otherwise.
+    #[arg(long, value_name = "SECONDS")]
+    stall_timeout: Option<f64>,
     /// Frames each queue between the decode, detect and encode threads holds.
     #[arg(long, default_value_t = 8)]
     queue: usize,
 }
+
+/// How long a URL input may send nothing before it is given up, unless --stall-timeout says.
+const URL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn progress_line(p: &Progress) -> String {
     let [decode, detect, track, encode] = p.stage_ms();
@@ -161,6 +169,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.clip_pad >= 0.0 && args.clip_pad.is_finite(),
         "--clip-pad must be 0 or more seconds"
     );
+    if let Some(s) = args.stall_timeout {
+        anyhow::ensure!(
+            s >= 0.0 && s.is_finite(),
+            "--stall-timeout must be 0 or more seconds"
+        );
+    }
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
@@ -179,6 +193,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             frame_rate: args.fps,
             native_rate: args.realtime && args.input != "-" && !args.input.contains("://"),
             low_latency: args.low_latency,
+            stall_timeout: match args.stall_timeout {
+                // Beyond what a Duration holds: no limit.
+                Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).ok(),
+                Some(_) => None,
+                None if args.input.contains("://") => Some(URL_STALL_TIMEOUT),
+                None => None,
+            },
         },
     )
     .context("opening the input")?;

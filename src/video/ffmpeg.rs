@@ -7,9 +7,11 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -296,6 +298,70 @@ pub struct SourceOptions {
     /// or 5 s of stream): from a live pipe or camera the first frame comes at once. A format
     /// whose stream parameters take longer to find may then fail to open.
     pub low_latency: bool,
+    /// Give up on an input that sends nothing for this long while a frame (or, when opening,
+    /// its stream description) is awaited: a camera or a connection that froze. ffmpeg is
+    /// stopped and the read fails with [`Error::Video`] saying so. Time spent with the frames
+    /// waiting downstream does not count.
+    pub stall_timeout: Option<Duration>,
+}
+
+/// Kills a source's ffmpeg once its reader has waited on it for longer than the timeout.
+struct StallWatch {
+    timeout: Duration,
+    epoch: Instant,
+    /// When the reader began to wait, in nanoseconds since `epoch` plus one; 0 when it is
+    /// not waiting.
+    waiting_since: Arc<AtomicU64>,
+    stalled: Arc<AtomicBool>,
+    /// Dropped with the source, which ends the watching thread.
+    _running: mpsc::Sender<()>,
+}
+
+impl StallWatch {
+    /// Starts watching, with the reader waiting (on the stream description).
+    fn start(timeout: Duration, killer: Killer) -> Self {
+        let epoch = Instant::now();
+        let waiting_since = Arc::new(AtomicU64::new(1));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (running, watching) = mpsc::channel::<()>();
+        let poll = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let (since, flag) = (waiting_since.clone(), stalled.clone());
+        std::thread::spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = watching.recv_timeout(poll) {
+                let began = since.load(Ordering::Relaxed);
+                if began > 0
+                    && epoch.elapsed().as_nanos() as u64 + 1 - began > timeout.as_nanos() as u64
+                {
+                    flag.store(true, Ordering::Relaxed);
+                    killer.kill();
+                    return;
+                }
+            }
+        });
+        StallWatch {
+            timeout,
+            epoch,
+            waiting_since,
+            stalled,
+            _running: running,
+        }
+    }
+
+    fn waiting(&self, waiting: bool) {
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        self.waiting_since
+            .store(if waiting { now } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// Why the input failed, when it was stopped for stalling.
+    fn reason(&self, what: &str) -> Option<String> {
+        self.stalled.load(Ordering::Relaxed).then(|| {
+            format!(
+                "{what}: nothing came for {:.1} s (stall timeout), so ffmpeg was stopped",
+                self.timeout.as_secs_f64()
+            )
+        })
+    }
 }
 
 /// A running ffmpeg that decodes a video into frames.
@@ -307,6 +373,7 @@ pub struct FrameSource {
     next: u64,
     size: Option<(u32, u32)>,
     done: bool,
+    stall_watch: Option<StallWatch>,
 }
 
 /// ffmpeg's frame rate for inputs that carry none.
@@ -343,6 +410,9 @@ impl FrameSource {
             .stdout(Stdio::piped());
         let (process, rate) = Process::start(command, input, true)?;
         let stdout = process.child().stdout.take().expect("piped stdout");
+        let stall_watch = options
+            .stall_timeout
+            .map(|timeout| StallWatch::start(timeout, Killer(process.child.clone())));
         let mut source = FrameSource {
             process,
             stdout: BufReader::with_capacity(1 << 20, stdout),
@@ -351,6 +421,7 @@ impl FrameSource {
             next: 0,
             size: None,
             done: false,
+            stall_watch,
         };
         // ffmpeg prints the input's streams before its first frame, or fails to open it.
         match rate.recv() {
@@ -365,6 +436,9 @@ impl FrameSource {
                 }
             }
             Err(_) => {
+                if let Some(reason) = source.stall_reason("opening it") {
+                    return Err(source.process.failure(&reason));
+                }
                 // ffmpeg's own words ("Option framerate not found") do not say which option.
                 let what = match options.frame_rate {
                     Some(_) => {
@@ -376,7 +450,18 @@ impl FrameSource {
                 return Err(source.process.failure(what));
             }
         }
+        source.waiting(false);
         Ok(source)
+    }
+
+    fn waiting(&self, waiting: bool) {
+        if let Some(watch) = &self.stall_watch {
+            watch.waiting(waiting);
+        }
+    }
+
+    fn stall_reason(&self, what: &str) -> Option<String> {
+        self.stall_watch.as_ref().and_then(|w| w.reason(what))
     }
 
     pub fn name(&self) -> &str {
@@ -409,7 +494,16 @@ impl FrameSource {
         if self.done {
             return Ok(None);
         }
-        match read_ppm(&mut self.stdout) {
+        self.waiting(true);
+        let read = read_ppm(&mut self.stdout);
+        self.waiting(false);
+        if read.as_ref().map_or(true, |image| image.is_none()) {
+            if let Some(reason) = self.stall_reason(&format!("after {} frames", self.next)) {
+                self.done = true;
+                return Err(self.process.failure(&reason));
+            }
+        }
+        match read {
             Ok(Some(image)) => {
                 let dims = image.dimensions();
                 match self.size {
