@@ -953,10 +953,11 @@ fn the_filter_stream_example_filters_a_video() {
 }
 
 /// Without `--output` (a camera watched for events only) no frame is drawn or encoded and no
-/// video appears, and the events are those of a run that writes the video. A run that would
-/// write nothing, and output-only flags without an output, are refused.
+/// video appears, and the events are those of a run that writes the video; `--alerts` reports
+/// each unknown track when it is decided. A run that would write nothing, output-only flags
+/// without an output, and two outputs on standard output are refused.
 #[test]
-fn without_an_output_video_the_events_are_the_same() {
+fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     write_video(
@@ -986,7 +987,7 @@ fn without_an_output_video_the_events_are_the_same() {
             .args(extra);
         run(command)
     };
-    let (out, stderr) = events_only(&["--events", &path("events_only.jsonl")]);
+    let (out, stderr) = events_only(&["--events", &path("events_only.jsonl"), "--alerts", "-"]);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("no video written"), "{stderr}");
     assert!(stderr.contains("encode 0.0"), "{stderr}");
@@ -1009,10 +1010,44 @@ fn without_an_output_video_the_events_are_the_same() {
         ["events_only.jsonl", "in.mkv", "out.mp4", "with_video.jsonl"]
     );
 
+    // Live alerts, on standard output: one per unknown track, in the frame it was decided in,
+    // which its event (at the track's end) confirms.
+    let alerts: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), with_video.len());
+    for alert in &alerts {
+        let event = with_video
+            .iter()
+            .find(|e| e["track_id"] == alert["track_id"])
+            .unwrap_or_else(|| panic!("no event for {alert}"));
+        for key in ["first_frame", "first_time_s", "decided_frame"] {
+            assert_eq!(alert[key], event[key], "{key}: {alert} vs {event}");
+        }
+        let decided = alert["decided_frame"].as_u64().unwrap();
+        assert!(decided <= event["last_frame"].as_u64().unwrap());
+        assert_eq!(
+            alert["decided_time_s"].as_f64().unwrap(),
+            decided as f64 / 10.0
+        );
+        let p = alert["p_value"].as_f64().unwrap();
+        assert!(p <= 0.05, "{alert}");
+        assert_eq!(alert["ood_confidence"].as_f64().unwrap(), 1.0 - p);
+        assert!(alert["boxes"].as_u64().unwrap() <= event["boxes"].as_u64().unwrap());
+    }
+
     let (out, stderr) = events_only(&[]);
     assert!(!out.status.success());
     assert!(
         stderr.contains("--output") && stderr.contains("--events"),
+        "{stderr}"
+    );
+    let (out, stderr) = events_only(&["--events", "-", "--alerts", "-"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--events and --alerts both write to standard output"),
         "{stderr}"
     );
     let (out, stderr) = events_only(&["--events", &path("e.jsonl"), "--keep", "ood"]);

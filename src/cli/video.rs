@@ -48,7 +48,7 @@ enum KeepArg {
 /// for footage like it.
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("writes")
-    .args(["output", "events", "detections", "crops", "fit_tracks"])
+    .args(["output", "events", "alerts", "detections", "crops", "fit_tracks"])
     .multiple(true)
     .required(true))]
 pub struct Args {
@@ -66,11 +66,15 @@ pub struct Args {
     /// only.
     #[arg(long)]
     output: Option<String>,
-    /// Write one JSON line per unknown track here, as each track ends.
+    /// Write one JSON line per unknown track here, as each track ends (- for standard output).
     #[arg(long)]
     events: Option<PathBuf>,
+    /// Write one JSON line per unknown track here as soon as it is called unknown, while it
+    /// may still be in view: live alerts (- for standard output).
+    #[arg(long)]
+    alerts: Option<PathBuf>,
     /// Write every frame's boxes (with track id, class, confidence and OOD verdict) here, one
-    /// JSON line per frame.
+    /// JSON line per frame (- for standard output).
     #[arg(long)]
     detections: Option<PathBuf>,
     /// What to do with the boxes of unknown tracks: keep and mark, remove, or rename "unknown".
@@ -148,13 +152,20 @@ fn progress_line(p: &Progress) -> String {
     )
 }
 
-type Log = std::io::BufWriter<std::fs::File>;
+type Log = std::io::BufWriter<Box<dyn Write>>;
 
+/// A JSON-lines log: a file, or standard output for `-`.
 fn create_log(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<Log>> {
     path.map(|p| {
-        std::fs::File::create(p)
-            .map(std::io::BufWriter::new)
-            .with_context(|| format!("creating the {what} file {}", p.display()))
+        let writer: Box<dyn Write> = if p.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("creating the {what} file {}", p.display()))?,
+            )
+        };
+        Ok(std::io::BufWriter::new(writer))
     })
     .transpose()
 }
@@ -185,7 +196,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the crops folder {}", dir.display()))?;
     }
+    let to_stdout: Vec<&str> = [
+        ("--output", args.output.as_deref() == Some("-")),
+        (
+            "--events",
+            args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
+        ),
+        (
+            "--alerts",
+            args.alerts.as_ref().is_some_and(|p| p.as_os_str() == "-"),
+        ),
+        (
+            "--detections",
+            args.detections
+                .as_ref()
+                .is_some_and(|p| p.as_os_str() == "-"),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(flag, stdout)| stdout.then_some(flag))
+    .collect();
+    if let [first, second, ..] = to_stdout.as_slice() {
+        anyhow::bail!(
+            "{first} and {second} both write to standard output (-): give one of them a file"
+        );
+    }
     let mut events = create_log(args.events.as_deref(), "events")?;
+    let mut alerts = create_log(args.alerts.as_deref(), "alerts")?;
     let mut detections = create_log(args.detections.as_deref(), "detections")?;
     let source = FrameSource::open(
         &args.input,
@@ -311,6 +348,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     return Ok(());
                 }
+                Output::Alert(alert) => (
+                    alerts.as_mut(),
+                    &args.alerts,
+                    serde_json::to_value(alert).expect("alerts serialise"),
+                ),
                 Output::Event(event) => (
                     events.as_mut(),
                     &args.events,

@@ -136,11 +136,33 @@ pub enum Output<'a> {
         index: u64,
         boxes: &'a [(u64, &'a Detection)],
     },
+    /// A track called unknown, in the frame it was decided in, while it still runs.
+    Alert(&'a UnknownAlert),
     /// An unknown track that ended.
     Event(&'a UnknownEvent),
     /// Any track that ended, known or not, with its evidence: what `--fit-tracks` calibrates
     /// on.
     TrackEnded(&'a EndedTrackEvidence),
+}
+
+/// A track called unknown, reported in the frame it was decided in, for live alerting; its
+/// [`UnknownEvent`] follows when the track ends. Frames count from 0.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnknownAlert {
+    pub track_id: u64,
+    pub first_frame: u64,
+    pub first_time_s: f64,
+    pub decided_frame: u64,
+    pub decided_time_s: f64,
+    /// The class the detector gave most of the track's boxes so far.
+    pub class_name: String,
+    /// 1 − the track's p-value when it was decided.
+    pub ood_confidence: f64,
+    pub p_value: f64,
+    /// Boxes on the track so far.
+    pub boxes: usize,
+    /// The track's box in the decision frame.
+    pub bbox: [f32; 4],
 }
 
 /// A track's evidence when it ended.
@@ -264,6 +286,7 @@ struct Detected {
 
 /// Per-track bookkeeping in the detector stage.
 struct TrackState {
+    first_frame: u64,
     evidence: TrackEvidence,
     class_votes: Vec<usize>,
     boxes: usize,
@@ -388,9 +411,11 @@ pub fn filter_stream(
             let (group_ids, ended) = tracker.update(frame.index, &leaders);
             let mut ids = vec![0; detections.len()];
             let mut newly_unknown = Vec::new();
+            let mut alerts = Vec::new();
             for (g, (group, &id)) in groups.iter().zip(&group_ids).enumerate() {
                 let leader = &detections[group[0]];
                 let state = tracks.entry(id).or_insert_with(|| TrackState {
+                    first_frame: frame.index,
                     evidence: TrackEvidence::default(),
                     class_votes: vec![0; names.len()],
                     boxes: 0,
@@ -425,6 +450,19 @@ pub fn filter_stream(
                     state.decided = Some(frame.index);
                     newly_unknown.push(id);
                     unknown_tracks += 1;
+                    let p = state.evidence.p_value();
+                    alerts.push(UnknownAlert {
+                        track_id: id,
+                        first_frame: state.first_frame,
+                        first_time_s: state.first_frame as f64 / fps,
+                        decided_frame: frame.index,
+                        decided_time_s: frame.index as f64 / fps,
+                        class_name: names[majority_class(&state.class_votes)].clone(),
+                        ood_confidence: 1.0 - p,
+                        p_value: p,
+                        boxes: state.boxes,
+                        bbox: leader.record.bbox,
+                    });
                 }
                 for &i in group {
                     ids[i] = id;
@@ -435,6 +473,7 @@ pub fn filter_stream(
                 index: frame.index,
                 boxes: &boxes,
             })
+            .and_then(|_| alerts.iter().try_for_each(|a| on_output(Output::Alert(a))))
             .and_then(|_| close_tracks(ended, &mut tracks, options, &names, fps))
             .and_then(|closed| {
                 events += closed.events.len();
@@ -577,6 +616,13 @@ fn report_closed(closed: &Closed, on_output: &mut impl FnMut(Output) -> Result<(
 
 /// Removes the ended tracks' state; returns their evidence, and the events of the unknown ones
 /// (writing their crops).
+/// The class with the most votes (the first on a tie).
+fn majority_class(votes: &[usize]) -> usize {
+    (0..votes.len())
+        .max_by_key(|&c| (votes[c], std::cmp::Reverse(c)))
+        .unwrap_or(0)
+}
+
 fn close_tracks(
     ended: Vec<EndedTrack>,
     tracks: &mut HashMap<u64, TrackState>,
@@ -603,9 +649,7 @@ fn close_tracks(
         let Some(decided) = state.decided else {
             continue;
         };
-        let class_id = (0..state.class_votes.len())
-            .max_by_key(|&c| (state.class_votes[c], std::cmp::Reverse(c)))
-            .unwrap_or(0);
+        let class_id = majority_class(&state.class_votes);
         let crop = match (&options.crops, state.crop) {
             (Some(dir), Some(image)) => {
                 let path = dir.join(format!("track_{:06}.png", t.id));
