@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 
@@ -224,6 +224,8 @@ pub fn parse_frame_rate(line: &str) -> Option<f64> {
 pub struct Frame {
     pub index: u64,
     pub image: RgbImage,
+    /// When it was read from ffmpeg: for a live input, about when the camera saw it.
+    pub read_at: SystemTime,
 }
 
 /// Reads one binary PPM (P6, maxval 255) image; `Ok(None)` at a clean end of stream.
@@ -524,6 +526,7 @@ impl FrameSource {
                 let frame = Frame {
                     index: self.next,
                     image,
+                    read_at: SystemTime::now(),
                 };
                 self.next += 1;
                 Ok(Some(frame))

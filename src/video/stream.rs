@@ -23,7 +23,7 @@ use std::sync::mpsc::{
     channel, sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError,
 };
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::calibration::TrackCalibration;
 use super::evidence::{TrackEvidence, TrackRule};
@@ -113,6 +113,10 @@ pub struct UnknownEvent {
     pub last_frame: u64,
     pub first_time_s: f64,
     pub last_time_s: f64,
+    /// When the first and last frames were read (RFC 3339, UTC): for a live input, about when
+    /// the object was seen.
+    pub first_seen_at: String,
+    pub last_seen_at: String,
     /// The class the detector gave most of the track's boxes.
     pub class_name: String,
     /// 1 − the track's p-value.
@@ -154,6 +158,8 @@ pub struct UnknownAlert {
     pub first_time_s: f64,
     pub decided_frame: u64,
     pub decided_time_s: f64,
+    /// When that frame was read (RFC 3339, UTC): for a live input, about when it was seen.
+    pub decided_at: String,
     /// The class the detector gave most of the track's boxes so far.
     pub class_name: String,
     /// 1 − the track's p-value when it was decided.
@@ -287,6 +293,9 @@ struct Detected {
 /// Per-track bookkeeping in the detector stage.
 struct TrackState {
     first_frame: u64,
+    /// When its first and latest frames were read.
+    first_seen: SystemTime,
+    last_seen: SystemTime,
     evidence: TrackEvidence,
     class_votes: Vec<usize>,
     boxes: usize,
@@ -416,6 +425,8 @@ pub fn filter_stream(
                 let leader = &detections[group[0]];
                 let state = tracks.entry(id).or_insert_with(|| TrackState {
                     first_frame: frame.index,
+                    first_seen: frame.read_at,
+                    last_seen: frame.read_at,
                     evidence: TrackEvidence::default(),
                     class_votes: vec![0; names.len()],
                     boxes: 0,
@@ -439,6 +450,7 @@ pub fn filter_stream(
                 }
                 state.class_votes[leader.record.class_id] += 1;
                 state.boxes += 1;
+                state.last_seen = frame.read_at;
                 let bbox = detections[unusual].record.bbox;
                 if p < state.most_unusual.0 {
                     state.most_unusual = (p, bbox, frame.index);
@@ -457,6 +469,7 @@ pub fn filter_stream(
                         first_time_s: state.first_frame as f64 / fps,
                         decided_frame: frame.index,
                         decided_time_s: frame.index as f64 / fps,
+                        decided_at: wall_clock(frame.read_at),
                         class_name: names[majority_class(&state.class_votes)].clone(),
                         ood_confidence: 1.0 - p,
                         p_value: p,
@@ -616,6 +629,11 @@ fn report_closed(closed: &Closed, on_output: &mut impl FnMut(Output) -> Result<(
 
 /// Removes the ended tracks' state; returns their evidence, and the events of the unknown ones
 /// (writing their crops).
+/// RFC 3339 in UTC, to the millisecond.
+fn wall_clock(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// The class with the most votes (the first on a tie).
 fn majority_class(votes: &[usize]) -> usize {
     (0..votes.len())
@@ -675,6 +693,8 @@ fn close_tracks(
             last_frame: t.last_frame,
             first_time_s: t.first_frame as f64 / fps,
             last_time_s: t.last_frame as f64 / fps,
+            first_seen_at: wall_clock(state.first_seen),
+            last_seen_at: wall_clock(state.last_seen),
             class_name: names[class_id].clone(),
             ood_confidence: 1.0 - p,
             p_value: p,
