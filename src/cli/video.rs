@@ -140,6 +140,17 @@ pub struct Args {
 /// How long a URL input may send nothing before it is given up, unless --stall-timeout says.
 const URL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The stall timeout: as given (0: none), else [`URL_STALL_TIMEOUT`] for a URL.
+fn stall_timeout(seconds: Option<f64>, input: &str) -> Option<Duration> {
+    match seconds {
+        // Beyond what a Duration holds: no limit.
+        Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).ok(),
+        Some(_) => None,
+        None if input.contains("://") => Some(URL_STALL_TIMEOUT),
+        None => None,
+    }
+}
+
 fn progress_line(p: &Progress) -> String {
     let [decode, detect, track, encode] = p.stage_ms();
     format!(
@@ -230,13 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             frame_rate: args.fps,
             native_rate: args.realtime && args.input != "-" && !args.input.contains("://"),
             low_latency: args.low_latency,
-            stall_timeout: match args.stall_timeout {
-                // Beyond what a Duration holds: no limit.
-                Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).ok(),
-                Some(_) => None,
-                None if args.input.contains("://") => Some(URL_STALL_TIMEOUT),
-                None => None,
-            },
+            stall_timeout: stall_timeout(args.stall_timeout, &args.input),
         },
     )
     .context("opening the input")?;
@@ -474,4 +479,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_a_stall_timeout_unless_told_otherwise() {
+        let url = "rtsp://camera/stream";
+        assert_eq!(stall_timeout(None, url), Some(URL_STALL_TIMEOUT));
+        assert_eq!(stall_timeout(None, "video.mkv"), None);
+        assert_eq!(stall_timeout(None, "-"), None);
+        assert_eq!(stall_timeout(Some(0.0), url), None);
+        assert_eq!(
+            stall_timeout(Some(2.5), "-"),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(stall_timeout(Some(1e30), url), None);
+    }
 }
