@@ -322,8 +322,8 @@ pub type OpenSink<'a> = Box<dyn FnOnce((u32, u32)) -> Result<FrameSink> + Send +
 /// Runs the stream filter. `open_sink` opens the output once the first frame to write is
 /// known (its size); with `Keep::Ood` and no unknown track it is never called. Without it no
 /// frame is drawn or written: the stream is only detected and tracked, for `on_output`.
-/// `on_output` receives each frame's tracked boxes and each unknown track as it ends;
-/// `on_progress` a snapshot after every frame.
+/// `on_output` receives each frame's tracked boxes, each track in the frame it is called
+/// unknown, and each track as it ends; `on_progress` a snapshot after every frame.
 #[allow(clippy::too_many_arguments)]
 pub fn filter_stream(
     detector: &OodDetector,
@@ -627,8 +627,6 @@ fn report_closed(closed: &Closed, on_output: &mut impl FnMut(Output) -> Result<(
     Ok(())
 }
 
-/// Removes the ended tracks' state; returns their evidence, and the events of the unknown ones
-/// (writing their crops).
 /// RFC 3339 in UTC, to the millisecond.
 fn wall_clock(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -641,6 +639,8 @@ fn majority_class(votes: &[usize]) -> usize {
         .unwrap_or(0)
 }
 
+/// Removes the ended tracks' state; returns their evidence, and the events of the unknown ones
+/// (writing their crops).
 fn close_tracks(
     ended: Vec<EndedTrack>,
     tracks: &mut HashMap<u64, TrackState>,
