@@ -207,25 +207,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the crops folder {}", dir.display()))?;
     }
+    let stdout = |log: &Option<PathBuf>| log.as_ref().is_some_and(|p| p.as_os_str() == "-");
     let to_stdout: Vec<&str> = [
         ("--output", args.output.as_deref() == Some("-")),
-        (
-            "--events",
-            args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
-        ),
-        (
-            "--alerts",
-            args.alerts.as_ref().is_some_and(|p| p.as_os_str() == "-"),
-        ),
-        (
-            "--detections",
-            args.detections
-                .as_ref()
-                .is_some_and(|p| p.as_os_str() == "-"),
-        ),
+        ("--events", stdout(&args.events)),
+        ("--alerts", stdout(&args.alerts)),
+        ("--detections", stdout(&args.detections)),
     ]
     .into_iter()
-    .filter_map(|(flag, stdout)| stdout.then_some(flag))
+    .filter_map(|(flag, to_stdout)| to_stdout.then_some(flag))
     .collect();
     if let [first, second, ..] = to_stdout.as_slice() {
         anyhow::bail!(
