@@ -1063,6 +1063,20 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
         assert!(last <= std::time::SystemTime::now());
     }
 
+    // A reader of standard output that goes away stops the run, and is named.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+        .args(["video", "--model", MODEL, "--scorer", SCORER, "--quiet"])
+        .args(["--input", &path("in.mkv"), "--detections", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("standard output: Broken pipe"), "{stderr}");
+
     let (out, stderr) = events_only(&[]);
     assert!(!out.status.success());
     assert!(

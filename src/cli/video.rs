@@ -372,7 +372,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let (Some(file), Some(path)) = (file, path) {
                 writeln!(file, "{line}")
                     .and_then(|_| file.flush())
-                    .map_err(|e| oodbox::error::Error::io(path, e))?;
+                    .map_err(|e| {
+                        let shown = if path.as_os_str() == "-" {
+                            std::path::Path::new("standard output")
+                        } else {
+                            path
+                        };
+                        oodbox::error::Error::io(shown, e)
+                    })?;
             }
             Ok(())
         },
