@@ -989,7 +989,14 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
     };
     // RFC 3339 to the millisecond: the run starts no earlier than this.
     let started = std::time::SystemTime::now() - Duration::from_millis(1);
-    let (out, stderr) = events_only(&["--events", &path("events_only.jsonl"), "--alerts", "-"]);
+    let (out, stderr) = events_only(&[
+        "--events",
+        &path("events_only.jsonl"),
+        "--alerts",
+        "-",
+        "--crops",
+        &path("crops"),
+    ]);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("no video written"), "{stderr}");
     assert!(stderr.contains("encode 0.0"), "{stderr}");
@@ -998,7 +1005,7 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
         !with_video.is_empty(),
         "the video should hold an unknown track"
     );
-    // The same events, but for when they were seen (the wall clock of each run).
+    // The same events, but for when they were seen (the wall clock of each run) and crops.
     let without_times = |events: &[Value]| -> Vec<Value> {
         events
             .iter()
@@ -1007,6 +1014,7 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
                 let fields = e.as_object_mut().unwrap();
                 assert!(fields.remove("first_seen_at").is_some());
                 assert!(fields.remove("last_seen_at").is_some());
+                fields.remove("crop");
                 e
             })
             .collect()
@@ -1020,7 +1028,13 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
     files.sort();
     assert_eq!(
         files,
-        ["events_only.jsonl", "in.mkv", "out.mp4", "with_video.jsonl"]
+        [
+            "crops",
+            "events_only.jsonl",
+            "in.mkv",
+            "out.mp4",
+            "with_video.jsonl"
+        ]
     );
 
     // Live alerts, on standard output: one per unknown track, in the frame it was decided in,
@@ -1049,6 +1063,10 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
         assert!(p <= 0.05, "{alert}");
         assert_eq!(alert["ood_confidence"].as_f64().unwrap(), 1.0 - p);
         assert!(alert["boxes"].as_u64().unwrap() <= event["boxes"].as_u64().unwrap());
+        let crop = alert["crop"].as_str().unwrap();
+        assert!(crop.ends_with("_decided.png"), "{crop}");
+        assert!(image::open(crop).unwrap().width() > 4);
+        assert!(event["crop"].as_str().is_some_and(|c| c != crop));
         // Wall-clock times of the frames' reading, in order, during the run.
         let at = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
         let (first, decided, last) = (

@@ -17,7 +17,7 @@
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{
     channel, sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError,
@@ -169,6 +169,10 @@ pub struct UnknownAlert {
     pub boxes: usize,
     /// The track's box in the decision frame.
     pub bbox: [f32; 4],
+    /// With --crops: a crop of the track's most unusual box so far
+    /// (`track_NNNNNN_decided.png`; its event's crop may be another box).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop: Option<PathBuf>,
 }
 
 /// A track's evidence when it ended.
@@ -421,6 +425,7 @@ pub fn filter_stream(
             let mut ids = vec![0; detections.len()];
             let mut newly_unknown = Vec::new();
             let mut alerts = Vec::new();
+            let mut alert_crops = Vec::new();
             for (g, (group, &id)) in groups.iter().zip(&group_ids).enumerate() {
                 let leader = &detections[group[0]];
                 let state = tracks.entry(id).or_insert_with(|| TrackState {
@@ -475,7 +480,9 @@ pub fn filter_stream(
                         p_value: p,
                         boxes: state.boxes,
                         bbox: leader.record.bbox,
+                        crop: None,
                     });
+                    alert_crops.push(state.crop.clone());
                 }
                 for &i in group {
                     ids[i] = id;
@@ -486,7 +493,18 @@ pub fn filter_stream(
                 index: frame.index,
                 boxes: &boxes,
             })
-            .and_then(|_| alerts.iter().try_for_each(|a| on_output(Output::Alert(a))))
+            .and_then(|_| {
+                alerts
+                    .iter_mut()
+                    .zip(alert_crops)
+                    .try_for_each(|(alert, crop)| {
+                        if let (Some(dir), Some(image)) = (&options.crops, crop) {
+                            let name = format!("track_{:06}_decided.png", alert.track_id);
+                            alert.crop = Some(save_crop(&image, &dir.join(name))?);
+                        }
+                        on_output(Output::Alert(alert))
+                    })
+            })
             .and_then(|_| close_tracks(ended, &mut tracks, options, &names, fps))
             .and_then(|closed| {
                 events += closed.events.len();
@@ -627,6 +645,22 @@ fn report_closed(closed: &Closed, on_output: &mut impl FnMut(Output) -> Result<(
     Ok(())
 }
 
+/// Writes a crop as PNG, atomically; returns its path.
+fn save_crop(image: &RgbImage, path: &Path) -> Result<PathBuf> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    crate::data::write_atomically(path, &bytes)?;
+    Ok(path.to_path_buf())
+}
+
 /// RFC 3339 in UTC, to the millisecond.
 fn wall_clock(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -668,22 +702,11 @@ fn close_tracks(
             continue;
         };
         let class_id = majority_class(&state.class_votes);
-        let crop = match (&options.crops, state.crop) {
-            (Some(dir), Some(image)) => {
-                let path = dir.join(format!("track_{:06}.png", t.id));
-                let mut bytes = Vec::new();
-                image
-                    .write_to(
-                        &mut std::io::Cursor::new(&mut bytes),
-                        image::ImageFormat::Png,
-                    )
-                    .map_err(|e| Error::BadInput {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                crate::data::write_atomically(&path, &bytes)?;
-                Some(path)
-            }
+        let crop = match (&options.crops, &state.crop) {
+            (Some(dir), Some(image)) => Some(save_crop(
+                image,
+                &dir.join(format!("track_{:06}.png", t.id)),
+            )?),
             _ => None,
         };
         let p = state.evidence.p_value();
