@@ -33,6 +33,20 @@ fn video_command(input: &str, output: &str, extra: &[&str]) -> Command {
     command
 }
 
+/// Runs `command` with `bytes` on its stdin, then closed.
+fn run_fed(mut command: Command, bytes: &[u8]) -> (Output, String) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ffmpeg may stop reading early when it refuses the input.
+    let _ = child.stdin.take().unwrap().write_all(bytes);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 fn run(mut command: Command) -> (Output, String) {
     let out = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -560,18 +574,8 @@ fn low_latency_pipes_keep_every_frame() {
         ),
     ];
     let pipe = |bytes: &[u8], output: &Path, extra: &[&str]| {
-        let mut child = video_command("-", output.to_str().unwrap(), extra)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // ffmpeg may stop reading early when it refuses the input.
-        let _ = child.stdin.take().unwrap().write_all(bytes);
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (out, stderr) = run_fed(video_command("-", output.to_str().unwrap(), extra), bytes);
+        (out.status.success(), stderr)
     };
     for (name, bytes, extra) in inputs {
         let output = dir.path().join(format!("{name}.mkv"));
@@ -757,6 +761,44 @@ fn a_stalled_input_is_given_up_after_the_stall_timeout() {
     assert_eq!(decode_all(&piped).0, 40);
 }
 
+/// `--input-option` passes ffmpeg input options: here raw RGB frames on stdin, which carry
+/// no header, described by their format, size and rate. An option ffmpeg does not know is
+/// refused with ffmpeg's words.
+#[test]
+fn input_options_read_raw_frames_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.mkv");
+    let frames = tiny_frames(12, (96, 64));
+    let raw: Vec<u8> = frames.iter().flat_map(|f| f.as_raw().clone()).collect();
+    let options = [
+        "f=rawvideo",
+        "pixel_format=rgb24",
+        "video_size=96x64",
+        "framerate=5",
+    ];
+    let mut extra = Vec::new();
+    for option in options {
+        extra.extend(["--input-option", option]);
+    }
+    let (out, stderr) = run_fed(video_command("-", output.to_str().unwrap(), &extra), &raw);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(decode_all(&output), (12, 5.0, (96, 64)));
+
+    let again = dir.path().join("again.mkv");
+    for (option, message) in [
+        ("no_such_option=1", "no_such_option"),
+        ("rtsp_transport", "expected NAME=VALUE"),
+    ] {
+        let (out, stderr) = run(video_command(
+            output.to_str().unwrap(),
+            again.to_str().unwrap(),
+            &["--input-option", option],
+        ));
+        assert!(!out.status.success());
+        assert!(stderr.contains(message), "{stderr}");
+    }
+}
+
 #[test]
 fn odd_frame_sizes_are_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -803,15 +845,10 @@ fn a_stream_ending_mid_frame_is_reported_after_the_whole_frames() {
         bytes.extend(ppm(&frame));
     }
     bytes.truncate(bytes.len() - 1000);
-    let mut command = video_command("-", output.to_str().unwrap(), &["--fps", "5"]);
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = run_fed(
+        video_command("-", output.to_str().unwrap(), &["--fps", "5"]),
+        &bytes,
+    );
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("could not decode 1 frame"), "{stderr}");
     assert_eq!(decode_all(&output), (2, 5.0, (64, 48)));

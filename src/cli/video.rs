@@ -127,6 +127,11 @@ pub struct Args {
     /// fail to open.
     #[arg(long)]
     low_latency: bool,
+    /// An ffmpeg input option, NAME=VALUE (repeatable), passed as -NAME VALUE before the input:
+    /// f=v4l2 for a webcam, rtsp_transport=tcp for a camera behind a firewall,
+    /// f=rawvideo with pixel_format and video_size for raw frames on stdin, ...
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_ffmpeg_option)]
+    input_option: Vec<(String, String)>,
     /// Stop with an error when the input sends nothing for this many seconds while a frame is
     /// awaited (a frozen camera or connection); 0: wait forever. Default: 10 for a URL,
     /// 0 otherwise.
@@ -135,6 +140,19 @@ pub struct Args {
     /// Frames each queue between the decode, detect and encode threads holds.
     #[arg(long, default_value_t = 8)]
     queue: usize,
+}
+
+/// NAME=VALUE, for --input-option.
+fn parse_ffmpeg_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !name.starts_with('-') => {
+            Ok((name.to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "expected NAME=VALUE with an ffmpeg option name without its dash \
+             (rtsp_transport=tcp), got {text:?}"
+        )),
+    }
 }
 
 /// How long a URL input may send nothing before it is given up, unless --stall-timeout says.
@@ -232,6 +250,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             native_rate: args.realtime && args.input != "-" && !args.input.contains("://"),
             low_latency: args.low_latency,
             stall_timeout: stall_timeout(args.stall_timeout, &args.input),
+            ffmpeg_options: args.input_option.clone(),
         },
     )
     .context("opening the input")?;

@@ -305,6 +305,10 @@ pub struct SourceOptions {
     /// stopped and the read fails with [`Error::Video`] saying so. Time spent with the frames
     /// waiting downstream does not count.
     pub stall_timeout: Option<Duration>,
+    /// ffmpeg input options, as (name without the dash, value), given before the input: the
+    /// format of a device or a raw stream (`f`=`v4l2`, `video_size`, `pixel_format`), the
+    /// transport of a camera (`rtsp_transport`=`tcp`), ...
+    pub ffmpeg_options: Vec<(String, String)>,
 }
 
 /// Kills a source's ffmpeg once its reader has waited on it for longer than the timeout.
@@ -405,6 +409,9 @@ impl FrameSource {
         }
         if options.low_latency {
             command.args(["-probesize", "32", "-analyzeduration", "0"]);
+        }
+        for (name, value) in &options.ffmpeg_options {
+            command.arg(format!("-{name}")).arg(value);
         }
         command
             .args(["-i", input, "-map", "0:v:0", "-an", "-sn"])
