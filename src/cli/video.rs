@@ -247,7 +247,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &args.input,
         &SourceOptions {
             frame_rate: args.fps,
-            native_rate: args.realtime && args.input != "-" && !args.input.contains("://"),
+            // Files and image sequences are read at their frame rate, as a camera would
+            // deliver them; live inputs (pipes, URLs, devices) already are.
+            native_rate: args.realtime
+                && (args.input.contains('%') || std::path::Path::new(&args.input).is_file()),
             low_latency: args.low_latency,
             stall_timeout: stall_timeout(args.stall_timeout, &args.input),
             ffmpeg_options: args.input_option.clone(),
