@@ -366,7 +366,7 @@ pub struct YoloV8 {
 
 impl YoloV8 {
     /// Builds the network from `vb` in Candle naming (use `rename_f` with
-    /// [`Naming::file_name`] for ultralytics names).
+    /// [`Naming::file_name`](super::arch::Naming::file_name) for ultralytics names).
     pub fn load(vb: VarBuilder, arch: &Arch) -> Result<Self> {
         Ok(Self {
             backbone: Backbone::load(vb.pp("net"), arch)?,
