@@ -211,16 +211,9 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
     let truth = write_video(
         &input,
         SynthVideoConfig {
-            seed: 3,
-            frames: 130,
             fps,
             id_objects: 2,
-            visitors: vec![Visitors {
-                kinds: vec![Kind::Blob, Kind::NoisePatch],
-                every_s: 2.5,
-                stay_s: (1.0, 2.0),
-            }],
-            ..Default::default()
+            ..blobs_and_noise_patches(130, 2.5, (1.0, 2.0))
         },
     );
     let output = dir.path().join("out.mp4");
@@ -299,6 +292,21 @@ fn every_lasting_unknown_object_yields_an_event_and_the_output_keeps_frames_and_
     );
     assert!(evident >= 1, "the video should hold an evident unknown");
     assert!(id_events <= binomial_upper(2, track_alpha));
+}
+
+/// Seed 3 with far-OOD visitors (blobs and noise patches, which the fixture scorer flags)
+/// entering every `every_s` seconds and staying `stay_s`.
+fn blobs_and_noise_patches(frames: u64, every_s: f64, stay_s: (f64, f64)) -> SynthVideoConfig {
+    SynthVideoConfig {
+        seed: 3,
+        frames,
+        visitors: vec![Visitors {
+            kinds: vec![Kind::Blob, Kind::NoisePatch],
+            every_s,
+            stay_s,
+        }],
+        ..Default::default()
+    }
 }
 
 /// Known objects only: four present throughout and one entering every second, as in footage
@@ -959,19 +967,7 @@ fn realtime_drops_frames_under_load_and_keeps_the_timing() {
 fn the_filter_stream_example_filters_a_video() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mkv");
-    write_video(
-        &input,
-        SynthVideoConfig {
-            seed: 3,
-            frames: 30,
-            visitors: vec![Visitors {
-                kinds: vec![Kind::Blob, Kind::NoisePatch],
-                every_s: 1.0,
-                stay_s: (1.0, 2.0),
-            }],
-            ..Default::default()
-        },
-    );
+    write_video(&input, blobs_and_noise_patches(30, 1.0, (1.0, 2.0)));
     let output = dir.path().join("out.mp4");
     let mut events = Vec::new();
     let report = filter_stream_example::filter_file(
@@ -999,16 +995,7 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     write_video(
         Path::new(&path("in.mkv")),
-        SynthVideoConfig {
-            seed: 3,
-            frames: 80,
-            visitors: vec![Visitors {
-                kinds: vec![Kind::Blob, Kind::NoisePatch],
-                every_s: 1.0,
-                stay_s: (1.5, 3.0),
-            }],
-            ..Default::default()
-        },
+        blobs_and_noise_patches(80, 1.0, (1.5, 3.0)),
     );
     let (out, stderr) = run(video_command(
         &path("in.mkv"),

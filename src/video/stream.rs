@@ -424,8 +424,8 @@ pub fn filter_stream(
             let (group_ids, ended) = tracker.update(frame.index, &leaders);
             let mut ids = vec![0; detections.len()];
             let mut newly_unknown = Vec::new();
-            let mut alerts = Vec::new();
-            let mut alert_crops = Vec::new();
+            // Each with the track's crop so far, written when the alert is reported.
+            let mut alerts: Vec<(UnknownAlert, Option<RgbImage>)> = Vec::new();
             for (g, (group, &id)) in groups.iter().zip(&group_ids).enumerate() {
                 let leader = &detections[group[0]];
                 let state = tracks.entry(id).or_insert_with(|| TrackState {
@@ -468,21 +468,23 @@ pub fn filter_stream(
                     newly_unknown.push(id);
                     unknown_tracks += 1;
                     let p = state.evidence.p_value();
-                    alerts.push(UnknownAlert {
-                        track_id: id,
-                        first_frame: state.first_frame,
-                        first_time_s: state.first_frame as f64 / fps,
-                        decided_frame: frame.index,
-                        decided_time_s: frame.index as f64 / fps,
-                        decided_at: wall_clock(frame.read_at),
-                        class_name: names[majority_class(&state.class_votes)].clone(),
-                        ood_confidence: 1.0 - p,
-                        p_value: p,
-                        boxes: state.boxes,
-                        bbox: leader.record.bbox,
-                        crop: None,
-                    });
-                    alert_crops.push(state.crop.clone());
+                    alerts.push((
+                        UnknownAlert {
+                            track_id: id,
+                            first_frame: state.first_frame,
+                            first_time_s: state.first_frame as f64 / fps,
+                            decided_frame: frame.index,
+                            decided_time_s: frame.index as f64 / fps,
+                            decided_at: wall_clock(frame.read_at),
+                            class_name: names[majority_class(&state.class_votes)].clone(),
+                            ood_confidence: 1.0 - p,
+                            p_value: p,
+                            boxes: state.boxes,
+                            bbox: leader.record.bbox,
+                            crop: None,
+                        },
+                        state.crop.clone(),
+                    ));
                 }
                 for &i in group {
                     ids[i] = id;
@@ -494,16 +496,13 @@ pub fn filter_stream(
                 boxes: &boxes,
             })
             .and_then(|_| {
-                alerts
-                    .iter_mut()
-                    .zip(alert_crops)
-                    .try_for_each(|(alert, crop)| {
-                        if let (Some(dir), Some(image)) = (&options.crops, crop) {
-                            let name = format!("track_{:06}_decided.png", alert.track_id);
-                            alert.crop = Some(save_crop(&image, &dir.join(name))?);
-                        }
-                        on_output(Output::Alert(alert))
-                    })
+                alerts.iter_mut().try_for_each(|(alert, crop)| {
+                    if let (Some(dir), Some(image)) = (&options.crops, crop) {
+                        let name = format!("track_{:06}_decided.png", alert.track_id);
+                        alert.crop = Some(save_crop(image, &dir.join(name))?);
+                    }
+                    on_output(Output::Alert(alert))
+                })
             })
             .and_then(|_| close_tracks(ended, &mut tracks, options, &names, fps))
             .and_then(|closed| {
