@@ -18,13 +18,19 @@ With --calibrate SECONDS, the track rule is calibrated first (`oodbox video --fi
 a video of known objects only, like "known" but of another seed (31) and that long, and each
 video then runs with --track-calibration.
 
+With --seeds S1,S2,... the far and near videos are made with each of those seeds (default
+22), and with --known-seeds K1,... further known-only videos of --calibrate's length (or 300 s)
+count false alarms; a totals row sums the far and near rows.
+
 Usage: benches/video_events.py [OUT_DIR] [--scorer SCORER] [--calibrate SECONDS]
+                               [--seeds S1,S2,...] [--known-seeds K1,K2,...]
                                [-- extra `oodbox video` flags]
-Standard library only; needs target/release/oodbox and ffmpeg.
+Standard library only; needs target/release/oodbox (or $OODBOX_BIN) and ffmpeg.
 """
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -32,13 +38,13 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "oodbox"
+BIN = Path(os.environ.get("OODBOX_BIN", ROOT / "target" / "release" / "oodbox"))
 FPS = 10
-SCENARIOS = {
-    "known": ["--seed", "21", "--id-objects", "4", "--id-every", "1", "--ood-every", "0"],
-    "far": ["--seed", "22", "--id-objects", "2", "--ood-every", "2.5", "--unknowns", "far"],
-    "near": ["--seed", "22", "--id-objects", "2", "--ood-every", "2.5", "--unknowns", "near"],
-}
+KNOWN = ["--id-objects", "4", "--id-every", "1", "--ood-every", "0"]
+
+
+def unknowns(kind):
+    return ["--id-objects", "2", "--ood-every", "2.5", "--unknowns", kind]
 
 
 def iou(a, b):
@@ -102,9 +108,7 @@ def synth(video, truth, seconds, scenario):
 def fit_tracks(out, scorer, seconds, extra):
     """Calibrates the track rule on known objects only; returns the calibration file."""
     video, calibration = out / "calibration.mkv", out / "tracks.json"
-    scenario = SCENARIOS["known"].copy()
-    scenario[scenario.index("--seed") + 1] = "31"
-    synth(video, out / "calibration_truth.jsonl", seconds, scenario)
+    synth(video, out / "calibration_truth.jsonl", seconds, ["--seed", "31", *KNOWN])
     done = subprocess.run(
         [BIN, "video", "--model", ROOT / "models/shapes.safetensors", "--scorer", scorer,
          "--input", video, "--fit-tracks", calibration, "--quiet", *extra],
@@ -113,14 +117,14 @@ def fit_tracks(out, scorer, seconds, extra):
     return calibration
 
 
-def run(name, out, scorer, extra):
+def run(name, seconds, scenario, out, scorer, extra):
     video, truth = out / f"{name}.mkv", out / f"{name}_truth.jsonl"
-    synth(video, truth, 60, SCENARIOS[name])
+    synth(video, truth, seconds, scenario)
     events, boxes = out / f"{name}_events.jsonl", out / f"{name}_boxes.jsonl"
+    # Events only: writing a video would not change them (tests/video.rs), only take longer.
     done = subprocess.run(
         [BIN, "video", "--model", ROOT / "models/shapes.safetensors",
-         "--scorer", scorer, "--input", video,
-         "--output", out / f"{name}_out.mp4", "--events", events, "--detections", boxes,
+         "--scorer", scorer, "--input", video, "--events", events, "--detections", boxes,
          "--quiet", *extra],
         check=True, capture_output=True, text=True)
     tracks = int(re.search(r"(\d+) tracks", done.stderr).group(1))
@@ -160,6 +164,15 @@ def analyse(truth, events, boxes, tracks, statistics):
     }
 
 
+def seed_list(args, flag, default):
+    if flag not in args:
+        return default
+    i = args.index(flag)
+    seeds = [int(x) for x in args[i + 1].split(",")]
+    del args[i:i + 2]
+    return seeds
+
+
 def main():
     args = sys.argv[1:]
     extra = args[args.index("--") + 1:] if "--" in args else []
@@ -174,6 +187,8 @@ def main():
         i = args.index("--calibrate")
         calibrate = float(args[i + 1])
         del args[i:i + 2]
+    seeds = seed_list(args, "--seeds", [22])
+    known_seeds = seed_list(args, "--known-seeds", [])
     alpha = float(extra[extra.index("--track-alpha") + 1]) if "--track-alpha" in extra else 0.05
     out = Path(args[0] if args else "video-events")
     out.mkdir(parents=True, exist_ok=True)
@@ -182,23 +197,37 @@ def main():
         calibration = fit_tracks(out, scorer, calibrate, extra)
         statistics = json.loads(calibration.read_text())["statistics"]
         extra = [*extra, "--track-calibration", str(calibration)]
+    videos = [("known", 60, ["--seed", "21", *KNOWN])]
+    videos += [(f"known{k}", calibrate or 300, ["--seed", str(k), *KNOWN]) for k in known_seeds]
+    for kind in ("far", "near"):
+        videos += [(kind if len(seeds) == 1 else f"{kind}{s}", 60,
+                    ["--seed", str(s), *unknowns(kind)]) for s in seeds]
     print(f"scorer {scorer}; `oodbox video` flags: {' '.join(extra) or '(defaults)'}\n")
     print("| video | objects | tracks | tracks per object | tracks on > 1 object | events | "
           "events on known objects | lasting unknowns | with an event | evident to the oracle | "
           "of those, with an event |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in SCENARIOS:
-        r = analyse(*run(name, out, scorer, extra), statistics)
+    totals = defaultdict(lambda: [0] * 5)
+    for name, seconds, scenario in videos:
+        r = analyse(*run(name, seconds, scenario, out, scorer, extra), statistics)
         objects, matched = r["objects"], r["matched"]
         on_known = sum(m is not None and objects[m][0] == "id" for m in matched)
+        if name.startswith("known"):
+            print(f"| {name} | {len(objects)} | {r['tracks']} | {r['tracks_per_object']:.2f} | "
+                  f"{r['merged_tracks']} | {r['events']} | {on_known} | – | – | – | – |")
+            continue
         lasting = [o for o, (g, _, n) in objects.items() if g != "id" and n >= FPS]
         caught = [o for o in lasting if o in matched]
         evident = [o for o in lasting if r["oracle"][o] <= alpha]
         caught_evident = [o for o in evident if o in matched]
-        unknown = "| – | – | – | – |" if name == "known" else (
-            f"| {len(lasting)} | {len(caught)} | {len(evident)} | {len(caught_evident)} |")
+        counts = [on_known, len(lasting), len(caught), len(evident), len(caught_evident)]
+        kind = "far" if name.startswith("far") else "near"
+        totals[kind] = [t + c for t, c in zip(totals[kind], counts)]
         print(f"| {name} | {len(objects)} | {r['tracks']} | {r['tracks_per_object']:.2f} | "
-              f"{r['merged_tracks']} | {r['events']} | {on_known} {unknown}")
+              f"{r['merged_tracks']} | {r['events']} | {' | '.join(map(str, counts))} |")
+    if len(seeds) > 1:
+        for kind, counts in totals.items():
+            print(f"| {kind}, {len(seeds)} seeds | | | | | | {' | '.join(map(str, counts))} |")
 
 
 if __name__ == "__main__":

@@ -615,12 +615,26 @@ fn group_duplicates(detections: &[Detection], min_iou: f32) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Whether `bbox` overlaps one of `others` (itself excluded) by more than a sliver.
+/// Whether `bbox` overlaps one of `others` (itself excluded) by more than a sliver. A box lying
+/// inside `bbox` does not count: it is most often a part of the same object boxed on its own
+/// (an arm of a cross, a lobe of a blob), which hides nothing of it.
 fn overlaps_another(others: &[[f32; 4]], bbox: &[f32; 4]) -> bool {
     others
         .iter()
-        .any(|o| o != bbox && iou(o, bbox) > OCCLUSION_IOU)
+        .any(|o| o != bbox && iou(o, bbox) > OCCLUSION_IOU && !lies_inside(o, bbox))
 }
+
+/// Whether at least [`NESTED_FRACTION`] of `inner`'s area lies inside `outer`, which is larger.
+fn lies_inside(inner: &[f32; 4], outer: &[f32; 4]) -> bool {
+    let area = |b: &[f32; 4]| (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0);
+    let w = (inner[2].min(outer[2]) - inner[0].max(outer[0])).max(0.0);
+    let h = (inner[3].min(outer[3]) - inner[1].max(outer[1])).max(0.0);
+    area(inner) < area(outer) && w * h >= NESTED_FRACTION * area(inner)
+}
+
+/// The share of a box's area inside a larger box for it to count as a part of that box's
+/// object.
+const NESTED_FRACTION: f32 = 0.8;
 
 /// Boxes overlapping more than this are treated as occluding each other.
 const OCCLUSION_IOU: f32 = 0.05;
@@ -1001,6 +1015,22 @@ mod tests {
             detection([11.0, 9.0, 50.0, 52.0], 1, 0.8, 0.2),
         ];
         assert_eq!(group_duplicates(&boxes, 0.6), vec![vec![1], vec![2, 0]]);
+    }
+
+    /// A part of an object boxed inside its whole box hides nothing of it; the part itself,
+    /// and boxes that only partly overlap, are treated as occluded.
+    #[test]
+    fn a_box_nested_inside_another_does_not_hide_it() {
+        let whole = [100.0, 100.0, 160.0, 160.0];
+        let arm = [130.0, 110.0, 158.0, 150.0];
+        let beside = [150.0, 100.0, 200.0, 160.0];
+        assert!(!overlaps_another(&[whole, arm], &whole));
+        assert!(overlaps_another(&[whole, arm], &arm));
+        assert!(overlaps_another(&[whole, beside], &whole));
+        assert!(overlaps_another(&[whole, beside], &beside));
+        // Two thirds of its area inside: not a part, an object in front.
+        let sticking_out = [140.0, 110.0, 170.0, 150.0];
+        assert!(overlaps_another(&[whole, sticking_out], &whole));
     }
 
     /// What each action does to the pixels of an unknown track's box, and which frames show
