@@ -127,9 +127,11 @@ impl TrackCalibration {
             ));
         }
         if (fitted.imgsz, fitted.conf) != (setting.imgsz, setting.conf) {
+            let (w, h) = fitted.imgsz;
             differences.push(format!(
-                "imgsz {:?}, conf {} (here {:?}, {})",
-                fitted.imgsz, fitted.conf, setting.imgsz, setting.conf
+                "imgsz {:?}, conf {} (here {:?}, {}; `--imgsz {h},{w} --conf {}` detects as it \
+                 did)",
+                fitted.imgsz, fitted.conf, setting.imgsz, setting.conf, fitted.conf
             ));
         }
         if (fitted.fps - setting.fps).abs() > 1e-6 * fitted.fps || fitted.block != setting.block {
@@ -221,7 +223,10 @@ mod tests {
         };
         let c = TrackCalibration::fit(other, "c.mkv", vec![2.0]).unwrap();
         let e = a.merge(c, Path::new("c.json")).unwrap_err().to_string();
-        assert!(e.starts_with("c.json") && e.contains("conf 0.1"), "{e}");
+        assert!(
+            e.starts_with("c.json") && e.contains("conf 0.1") && e.contains("--conf 0.1"),
+            "{e}"
+        );
     }
 
     #[test]
