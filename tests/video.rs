@@ -663,6 +663,61 @@ fn a_stream_url_is_read_and_a_dropped_connection_or_truncated_file_reported() {
     }
 }
 
+/// An RTSP stream, as IP cameras and media servers give: here oodbox's ffmpeg listens (the
+/// `rtsp_flags=listen` input option) and a second ffmpeg publishes 20 frames to it over TCP;
+/// every frame comes through, at the stream's rate and size.
+#[test]
+fn an_rtsp_stream_is_read_as_it_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("camera.mkv");
+    write_frames(&input, &tiny_frames(20, (96, 64)), 5.0);
+    let output = dir.path().join("out.mkv");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("rtsp://127.0.0.1:{port}/camera");
+    let filter = video_command(
+        &url,
+        output.to_str().unwrap(),
+        &["--input-option", "rtsp_flags=listen"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The publisher is refused until the filter's ffmpeg listens.
+    let started = Instant::now();
+    loop {
+        let published = Command::new("ffmpeg")
+            .args(["-v", "error", "-re", "-i", input.to_str().unwrap()])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-rtsp_transport", "tcp", "-f", "rtsp", &url])
+            .output()
+            .unwrap();
+        if published.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "publishing failed: {}",
+            String::from_utf8_lossy(&published.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = filter.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(decode_all(&output), (20, 5.0, (96, 64)));
+}
+
 /// Starts `command` with `bytes` written to its stdin, which stays open (the caller holds it).
 fn spawn_fed(
     mut command: Command,
