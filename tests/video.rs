@@ -899,6 +899,43 @@ fn a_corrupt_frame_is_reported_and_the_rest_written() {
     assert_eq!(decode_all(&output), (4, 4.0, (64, 48)));
 }
 
+/// Two MPEG-TS recordings spliced into one stream, the second at another size, as a camera
+/// that restarts or switches resolution gives: ffmpeg flags the packet at the splice as
+/// corrupt and decodes on. That is warned about (exit 1), not taken for the input stopping;
+/// every frame is processed, those after the switch scaled to the first size.
+#[test]
+fn a_spliced_stream_is_warned_about_and_every_frame_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spliced = Vec::new();
+    for (part, size) in [(0, (96, 64)), (1, (128, 96))] {
+        let lossless = dir.path().join(format!("part{part}.mkv"));
+        write_frames(&lossless, &tiny_frames(10, size), 5.0);
+        let ts = dir.path().join(format!("part{part}.ts"));
+        let (out, stderr) = run({
+            let mut c = Command::new("ffmpeg");
+            c.args(["-v", "error", "-i", lossless.to_str().unwrap()])
+                .args(["-c:v", "libx264", "-f", "mpegts", ts.to_str().unwrap()]);
+            c
+        });
+        assert!(out.status.success(), "{stderr}");
+        spliced.extend(std::fs::read(&ts).unwrap());
+    }
+    let input = dir.path().join("spliced.ts");
+    std::fs::write(&input, spliced).unwrap();
+    let output = dir.path().join("out.mkv");
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("flagged 1 corrupt input packet") && !stderr.contains("stopped early"),
+        "{stderr}"
+    );
+    assert_eq!(decode_all(&output), (20, 5.0, (96, 64)));
+}
+
 #[test]
 fn a_stream_ending_mid_frame_is_reported_after_the_whole_frames() {
     let dir = tempfile::tempdir().unwrap();

@@ -476,14 +476,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("no frame to write: {output} was not written");
     }
     let mut failed = false;
-    let (errors, messages) = &report.decode_errors;
-    if *errors > 0 {
+    let damage = &report.damage;
+    if damage.undecodable_frames > 0 {
         failed = true;
         eprintln!(
-            "warning: ffmpeg could not decode {errors} frame(s) of {} (each is skipped or \
-             stood in for by the previous frame): {}",
+            "warning: ffmpeg could not decode {} frame(s) of {} (each is skipped or stood in \
+             for by the previous frame): {}",
+            damage.undecodable_frames,
             args.input,
-            messages.join(" | ")
+            damage.messages.join(" | ")
+        );
+    }
+    if damage.corrupt_packets > 0 {
+        failed = true;
+        eprintln!(
+            "warning: ffmpeg flagged {} corrupt input packet(s) in {} and decoded them anyway, \
+             so some frames may be damaged: {}",
+            damage.corrupt_packets,
+            args.input,
+            damage
+                .corrupt_message
+                .as_deref()
+                .unwrap_or("no message")
+                .trim()
         );
     }
     if let Some(e) = &report.input_error {

@@ -50,13 +50,29 @@ fn spawn(command: &mut Command, item: &str) -> Result<Child> {
     })
 }
 
+/// What ffmpeg reported as damaged in an input that it went on reading.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InputDamage {
+    /// Frames it could not decode (each skipped or stood in for by the previous frame).
+    pub undecodable_frames: usize,
+    /// Its first few messages about them.
+    pub messages: Vec<String>,
+    /// Packets it flagged as corrupt and decoded anyway: their frames may be damaged.
+    pub corrupt_packets: usize,
+    /// Its first message about one.
+    pub corrupt_message: Option<String>,
+}
+
 /// The last lines and the decoding errors ffmpeg printed, bounded so that a long stream does
 /// not grow it.
 #[derive(Default)]
 struct StderrLog {
     tail: VecDeque<String>,
-    decode_errors: usize,
+    undecodable_frames: usize,
     first_errors: Vec<String>,
+    /// Input packets ffmpeg flagged as corrupt, and the first such message.
+    corrupt_packets: usize,
+    first_corrupt: Option<String>,
     /// For an input: "INPUT: ", the start of ffmpeg's line when reading it fails.
     input_prefix: Option<String>,
     /// The first line saying that reading the input failed. ffmpeg treats such a failure (a
@@ -71,13 +87,21 @@ impl StderrLog {
     fn push(&mut self, line: String) {
         // Per-frame decoding trouble: ffmpeg reports it and goes on.
         if line.contains("rror while decoding") || line.contains("concealing") {
-            self.decode_errors += 1;
+            self.undecodable_frames += 1;
             if self.first_errors.len() < KEPT_ERRORS {
                 self.first_errors.push(line.clone());
             }
         }
+        // A damaged packet (a lossy network, a spliced stream): ffmpeg warns, decodes it anyway
+        // and goes on, so it is no read failure.
+        let corrupt = line.contains("corrupt input packet");
+        if corrupt {
+            self.corrupt_packets += 1;
+            self.first_corrupt.get_or_insert_with(|| line.clone());
+        }
         if let Some(prefix) = &self.input_prefix {
-            let failed = line.starts_with(prefix.as_str()) || line.contains("prematurely");
+            let failed =
+                !corrupt && (line.starts_with(prefix.as_str()) || line.contains("prematurely"));
             if failed && self.read_error.is_none() {
                 self.read_error = Some(line.clone());
             }
@@ -491,10 +515,15 @@ impl FrameSource {
         self.fps_guessed
     }
 
-    /// Frames that ffmpeg reported as undecodable, and the first few of its messages.
-    pub fn decode_errors(&self) -> (usize, Vec<String>) {
+    /// The damage ffmpeg reported so far while it went on reading.
+    pub fn damage(&self) -> InputDamage {
         let log = self.process.log.lock().expect("stderr log");
-        (log.decode_errors, log.first_errors.clone())
+        InputDamage {
+            undecodable_frames: log.undecodable_frames,
+            messages: log.first_errors.clone(),
+            corrupt_packets: log.corrupt_packets,
+            corrupt_message: log.first_corrupt.clone(),
+        }
     }
 
     /// The next frame, `None` at the end of the stream. An error when ffmpeg stops early, the

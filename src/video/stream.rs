@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::calibration::TrackCalibration;
 use super::evidence::{TrackEvidence, TrackRule};
-use super::ffmpeg::{Frame, FrameSink, FrameSource, Killer};
+use super::ffmpeg::{Frame, FrameSink, FrameSource, InputDamage, Killer};
 use super::tracker::{EndedTrack, Tracker, TrackerConfig};
 use crate::detect::nms::iou;
 use crate::error::{Error, Result};
@@ -233,8 +233,8 @@ pub struct StreamReport {
     /// Tracks started, and unknown tracks reported.
     pub tracks: u64,
     pub events: usize,
-    /// Frames ffmpeg could not decode, and its first messages about them.
-    pub decode_errors: (usize, Vec<String>),
+    /// Frames ffmpeg could not decode and packets it flagged as corrupt, reading on.
+    pub damage: InputDamage,
     /// Why the input stopped early, when it did; frames before it were processed and written.
     pub input_error: Option<Error>,
     /// Peak resident memory of the process, KiB (Linux).
@@ -574,14 +574,14 @@ pub fn filter_stream(
             return Err(e);
         }
         encoded?;
-        let (decode_errors, input_error) = decoded;
+        let (damage, input_error) = decoded;
         let progress = snapshot(&counters, start, detect_time, track_time, unknown_tracks);
         Ok(StreamReport {
             fps: progress.fps(),
             tracks: tracker.started(),
             progress,
             events,
-            decode_errors,
+            damage,
             input_error,
             peak_rss_kib: peak_rss_kib(),
         })
@@ -774,7 +774,7 @@ fn decode(
     tx: SyncSender<Frame>,
     realtime: bool,
     counters: &Counters,
-) -> ((usize, Vec<String>), Option<Error>) {
+) -> (InputDamage, Option<Error>) {
     let mut error = None;
     loop {
         let t0 = Instant::now();
@@ -805,7 +805,7 @@ fn decode(
         }
     }
     counters.input_done.store(true, Ordering::Relaxed);
-    (source.decode_errors(), error)
+    (source.damage(), error)
 }
 
 /// Whether a frame shows a box of an unknown track.
