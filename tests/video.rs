@@ -993,6 +993,31 @@ fn ffmpeg_exiting_early_is_an_error_and_the_frames_before_are_written() {
 }
 
 #[test]
+fn an_input_without_video_is_refused_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("sound.m4a");
+    let (out, stderr) = run({
+        let mut c = Command::new("ffmpeg");
+        c.args(["-v", "error", "-f", "lavfi", "-i", "sine=duration=1"])
+            .arg(&input);
+        c
+    });
+    assert!(out.status.success(), "{stderr}");
+    let output = dir.path().join("out.mp4");
+    let (out, stderr) = run(video_command(
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sound.m4a: it has no video stream"),
+        "{stderr}"
+    );
+    assert!(!output.exists());
+}
+
+#[test]
 fn zero_length_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.mp4");

@@ -472,8 +472,19 @@ impl FrameSource {
                 if let Some(reason) = source.stall_reason("opening it") {
                     return Err(source.process.failure(&reason));
                 }
+                source.process.read_all_stderr();
+                let no_video = source
+                    .process
+                    .log
+                    .lock()
+                    .expect("stderr log")
+                    .tail
+                    .iter()
+                    // ffmpeg's words for `-map 0:v:0` on an input without video (audio only).
+                    .any(|line| line.contains("matches no streams"));
                 // ffmpeg's own words ("Option framerate not found") do not say which option.
                 let what = match options.frame_rate {
+                    _ if no_video => "it has no video stream",
                     Some(_) => {
                         "ffmpeg cannot read it; if it is a video with its own frame rate, set \
                          none (a frame rate is for image sequences and image pipes)"
