@@ -47,6 +47,16 @@ fn run_fed(mut command: Command, bytes: &[u8]) -> (Output, String) {
     (out, stderr)
 }
 
+/// Runs the ffmpeg tool with `args`, which must succeed (to make test inputs).
+fn ffmpeg(args: &[&str]) {
+    let (out, stderr) = run({
+        let mut command = Command::new("ffmpeg");
+        command.args(["-v", "error"]).args(args);
+        command
+    });
+    assert!(out.status.success(), "ffmpeg {args:?}: {stderr}");
+}
+
 fn run(mut command: Command) -> (Output, String) {
     let out = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -911,13 +921,15 @@ fn a_spliced_stream_is_warned_about_and_every_frame_processed() {
         let lossless = dir.path().join(format!("part{part}.mkv"));
         write_frames(&lossless, &tiny_frames(10, size), 5.0);
         let ts = dir.path().join(format!("part{part}.ts"));
-        let (out, stderr) = run({
-            let mut c = Command::new("ffmpeg");
-            c.args(["-v", "error", "-i", lossless.to_str().unwrap()])
-                .args(["-c:v", "libx264", "-f", "mpegts", ts.to_str().unwrap()]);
-            c
-        });
-        assert!(out.status.success(), "{stderr}");
+        ffmpeg(&[
+            "-i",
+            lossless.to_str().unwrap(),
+            "-c:v",
+            "libx264",
+            "-f",
+            "mpegts",
+            ts.to_str().unwrap(),
+        ]);
         spliced.extend(std::fs::read(&ts).unwrap());
     }
     let input = dir.path().join("spliced.ts");
@@ -996,13 +1008,13 @@ fn ffmpeg_exiting_early_is_an_error_and_the_frames_before_are_written() {
 fn an_input_without_video_is_refused_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("sound.m4a");
-    let (out, stderr) = run({
-        let mut c = Command::new("ffmpeg");
-        c.args(["-v", "error", "-f", "lavfi", "-i", "sine=duration=1"])
-            .arg(&input);
-        c
-    });
-    assert!(out.status.success(), "{stderr}");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=1",
+        input.to_str().unwrap(),
+    ]);
     let output = dir.path().join("out.mp4");
     let (out, stderr) = run(video_command(
         input.to_str().unwrap(),

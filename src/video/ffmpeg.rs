@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -203,14 +203,19 @@ impl Process {
         }
     }
 
+    /// The whole stderr log, once ffmpeg has closed its stderr.
+    fn finished_log(&mut self) -> MutexGuard<'_, StderrLog> {
+        self.read_all_stderr();
+        self.log.lock().expect("stderr log")
+    }
+
     /// Waits for ffmpeg to exit and describes why it stopped, with its last words.
     fn failure(&mut self, what: &str) -> Error {
         let status = match self.wait() {
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),
         };
-        self.read_all_stderr();
-        let tail = self.log.lock().expect("stderr log").tail();
+        let tail = self.finished_log().tail();
         video_error(&self.name, format!("{what} (ffmpeg {status}: {tail})"))
     }
 }
@@ -472,12 +477,9 @@ impl FrameSource {
                 if let Some(reason) = source.stall_reason("opening it") {
                     return Err(source.process.failure(&reason));
                 }
-                source.process.read_all_stderr();
                 let no_video = source
                     .process
-                    .log
-                    .lock()
-                    .expect("stderr log")
+                    .finished_log()
                     .tail
                     .iter()
                     // ffmpeg's words for `-map 0:v:0` on an input without video (audio only).
@@ -588,14 +590,7 @@ impl FrameSource {
                     let what = format!("ffmpeg stopped after {} frames", self.next);
                     return Err(self.process.failure(&what));
                 }
-                self.process.read_all_stderr();
-                let read_error = self
-                    .process
-                    .log
-                    .lock()
-                    .expect("stderr log")
-                    .read_error
-                    .take();
+                let read_error = self.process.finished_log().read_error.take();
                 if let Some(line) = read_error {
                     let what = format!(
                         "reading it failed after {} frames: {}",
