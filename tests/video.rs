@@ -1029,6 +1029,23 @@ fn an_input_without_video_is_refused_as_such() {
     assert!(!output.exists());
 }
 
+/// Checked before the input is opened, which for a stream may take a while.
+#[test]
+fn an_output_in_a_missing_folder_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("missing").join("out.mp4");
+    let (out, stderr) = run(video_command(
+        "rtsp://127.0.0.1:9/never-opened",
+        output.to_str().unwrap(),
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("out.mp4: its folder") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn zero_length_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::ood::calibration::minimum_calibration_size;
 use oodbox::video::calibration::{TrackCalibration, TrackSetting};
 use oodbox::video::evidence::TrackRule;
-use oodbox::video::ffmpeg::{is_single_file, Codec, FrameSink, FrameSource, SourceOptions};
+use oodbox::video::ffmpeg::{
+    check_output_folder, is_single_file, Codec, FrameSink, FrameSource, SourceOptions,
+};
 use oodbox::video::stream::{
     filter_stream, Keep, OodAction, OpenSink, Output, Progress, StreamOptions,
 };
@@ -239,6 +241,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!(
             "{first} and {second} both write to standard output (-): give one of them a file"
         );
+    }
+    if let Some(output) = &args.output {
+        // Before the input is opened: a stream may take a while to send its first frame.
+        check_output_folder(output)?;
     }
     let mut events = create_log(args.events.as_deref(), "events")?;
     let mut alerts = create_log(args.alerts.as_deref(), "alerts")?;

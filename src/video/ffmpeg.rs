@@ -684,6 +684,21 @@ fn codec_args(output: &str, codec: Codec, (w, h): (u32, u32)) -> Result<Vec<Stri
     Ok(args.iter().map(|s| s.to_string()).collect())
 }
 
+/// Refuses an output (a file or an image-sequence pattern) whose folder does not exist, which
+/// ffmpeg would only report once frames arrive.
+pub fn check_output_folder(output: &str) -> Result<()> {
+    if output == "-" {
+        return Ok(());
+    }
+    match Path::new(output).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(video_error(
+            output,
+            format!("its folder {} does not exist", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl FrameSink {
     /// Starts ffmpeg writing `output` (a file, an image-sequence pattern, or `-` for standard
     /// output) at `fps`, for frames of `size`. Refuses to write over `protect` (the input).
@@ -694,6 +709,7 @@ impl FrameSink {
         codec: Codec,
         protect: Option<&str>,
     ) -> Result<Self> {
+        check_output_folder(output)?;
         let args = codec_args(output, codec, size)?;
         let rename = if is_single_file(output) {
             let path = PathBuf::from(output);
