@@ -477,22 +477,7 @@ impl FrameSource {
                 if let Some(reason) = source.stall_reason("opening it") {
                     return Err(source.process.failure(&reason));
                 }
-                let no_video = source
-                    .process
-                    .finished_log()
-                    .tail
-                    .iter()
-                    // ffmpeg's words for `-map 0:v:0` on an input without video (audio only).
-                    .any(|line| line.contains("matches no streams"));
-                // ffmpeg's own words ("Option framerate not found") do not say which option.
-                let what = match options.frame_rate {
-                    _ if no_video => "it has no video stream",
-                    Some(_) => {
-                        "ffmpeg cannot read it; if it is a video with its own frame rate, set \
-                         none (a frame rate is for image sequences and image pipes)"
-                    }
-                    None => "ffmpeg cannot read it",
-                };
+                let what = why_not_opened(&source.process.finished_log().tail);
                 return Err(source.process.failure(what));
             }
         }
@@ -684,6 +669,31 @@ fn codec_args(output: &str, codec: Codec, (w, h): (u32, u32)) -> Result<Vec<Stri
     Ok(args.iter().map(|s| s.to_string()).collect())
 }
 
+/// What ffmpeg's last lines say about an input it could not open, in words that name the
+/// cause (its own, such as "Option framerate not found", do not say which option).
+fn why_not_opened(ffmpeg_lines: &VecDeque<String>) -> &'static str {
+    const CAUSES: [(&str, &str); 4] = [
+        // `-map 0:v:0` on an input without video (audio only).
+        ("matches no streams", "it has no video stream"),
+        (
+            "Could find no file with path",
+            "no file matches this image-sequence pattern",
+        ),
+        (
+            "Is a directory",
+            "it is a folder; give an image-sequence pattern such as FOLDER/%05d.png",
+        ),
+        (
+            "Option framerate not found",
+            "a frame rate (--fps) is for image sequences and image pipes; this input has its own",
+        ),
+    ];
+    CAUSES
+        .iter()
+        .find(|(said, _)| ffmpeg_lines.iter().any(|line| line.contains(said)))
+        .map_or("ffmpeg cannot read it", |(_, cause)| cause)
+}
+
 /// Refuses an output (a file or an image-sequence pattern) whose folder does not exist, which
 /// ffmpeg would only report once frames arrive.
 pub fn check_output_folder(output: &str) -> Result<()> {
@@ -834,6 +844,28 @@ impl Drop for FrameSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_ffmpeg_cannot_open_is_explained_by_its_last_lines() {
+        let lines = |said: &[&str]| said.iter().map(|s| s.to_string()).collect::<VecDeque<_>>();
+        let cases = [
+            ("Stream map '0:v:0' matches no streams.", "no video stream"),
+            (
+                "[image2 @ 0x1] Could find no file with path 'f%03d.png'",
+                "no file matches",
+            ),
+            ("frames: Is a directory", "FOLDER/%05d.png"),
+            (
+                "Option framerate not found.",
+                "(--fps) is for image sequences",
+            ),
+            ("moov atom not found", "ffmpeg cannot read it"),
+        ];
+        for (said, cause) in cases {
+            let why = why_not_opened(&lines(&["Input #0, mov", said]));
+            assert!(why.contains(cause), "{said}: {why}");
+        }
+    }
 
     #[test]
     fn frame_rates_are_read_from_stream_lines() {
