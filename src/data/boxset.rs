@@ -3,8 +3,8 @@
 //! Tensors: `features` f32 `[N, D]`, `logits` f32 `[N, C]`, `class_id` i64 `[N]`; optional
 //! `label` i64 `[N]` (ground-truth class, −1 = unknown), `level` i64 `[N]`, `confidence` f32
 //! `[N]`, `bbox` f32 `[N, 4]`, `image_index` i64 `[N]`, and the head: `head.weight` f32 `[C, D]`
-//! / `head.bias` f32 `[C]`, or `head.<level>.weight` / `head.<level>.bias` per level. The metadata holds the class names,
-//! the model fingerprint and the source, as JSON strings.
+//! / `head.bias` f32 `[C]`, or `head.<level>.weight` / `head.<level>.bias` per level. The
+//! metadata holds the class names, the model fingerprint and the source, as JSON strings.
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;

@@ -11,11 +11,20 @@ pub struct Candidate {
     pub source: usize,
 }
 
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let area = |r: &[f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+/// Area of an xyxy box.
+pub fn area(r: &[f32; 4]) -> f32 {
+    (r[2] - r[0]) * (r[3] - r[1])
+}
+
+/// Area of the overlap of two xyxy boxes.
+pub fn intersection(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
+    iw * ih
+}
+
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let inter = intersection(a, b);
     inter / (area(a) + area(b) - inter)
 }
 

@@ -29,7 +29,7 @@ use super::calibration::TrackCalibration;
 use super::evidence::{TrackEvidence, TrackRule};
 use super::ffmpeg::{Frame, FrameSink, FrameSource, InputDamage, Killer};
 use super::tracker::{EndedTrack, Tracker, TrackerConfig};
-use crate::detect::nms::iou;
+use crate::detect::nms::{area, intersection, iou};
 use crate::error::{Error, Result};
 use crate::pipeline::{Detection, OodDetector};
 use crate::render::{annotate_in_place, Annotation};
@@ -626,10 +626,7 @@ fn overlaps_another(others: &[[f32; 4]], bbox: &[f32; 4]) -> bool {
 
 /// Whether at least [`NESTED_FRACTION`] of `inner`'s area lies inside `outer`, which is larger.
 fn lies_inside(inner: &[f32; 4], outer: &[f32; 4]) -> bool {
-    let area = |b: &[f32; 4]| (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0);
-    let w = (inner[2].min(outer[2]) - inner[0].max(outer[0])).max(0.0);
-    let h = (inner[3].min(outer[3]) - inner[1].max(outer[1])).max(0.0);
-    area(inner) < area(outer) && w * h >= NESTED_FRACTION * area(inner)
+    area(inner) < area(outer) && intersection(inner, outer) >= NESTED_FRACTION * area(inner)
 }
 
 /// The share of a box's area inside a larger box for it to count as a part of that box's
