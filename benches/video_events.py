@@ -14,6 +14,9 @@ command's --track-alpha, on the object's own boxes, as if tracking were perfect 
 boxes on it, IoU >= 0.5, give their smallest p-value times their number; frames where it
 overlaps another object give no evidence) -- what tests/video.rs checks, there at half alpha.
 
+"Boxed in fewer than 1 s of frames": lasting unknowns with a box on them (IoU >= 0.5) in
+fewer than fps frames, on which no track reaches a statistic at the default --min-duration.
+
 With --calibrate SECONDS, the track rule is calibrated first (`oodbox video --fit-tracks`) on
 a video of known objects only, like "known" but of another seed (31) and that long, and each
 video then runs with --track-calibration.
@@ -134,6 +137,7 @@ def run(name, seconds, scenario, out, scorer, extra):
 def analyse(truth, events, boxes, tracks, statistics):
     objects = {}  # id -> (group, kind, frames visible)
     covering = defaultdict(set)  # object -> track ids of the boxes on it
+    boxed = defaultdict(int)  # object -> frames with a box on it
     covered = defaultdict(set)  # track id -> objects its boxes lay on
     for frame, seen in zip(truth, boxes):
         for o in frame["objects"]:
@@ -141,6 +145,7 @@ def analyse(truth, events, boxes, tracks, statistics):
             objects[o["id"]] = (group, kind, n + 1)
             on = [b for b in seen["boxes"] if iou(b["bbox"], o["bbox"]) >= 0.5]
             if on:
+                boxed[o["id"]] += 1
                 best = max(on, key=lambda b: iou(b["bbox"], o["bbox"]))
                 covering[o["id"]].add(best["track_id"])
                 covered[best["track_id"]].add(o["id"])
@@ -155,6 +160,7 @@ def analyse(truth, events, boxes, tracks, statistics):
     seen = [o for o in objects if covering[o]]
     return {
         "objects": objects,
+        "boxed": boxed,
         "tracks": tracks,
         "tracks_per_object": sum(len(covering[o]) for o in seen) / max(1, len(seen)),
         "merged_tracks": sum(len(objs) > 1 for objs in covered.values()),
@@ -204,23 +210,25 @@ def main():
                     ["--seed", str(s), *unknowns(kind)]) for s in seeds]
     print(f"scorer {scorer}; `oodbox video` flags: {' '.join(extra) or '(defaults)'}\n")
     print("| video | objects | tracks | tracks per object | tracks on > 1 object | events | "
-          "events on known objects | lasting unknowns | with an event | evident to the oracle | "
-          "of those, with an event |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    totals = defaultdict(lambda: [0] * 5)
+          "events on known objects | lasting unknowns | boxed in fewer than 1 s of frames | "
+          "with an event | evident to the oracle | of those, with an event |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    totals = defaultdict(lambda: [0] * 6)
     for name, seconds, scenario in videos:
         r = analyse(*run(name, seconds, scenario, out, scorer, extra), statistics)
         objects, matched = r["objects"], r["matched"]
         on_known = sum(m is not None and objects[m][0] == "id" for m in matched)
         if name.startswith("known"):
             print(f"| {name} | {len(objects)} | {r['tracks']} | {r['tracks_per_object']:.2f} | "
-                  f"{r['merged_tracks']} | {r['events']} | {on_known} | – | – | – | – |")
+                  f"{r['merged_tracks']} | {r['events']} | {on_known} | – | – | – | – | – |")
             continue
         lasting = [o for o, (g, _, n) in objects.items() if g != "id" and n >= FPS]
         caught = [o for o in lasting if o in matched]
         evident = [o for o in lasting if r["oracle"][o] <= alpha]
         caught_evident = [o for o in evident if o in matched]
-        counts = [on_known, len(lasting), len(caught), len(evident), len(caught_evident)]
+        unboxed = [o for o in lasting if r["boxed"][o] < FPS]
+        counts = [on_known, len(lasting), len(unboxed), len(caught), len(evident),
+                  len(caught_evident)]
         kind = "far" if name.startswith("far") else "near"
         totals[kind] = [t + c for t, c in zip(totals[kind], counts)]
         print(f"| {name} | {len(objects)} | {r['tracks']} | {r['tracks_per_object']:.2f} | "
