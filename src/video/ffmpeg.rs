@@ -68,11 +68,7 @@ pub struct InputDamage {
 #[derive(Default)]
 struct StderrLog {
     tail: VecDeque<String>,
-    undecodable_frames: usize,
-    first_errors: Vec<String>,
-    /// Input packets ffmpeg flagged as corrupt, and the first such message.
-    corrupt_packets: usize,
-    first_corrupt: Option<String>,
+    damage: InputDamage,
     /// For an input: "INPUT: ", the start of ffmpeg's line when reading it fails.
     input_prefix: Option<String>,
     /// The first line saying that reading the input failed. ffmpeg treats such a failure (a
@@ -87,17 +83,19 @@ impl StderrLog {
     fn push(&mut self, line: String) {
         // Per-frame decoding trouble: ffmpeg reports it and goes on.
         if line.contains("rror while decoding") || line.contains("concealing") {
-            self.undecodable_frames += 1;
-            if self.first_errors.len() < KEPT_ERRORS {
-                self.first_errors.push(line.clone());
+            self.damage.undecodable_frames += 1;
+            if self.damage.messages.len() < KEPT_ERRORS {
+                self.damage.messages.push(line.clone());
             }
         }
         // A damaged packet (a lossy network, a spliced stream): ffmpeg warns, decodes it anyway
         // and goes on, so it is no read failure.
         let corrupt = line.contains("corrupt input packet");
         if corrupt {
-            self.corrupt_packets += 1;
-            self.first_corrupt.get_or_insert_with(|| line.clone());
+            self.damage.corrupt_packets += 1;
+            self.damage
+                .corrupt_message
+                .get_or_insert_with(|| line.clone());
         }
         if let Some(prefix) = &self.input_prefix {
             let failed =
@@ -515,13 +513,7 @@ impl FrameSource {
 
     /// The damage ffmpeg reported so far while it went on reading.
     pub fn damage(&self) -> InputDamage {
-        let log = self.process.log.lock().expect("stderr log");
-        InputDamage {
-            undecodable_frames: log.undecodable_frames,
-            messages: log.first_errors.clone(),
-            corrupt_packets: log.corrupt_packets,
-            corrupt_message: log.first_corrupt.clone(),
-        }
+        self.process.log.lock().expect("stderr log").damage.clone()
     }
 
     /// The next frame, `None` at the end of the stream. An error when ffmpeg stops early, the
