@@ -43,7 +43,8 @@ pub fn fit_and_score(
         imgsz: (SIZE, SIZE),
         ..DetectOptions::default()
     };
-    let (fit, calibration) = boxes(&detector, &options, Split::Train, 120)?.split_holdout(0.2, 0);
+    let (fit, calibration) =
+        boxes(detector.as_ref(), &options, Split::Train, 120)?.split_holdout(0.2, 0);
     let scorer = FittedScorer::fit(
         method,
         None,
@@ -57,7 +58,7 @@ pub fn fit_and_score(
         ("known shapes", Split::TestId),
         ("unknown shapes", Split::TestOodNear),
     ] {
-        let verdicts = scorer.score(&boxes(&detector, &options, split, 40)?, None)?;
+        let verdicts = scorer.score(&boxes(detector.as_ref(), &options, split, 40)?, None)?;
         let flagged = verdicts.iter().filter(|v| v.is_ood).count();
         report.push((name, verdicts.len(), flagged));
     }

@@ -23,6 +23,18 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     BadModel { path: PathBuf, reason: String },
+    /// A model of a family or task that oodbox does not run; `found` says which.
+    #[error(
+        "{path}: {found} is not supported; oodbox runs {}",
+        crate::detect::supported()
+    )]
+    UnsupportedModel { path: PathBuf, found: String },
+    /// Class names whose count does not match the model's head.
+    #[error("{given} class names given, the model has {expected} classes")]
+    ClassCount { given: usize, expected: usize },
+    /// An operation the object at hand does not offer.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{path}: cannot decode image ({reason})")]
     BadImage { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]

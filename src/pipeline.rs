@@ -57,7 +57,7 @@ impl OodDetector {
     /// Loads a model (a YOLOv8 safetensors file or a DETR folder) and a scorer file.
     pub fn load(model: &Path, scorer: &Path, device: &Device) -> Result<Self> {
         let detector = load_detector(model, device)?;
-        Self::new(Box::new(detector), FittedScorer::load(scorer)?)
+        Self::new(detector, FittedScorer::load(scorer)?)
     }
 
     pub fn detector(&self) -> &dyn Detector {

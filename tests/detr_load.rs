@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use oodbox::detect::detr::DetrDetector;
-use oodbox::detect::{load_detector, Detector};
+use oodbox::detect::{load_detector, DetectOptions, Stages};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -228,13 +228,12 @@ fn in_memory_names_of_transformers_5_load_too() {
     let renamed = DetrDetector::load(&folder, &Device::Cpu).unwrap();
     let original = DetrDetector::load(&fixtures().join("timm_r50"), &Device::Cpu).unwrap();
     let image = image::RgbImage::from_fn(90, 70, |x, y| image::Rgb([x as u8 * 2, y as u8 * 3, 77]));
+    let options = DetectOptions::default();
     let a = renamed
-        .model()
-        .forward(&renamed.preprocess(&image).unwrap())
+        .forward(&renamed.preprocess(&image, &options).unwrap())
         .unwrap();
     let b = original
-        .model()
-        .forward(&original.preprocess(&image).unwrap())
+        .forward(&original.preprocess(&image, &options).unwrap())
         .unwrap();
     let diff = (a.logits - b.logits)
         .unwrap()

@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use oodbox::detect::detr::{DetrDetector, DetrImageProcessor};
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::DetectOptions;
+use oodbox::detect::{DetectOptions, Stages};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -114,8 +114,8 @@ fn outputs_match_transformers() {
         for name in IMAGES {
             let key = |what: &str| &reference[&format!("{model}/{name}/{what}")];
             let image = load_rgb(&fixtures().join(format!("images/{name}.png"))).unwrap();
-            let input = detector.preprocess(&image).unwrap();
-            let output = detector.model().forward(&input).unwrap();
+            let input = detector.preprocess(&image, &all_queries).unwrap();
+            let output = detector.forward(&input).unwrap();
             logits_diff =
                 logits_diff.max(max_abs_diff(&flat(&output.logits), &flat(key("logits"))));
             boxes_diff =
@@ -126,9 +126,7 @@ fn outputs_match_transformers() {
             ));
 
             // Every query passes a threshold of -1, in query order.
-            let boxes = detector
-                .postprocess(&output, image.dimensions(), &all_queries)
-                .unwrap();
+            let boxes = detector.postprocess(output, &input, &all_queries).unwrap();
             let expected_px = flat(key("boxes_px"));
             assert_eq!(boxes.len() * 4, expected_px.len(), "{model}/{name}");
             let px: Vec<f32> = boxes.iter().flat_map(|b| b.bbox).collect();

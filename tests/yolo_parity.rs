@@ -5,7 +5,6 @@
 use candle_core::Device;
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::letterbox::{letterbox, LetterboxGeometry};
-use oodbox::detect::yolov8::YoloDetector;
 use oodbox::detect::{DetectOptions, Detector};
 use serde_json::Value;
 use std::path::Path;
@@ -71,7 +70,7 @@ fn detections_match_ultralytics_on_cuda() {
 }
 
 fn check_detections(device: &Device) {
-    let detector = YoloDetector::load(Path::new(MODEL), device).unwrap();
+    let detector = oodbox::detect::yolov8::load_safetensors(Path::new(MODEL), device).unwrap();
     let options = DetectOptions::default();
     let (mut worst_box, mut worst_conf, mut worst_logit, mut worst_feature) =
         (0f32, 0f32, 0f32, 0f32);
@@ -130,7 +129,8 @@ fn check_detections(device: &Device) {
 
 #[test]
 fn logits_are_the_head_applied_to_the_feature() {
-    let detector = YoloDetector::load(Path::new(MODEL), &Device::Cpu).unwrap();
+    let detector =
+        oodbox::detect::yolov8::load_safetensors(Path::new(MODEL), &Device::Cpu).unwrap();
     let image = load_rgb(&Path::new(FIXTURES).join("images/square_256.png")).unwrap();
     let boxes = detector.detect(&image, &DetectOptions::default()).unwrap();
     assert!(!boxes.is_empty());

@@ -2,7 +2,6 @@ use anyhow::Context;
 use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::DetectOptions;
-use oodbox::detect::LoadedDetector;
 use oodbox::nn::MapLayout;
 use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::OodDetector;
@@ -62,16 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut detector = load()?;
     if args.plain {
-        match &mut detector {
-            LoadedDetector::Yolo(d) => d.model_mut().set_layout(MapLayout::Nchw),
-            LoadedDetector::Detr(_) => anyhow::bail!("--plain applies to YOLOv8 models only"),
-        }
+        detector.set_layout(MapLayout::Nchw).context("--plain")?;
     }
     let scorer = match &args.scorer {
         Some(path) => {
             let scorer = FittedScorer::load(path)
                 .with_context(|| format!("loading the scorer {}", path.display()))?;
-            Some(OodDetector::new(Box::new(load()?), scorer)?)
+            Some(OodDetector::new(load()?, scorer)?)
         }
         None => None,
     };
@@ -86,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
     let mut score = vec![];
     for i in 0..args.warmup + args.iters {
-        let (boxes, t) = detector.detect_timed(&image, &options, &dev)?;
+        let (boxes, t) = detector.detect_timed(&image, &options)?;
         let t3 = Instant::now();
         if let Some(scorer) = &scorer {
             std::hint::black_box(scorer.score(boxes)?);

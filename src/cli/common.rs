@@ -7,15 +7,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::data::dataset::Dataset;
 use oodbox::data::extraction::{extract, Extraction};
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector, LoadedDetector};
+use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The model flag and the detection flags, for commands that always run a detector.
 #[derive(clap::Args)]
 pub struct DetectorArgs {
-    /// YOLOv8 weights (.safetensors, ultralytics or Candle tensor names), or a Hugging Face
-    /// DETR folder (config.json, model.safetensors).
+    /// An ultralytics YOLOv8, YOLO11 or YOLO26 detector (best.pt, last.pt, or .safetensors),
+    /// or a Hugging Face DETR folder (config.json, model.safetensors).
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -45,6 +45,10 @@ pub struct DetectFlags {
     /// Class-agnostic NMS.
     #[arg(long)]
     pub agnostic_nms: bool,
+    /// YOLO26: run the NMS-free one-to-one head with top-k, as ultralytics' `nms=False` does
+    /// (default: the one-to-many head with NMS, as ultralytics runs it).
+    #[arg(long)]
+    pub nms_free: bool,
     /// Device: cpu, or cuda / cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -83,7 +87,7 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 }
 
 impl DetectorArgs {
-    pub fn load(&self) -> anyhow::Result<LoadedDetector> {
+    pub fn load(&self) -> anyhow::Result<Box<dyn Detector>> {
         self.flags.load(&self.model)
     }
 }
@@ -100,15 +104,18 @@ impl DetectFlags {
         }
     }
 
-    pub fn load(&self, model: &Path) -> anyhow::Result<LoadedDetector> {
+    pub fn load(&self, model: &Path) -> anyhow::Result<Box<dyn Detector>> {
         let device = device(&self.device)?;
         let mut detector = load_detector(model, &device)
             .with_context(|| format!("loading the model {}", model.display()))?;
+        if self.nms_free {
+            detector.set_nms_free(true).context("--nms-free")?;
+        }
         if let Some(path) = &self.names {
             let names = oodbox::data::read_class_names(path)?;
             detector
                 .set_class_names(names)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                .with_context(|| path.display().to_string())?;
         }
         Ok(detector)
     }

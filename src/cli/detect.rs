@@ -9,8 +9,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use oodbox::detect::LoadedDetector;
-
 use super::common::{run_images, DetectorArgs, OutputFolder, RunSummary};
 
 /// Detect objects and keep, for every box, its raw logits (and optionally its feature vector);
@@ -146,7 +144,7 @@ pub fn detect_images(
 /// boxes were detected at unless --imgsz says otherwise, with a warning when the settings
 /// differ, since the p-values only hold for boxes detected the same way.
 pub fn pair_with_scorer(
-    detector: LoadedDetector,
+    detector: Box<dyn Detector>,
     args: &DetectorArgs,
     path: &Path,
     alpha: Option<f64>,
@@ -154,7 +152,7 @@ pub fn pair_with_scorer(
 ) -> anyhow::Result<OodDetector> {
     let scorer = FittedScorer::load(path)
         .with_context(|| format!("loading the scorer {}", path.display()))?;
-    let mut o = OodDetector::new(Box::new(detector), scorer).with_context(|| {
+    let mut o = OodDetector::new(detector, scorer).with_context(|| {
         format!(
             "using the scorer {} with the model {}",
             path.display(),
@@ -204,7 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (summary, _) = match &ood {
         Ok(o) => detect_images(o.detector(), Some(o), &options, &paths, &outputs)?,
-        Err(plain) => detect_images(plain, None, &options, &paths, &outputs)?,
+        Err(plain) => detect_images(plain.as_ref(), None, &options, &paths, &outputs)?,
     };
     if !args.detector.flags.quiet {
         summary.report();

@@ -3,18 +3,24 @@
 pub mod detr;
 pub mod image_io;
 pub mod letterbox;
-mod loaded;
+mod load;
 pub mod nms;
 pub mod roi_align;
 mod safetensors_file;
+mod stages;
+pub mod ultralytics;
+pub mod yolo11;
+pub mod yolo26;
 pub mod yolov8;
 
-pub use loaded::{load_detector, LoadedDetector, StageTimes};
+pub use load::{load_detector, supported, Family, ModelSource, WeightFile, FAMILIES};
+pub use stages::{run_stages, StageTimes, Stages};
 
 use image::RgbImage;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::nn::MapLayout;
 
 /// One detection with everything an OOD scorer needs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -95,9 +101,81 @@ impl Default for DetectOptions {
 
 /// A detector that keeps, for every box, its logits and feature.
 pub trait Detector: Send + Sync {
-    fn detect(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<BoxRecord>>;
+    /// One detection, timing each stage (the forward pass waits for the device); families
+    /// implement it with [`run_stages`].
+    fn detect_timed(
+        &self,
+        image: &RgbImage,
+        options: &DetectOptions,
+    ) -> Result<(Vec<BoxRecord>, StageTimes)>;
+
+    fn detect(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<BoxRecord>> {
+        self.detect_timed(image, options).map(|(boxes, _)| boxes)
+    }
+
+    /// The family's name, as in [`FAMILIES`].
+    fn family(&self) -> &'static str;
     fn class_names(&self) -> &[String];
+    /// Replaces the class names (e.g. from a `data.yaml`); their count must match the head.
+    fn set_class_names(&mut self, names: Vec<String>) -> Result<()>;
     fn head(&self) -> &ClassHead;
     /// Identifies the weights, so that a scorer fitted for one model refuses another's boxes.
     fn fingerprint(&self) -> &str;
+    /// Runs the network in `layout` (Candle's channels-first ops are the reference path); a
+    /// family with one path only refuses.
+    fn set_layout(&mut self, layout: MapLayout) -> Result<()> {
+        let _ = layout;
+        Err(crate::error::Error::Unsupported(format!(
+            "{} runs one path only; it has no choice of layout",
+            self.family()
+        )))
+    }
+    /// Runs the NMS-free one-to-one head with top-k instead of the one-to-many head with NMS
+    /// (ultralytics' `nms=False`); only families with both heads (YOLO26) accept it. The class
+    /// head and the fingerprint follow the branch.
+    fn set_nms_free(&mut self, on: bool) -> Result<()> {
+        match on {
+            false => Ok(()),
+            true => Err(crate::error::Error::Unsupported(format!(
+                "{} has no one-to-one head: it runs with NMS only",
+                self.family()
+            ))),
+        }
+    }
+}
+
+/// A boxed detector is a detector, so that what [`load_detector`] returns goes wherever a
+/// `&impl Detector` does.
+impl<D: Detector + ?Sized> Detector for Box<D> {
+    fn detect_timed(
+        &self,
+        image: &RgbImage,
+        options: &DetectOptions,
+    ) -> Result<(Vec<BoxRecord>, StageTimes)> {
+        (**self).detect_timed(image, options)
+    }
+    fn detect(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<BoxRecord>> {
+        (**self).detect(image, options)
+    }
+    fn family(&self) -> &'static str {
+        (**self).family()
+    }
+    fn class_names(&self) -> &[String] {
+        (**self).class_names()
+    }
+    fn set_class_names(&mut self, names: Vec<String>) -> Result<()> {
+        (**self).set_class_names(names)
+    }
+    fn head(&self) -> &ClassHead {
+        (**self).head()
+    }
+    fn fingerprint(&self) -> &str {
+        (**self).fingerprint()
+    }
+    fn set_layout(&mut self, layout: MapLayout) -> Result<()> {
+        (**self).set_layout(layout)
+    }
+    fn set_nms_free(&mut self, on: bool) -> Result<()> {
+        (**self).set_nms_free(on)
+    }
 }

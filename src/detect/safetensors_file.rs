@@ -7,6 +7,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +56,11 @@ impl WeightIndex {
         &self.path
     }
 
+    /// The names of the file's tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.shapes.keys().map(String::as_str)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.shapes.contains_key(&self.file_name(name))
     }
@@ -90,7 +97,7 @@ impl WeightIndex {
         self.failure.lock().ok().and_then(|mut f| f.take())
     }
 
-    fn fail(&self, error: Error) -> candle_core::Error {
+    pub(crate) fn fail(&self, error: Error) -> candle_core::Error {
         let message = error.to_string();
         if let Ok(mut failure) = self.failure.lock() {
             failure.get_or_insert(error);
@@ -156,7 +163,9 @@ impl SimpleBackend for Backend {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let name = self.index.file_name(name);
+        let index = &self.index;
+        index.shape(name).map_err(|e| index.fail(e))?;
+        let name = index.file_name(name);
         let tensor = self.file.load(&name, device)?.to_dtype(dtype)?;
         if let Ok(mut used) = self.index.used.lock() {
             used.insert(name);
@@ -167,4 +176,26 @@ impl SimpleBackend for Backend {
     fn contains_tensor(&self, name: &str) -> bool {
         self.index.contains(name)
     }
+}
+
+/// Reads the safetensors `__metadata__` map (empty when absent).
+pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    // The header length was validated when the file was mapped.
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice::<Header>(&header)
+        .map(|h| h.metadata)
+        .map_err(|e| Error::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: format!("__metadata__ is not a map of strings: {e}"),
+        })
 }

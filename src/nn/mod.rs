@@ -4,6 +4,7 @@
 pub mod activation;
 mod avx512;
 pub mod conv;
+pub mod depthwise;
 pub mod pool;
 
 use candle_core::{DType, Module, Tensor};
@@ -12,6 +13,7 @@ use rayon::prelude::*;
 
 pub use activation::Activation;
 pub use conv::Conv2dNhwc;
+pub use depthwise::DepthwiseNhwc;
 
 /// How a network's feature maps are laid out between layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,26 +111,51 @@ pub struct FusedConv {
     plain: Conv2d,
     act: Activation,
     /// Present when the weights live on the CPU.
-    fused: Option<Conv2dNhwc>,
+    fused: Option<ChannelsLast>,
+}
+
+/// The channels-last CPU kernel of a [`FusedConv`].
+#[derive(Debug, Clone)]
+enum ChannelsLast {
+    Dense(Conv2dNhwc),
+    Depthwise(DepthwiseNhwc),
 }
 
 impl FusedConv {
+    /// Dense convolutions, and depthwise ones (groups = input = output channels) with padding
+    /// `k / 2`; other groupings are refused.
     pub fn new(conv: Conv2d, act: Activation) -> candle_core::Result<Self> {
         let config = conv.config();
-        if config.groups != 1 {
-            candle_core::bail!("grouped convolutions are not supported");
+        let (c_out, c_in_per_group, k, _) = conv.weight().dims4()?;
+        let depthwise = config.groups > 1 && config.groups == c_out && c_in_per_group == 1;
+        if config.groups != 1 && !(depthwise && config.padding == k / 2 && config.dilation == 1) {
+            candle_core::bail!(
+                "grouped convolutions other than depthwise are not supported (groups {})",
+                config.groups
+            );
         }
-        let fused = if conv.weight().device().is_cpu() {
-            Some(Conv2dNhwc::new(
+        let fused = match (conv.weight().device().is_cpu(), depthwise) {
+            (false, _) => None,
+            (true, false) => Some(ChannelsLast::Dense(Conv2dNhwc::new(
                 conv.weight(),
                 conv.bias(),
                 config.stride,
                 config.padding,
                 config.dilation,
                 act,
-            )?)
-        } else {
-            None
+            )?)),
+            (true, true) => {
+                let zeros;
+                let bias = match conv.bias() {
+                    Some(b) => b,
+                    None => {
+                        zeros = Tensor::zeros(c_out, DType::F32, conv.weight().device())?;
+                        &zeros
+                    }
+                };
+                let dw = DepthwiseNhwc::new(conv.weight(), bias, config.stride, act)?;
+                Some(ChannelsLast::Depthwise(dw))
+            }
         };
         Ok(Self {
             plain: conv,
@@ -141,14 +168,15 @@ impl FusedConv {
     /// a pointwise convolution reads the parts in place instead of concatenating them.
     pub fn forward_cat(&self, parts: &[&Tensor], layout: MapLayout) -> candle_core::Result<Tensor> {
         match (layout, &self.fused) {
-            (MapLayout::Nhwc, Some(fused)) => fused.forward_cat(parts),
+            (MapLayout::Nhwc, Some(ChannelsLast::Dense(fused))) => fused.forward_cat(parts),
             _ => self.forward(&Tensor::cat(parts, layout.channel_dim())?, layout),
         }
     }
 
     pub fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
         match (layout, &self.fused) {
-            (MapLayout::Nhwc, Some(fused)) => fused.forward(x),
+            (MapLayout::Nhwc, Some(ChannelsLast::Dense(fused))) => fused.forward(x),
+            (MapLayout::Nhwc, Some(ChannelsLast::Depthwise(dw))) => dw.forward(x),
             (MapLayout::Nhwc, None) => {
                 candle_core::bail!("the channels-last convolution runs on the CPU only")
             }

@@ -11,7 +11,9 @@ use super::config::DetrConfig;
 use super::model::{DetrModel, DetrOutput};
 use super::preprocess::DetrImageProcessor;
 use super::weights;
-use crate::detect::{BoxRecord, ClassHead, DetectOptions, Detector, LinearHead};
+use crate::detect::{
+    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, StageTimes, Stages,
+};
 use crate::error::{Error, Result};
 
 /// The name of the extra class that DETR's head scores last.
@@ -107,27 +109,8 @@ impl DetrDetector {
             head,
             fingerprint,
         };
-        detector
-            .set_class_names(names)
-            .map_err(|reason| Error::BadModel {
-                path: "class names".into(),
-                reason,
-            })?;
+        detector.set_class_names(names)?;
         Ok(detector)
-    }
-
-    /// Replaces the object class names; their count must match the head (less no-object).
-    pub fn set_class_names(&mut self, mut names: Vec<String>) -> std::result::Result<(), String> {
-        if names.len() != self.model.classes() {
-            return Err(format!(
-                "{} class names given, the model has {} classes (plus no-object)",
-                names.len(),
-                self.model.classes()
-            ));
-        }
-        names.push(NO_OBJECT.to_string());
-        self.names = names;
-        Ok(())
     }
 
     pub fn model(&self) -> &DetrModel {
@@ -137,20 +120,35 @@ impl DetrDetector {
     pub fn processor(&self) -> &DetrImageProcessor {
         &self.processor
     }
+}
 
-    /// The normalised network input `(1, 3, H, W)`.
-    pub fn preprocess(&self, image: &RgbImage) -> Result<Tensor> {
-        self.processor.preprocess(image, &self.device)
+impl Stages for DetrDetector {
+    /// The normalised network input `(1, 3, H, W)` and the original `(width, height)`.
+    type Input = (Tensor, (u32, u32));
+    type Output = DetrOutput;
+
+    /// DETR sizes its input with its processor: `options.imgsz` does not apply.
+    fn preprocess(&self, image: &RgbImage, _: &DetectOptions) -> Result<Self::Input> {
+        let input = self.processor.preprocess(image, &self.device)?;
+        Ok((input, image.dimensions()))
+    }
+
+    fn forward(&self, (input, _): &Self::Input) -> Result<DetrOutput> {
+        self.model.forward(input)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 
     /// `post_process_object_detection`: softmax over every logit, the best object class
     /// (no-object excluded), kept when its probability is above `options.conf`; boxes in
     /// pixels of the original `(width, height)`. No NMS. At most `options.max_det` boxes, the
     /// most confident, in query order.
-    pub fn postprocess(
+    fn postprocess(
         &self,
-        output: &DetrOutput,
-        (width, height): (u32, u32),
+        output: DetrOutput,
+        &(_, (width, height)): &Self::Input,
         options: &DetectOptions,
     ) -> Result<Vec<BoxRecord>> {
         if options.roi_features {
@@ -215,14 +213,34 @@ impl DetrDetector {
 impl Detector for DetrDetector {
     /// DETR sizes its input with its processor: `options.imgsz`, `iou` and `agnostic` (NMS) do
     /// not apply.
-    fn detect(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<BoxRecord>> {
-        let input = self.preprocess(image)?;
-        let output = self.model.forward(&input)?;
-        self.postprocess(&output, image.dimensions(), options)
+    fn detect_timed(
+        &self,
+        image: &RgbImage,
+        options: &DetectOptions,
+    ) -> Result<(Vec<BoxRecord>, StageTimes)> {
+        run_stages(self, image, options)
+    }
+
+    fn family(&self) -> &'static str {
+        super::FAMILY.name
     }
 
     fn class_names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The object class names; no-object is added. Their count must match the head's, less
+    /// no-object.
+    fn set_class_names(&mut self, mut names: Vec<String>) -> Result<()> {
+        if names.len() != self.model.classes() {
+            return Err(Error::ClassCount {
+                given: names.len(),
+                expected: self.model.classes(),
+            });
+        }
+        names.push(NO_OBJECT.to_string());
+        self.names = names;
+        Ok(())
     }
 
     fn head(&self) -> &ClassHead {

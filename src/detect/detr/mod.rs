@@ -25,3 +25,20 @@ pub use model::{DetrModel, DetrOutput};
 pub use preprocess::{DetrImageProcessor, Size};
 pub use transformer::sine_position_embedding;
 pub use weights::{open as open_weights, WeightIndex};
+
+use candle_core::Device;
+
+use crate::detect::{Detector, Family, ModelSource};
+use crate::error::Result;
+
+/// Hugging Face DETR folders (`config.json`, `model.safetensors`).
+pub const FAMILY: Family = Family {
+    name: "detr",
+    describes: "DETR (a Hugging Face folder with config.json and model.safetensors)",
+    probe: |source| matches!(source, ModelSource::Folder(_)),
+    load,
+};
+
+fn load(source: &ModelSource, device: &Device) -> Result<Box<dyn Detector>> {
+    Ok(Box::new(DetrDetector::load(source.path(), device)?))
+}

@@ -1,16 +1,48 @@
 //! YOLOv8 (ultralytics) in Candle: architecture inference, the network, and the DFL box decode.
 
 mod arch;
-mod detector;
 mod model;
 
+pub use crate::detect::ultralytics::{YoloDetector, YoloOutput};
 pub use arch::{Arch, C2fArch, HeadArch, Naming, Scale, SppfArch, REG_MAX};
-pub use detector::YoloDetector;
-pub use model::{YoloOutput, YoloV8};
+pub use model::YoloV8;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use crate::detect::ultralytics::{file_fingerprint, names_from_metadata};
+use crate::detect::{Detector, Family, ModelSource};
 use crate::error::Result;
+
+/// YOLOv8 safetensors files, in ultralytics or Candle-example tensor names.
+pub const FAMILY: Family = Family {
+    name: "yolov8",
+    describes: "YOLOv8 (.safetensors)",
+    probe,
+    load,
+};
+
+fn probe(source: &ModelSource) -> bool {
+    match source {
+        ModelSource::Weights(file) => match file.metadata.get("family") {
+            Some(family) => family == "yolov8",
+            None => Naming::detect(file.names()).is_some(),
+        },
+        ModelSource::Folder(_) => false,
+    }
+}
+
+fn load(source: &ModelSource, device: &Device) -> Result<Box<dyn Detector>> {
+    Ok(Box::new(load_safetensors(source.path(), device)?))
+}
+
+/// Loads a YOLOv8 safetensors file. Class names come from its metadata (`names`, a JSON list)
+/// when present, else `class0`, `class1`, ...
+pub fn load_safetensors(path: &std::path::Path, device: &Device) -> Result<YoloDetector> {
+    let model = YoloV8::from_safetensors(path, device)?;
+    let names = names_from_metadata(path, &model.metadata, model.nc())?;
+    let fingerprint = file_fingerprint(path)?;
+    YoloDetector::new(Box::new(model), FAMILY.name, device, names, fingerprint)
+}
 
 /// Decodes raw DFL box logits `(B, 4·reg_max, A)` into `(B, A, 4)` boxes `(x1, y1, x2, y2)` in
 /// network-input pixels: softmax expectation over the bins 0..reg_max per side (l, t, r, b),

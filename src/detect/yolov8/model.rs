@@ -2,8 +2,6 @@
 //! the convolutions, returning raw head outputs and the per-level class-branch features.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -12,7 +10,8 @@ use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::arch::{Arch, C2fArch, SppfArch};
 use crate::detect::safetensors_file;
-use crate::error::{Error, Result};
+use crate::detect::ultralytics::{YoloNetwork, YoloOutput};
+use crate::error::Result;
 use crate::nn::{Activation, FusedConv, MapLayout};
 
 /// ultralytics `Conv` uses BatchNorm2d(eps=1e-3).
@@ -334,22 +333,6 @@ impl Head {
     }
 }
 
-/// Raw outputs of one forward pass.
-#[derive(Debug, Clone)]
-pub struct YoloOutput {
-    /// `(B, 4·reg_max, A)` raw DFL logits; levels concatenated P3, P4, P5, anchors row-major.
-    pub box_logits: Tensor,
-    /// `(B, nc, A)` pre-sigmoid class logits.
-    pub cls_logits: Tensor,
-    /// Per level `(B, H_i, W_i, c3)`: output of `cv3[i].1` (after SiLU), input of `cv3[i].2`;
-    /// channels last, so that an anchor's feature is one contiguous row.
-    pub cls_features: Vec<Tensor>,
-    /// Per level the head inputs (layers 15, 18, 21), `(B, H_i, W_i, C_i)`.
-    pub neck: Vec<Tensor>,
-    /// `(H_i, W_i)` per level.
-    pub level_shapes: Vec<(usize, usize)>,
-}
-
 /// YOLOv8 detection network.
 #[derive(Debug, Clone)]
 pub struct YoloV8 {
@@ -383,7 +366,7 @@ impl YoloV8 {
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self> {
         let (file, shapes) = safetensors_file::map(path)?;
         let (arch, naming) = Arch::infer(&shapes, path)?;
-        let metadata = read_metadata(path)?;
+        let metadata = safetensors_file::metadata(path)?;
         let rename = Box::new(move |name: &str| naming.file_name(name));
         let (index, vb) = safetensors_file::var_builder(path, file, shapes, rename, device);
         let model = Self::load(vb, &arch).map_err(|e| index.take_failure().unwrap_or(e))?;
@@ -420,6 +403,7 @@ impl YoloV8 {
                 .map(|n| l.to_nhwc(n))
                 .collect::<candle_core::Result<_>>()?,
             level_shapes,
+            reg_max: self.arch.head.reg_max,
         })
     }
 
@@ -462,24 +446,25 @@ impl YoloV8 {
     }
 }
 
-/// Reads the safetensors `__metadata__` map (empty when absent).
-fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: HashMap<String, String>,
+impl YoloNetwork for YoloV8 {
+    /// YOLOv8 has the one-to-many head only; the detector never asks for another.
+    fn forward(&self, x: &Tensor, _one2one: bool) -> Result<YoloOutput> {
+        YoloV8::forward(self, x)
     }
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    // The header length was validated when the file was mapped.
-    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice::<Header>(&header)
-        .map(|h| h.metadata)
-        .map_err(|e| Error::NotSafetensors {
-            path: path.to_path_buf(),
-            reason: format!("__metadata__ is not a map of strings: {e}"),
-        })
+
+    fn nc(&self) -> usize {
+        self.arch.head.nc
+    }
+
+    fn strides(&self) -> [usize; 3] {
+        [8, 16, 32]
+    }
+
+    fn class_head(&self, one2one: bool) -> Option<Vec<(Tensor, Tensor)>> {
+        (!one2one).then(|| YoloV8::class_head(self))
+    }
+
+    fn set_layout(&mut self, layout: MapLayout) {
+        YoloV8::set_layout(self, layout)
+    }
 }

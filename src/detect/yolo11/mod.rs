@@ -1,0 +1,99 @@
+//! YOLO11 (ultralytics `yolo11.yaml`) in Candle: C3k2, SPPF, C2PSA attention and the
+//! depthwise Detect head. The same network runs YOLO26 (see [`crate::detect::yolo26`]).
+
+mod blocks;
+mod model;
+
+pub use blocks::Weights;
+pub use model::Yolo11;
+
+use candle_core::Device;
+use std::path::Path;
+
+use crate::detect::safetensors_file;
+use crate::detect::ultralytics::{file_fingerprint, names_from_metadata, YoloDetector};
+use crate::detect::{Detector, Family, ModelSource, WeightFile};
+use crate::error::{Error, Result};
+
+/// YOLO11 safetensors files, in ultralytics tensor names.
+pub const FAMILY: Family = Family {
+    name: "yolo11",
+    describes: "YOLO11 (.safetensors)",
+    probe: |source| is_family(source, "yolo11", looks_like_yolo11),
+    load: |source, device| load(source, device, false),
+};
+
+/// Whether `source` is a weight file of `family`: by its metadata when it names one, else by
+/// its tensor names.
+pub(crate) fn is_family(
+    source: &ModelSource,
+    family: &str,
+    names: fn(&WeightFile) -> bool,
+) -> bool {
+    match source {
+        ModelSource::Weights(file) => match file.metadata.get("family") {
+            Some(f) => f == family,
+            None => names(file),
+        },
+        ModelSource::Folder(_) => false,
+    }
+}
+
+/// Depthwise class branches (`cv3.<level>.<j>.<k>`) in the Detect head at layer 23, and no
+/// one-to-one head. Any of their tensors tells, so that a file missing one still probes as
+/// YOLO11 and the missing tensor is named.
+fn looks_like_yolo11(file: &WeightFile) -> bool {
+    let dw_head = file.names().any(|n| {
+        n.strip_prefix("model.23.cv3.")
+            .is_some_and(|rest| rest.split('.').take(3).all(|p| p.parse::<usize>().is_ok()))
+    });
+    dw_head && !file.names().any(|n| n.starts_with("model.23.one2one_"))
+}
+
+/// Loads a YOLO11 or YOLO26 safetensors file.
+pub(crate) fn load(
+    source: &ModelSource,
+    device: &Device,
+    yolo26: bool,
+) -> Result<Box<dyn Detector>> {
+    let path = source.path();
+    let family = if yolo26 { "yolo26" } else { FAMILY.name };
+    let network = load_network(path, device, yolo26)?;
+    let metadata = safetensors_file::metadata(path)?;
+    let names = names_from_metadata(
+        path,
+        &metadata,
+        crate::detect::ultralytics::YoloNetwork::nc(&network),
+    )?;
+    let detector = YoloDetector::new(
+        Box::new(network),
+        family,
+        device,
+        names,
+        file_fingerprint(path)?,
+    )?;
+    Ok(Box::new(detector))
+}
+
+/// The network of a safetensors file with ultralytics names; every tensor must be used.
+pub fn load_network(path: &Path, device: &Device, yolo26: bool) -> Result<Yolo11> {
+    let (file, shapes) = safetensors_file::map(path)?;
+    let (index, vb) =
+        safetensors_file::var_builder(path, file, shapes, Box::new(str::to_string), device);
+    let weights = Weights {
+        vb,
+        index: index.clone(),
+    };
+    let network = Yolo11::load(&weights, yolo26).map_err(|e| index.take_failure().unwrap_or(e))?;
+    if let Some(first) = index.unused().first() {
+        return Err(Error::BadModel {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} tensors are not part of the {} detection layout (first: `{first}`)",
+                index.unused().len(),
+                if yolo26 { "YOLO26" } else { "YOLO11" }
+            ),
+        });
+    }
+    Ok(network)
+}
