@@ -1,9 +1,10 @@
-"""YOLOv8 forward on CPU: oodbox against ONNX Runtime and PyTorch, same weights, interleaved.
+"""A detector's forward on CPU: oodbox against ONNX Runtime and PyTorch, same weights, interleaved.
 
     cargo build --release
     YOLO_OFFLINE=1 .venv/bin/python benches/cpu_speed.py [--sizes 640 320] [--rounds 5] [--iters 5]
 
-The weights are a random-init ultralytics `yolov8n.yaml` (80 classes, seed 0), saved as
+The weights are a random-init ultralytics `--cfg` (default `yolov8n.yaml`; also `yolo11n.yaml`,
+`yolo26n.yaml`; 80 classes, seed 0), saved as
 safetensors for oodbox, fused (BN folded) for PyTorch, and exported from that fused module to
 ONNX (opset 17) for ONNX Runtime, so all three run the identical graph. Each round runs, for
 every size, `oodbox bench` (its `forward_ms` per iteration, after 2 warm-up runs), then ONNX
@@ -97,7 +98,7 @@ def main():
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     report = {"threads": threads, "cfg": args.cfg, "rounds": args.rounds, "iters": args.iters, "sizes": {}}
-    print(f"\nyolov8n forward, ms per image, {threads} threads, medians of {args.rounds * args.iters} runs")
+    print(f"\n{args.cfg} forward, ms per image, {threads} threads, medians of {args.rounds * args.iters} runs")
     print(f"{'size':>5} {'oodbox':>9} {'ORT':>9} {'PyTorch':>9} {'oodbox/ORT':>11} {'oodbox/PyTorch':>15}")
     for size in args.sizes:
         med = {k: statistics.median(v) for k, v in times[size].items()}

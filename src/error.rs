@@ -23,6 +23,10 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     BadModel { path: PathBuf, reason: String },
+    /// A PyTorch checkpoint whose pickle would run code when loaded in Python (it calls a
+    /// global such as `os.system`); `reason` names what it calls. Nothing of it was run.
+    #[error("{path}: {reason}")]
+    UnsafeCheckpoint { path: PathBuf, reason: String },
     /// A model of a family or task that oodbox does not run; `found` says which.
     #[error(
         "{path}: {found} is not supported; oodbox runs {}",

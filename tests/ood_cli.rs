@@ -235,6 +235,7 @@ fn fit_and_eval_straight_from_a_dataset() {
         width: 256,
         height: 256,
         counts: vec![(Split::Train, 20), (Split::TestMixed, 6)],
+        ..SynthConfig::default()
     };
     generate(dir.path(), &config, &|| ()).unwrap();
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");

@@ -18,7 +18,8 @@ use super::common::device;
 /// are also scored and `detect_ms` is the whole detection with its OOD verdicts.
 #[derive(clap::Args)]
 pub struct Args {
-    /// YOLOv8 weights (.safetensors) or a DETR folder.
+    /// An ultralytics YOLOv8, YOLO11 or YOLO26 detector (best.pt, last.pt or .safetensors), or
+    /// a Hugging Face DETR folder.
     #[arg(long)]
     model: PathBuf,
     /// Image to run on (default: a generated scene).

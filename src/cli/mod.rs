@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod common;
+mod convert;
 mod demo;
 mod detect;
 mod eval;
@@ -24,6 +25,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Bench(bench::Args),
+    Convert(convert::Args),
     Demo(demo::Args),
     Detect(detect::Args),
     Extract(extract::Args),
@@ -38,6 +40,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Detect(args) => detect::run(args),
         Command::Extract(args) => extract::run(args),

@@ -291,6 +291,7 @@ mod tests {
             width: 96,
             height: 64,
             counts: vec![(Split::Val, 4), (Split::TestMixed, 5)],
+            ..SynthConfig::default()
         };
         generate(dir.path(), &config, &|| ()).unwrap();
         let val = open(&dir.path().join("data.yaml"), "val").unwrap();

@@ -160,13 +160,61 @@ pub struct Scene {
     pub objects: Vec<Annotation>,
 }
 
-/// How many images each split gets, and their size.
+/// How big the objects of a world are.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ObjectSizes {
+    /// The standard world: each object's circumscribed diameter is uniform in 12–40 % of the
+    /// image's short side.
+    #[default]
+    Standard,
+    /// Each object's circumscribed diameter is log-uniform between `min` and `max`, as fractions
+    /// of the image's short side: small and large objects in one world, so that a detector
+    /// trained on it uses every level of its feature pyramid.
+    LogUniform { min: f32, max: f32 },
+}
+
+impl ObjectSizes {
+    /// The largest `max` allowed: an object can still be centred inside the image.
+    pub const MAX_FRACTION: f32 = 1.0;
+
+    /// Checks the bounds of a [`ObjectSizes::LogUniform`] range; the message says what is wrong.
+    pub fn validate(self) -> std::result::Result<(), String> {
+        match self {
+            ObjectSizes::Standard => Ok(()),
+            ObjectSizes::LogUniform { min, max } => {
+                if !(min > 0.0 && min <= max && max <= Self::MAX_FRACTION) {
+                    Err(format!(
+                        "object sizes must satisfy 0 < min <= max <= {}, got min {min}, max {max}",
+                        Self::MAX_FRACTION
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// One object's radius in pixels, for an image whose short side is `short`.
+    fn radius(self, rng: &mut ChaCha8Rng, short: f32) -> f32 {
+        match self {
+            // Kept exactly as it always was: the standard world's bytes must not change.
+            ObjectSizes::Standard => rng.random_range(0.06..0.2) * short,
+            ObjectSizes::LogUniform { min, max } => {
+                let t = rng.random::<f32>();
+                0.5 * short * min * (max / min).powf(t)
+            }
+        }
+    }
+}
+
+/// How many images each split gets, their size, and the size of their objects.
 #[derive(Clone, Debug)]
 pub struct SynthConfig {
     pub seed: u64,
     pub width: u32,
     pub height: u32,
     pub counts: Vec<(Split, usize)>,
+    pub object_sizes: ObjectSizes,
 }
 
 impl Default for SynthConfig {
@@ -183,6 +231,7 @@ impl Default for SynthConfig {
                 (Split::TestOodFar, 200),
                 (Split::TestMixed, 300),
             ],
+            object_sizes: ObjectSizes::Standard,
         }
     }
 }
@@ -651,8 +700,22 @@ fn overlap_of_smaller(a: [f32; 4], b: [f32; 4]) -> f32 {
     iw * ih / area(a).min(area(b)).max(1e-6)
 }
 
-/// Draws one scene. The same (seed, split, index, size) always gives the same pixels and labels.
+/// Draws one scene of the standard world. The same (seed, split, index, size) always gives the
+/// same pixels and labels.
 pub fn render_scene(seed: u64, split: Split, index: usize, width: u32, height: u32) -> Scene {
+    render_scene_with(seed, split, index, width, height, ObjectSizes::Standard)
+}
+
+/// Draws one scene whose objects have the given sizes; with [`ObjectSizes::Standard`] it is
+/// [`render_scene`].
+pub fn render_scene_with(
+    seed: u64,
+    split: Split,
+    index: usize,
+    width: u32,
+    height: u32,
+    sizes: ObjectSizes,
+) -> Scene {
     let mut rng = scene_rng(seed, split, index);
     let mut image = RgbImage::new(width, height);
     let background = paint_background(&mut rng, &mut image);
@@ -661,10 +724,28 @@ pub fn render_scene(seed: u64, split: Split, index: usize, width: u32, height: u
 
     let mut objects: Vec<Object> = Vec::new();
     let mut extents: Vec<[f32; 4]> = Vec::new();
-    for kind in scene_kinds(&mut rng, split) {
+    let kinds = scene_kinds(&mut rng, split);
+    // A log-uniform world draws each object's size once, and places the largest first: drawn per
+    // try, as the standard world does, a large object placed late almost always overlaps an
+    // earlier one and is redrawn smaller, and large objects would be rare.
+    let fixed: Option<Vec<f32>> = match sizes {
+        ObjectSizes::Standard => None,
+        ObjectSizes::LogUniform { .. } => {
+            let mut radii: Vec<f32> = kinds
+                .iter()
+                .map(|_| sizes.radius(&mut rng, short))
+                .collect();
+            radii.sort_by(|a, b| b.total_cmp(a));
+            Some(radii)
+        }
+    };
+    for (k, kind) in kinds.into_iter().enumerate() {
         // Occlusion is allowed, but limited, so that every labelled object stays recognisable.
         for _ in 0..30 {
-            let radius = rng.random_range(0.06..0.2) * short;
+            let radius = match &fixed {
+                Some(radii) => radii[k],
+                None => sizes.radius(&mut rng, short),
+            };
             let cx = rng.random_range(radius * 0.6..w - radius * 0.6);
             let cy = rng.random_range(radius * 0.6..h - radius * 0.6);
             let extent = [cx - radius, cy - radius, cx + radius, cy + radius];
@@ -824,8 +905,12 @@ fn data_yaml(config: &SynthConfig) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let sizes = match config.object_sizes {
+        ObjectSizes::Standard => String::new(),
+        ObjectSizes::LogUniform { min, max } => format!(" --object-size {min},{max}"),
+    };
     format!(
-        "# The oodbox shapes world: `oodbox synth --seed {seed} --width {w} --height {h}`.\n\
+        "# The oodbox shapes world: `oodbox synth --seed {seed} --width {w} --height {h}{sizes}`.\n\
          # Paths are relative to this file. Unknown objects in the test splits have class -1.\n\
          train: images/train\nval: images/val\ntest: images/test_id\nnc: {nc}\nnames: [{names}]\n\
          near_ood_names: [{near}]\nfar_ood_names: [{far}]\n",
@@ -843,6 +928,13 @@ fn data_yaml(config: &SynthConfig) -> String {
 /// `coco/<split>.json`. `on_image` is called once per written image (for progress bars).
 pub fn generate(out: &Path, config: &SynthConfig, on_image: &(dyn Fn() + Sync)) -> Result<()> {
     use rayon::prelude::*;
+    config
+        .object_sizes
+        .validate()
+        .map_err(|reason| Error::BadInput {
+            path: out.to_path_buf(),
+            reason,
+        })?;
     create_dir(&out.join("coco"))?;
     write_file(&out.join("data.yaml"), data_yaml(config).as_bytes())?;
     for &(split, count) in &config.counts {
@@ -853,7 +945,14 @@ pub fn generate(out: &Path, config: &SynthConfig, on_image: &(dyn Fn() + Sync)) 
         let images = (0..count)
             .into_par_iter()
             .map(|index| {
-                let scene = render_scene(config.seed, split, index, config.width, config.height);
+                let scene = render_scene_with(
+                    config.seed,
+                    split,
+                    index,
+                    config.width,
+                    config.height,
+                    config.object_sizes,
+                );
                 let stem = format!("{}_{:05}", split.name(), index);
                 let image_path = image_dir.join(format!("{stem}.png"));
                 scene.image.save(&image_path).map_err(|e| Error::BadInput {
@@ -919,6 +1018,95 @@ mod tests {
             .collect();
         assert!(mixed.iter().any(|o| o.group == Group::Id));
         assert!(mixed.iter().any(|o| o.group != Group::Id));
+    }
+
+    /// FNV-1a over the pixels and boxes of a few scenes.
+    fn fingerprint(scenes: &[Scene]) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for s in scenes {
+            eat(s.image.as_raw());
+            for o in &s.objects {
+                eat(o.kind.as_bytes());
+                for v in o.bbox {
+                    eat(&v.to_le_bytes());
+                }
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn the_standard_world_is_unchanged() {
+        // The fingerprint of the standard world before object sizes became an option: committed
+        // fixtures and models were made from these bytes, so they must never change.
+        let scenes = |sizes| -> Vec<Scene> {
+            Split::ALL
+                .iter()
+                .flat_map(|&s| (0..3).map(move |i| render_scene_with(0, s, i, 256, 256, sizes)))
+                .collect()
+        };
+        assert_eq!(
+            fingerprint(&scenes(ObjectSizes::Standard)),
+            0xad72_7e77_27e0_a865
+        );
+        let default = SynthConfig::default().object_sizes;
+        assert_eq!(default, ObjectSizes::Standard);
+        assert_eq!(
+            fingerprint(&[render_scene(0, Split::Train, 1, 256, 256)]),
+            fingerprint(&scenes(default)[1..2])
+        );
+    }
+
+    #[test]
+    fn log_uniform_sizes_span_small_to_large_objects() {
+        let sizes = ObjectSizes::LogUniform {
+            min: 0.045,
+            max: 0.7,
+        };
+        let sides: Vec<f32> = (0..200)
+            .flat_map(|i| render_scene_with(0, Split::Train, i, 256, 256, sizes).objects)
+            .map(|o| (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]))
+            .collect();
+        let count = |f: &dyn Fn(f32) -> bool| sides.iter().filter(|s| f(**s)).count();
+        // Every band, from stride-8 objects to objects over half the image, is well represented.
+        let bands = [
+            count(&|s| s < 20.0),
+            count(&|s| (40.0..100.0).contains(&s)),
+            count(&|s| s >= 140.0),
+        ];
+        assert!(
+            bands[0] >= 30 && bands[1] >= 30 && bands[2] >= 20,
+            "{bands:?}"
+        );
+        assert!(sides.iter().all(|s| *s <= 256.0));
+        // The standard world never reaches those extremes.
+        let standard: Vec<f32> = (0..200)
+            .flat_map(|i| render_scene(0, Split::Train, i, 256, 256).objects)
+            .map(|o| (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]))
+            .collect();
+        assert!(standard.iter().all(|s| *s < 110.0));
+    }
+
+    #[test]
+    fn object_sizes_are_validated() {
+        assert!(ObjectSizes::Standard.validate().is_ok());
+        let ok = ObjectSizes::LogUniform { min: 0.1, max: 0.1 };
+        assert!(ok.validate().is_ok());
+        for (min, max) in [(0.0, 0.5), (0.5, 0.2), (0.1, 1.5), (f32::NAN, 0.5)] {
+            assert!(ObjectSizes::LogUniform { min, max }.validate().is_err());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            counts: vec![(Split::Val, 1)],
+            object_sizes: ObjectSizes::LogUniform { min: 0.5, max: 2.0 },
+            ..SynthConfig::default()
+        };
+        assert!(generate(dir.path(), &config, &|| ()).is_err());
     }
 
     #[test]

@@ -2,12 +2,17 @@
 //! [`ModelSource`]; the first family whose probe recognises it loads it. Adding a family is
 //! one module and one line in [`FAMILIES`].
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::{detr, safetensors_file, ultralytics, yolo11, yolo26, yolov8, Detector};
+use candle_nn::VarBuilder;
+
+use super::checkpoint::{self, Checkpoint};
+use super::safetensors_file::{self, Rename, Store, WeightIndex};
+use super::{detr, ultralytics, yolo11, yolo26, yolov8, Detector};
 use crate::error::{Error, Result};
 
 /// A detector family: how to recognise its files and how to load them.
@@ -16,7 +21,7 @@ pub struct Family {
     /// What it loads, for messages that list what is supported.
     pub describes: &'static str,
     pub probe: fn(&ModelSource) -> bool,
-    pub load: fn(&ModelSource, &Device) -> Result<Box<dyn Detector>>,
+    pub load: fn(ModelSource, &Device) -> Result<Box<dyn Detector>>,
 }
 
 /// Every family, most specific probe first.
@@ -36,17 +41,61 @@ pub enum ModelSource {
     Weights(WeightFile),
 }
 
-/// A safetensors weight file's table of contents.
+/// A weight file: its tensors' names and shapes, its metadata, and the tensors themselves.
 pub struct WeightFile {
     pub path: PathBuf,
     pub shapes: HashMap<String, Vec<usize>>,
-    /// The safetensors `__metadata__`.
+    /// The safetensors `__metadata__` (`names`, a JSON list; `family`; `imgsz`), or the same
+    /// facts read from a checkpoint.
     pub metadata: HashMap<String, String>,
+    pub(crate) store: Store,
 }
 
 impl WeightFile {
+    /// Maps a safetensors file.
+    pub fn safetensors(path: &Path) -> Result<WeightFile> {
+        let (store, shapes) = safetensors_file::map(path)?;
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            shapes,
+            metadata: safetensors_file::metadata(path)?,
+            store,
+        })
+    }
+
+    /// A PyTorch checkpoint's tensors, with the facts it carries as metadata: `names`, the
+    /// `family` its architecture names, `task` and the training `imgsz`. A task or family that
+    /// oodbox does not run is refused here, by name.
+    pub fn checkpoint(path: &Path, checkpoint: Checkpoint) -> Result<WeightFile> {
+        let facts = ultralytics::CheckpointFacts::of(&checkpoint);
+        if let Some(found) = facts.unsupported() {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        let tensors: HashMap<String, Tensor> = checkpoint.tensors.into_iter().collect();
+        let store = Store::Loaded(tensors);
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            shapes: store.shapes(),
+            metadata: facts.metadata(),
+            store,
+        })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.shapes.keys().map(String::as_str)
+    }
+
+    /// A `VarBuilder` over its tensors (f32 on `device`, model names renamed to file names by
+    /// `rename`) and the index that records what was read.
+    pub(crate) fn var_builder(
+        self,
+        rename: Rename,
+        device: &Device,
+    ) -> (Arc<WeightIndex>, VarBuilder<'static>) {
+        safetensors_file::var_builder(&self.path, self.store, self.shapes, rename, device)
     }
 }
 
@@ -60,25 +109,19 @@ impl ModelSource {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let read = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
         if read == 4 && &magic == b"PK\x03\x04" {
-            return Err(Error::BadModel {
-                path: path.to_path_buf(),
-                reason: "a zip file (a PyTorch checkpoint?): convert it to .safetensors first"
-                    .into(),
-            });
+            let checkpoint = checkpoint::read(path)?;
+            return Ok(ModelSource::Weights(WeightFile::checkpoint(
+                path, checkpoint,
+            )?));
         }
-        let (_, shapes) = safetensors_file::map(path).map_err(|e| match e {
+        let file = WeightFile::safetensors(path).map_err(|e| match e {
             Error::NotSafetensors { reason, .. } => Error::BadModel {
                 path: path.to_path_buf(),
                 reason: format!("not a model ({reason}); oodbox loads {}", supported()),
             },
             e => e,
         })?;
-        let metadata = safetensors_file::metadata(path)?;
-        Ok(ModelSource::Weights(WeightFile {
-            path: path.to_path_buf(),
-            shapes,
-            metadata,
-        }))
+        Ok(ModelSource::Weights(file))
     }
 
     pub fn path(&self) -> &Path {
@@ -101,7 +144,7 @@ pub fn load_detector(path: &Path, device: &Device) -> Result<Box<dyn Detector>> 
         }
     }
     match FAMILIES.iter().find(|family| (family.probe)(&source)) {
-        Some(family) => (family.load)(&source, device),
+        Some(family) => (family.load)(source, device),
         None => Err(Error::BadModel {
             path: path.to_path_buf(),
             reason: format!(

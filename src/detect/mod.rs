@@ -1,5 +1,7 @@
 //! Detectors and what they hand over for every kept box.
 
+pub mod checkpoint;
+pub mod convert;
 pub mod detr;
 pub mod image_io;
 pub mod letterbox;

@@ -1,6 +1,6 @@
-//! Mapping a safetensors weight file, with errors that name it, and reading a model from it
-//! through a `VarBuilder` that records the first missing or misshapen tensor as a typed error
-//! and which tensors were used.
+//! Mapping a safetensors weight file, with errors that name it, and reading a model from it (or
+//! from tensors already decoded, e.g. from a PyTorch checkpoint) through a `VarBuilder` that
+//! records the first missing or misshapen tensor as a typed error and which tensors were used.
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 
 /// Maps the file read-only and lists its tensors' shapes by name.
-pub fn map(path: &Path) -> Result<(MmapedSafetensors, HashMap<String, Vec<usize>>)> {
+pub fn map(path: &Path) -> Result<(Store, HashMap<String, Vec<usize>>)> {
     std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the file is mapped read-only; like every mmap, it must not be modified while the
     // model loads (the weights are copied out by then).
@@ -26,16 +26,57 @@ pub fn map(path: &Path) -> Result<(MmapedSafetensors, HashMap<String, Vec<usize>
             e => e.to_string(),
         },
     })?;
-    let shapes = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
-        .collect();
-    Ok((file, shapes))
+    let store = Store::Mapped(file);
+    let shapes = store.shapes();
+    Ok((store, shapes))
 }
 
 /// How a model's tensor names map to the names in its file.
 pub type Rename = Box<dyn Fn(&str) -> String + Send + Sync>;
+
+/// Where a model's tensors are read from.
+pub enum Store {
+    /// A mapped safetensors file, read tensor by tensor as the model asks.
+    Mapped(MmapedSafetensors),
+    /// Tensors already decoded (a PyTorch checkpoint), by file name.
+    Loaded(HashMap<String, Tensor>),
+}
+
+impl Store {
+    /// The shapes of its tensors, by name.
+    pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        match self {
+            Store::Mapped(file) => file
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| (name, view.shape().to_vec()))
+                .collect(),
+            Store::Loaded(tensors) => tensors
+                .iter()
+                .map(|(name, t)| (name.clone(), t.dims().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// The decoded tensors, by name (none for a mapped file, read lazily).
+    pub fn tensors(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        let loaded = match self {
+            Store::Mapped(_) => None,
+            Store::Loaded(tensors) => Some(tensors.iter()),
+        };
+        loaded.into_iter().flatten()
+    }
+
+    fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Store::Mapped(file) => file.load(name, device),
+            Store::Loaded(tensors) => match tensors.get(name) {
+                Some(t) => t.to_device(device),
+                None => candle_core::bail!("no tensor `{name}`"),
+            },
+        }
+    }
+}
 
 /// What is known about a weight file before and after a model is built from it.
 pub struct WeightIndex {
@@ -106,11 +147,11 @@ impl WeightIndex {
     }
 }
 
-/// A `VarBuilder` over a mapped file (from [`map`]), computing in F32 on `device`, and the
-/// index that records what it read.
+/// A `VarBuilder` over a store (a file from [`map`], or decoded tensors), computing in F32 on
+/// `device`, and the index that records what it read.
 pub fn var_builder(
     path: &Path,
-    file: MmapedSafetensors,
+    file: Store,
     shapes: HashMap<String, Vec<usize>>,
     rename: Rename,
     device: &Device,
@@ -131,7 +172,7 @@ pub fn var_builder(
 }
 
 struct Backend {
-    file: MmapedSafetensors,
+    file: Store,
     index: Arc<WeightIndex>,
 }
 

@@ -39,6 +39,6 @@ pub const FAMILY: Family = Family {
     load,
 };
 
-fn load(source: &ModelSource, device: &Device) -> Result<Box<dyn Detector>> {
+fn load(source: ModelSource, device: &Device) -> Result<Box<dyn Detector>> {
     Ok(Box::new(DetrDetector::load(source.path(), device)?))
 }

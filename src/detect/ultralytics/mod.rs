@@ -71,9 +71,14 @@ pub fn names_from_metadata(
     Ok(names)
 }
 
-/// The SHA-256 of a file's bytes, as detectors fingerprint their weights.
-pub fn file_fingerprint(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// What identifies a weight file's model: the SHA-256 of its bytes, or the fingerprint that
+/// `oodbox convert` recorded (that of the checkpoint it converted, so that a scorer fitted
+/// with either file serves both).
+pub fn fingerprint(file: &crate::detect::WeightFile) -> Result<String> {
+    if let Some(recorded) = file.metadata.get("fingerprint") {
+        return Ok(recorded.clone());
+    }
+    let bytes = std::fs::read(&file.path).map_err(|e| Error::io(&file.path, e))?;
     Ok(format!("sha256:{:x}", Sha256::digest(&bytes)))
 }
 
@@ -116,4 +121,82 @@ pub fn unsupported_layout(shapes: &HashMap<String, Vec<usize>>) -> Option<String
         None
     };
     task.or(family).map(str::to_string)
+}
+
+/// What an ultralytics checkpoint says of itself, beside its tensors.
+pub struct CheckpointFacts {
+    names: Option<Vec<String>>,
+    /// The family its architecture names (`yolo11` for `yolo11n.yaml`), when it names one.
+    family: Option<String>,
+    task: Option<String>,
+    imgsz: Option<u32>,
+}
+
+/// Families named by ultralytics' YAML file names, most specific first.
+const YAML_FAMILIES: [(&str, &str); 7] = [
+    ("yolov8", "yolov8"),
+    ("yolo11", "yolo11"),
+    ("yolo26", "yolo26"),
+    ("yolov10", "YOLOv10"),
+    ("yolo12", "YOLO12"),
+    ("rtdetr", "RT-DETR"),
+    ("yoloe", "YOLOE"),
+];
+
+impl CheckpointFacts {
+    pub fn of(checkpoint: &crate::detect::checkpoint::Checkpoint) -> Self {
+        let yaml_file = checkpoint
+            .yaml
+            .as_ref()
+            .and_then(|y| y.get("yaml_file"))
+            .and_then(|f| f.as_str())
+            .map(|f| f.rsplit('/').next().unwrap_or(f).to_ascii_lowercase());
+        let family = yaml_file.and_then(|file| {
+            let family = YAML_FAMILIES
+                .iter()
+                .find(|(prefix, _)| file.starts_with(prefix));
+            family.map(|(_, name)| name.to_string())
+        });
+        let imgsz = checkpoint
+            .train_args
+            .as_ref()
+            .and_then(|a| a.get("imgsz"))
+            .and_then(|s| s.as_u64())
+            .and_then(|s| u32::try_from(s).ok());
+        CheckpointFacts {
+            names: checkpoint.names.clone(),
+            family,
+            task: checkpoint.task.clone(),
+            imgsz,
+        }
+    }
+
+    /// The task or family, when oodbox does not run it.
+    pub fn unsupported(&self) -> Option<String> {
+        if let Some(task) = self.task.as_deref().filter(|t| *t != "detect") {
+            return Some(format!("a `{task}` model (task `{task}`)"));
+        }
+        let family = self.family.as_deref()?;
+        let known = ["yolov8", "yolo11", "yolo26"].contains(&family);
+        (!known).then(|| format!("a {family} model"))
+    }
+
+    /// The facts as safetensors-style metadata, as `oodbox convert` writes them.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        let mut metadata = HashMap::new();
+        if let Some(names) = &self.names {
+            let names = serde_json::to_string(names).unwrap_or_default();
+            metadata.insert("names".to_string(), names);
+        }
+        if let Some(family) = &self.family {
+            metadata.insert("family".to_string(), family.clone());
+        }
+        if let Some(task) = &self.task {
+            metadata.insert("task".to_string(), task.clone());
+        }
+        if let Some(imgsz) = self.imgsz {
+            metadata.insert("imgsz".to_string(), imgsz.to_string());
+        }
+        metadata
+    }
 }

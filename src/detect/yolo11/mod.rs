@@ -8,17 +8,15 @@ pub use blocks::Weights;
 pub use model::Yolo11;
 
 use candle_core::Device;
-use std::path::Path;
 
-use crate::detect::safetensors_file;
-use crate::detect::ultralytics::{file_fingerprint, names_from_metadata, YoloDetector};
+use crate::detect::ultralytics::{fingerprint, names_from_metadata, YoloDetector, YoloNetwork};
 use crate::detect::{Detector, Family, ModelSource, WeightFile};
 use crate::error::{Error, Result};
 
-/// YOLO11 safetensors files, in ultralytics tensor names.
+/// YOLO11 weight files (checkpoints, or safetensors in ultralytics names).
 pub const FAMILY: Family = Family {
     name: "yolo11",
-    describes: "YOLO11 (.safetensors)",
+    describes: "YOLO11 (best.pt, last.pt or .safetensors)",
     probe: |source| is_family(source, "yolo11", looks_like_yolo11),
     load: |source, device| load(source, device, false),
 };
@@ -50,36 +48,31 @@ fn looks_like_yolo11(file: &WeightFile) -> bool {
     dw_head && !file.names().any(|n| n.starts_with("model.23.one2one_"))
 }
 
-/// Loads a YOLO11 or YOLO26 safetensors file.
+/// Loads a YOLO11 or YOLO26 weight file.
 pub(crate) fn load(
-    source: &ModelSource,
+    source: ModelSource,
     device: &Device,
     yolo26: bool,
 ) -> Result<Box<dyn Detector>> {
-    let path = source.path();
+    let ModelSource::Weights(file) = source else {
+        return Err(Error::BadModel {
+            path: source.path().to_path_buf(),
+            reason: "a folder is not an ultralytics weight file".into(),
+        });
+    };
     let family = if yolo26 { "yolo26" } else { FAMILY.name };
-    let network = load_network(path, device, yolo26)?;
-    let metadata = safetensors_file::metadata(path)?;
-    let names = names_from_metadata(
-        path,
-        &metadata,
-        crate::detect::ultralytics::YoloNetwork::nc(&network),
-    )?;
-    let detector = YoloDetector::new(
-        Box::new(network),
-        family,
-        device,
-        names,
-        file_fingerprint(path)?,
-    )?;
+    let (path, metadata) = (file.path.clone(), file.metadata.clone());
+    let fingerprint = fingerprint(&file)?;
+    let network = load_network(file, device, yolo26)?;
+    let names = names_from_metadata(&path, &metadata, network.nc())?;
+    let detector = YoloDetector::new(Box::new(network), family, device, names, fingerprint)?;
     Ok(Box::new(detector))
 }
 
-/// The network of a safetensors file with ultralytics names; every tensor must be used.
-pub fn load_network(path: &Path, device: &Device, yolo26: bool) -> Result<Yolo11> {
-    let (file, shapes) = safetensors_file::map(path)?;
-    let (index, vb) =
-        safetensors_file::var_builder(path, file, shapes, Box::new(str::to_string), device);
+/// The network of a weight file with ultralytics names; every tensor must be used.
+pub fn load_network(file: WeightFile, device: &Device, yolo26: bool) -> Result<Yolo11> {
+    let path = file.path.clone();
+    let (index, vb) = file.var_builder(Box::new(str::to_string), device);
     let weights = Weights {
         vb,
         index: index.clone(),
@@ -87,7 +80,7 @@ pub fn load_network(path: &Path, device: &Device, yolo26: bool) -> Result<Yolo11
     let network = Yolo11::load(&weights, yolo26).map_err(|e| index.take_failure().unwrap_or(e))?;
     if let Some(first) = index.unused().first() {
         return Err(Error::BadModel {
-            path: path.to_path_buf(),
+            path,
             reason: format!(
                 "{} tensors are not part of the {} detection layout (first: `{first}`)",
                 index.unused().len(),

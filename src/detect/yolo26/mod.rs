@@ -7,10 +7,10 @@
 use crate::detect::yolo11::{is_family, load};
 use crate::detect::{Family, WeightFile};
 
-/// YOLO26 safetensors files, in ultralytics tensor names.
+/// YOLO26 weight files (checkpoints, or safetensors in ultralytics names).
 pub const FAMILY: Family = Family {
     name: "yolo26",
-    describes: "YOLO26 (.safetensors)",
+    describes: "YOLO26 (best.pt, last.pt or .safetensors)",
     probe: |source| is_family(source, "yolo26", looks_like_yolo26),
     load: |source, device| load(source, device, true),
 };

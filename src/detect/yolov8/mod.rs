@@ -9,14 +9,14 @@ pub use model::YoloV8;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::detect::ultralytics::{file_fingerprint, names_from_metadata};
-use crate::detect::{Detector, Family, ModelSource};
+use crate::detect::ultralytics::{fingerprint, names_from_metadata};
+use crate::detect::{Detector, Family, ModelSource, WeightFile};
 use crate::error::Result;
 
-/// YOLOv8 safetensors files, in ultralytics or Candle-example tensor names.
+/// YOLOv8 weight files: checkpoints, or safetensors in ultralytics or Candle-example names.
 pub const FAMILY: Family = Family {
     name: "yolov8",
-    describes: "YOLOv8 (.safetensors)",
+    describes: "YOLOv8 (best.pt, last.pt or .safetensors)",
     probe,
     load,
 };
@@ -31,16 +31,27 @@ fn probe(source: &ModelSource) -> bool {
     }
 }
 
-fn load(source: &ModelSource, device: &Device) -> Result<Box<dyn Detector>> {
-    Ok(Box::new(load_safetensors(source.path(), device)?))
+fn load(source: ModelSource, device: &Device) -> Result<Box<dyn Detector>> {
+    match source {
+        ModelSource::Weights(file) => Ok(Box::new(load_weights(file, device)?)),
+        ModelSource::Folder(path) => Err(crate::error::Error::BadModel {
+            path,
+            reason: "a folder is not a YOLOv8 weight file".into(),
+        }),
+    }
 }
 
 /// Loads a YOLOv8 safetensors file. Class names come from its metadata (`names`, a JSON list)
 /// when present, else `class0`, `class1`, ...
 pub fn load_safetensors(path: &std::path::Path, device: &Device) -> Result<YoloDetector> {
-    let model = YoloV8::from_safetensors(path, device)?;
-    let names = names_from_metadata(path, &model.metadata, model.nc())?;
-    let fingerprint = file_fingerprint(path)?;
+    load_weights(WeightFile::safetensors(path)?, device)
+}
+
+fn load_weights(file: WeightFile, device: &Device) -> Result<YoloDetector> {
+    let path = file.path.clone();
+    let fingerprint = fingerprint(&file)?;
+    let model = YoloV8::from_weights(file, device)?;
+    let names = names_from_metadata(&path, &model.metadata, model.nc())?;
     YoloDetector::new(Box::new(model), FAMILY.name, device, names, fingerprint)
 }
 

@@ -9,8 +9,8 @@ use candle_nn::init::DEFAULT_KAIMING_NORMAL;
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::arch::{Arch, C2fArch, SppfArch};
-use crate::detect::safetensors_file;
 use crate::detect::ultralytics::{YoloNetwork, YoloOutput};
+use crate::detect::WeightFile;
 use crate::error::Result;
 use crate::nn::{Activation, FusedConv, MapLayout};
 
@@ -364,11 +364,15 @@ impl YoloV8 {
     /// Loads a safetensors file in either naming convention and any float dtype, computing
     /// in F32 on `device`. The architecture is inferred from the tensor shapes.
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self> {
-        let (file, shapes) = safetensors_file::map(path)?;
-        let (arch, naming) = Arch::infer(&shapes, path)?;
-        let metadata = safetensors_file::metadata(path)?;
+        Self::from_weights(WeightFile::safetensors(path)?, device)
+    }
+
+    /// [`YoloV8::from_safetensors`] for an opened weight file (safetensors or checkpoint).
+    pub fn from_weights(file: WeightFile, device: &Device) -> Result<Self> {
+        let (arch, naming) = Arch::infer(&file.shapes, &file.path)?;
+        let metadata = file.metadata.clone();
         let rename = Box::new(move |name: &str| naming.file_name(name));
-        let (index, vb) = safetensors_file::var_builder(path, file, shapes, rename, device);
+        let (index, vb) = file.var_builder(rename, device);
         let model = Self::load(vb, &arch).map_err(|e| index.take_failure().unwrap_or(e))?;
         Ok(Self { metadata, ..model })
     }
