@@ -78,6 +78,9 @@ fn a_checkpoint_and_its_conversion_detect_identically() {
             b.set_nms_free(nms_free).unwrap();
             assert_eq!(a.fingerprint(), b.fingerprint(), "{family}");
             assert_eq!(a.class_names(), b.class_names(), "{family}");
+            // Trained at 256: the size ultralytics `predict` defaults to on this checkpoint.
+            assert_eq!(a.trained_imgsz(), Some(256), "{family}");
+            assert_eq!(b.trained_imgsz(), Some(256), "{family}");
             let options = DetectOptions::default();
             let (boxes_a, boxes_b) = (a.detect(&image, &options), b.detect(&image, &options));
             let (boxes_a, boxes_b) = (boxes_a.unwrap(), boxes_b.unwrap());

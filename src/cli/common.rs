@@ -36,7 +36,8 @@ pub struct DetectFlags {
     #[arg(long, default_value_t = 0.7)]
     pub iou: f32,
     /// Input size: one number for a square target, or HEIGHT,WIDTH (padded to multiples of 32).
-    /// Default: 640, or with a scorer, the size its fit boxes were detected at.
+    /// Default: the size the model was trained at when its file records it (a best.pt does),
+    /// else 640; with a scorer, the size its fit boxes were detected at.
     #[arg(long, value_parser = parse_imgsz)]
     pub imgsz: Option<(u32, u32)>,
     /// At most this many boxes per image.
@@ -93,13 +94,19 @@ impl DetectorArgs {
 }
 
 impl DetectFlags {
-    pub fn options(&self, roi_features: bool) -> DetectOptions {
+    /// The detection settings of these flags. Without --imgsz, the size `detector` was trained
+    /// at when its file records one (as ultralytics `predict` does on a checkpoint), else 640.
+    pub fn options(&self, detector: Option<&dyn Detector>, roi_features: bool) -> DetectOptions {
+        let trained = detector.and_then(|d| d.trained_imgsz()).map(|s| (s, s));
         DetectOptions {
             conf: self.conf,
             iou: self.iou,
             max_det: self.max_det,
             agnostic: self.agnostic_nms,
-            imgsz: self.imgsz.unwrap_or(DetectOptions::default().imgsz),
+            imgsz: self
+                .imgsz
+                .or(trained)
+                .unwrap_or(DetectOptions::default().imgsz),
             roi_features,
         }
     }

@@ -182,7 +182,10 @@ pub fn pair_with_scorer(
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let paths = collect_images(&args.input)?;
     let detector = args.detector.load()?;
-    let mut options = args.detector.flags.options(args.roi_features);
+    let mut options = args
+        .detector
+        .flags
+        .options(Some(detector.as_ref()), args.roi_features);
     let ood = match &args.scorer {
         Some(path) => Ok(pair_with_scorer(
             detector,

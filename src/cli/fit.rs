@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let extraction = extract_dataset(
                 &detector,
                 &set,
-                &args.flags.options(false),
+                &args.flags.options(Some(detector.as_ref()), false),
                 args.flags.quiet,
                 &source,
             )?;

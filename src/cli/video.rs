@@ -221,7 +221,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
     let detector = args.detector.load()?;
-    let mut options = args.detector.flags.options(false);
+    let mut options = args.detector.flags.options(Some(detector.as_ref()), false);
     let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
     if let Some(dir) = &args.crops {
         std::fs::create_dir_all(dir)

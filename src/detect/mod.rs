@@ -132,6 +132,11 @@ pub trait Detector: Send + Sync {
             self.family()
         )))
     }
+    /// The square input size the model was trained at, when its file records it (ultralytics
+    /// checkpoints do, and `oodbox convert` keeps it).
+    fn trained_imgsz(&self) -> Option<u32> {
+        None
+    }
     /// Runs the NMS-free one-to-one head with top-k instead of the one-to-many head with NMS
     /// (ultralytics' `nms=False`); only families with both heads (YOLO26) accept it. The class
     /// head and the fingerprint follow the branch.
@@ -179,5 +184,8 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
     }
     fn set_nms_free(&mut self, on: bool) -> Result<()> {
         (**self).set_nms_free(on)
+    }
+    fn trained_imgsz(&self) -> Option<u32> {
+        (**self).trained_imgsz()
     }
 }

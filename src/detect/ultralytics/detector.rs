@@ -31,6 +31,8 @@ pub struct YoloDetector {
     fingerprint: String,
     /// Runs the one-to-one head with top-k instead of the one-to-many head with NMS.
     nms_free: bool,
+    /// The training size its file records (metadata `imgsz`).
+    trained_imgsz: Option<u32>,
 }
 
 impl YoloDetector {
@@ -55,9 +57,19 @@ impl YoloDetector {
             heads,
             fingerprint,
             nms_free: false,
+            trained_imgsz: None,
         };
         detector.set_class_names(names)?;
         Ok(detector)
+    }
+
+    /// Records the square size the model was trained at (from its file's `imgsz` metadata).
+    pub fn with_trained_imgsz(self, metadata: &std::collections::HashMap<String, String>) -> Self {
+        let trained_imgsz = metadata.get("imgsz").and_then(|s| s.parse().ok());
+        Self {
+            trained_imgsz,
+            ..self
+        }
     }
 
     pub fn network(&self) -> &dyn YoloNetwork {
@@ -379,6 +391,10 @@ impl Detector for YoloDetector {
     fn set_layout(&mut self, layout: MapLayout) -> Result<()> {
         self.network.set_layout(layout);
         Ok(())
+    }
+
+    fn trained_imgsz(&self) -> Option<u32> {
+        self.trained_imgsz
     }
 
     fn set_nms_free(&mut self, on: bool) -> Result<()> {

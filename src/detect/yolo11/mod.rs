@@ -65,7 +65,8 @@ pub(crate) fn load(
     let fingerprint = fingerprint(&file)?;
     let network = load_network(file, device, yolo26)?;
     let names = names_from_metadata(&path, &metadata, network.nc())?;
-    let detector = YoloDetector::new(Box::new(network), family, device, names, fingerprint)?;
+    let detector = YoloDetector::new(Box::new(network), family, device, names, fingerprint)?
+        .with_trained_imgsz(&metadata);
     Ok(Box::new(detector))
 }
 

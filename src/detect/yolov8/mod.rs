@@ -52,7 +52,11 @@ fn load_weights(file: WeightFile, device: &Device) -> Result<YoloDetector> {
     let fingerprint = fingerprint(&file)?;
     let model = YoloV8::from_weights(file, device)?;
     let names = names_from_metadata(&path, &model.metadata, model.nc())?;
-    YoloDetector::new(Box::new(model), FAMILY.name, device, names, fingerprint)
+    let metadata = model.metadata.clone();
+    Ok(
+        YoloDetector::new(Box::new(model), FAMILY.name, device, names, fingerprint)?
+            .with_trained_imgsz(&metadata),
+    )
 }
 
 /// Decodes raw DFL box logits `(B, 4·reg_max, A)` into `(B, A, 4)` boxes `(x1, y1, x2, y2)` in
