@@ -159,21 +159,24 @@ fn topk_candidates(logits: &[f32], nc: usize, options: &DetectOptions) -> Vec<Ca
     let anchors = logits.len() / nc;
     let k = options.max_det.max(300).min(anchors);
     let score = |a: usize, c: usize| sigmoid(logits[c * anchors + a]);
-    let best = |a: usize| {
-        (0..nc).fold((0, f32::NEG_INFINITY), |b, c| {
-            let s = score(a, c);
-            if s > b.1 {
-                (c, s)
-            } else {
-                b
-            }
+    // Each anchor's best (class, score), computed once rather than in every comparison.
+    let best: Vec<(usize, f32)> = (0..anchors)
+        .map(|a| {
+            (0..nc).fold((0, f32::NEG_INFINITY), |b, c| {
+                let s = score(a, c);
+                if s > b.1 {
+                    (c, s)
+                } else {
+                    b
+                }
+            })
         })
-    };
+        .collect();
     let mut order: Vec<usize> = (0..anchors).collect();
-    order.sort_by(|&a, &b| best(b).1.total_cmp(&best(a).1));
+    order.sort_by(|&a, &b| best[b].1.total_cmp(&best[a].1));
     order.truncate(k);
     let mut pairs: Vec<(usize, usize, f32)> = if options.agnostic {
-        order.iter().map(|&a| (a, best(a).0, best(a).1)).collect()
+        order.iter().map(|&a| (a, best[a].0, best[a].1)).collect()
     } else {
         order
             .iter()

@@ -79,12 +79,13 @@ pub fn load_network(file: WeightFile, device: &Device, yolo26: bool) -> Result<Y
         index: index.clone(),
     };
     let network = Yolo11::load(&weights, yolo26).map_err(|e| index.take_failure().unwrap_or(e))?;
-    if let Some(first) = index.unused().first() {
+    let unused = index.unused();
+    if let Some(first) = unused.first() {
         return Err(Error::BadModel {
             path,
             reason: format!(
                 "{} tensors are not part of the {} detection layout (first: `{first}`)",
-                index.unused().len(),
+                unused.len(),
                 if yolo26 { "YOLO26" } else { "YOLO11" }
             ),
         });
