@@ -11,7 +11,6 @@ use oodbox::video::stream::{
 };
 use oodbox::video::tracker::TrackerConfig;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,7 +43,7 @@ enum KeepArg {
 /// frame rate and size. A track is called unknown when, in a block of boxes as long as
 /// --min-duration, at least half have small p-values (the level tightens block after block); at
 /// most --track-alpha of the tracks of known objects are called unknown, however correlated
-/// their frames are, as long as their per-box p-values are valid (README, `oodbox video`).
+/// their frames are, as long as their per-box p-values are valid (docs/video.md).
 /// With --track-calibration, fitted by --fit-tracks on footage of known objects, the rule is
 /// calibrated on that footage's tracks instead: more unknowns are caught, and the rate holds
 /// for footage like it.
@@ -186,6 +185,16 @@ fn progress_line(p: &Progress) -> String {
 type Log = std::io::BufWriter<Box<dyn Write>>;
 
 /// A JSON-lines log: a file, or standard output for `-`.
+/// The flags that detect as a track calibration's footage was detected.
+fn setting_hint(fitted: &TrackSetting) -> String {
+    let (w, h) = fitted.imgsz;
+    format!(
+        "`--imgsz {h},{w} --conf {}` detects as it did; `oodbox video --fit-tracks` on footage of \
+         known objects fits one for this setting",
+        fitted.conf
+    )
+}
+
 fn create_log(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<Log>> {
     path.map(|p| {
         let writer: Box<dyn Write> = if p.as_os_str() == "-" {
@@ -271,28 +280,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let fps = source.fps();
-    let setting = TrackSetting {
-        model: ood.detector().fingerprint().to_string(),
-        scorer: format!(
-            "sha256:{:x}",
-            Sha256::digest(
-                std::fs::read(&args.scorer)
-                    .with_context(|| format!("reading {}", args.scorer.display()))?
-            )
-        ),
-        imgsz: ood.options.imgsz,
-        conf: ood.options.conf,
-        fps,
-        block: TrackRule::new(args.track_alpha, args.min_duration, fps).block,
-    };
+    let block = TrackRule::new(args.track_alpha, args.min_duration, fps).block;
+    let setting = TrackSetting::of(&ood, &args.scorer, fps, block)?;
     let mut track_calibration: Option<TrackCalibration> = None;
     for path in &args.track_calibration {
         let calibration = TrackCalibration::load(path)?;
         // The first must fit this setting; merging holds the others to the first's.
         match &mut track_calibration {
-            Some(merged) => merged.merge(calibration, path)?,
+            Some(merged) => {
+                let hint = setting_hint(&calibration.setting);
+                merged
+                    .merge(calibration, path)
+                    .map_err(|e| anyhow::anyhow!("{e}; {hint}"))?
+            }
             None => {
-                calibration.check(path, &setting)?;
+                let hint = setting_hint(&calibration.setting);
+                calibration
+                    .check(path, &setting)
+                    .map_err(|e| anyhow::anyhow!("{e}; {hint}"))?;
                 track_calibration = Some(calibration);
             }
         }

@@ -119,6 +119,18 @@ pub fn yolo_split(yaml: &Path, split: &str) -> Result<Dataset> {
         } else {
             collect_images(&[source])?
         };
+        let labelled = files.iter().filter(|p| label_path(p).exists()).count();
+        if labelled == 0 && !files.is_empty() {
+            return Err(bad(
+                yaml,
+                format!(
+                    "split `{split}`: none of its {} images has a label file (the first would \
+                     be {})",
+                    files.len(),
+                    label_path(&files[0]).display()
+                ),
+            ));
+        }
         for path in files {
             let objects = read_yolo_labels(&label_path(&path), names.len())?;
             images.push(LabelledImage {
@@ -133,13 +145,26 @@ pub fn yolo_split(yaml: &Path, split: &str) -> Result<Dataset> {
     })
 }
 
+/// The last `images` folder on the path becomes `labels`, as ultralytics does; by component, so
+/// that a relative path starting with `images/` is swapped too.
 fn label_path(image: &Path) -> PathBuf {
-    let text = image.to_string_lossy();
-    let swapped = match text.rfind("/images/") {
-        Some(i) => format!("{}/labels/{}", &text[..i], &text[i + "/images/".len()..]),
-        None => text.into_owned(),
+    let parts: Vec<_> = image.components().collect();
+    let folders = &parts[..parts.len().saturating_sub(1)];
+    let swapped: PathBuf = match folders.iter().rposition(|c| c.as_os_str() == "images") {
+        Some(i) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                if j == i {
+                    "labels".as_ref()
+                } else {
+                    c.as_os_str()
+                }
+            })
+            .collect(),
+        None => image.to_path_buf(),
     };
-    Path::new(&swapped).with_extension("txt")
+    swapped.with_extension("txt")
 }
 
 /// A missing label file means an image without objects, as in ultralytics.
@@ -331,6 +356,21 @@ mod tests {
             a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3),
             "{a:?} {b:?}"
         );
+    }
+
+    #[test]
+    fn label_paths_swap_the_last_images_folder() {
+        for (image, label) in [
+            ("images/train/a.png", "labels/train/a.txt"),
+            (
+                "/d/images/x/images/val/b.jpg",
+                "/d/images/x/labels/val/b.txt",
+            ),
+            ("./images/c.png", "./labels/c.txt"),
+            ("data/images.png", "data/images.txt"),
+        ] {
+            assert_eq!(label_path(Path::new(image)), Path::new(label), "{image}");
+        }
     }
 
     #[test]

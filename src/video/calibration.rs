@@ -13,6 +13,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::ood::calibration::conformal_p_value;
+use crate::pipeline::OodDetector;
+use sha2::{Digest, Sha256};
 
 /// What a calibration is valid for: a track statistic depends on the detector, the scorer, the
 /// detection settings, the frame rate and the block length.
@@ -41,6 +43,23 @@ pub struct TrackCalibration {
 }
 
 const FORMAT: &str = "oodbox track calibration 1";
+
+impl TrackSetting {
+    /// The setting of a stream: `ood`'s detector and detection settings, the scorer file it was
+    /// loaded from (hashed, so a refitted scorer needs a new calibration), the frame rate and
+    /// the block length in frames.
+    pub fn of(ood: &OodDetector, scorer_file: &Path, fps: f64, block: usize) -> Result<Self> {
+        let bytes = std::fs::read(scorer_file).map_err(|e| Error::io(scorer_file, e))?;
+        Ok(TrackSetting {
+            model: ood.detector().fingerprint().to_string(),
+            scorer: format!("sha256:{:x}", Sha256::digest(bytes)),
+            imgsz: ood.options.imgsz,
+            conf: ood.options.conf,
+            fps,
+            block,
+        })
+    }
+}
 
 impl TrackCalibration {
     pub fn fit(setting: TrackSetting, source: &str, mut statistics: Vec<f64>) -> Result<Self> {
@@ -127,11 +146,9 @@ impl TrackCalibration {
             ));
         }
         if (fitted.imgsz, fitted.conf) != (setting.imgsz, setting.conf) {
-            let (w, h) = fitted.imgsz;
             differences.push(format!(
-                "imgsz {:?}, conf {} (here {:?}, {}; `--imgsz {h},{w} --conf {}` detects as it \
-                 did)",
-                fitted.imgsz, fitted.conf, setting.imgsz, setting.conf, fitted.conf
+                "imgsz {:?}, conf {} (here {:?}, {})",
+                fitted.imgsz, fitted.conf, setting.imgsz, setting.conf
             ));
         }
         if (fitted.fps - setting.fps).abs() > 1e-6 * fitted.fps || fitted.block != setting.block {
@@ -146,8 +163,8 @@ impl TrackCalibration {
         Err(Error::BadInput {
             path: path.to_path_buf(),
             reason: format!(
-                "this track calibration was fitted for {}; fit one for this setting \
-                 (`oodbox video --fit-tracks` on footage of known objects)",
+                "this track calibration was fitted for {}; detect in its setting, or fit one \
+                 for this setting on footage of known objects",
                 differences.join("; ")
             ),
         })
@@ -224,7 +241,7 @@ mod tests {
         let c = TrackCalibration::fit(other, "c.mkv", vec![2.0]).unwrap();
         let e = a.merge(c, Path::new("c.json")).unwrap_err().to_string();
         assert!(
-            e.starts_with("c.json") && e.contains("conf 0.1") && e.contains("--conf 0.1"),
+            e.starts_with("c.json") && e.contains("conf 0.1 (here (256, 256), 0.25)"),
             "{e}"
         );
     }

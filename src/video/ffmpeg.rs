@@ -677,7 +677,7 @@ fn why_not_opened(ffmpeg_lines: &VecDeque<String>) -> &'static str {
         ),
         (
             "Option framerate not found",
-            "a frame rate (--fps) is for image sequences and image pipes; this input has its own",
+            "a frame rate is set only for image sequences and image pipes; this input has its own",
         ),
     ];
     CAUSES
@@ -849,7 +849,7 @@ mod tests {
             ("frames: Is a directory", "FOLDER/%05d.png"),
             (
                 "Option framerate not found.",
-                "(--fps) is for image sequences",
+                "set only for image sequences",
             ),
             ("moov atom not found", "ffmpeg cannot read it"),
         ];
