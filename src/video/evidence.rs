@@ -20,10 +20,12 @@
 //! has `E[N] ≤ m·t`, so by Markov's inequality `P(p_(r) ≤ t) = P(N ≥ r) ≤ m·t / r`, that is
 //! `P(P_j ≤ alpha) ≤ alpha·w_j`. Summed over blocks (a union bound, which needs no
 //! independence either): `P(an ID track is ever called unknown) ≤ alpha · Σ w_j ≤ alpha`, for
-//! tracks of any length. The price of needing no independence assumption is power: in block 0
-//! 40% of the alpha goes to block 0 boxes: half of them need `p ≤ 0.4·alpha`; the rest of
-//! alpha is spread over later blocks, so that an object whose first second is ambiguous (it
-//! is still entering, or occluded) can still be called unknown later.
+//! tracks of any length. The price of needing no independence assumption is power. Block 0
+//! gets 80% of alpha (`w_0 = 0.8`), and Markov's factor `m/r ≈ 2` halves that again, so at
+//! least half of block 0's boxes need `p ≤ 0.4·alpha` (exactly so for even `m`). The other 20%
+//! is spread over later blocks (`Σ_{j≥1} w_j = 0.2`; block 1's boxes need `p ≤ 0.05·alpha`), so
+//! that an object whose first second is ambiguous (it is still entering, or occluded) can still
+//! be called unknown later.
 //!
 //! A block is checked as each box arrives: `p_(r)` of a partial block can only fall as the block
 //! fills, so an alarm on a partial block is one the full block would raise.
