@@ -91,7 +91,11 @@ fn fit_all(fit: &BoxSet) -> anyhow::Result<Vec<(FittedScorer, f64)>> {
     let mut fitted = Vec::new();
     let mut candidates: Vec<(&str, Option<&str>)> =
         oodbox::ood::kinds().iter().map(|k| (*k, None)).collect();
-    candidates.extend(["react", "ash", "scale", "dice"].map(|s| ("energy", Some(s))));
+    candidates.extend(
+        oodbox::ood::shapings()
+            .into_iter()
+            .map(|s| ("energy", Some(s))),
+    );
     for (kind, shaping) in candidates {
         let start = Instant::now();
         match FittedScorer::fit(

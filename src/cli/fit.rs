@@ -17,14 +17,12 @@ use super::common::{extract_dataset, parse_param, DetectFlags};
 /// --calibration-fraction of the images.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Scorer: msp, maxlogit, energy, joint_energy, entropy, gen, odin, mahalanobis, rmds, knn,
-    /// vim, she, ... (an unknown name lists them all).
-    #[arg(long)]
+    #[arg(long, help = scorer_help())]
     scorer: String,
-    /// Activation shaping before a logit scorer: react, ash, scale or dice.
-    #[arg(long)]
+    #[arg(long, help = shaping_help())]
     shaping: Option<String>,
     /// Scorer parameter, with Oodeel's names: --param nearest=50 --param princ_dims=0.99 ...
+    /// (`oodbox scorers` lists every kind's parameters and defaults).
     #[arg(long = "param", value_parser = parse_param)]
     params: Vec<(String, String)>,
     /// ID box set to fit on (from `oodbox extract`, or written from Python).
@@ -59,6 +57,17 @@ pub struct Args {
     out: PathBuf,
     #[command(flatten)]
     flags: DetectFlags,
+}
+
+fn scorer_help() -> String {
+    format!("Scorer: {}", oodbox::ood::kinds().join(", "))
+}
+
+fn shaping_help() -> String {
+    format!(
+        "Activation shaping before a logit scorer: {}",
+        oodbox::ood::shapings().join(", ")
+    )
 }
 
 /// Keeps the boxes matched to a known object (label ≥ 0) when the set has labels.

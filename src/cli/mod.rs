@@ -10,6 +10,7 @@ mod eval;
 mod extract;
 mod fit;
 mod score;
+mod scorers;
 mod synth;
 mod synth_video;
 mod video;
@@ -31,6 +32,7 @@ enum Command {
     Extract(extract::Args),
     Fit(fit::Args),
     Score(score::Args),
+    Scorers(scorers::Args),
     Eval(eval::Args),
     Synth(synth::Args),
     SynthVideo(synth_video::Args),
@@ -46,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Extract(args) => extract::run(args),
         Command::Fit(args) => fit::run(args),
         Command::Score(args) => score::run(args),
+        Command::Scorers(args) => scorers::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Synth(args) => synth::run(args),
         Command::SynthVideo(args) => synth_video::run(args),

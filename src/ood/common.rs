@@ -1,5 +1,5 @@
-//! Shared plumbing of the scorers: input checks, fit labels, per-level groups, heads, parameter
-//! parsing and the tensor map of a scorer state.
+//! Shared plumbing of the scorers: input checks, fit labels, per-level groups, heads and the
+//! tensor map of a scorer state.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,7 +19,7 @@ pub(crate) fn not_fitted(scorer: &str) -> Error {
 
 /// What of a box a scorer reads; decides which values are checked for NaN/Inf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Uses {
+pub struct Uses {
     pub features: bool,
     pub logits: bool,
 }
@@ -426,127 +426,6 @@ impl Heads {
             return Err(t.bad("missing tensor `head.0.weight`"));
         }
         Ok(Heads { heads })
-    }
-}
-
-/// `name=value` parameters of one scorer: typed getters with defaults; unknown or repeated
-/// names are errors that list the valid ones.
-pub(crate) struct Params {
-    scorer: String,
-    given: BTreeMap<String, String>,
-    valid: Vec<&'static str>,
-}
-
-impl Params {
-    pub fn new(scorer: &str, given: &[(String, String)], valid: &[&'static str]) -> Result<Params> {
-        let mut map = BTreeMap::new();
-        for (name, value) in given {
-            let name = name.trim();
-            if !valid.contains(&name) {
-                let list = if valid.is_empty() {
-                    "none".to_string()
-                } else {
-                    valid.join(", ")
-                };
-                return Err(err(
-                    scorer,
-                    format!("unknown parameter `{name}`; valid parameters: {list}"),
-                ));
-            }
-            if map
-                .insert(name.to_string(), value.trim().to_string())
-                .is_some()
-            {
-                return Err(err(scorer, format!("parameter `{name}` given twice")));
-            }
-        }
-        Ok(Params {
-            scorer: scorer.to_string(),
-            given: map,
-            valid: valid.to_vec(),
-        })
-    }
-
-    fn raw(&self, name: &str) -> Option<&str> {
-        debug_assert!(self.valid.contains(&name), "{name} not declared");
-        self.given.get(name).map(String::as_str)
-    }
-
-    fn bad(&self, name: &str, value: &str, expected: &str) -> Error {
-        err(
-            &self.scorer,
-            format!("parameter `{name}={value}`: expected {expected}"),
-        )
-    }
-
-    /// A finite f64 in the range checked by `ok` (described by `range`).
-    pub fn f64(
-        &self,
-        name: &str,
-        default: f64,
-        range: &str,
-        ok: impl Fn(f64) -> bool,
-    ) -> Result<f64> {
-        let v = match self.raw(name) {
-            None => default,
-            Some(s) => s
-                .parse::<f64>()
-                .map_err(|_| self.bad(name, s, &format!("a number {range}")))?,
-        };
-        if !v.is_finite() || !ok(v) {
-            return Err(self.bad(name, &v.to_string(), &format!("a number {range}")));
-        }
-        Ok(v)
-    }
-
-    pub fn usize(&self, name: &str, default: usize, min: usize) -> Result<usize> {
-        let v = match self.raw(name) {
-            None => default,
-            Some(s) => s
-                .parse::<usize>()
-                .map_err(|_| self.bad(name, s, &format!("an integer >= {min}")))?,
-        };
-        if v < min {
-            return Err(self.bad(name, &v.to_string(), &format!("an integer >= {min}")));
-        }
-        Ok(v)
-    }
-
-    pub fn bool(&self, name: &str, default: bool) -> Result<bool> {
-        match self.raw(name) {
-            None => Ok(default),
-            Some(s) => match s.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(self.bad(name, s, "true or false")),
-            },
-        }
-    }
-
-    /// One of `choices` (case-insensitive); returns the canonical spelling.
-    pub fn choice(
-        &self,
-        name: &str,
-        default: &'static str,
-        choices: &[&'static str],
-    ) -> Result<&'static str> {
-        match self.raw(name) {
-            None => Ok(default),
-            Some(s) => choices
-                .iter()
-                .find(|c| c.eq_ignore_ascii_case(s))
-                .copied()
-                .ok_or_else(|| self.bad(name, s, &format!("one of {}", choices.join(", ")))),
-        }
-    }
-
-    /// The raw string, for parameters with their own syntax.
-    pub fn string(&self, name: &str) -> Option<&str> {
-        self.raw(name)
-    }
-
-    pub fn scorer(&self) -> &str {
-        &self.scorer
     }
 }
 

@@ -27,32 +27,77 @@
 //! **Differences from Oodeel:** a predicted class never seen at fit uses the group's pooled
 //! bounds (Oodeel raises `KeyError`); closed-form f64 statistic; no `val_split`.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::common::{
-    check_boxes, check_dim, check_fit_set, distinct, err, not_fitted, Grouping, Params, TensorMap,
-    TensorsOut, Uses,
-};
+use super::common::{distinct, TensorMap, TensorsOut, Uses};
+use super::grouped::PerLevel;
 use super::linalg::quantile_linear;
+use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
+use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::Result;
 
+pub(crate) const GRAM: KindEntry = KindEntry {
+    name: "gram",
+    summary: "Gram-statistic deviation from per-class bounds (degenerate on vectors: see `ood::gram`)",
+    inputs: Gram::USES,
+    shapeable: false,
+    params: infos::<GramParams>,
+    build: |p, _| Ok(Box::new(Gram::with_params(p.typed()?))),
+};
+
 const EPSILON: f64 = 1e-6;
 
-#[derive(Clone, Debug)]
-pub struct Gram {
+/// Gram's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GramParams {
     pub orders: Vec<u32>,
     pub quantile: f64,
     pub per_level: bool,
-    fitted: Option<Fit>,
+}
+
+impl Default for GramParams {
+    fn default() -> Self {
+        GramParams {
+            orders: vec![1, 2, 3, 4, 5],
+            quantile: 0.01,
+            per_level: true,
+        }
+    }
+}
+
+impl ParamSet for GramParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "orders",
+            expected: "integers >= 1 separated by commas",
+            doc: "the powers p of the Gram statistics",
+        },
+        ParamDoc {
+            name: "quantile",
+            expected: "a number in [0, 0.5)",
+            doc: "the bounds are the `quantile` and `1 − quantile` quantiles of the fit statistics",
+        },
+        PER_LEVEL,
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        if self.orders.is_empty() || self.orders.contains(&0) {
+            Some("orders")
+        } else if !(0.0..0.5).contains(&self.quantile) {
+            Some("quantile")
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
-struct Fit {
-    dim: usize,
-    grouping: Grouping,
-    groups: Vec<Group>,
+pub struct Gram {
+    pub params: GramParams,
+    groups: PerLevel<Group>,
 }
 
 #[derive(Clone, Debug)]
@@ -68,43 +113,18 @@ struct Group {
 
 impl Gram {
     pub fn new(orders: Vec<u32>, quantile: f64, per_level: bool) -> Self {
-        Gram {
+        Self::with_params(GramParams {
             orders,
             quantile,
             per_level,
-            fitted: None,
-        }
+        })
     }
 
-    pub(crate) fn from_params(p: &Params) -> Result<Gram> {
-        let orders = match p.string("orders") {
-            None => vec![1, 2, 3, 4, 5],
-            Some(s) => {
-                let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
-                let parsed: std::result::Result<Vec<u32>, _> = inner
-                    .split(',')
-                    .map(|t| t.trim())
-                    .filter(|t| !t.is_empty())
-                    .map(str::parse::<u32>)
-                    .collect();
-                match parsed {
-                    Ok(v) if !v.is_empty() && v.iter().all(|&o| o >= 1) => v,
-                    _ => {
-                        return Err(err(
-                            p.scorer(),
-                            format!(
-                                "parameter `orders={s}`: expected integers >= 1 separated by commas"
-                            ),
-                        ))
-                    }
-                }
-            }
-        };
-        Ok(Gram::new(
-            orders,
-            p.f64("quantile", 0.01, "in [0, 0.5)", |v| (0.0..0.5).contains(&v))?,
-            p.bool("per_level", true)?,
-        ))
+    pub fn with_params(params: GramParams) -> Self {
+        Gram {
+            params,
+            groups: PerLevel::default(),
+        }
     }
 
     const USES: Uses = Uses {
@@ -125,8 +145,8 @@ impl Gram {
             odd.push(v * cs);
             even.push(v.abs() * cs_abs);
         }
-        let mut out = Vec::with_capacity(self.orders.len() * d);
-        for &p in &self.orders {
+        let mut out = Vec::with_capacity(self.params.orders.len() * d);
+        for &p in &self.params.orders {
             out.extend_from_slice(if p % 2 == 1 { &odd } else { &even });
         }
         out
@@ -139,159 +159,132 @@ impl Gram {
         for j in 0..width {
             column.clear();
             column.extend(stats.iter().map(|s| s[j]));
-            lo.push(quantile_linear(&mut column, self.quantile));
-            up.push(quantile_linear(&mut column, 1.0 - self.quantile));
+            lo.push(quantile_linear(&mut column, self.params.quantile));
+            up.push(quantile_linear(&mut column, 1.0 - self.params.quantile));
         }
         (lo, up)
+    }
+
+    fn fit_group(&self, boxes: &BoxSet, idx: &[usize], width: usize) -> Group {
+        let stats: Vec<Vec<f64>> = idx.iter().map(|&i| self.stats(boxes.feature(i))).collect();
+        let classes = distinct(idx.iter().map(|&i| boxes.class_id[i]));
+        let mut lower = Vec::with_capacity(classes.len() * width);
+        let mut upper = Vec::with_capacity(classes.len() * width);
+        for &c in &classes {
+            let of_class: Vec<Vec<f64>> = idx
+                .iter()
+                .zip(&stats)
+                .filter(|(&i, _)| boxes.class_id[i] == c)
+                .map(|(_, s)| s.clone())
+                .collect();
+            let (lo, up) = self.bounds(&of_class, width);
+            lower.extend(lo);
+            upper.extend(up);
+        }
+        let (pooled_lower, pooled_upper) = self.bounds(&stats, width);
+        Group {
+            classes,
+            lower,
+            upper,
+            pooled_lower,
+            pooled_upper,
+        }
+    }
+
+    fn score_box(&self, group: &Group, boxes: &BoxSet, i: usize, width: usize) -> f64 {
+        let (lo, up) = match group.classes.binary_search(&boxes.class_id[i]) {
+            Ok(c) => (
+                &group.lower[c * width..(c + 1) * width],
+                &group.upper[c * width..(c + 1) * width],
+            ),
+            Err(_) => (&group.pooled_lower[..], &group.pooled_upper[..]),
+        };
+        self.stats(boxes.feature(i))
+            .iter()
+            .zip(lo.iter().zip(up))
+            .map(|(&x, (&lo, &up))| {
+                if x < lo {
+                    (lo - x) / (lo.abs() + EPSILON)
+                } else if x > up {
+                    (x - up) / (up.abs() + EPSILON)
+                } else {
+                    0.0
+                }
+            })
+            .sum()
     }
 }
 
 impl Scorer for Gram {
     fn kind(&self) -> &'static str {
-        "gram"
+        GRAM.name
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
-        check_fit_set(self.kind(), boxes, Self::USES)?;
-        let d = boxes.feature_dim;
-        let width = self.orders.len() * d;
-        let (grouping, members) = Grouping::fit(boxes, self.per_level);
-        let mut groups = Vec::new();
-        for idx in &members {
-            let stats: Vec<Vec<f64>> = idx.iter().map(|&i| self.stats(boxes.feature(i))).collect();
-            let classes = distinct(idx.iter().map(|&i| boxes.class_id[i]));
-            let mut lower = Vec::with_capacity(classes.len() * width);
-            let mut upper = Vec::with_capacity(classes.len() * width);
-            for &c in &classes {
-                let of_class: Vec<Vec<f64>> = idx
-                    .iter()
-                    .zip(&stats)
-                    .filter(|(&i, _)| boxes.class_id[i] == c)
-                    .map(|(_, s)| s.clone())
-                    .collect();
-                let (lo, up) = self.bounds(&of_class, width);
-                lower.extend(lo);
-                upper.extend(up);
-            }
-            let (pooled_lower, pooled_upper) = self.bounds(&stats, width);
-            groups.push(Group {
-                classes,
-                lower,
-                upper,
-                pooled_lower,
-                pooled_upper,
-            });
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            grouping,
-            groups,
-        });
+        let mut groups = PerLevel::default();
+        let orders = self.params.orders.len();
+        groups.fit(self.kind(), boxes, Self::USES, self.params.per_level, |idx, info| {
+            Ok(self.fit_group(boxes, idx, orders * info.dim))
+        })?;
+        self.groups = groups;
         Ok(())
     }
 
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
-        let kind = self.kind();
-        let fit = self.fitted.as_ref().ok_or_else(|| not_fitted(kind))?;
-        check_boxes(kind, boxes, Self::USES)?;
-        check_dim(kind, "feature dimension", fit.dim, boxes.feature_dim)?;
-        let width = self.orders.len() * fit.dim;
-        let group_of = fit.grouping.assign(kind, boxes)?;
-        Ok((0..boxes.len())
-            .map(|i| {
-                let group = &fit.groups[group_of[i]];
-                let (lo, up) = match group.classes.binary_search(&boxes.class_id[i]) {
-                    Ok(c) => (
-                        &group.lower[c * width..(c + 1) * width],
-                        &group.upper[c * width..(c + 1) * width],
-                    ),
-                    Err(_) => (&group.pooled_lower[..], &group.pooled_upper[..]),
-                };
-                self.stats(boxes.feature(i))
+        let orders = self.params.orders.len();
+        self.groups
+            .score(self.kind(), boxes, Self::USES, |group, idx, info| {
+                Ok(idx
                     .iter()
-                    .zip(lo.iter().zip(up))
-                    .map(|(&x, (&lo, &up))| {
-                        if x < lo {
-                            (lo - x) / (lo.abs() + EPSILON)
-                        } else if x > up {
-                            (x - up) / (up.abs() + EPSILON)
-                        } else {
-                            0.0
-                        }
-                    })
-                    .sum()
+                    .map(|&i| self.score_box(group, boxes, i, orders * info.dim))
+                    .collect())
             })
-            .collect())
     }
 
     fn to_state(&self) -> ScorerState {
         let mut params = BTreeMap::new();
-        params.insert(
-            "orders".into(),
-            serde_json::Value::Array(self.orders.iter().map(|&o| o.into()).collect()),
-        );
-        params.insert("quantile".into(), self.quantile.into());
-        params.insert("per_level".into(), self.per_level.into());
+        to_json(&self.params, &mut params);
         let mut out = TensorsOut::default();
-        if let Some(fit) = &self.fitted {
-            let (o, d) = (self.orders.len(), fit.dim);
-            out.scalar("feature_dim", d as f64);
-            fit.grouping.write(&mut out);
-            for (g, group) in fit.groups.iter().enumerate() {
-                let n = group.classes.len();
-                out.push(
-                    &format!("group{g}.classes"),
-                    vec![n],
-                    group.classes.iter().map(|&c| c as f64).collect(),
-                );
-                out.push(
-                    &format!("group{g}.lower"),
-                    vec![n, o, d],
-                    group.lower.clone(),
-                );
-                out.push(
-                    &format!("group{g}.upper"),
-                    vec![n, o, d],
-                    group.upper.clone(),
-                );
-                out.push(
-                    &format!("group{g}.pooled_lower"),
-                    vec![o, d],
-                    group.pooled_lower.clone(),
-                );
-                out.push(
-                    &format!("group{g}.pooled_upper"),
-                    vec![o, d],
-                    group.pooled_upper.clone(),
-                );
-            }
-        }
+        let o = self.params.orders.len();
+        self.groups.write(&mut out, |group, info, out| {
+            let (n, d) = (group.classes.len(), info.dim);
+            out.push(
+                &info.tensor("classes"),
+                vec![n],
+                group.classes.iter().map(|&c| c as f64).collect(),
+            );
+            out.push(&info.tensor("lower"), vec![n, o, d], group.lower.clone());
+            out.push(&info.tensor("upper"), vec![n, o, d], group.upper.clone());
+            out.push(
+                &info.tensor("pooled_lower"),
+                vec![o, d],
+                group.pooled_lower.clone(),
+            );
+            out.push(
+                &info.tensor("pooled_upper"),
+                vec![o, d],
+                group.pooled_upper.clone(),
+            );
+        });
         out.into_state(self.kind(), None, params)
     }
 }
 
 impl ScorerImpl for Gram {
     fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
-        let d = t.feature_dim()?;
-        let o = self.orders.len();
-        let grouping = Grouping::read(t)?;
-        let mut groups = Vec::new();
-        for g in 0..grouping.len() {
-            let classes = t.labels(&format!("group{g}.classes"))?;
+        let o = self.params.orders.len();
+        self.groups = PerLevel::read(t, Self::USES, |t, info| {
+            let d = info.dim;
+            let classes = t.labels(&info.tensor("classes"))?;
             let n = classes.len();
-            groups.push(Group {
-                lower: t.take(&format!("group{g}.lower"), &[n, o, d])?,
-                upper: t.take(&format!("group{g}.upper"), &[n, o, d])?,
-                pooled_lower: t.take(&format!("group{g}.pooled_lower"), &[o, d])?,
-                pooled_upper: t.take(&format!("group{g}.pooled_upper"), &[o, d])?,
+            Ok(Group {
+                lower: t.take(&info.tensor("lower"), &[n, o, d])?,
+                upper: t.take(&info.tensor("upper"), &[n, o, d])?,
+                pooled_lower: t.take(&info.tensor("pooled_lower"), &[o, d])?,
+                pooled_upper: t.take(&info.tensor("pooled_upper"), &[o, d])?,
                 classes,
-            });
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            grouping,
-            groups,
-        });
+            })
+        })?;
         Ok(())
     }
 }

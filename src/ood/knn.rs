@@ -29,32 +29,65 @@
 //! sentinel values; no faiss.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::common::{
-    check_boxes, check_dim, check_fit_set, err, not_fitted, Grouping, Params, TensorMap,
-    TensorsOut, Uses,
-};
+use super::common::{err, TensorMap, TensorsOut, Uses};
+use super::grouped::{GroupInfo, PerLevel};
 use super::linalg::matmul_nt_f32;
+use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
+use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::Result;
 
+pub(crate) const KNN: KindEntry = KindEntry {
+    name: "knn",
+    summary: "distance to the k-th nearest normalised fit feature",
+    inputs: Knn::USES,
+    shapeable: false,
+    params: infos::<KnnParams>,
+    build: |p, _| Ok(Box::new(Knn::with_params(p.typed()?))),
+};
+
 const QUERY_BLOCK: usize = 128;
 const BANK_BLOCK: usize = 2048;
 
-#[derive(Clone, Debug)]
-pub struct Knn {
+/// KNN's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnnParams {
     pub nearest: usize,
     pub per_level: bool,
-    fitted: Option<Fit>,
+}
+
+impl Default for KnnParams {
+    fn default() -> Self {
+        KnnParams {
+            nearest: 50,
+            per_level: true,
+        }
+    }
+}
+
+impl ParamSet for KnnParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "nearest",
+            expected: "an integer >= 1",
+            doc: "k: the score is the distance to the k-th nearest fit feature (clamped to the bank size)",
+        },
+        PER_LEVEL,
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        (self.nearest < 1).then_some("nearest")
+    }
 }
 
 #[derive(Clone, Debug)]
-struct Fit {
-    dim: usize,
-    grouping: Grouping,
-    banks: Vec<Bank>,
+pub struct Knn {
+    pub params: KnnParams,
+    banks: PerLevel<Bank>,
 }
 
 #[derive(Clone, Debug)]
@@ -91,18 +124,14 @@ fn normalise(f: &[f32]) -> Vec<f64> {
 
 impl Knn {
     pub fn new(nearest: usize, per_level: bool) -> Self {
-        Knn {
-            nearest,
-            per_level,
-            fitted: None,
-        }
+        Self::with_params(KnnParams { nearest, per_level })
     }
 
-    pub(crate) fn from_params(p: &Params) -> Result<Knn> {
-        Ok(Knn::new(
-            p.usize("nearest", 50, 1)?,
-            p.bool("per_level", true)?,
-        ))
+    pub fn with_params(params: KnnParams) -> Self {
+        Knn {
+            params,
+            banks: PerLevel::default(),
+        }
     }
 
     const USES: Uses = Uses {
@@ -112,54 +141,54 @@ impl Knn {
 
     fn run(&self, boxes: &BoxSet, leave_one_out: bool) -> Result<Vec<f64>> {
         let kind = self.kind();
-        let fit = self.fitted.as_ref().ok_or_else(|| not_fitted(kind))?;
-        check_boxes(kind, boxes, Self::USES)?;
-        let d = fit.dim;
-        check_dim(kind, "feature dimension", d, boxes.feature_dim)?;
-        let members = fit.grouping.members(kind, boxes)?;
-        let mut scores = vec![0.0; boxes.len()];
-        for (g, (bank, idx)) in fit.banks.iter().zip(&members).enumerate() {
-            if idx.is_empty() {
-                continue;
-            }
+        self.banks.score(kind, boxes, Self::USES, |bank, idx, info| {
             let queries: Vec<f64> = idx
                 .iter()
                 .flat_map(|&i| normalise(boxes.feature(i)))
                 .collect();
-            let exclude = if leave_one_out {
-                let same = idx.len() == bank.n
-                    && queries.iter().zip(&bank.data).all(|(&q, &b)| q as f32 == b);
-                if !same {
-                    return Err(err(
-                        kind,
-                        format!(
-                            "score_in_sample: {} of these boxes are not the fit set ({} boxes here, {} in the bank)",
-                            fit.grouping.name(g),
-                            idx.len(),
-                            bank.n
-                        ),
-                    ));
-                }
-                if bank.n < 2 {
-                    return Err(err(
-                        kind,
-                        format!(
-                            "score_in_sample: {} has a single fit box, which has no neighbour but itself",
-                            fit.grouping.name(g)
-                        ),
-                    ));
-                }
-                true
-            } else {
-                false
-            };
-            let dist = kth_distances(bank, d, &queries, self.nearest, exclude);
-            for (&i, s) in idx.iter().zip(dist) {
-                scores[i] = s;
+            if leave_one_out {
+                check_fit_set_group(kind, bank, &queries, idx.len(), info)?;
             }
-        }
-        Ok(scores)
+            Ok(kth_distances(
+                bank,
+                info.dim,
+                &queries,
+                self.params.nearest,
+                leave_one_out,
+            ))
+        })
     }
+}
+
+/// For leave-one-out: the group's boxes must be its bank, and it must hold a neighbour.
+fn check_fit_set_group(
+    kind: &str,
+    bank: &Bank,
+    queries: &[f64],
+    n: usize,
+    info: &GroupInfo,
+) -> Result<()> {
+    let same = n == bank.n && queries.iter().zip(&bank.data).all(|(&q, &b)| q as f32 == b);
+    if !same {
+        return Err(err(
+            kind,
+            format!(
+                "score_in_sample: {} of these boxes are not the fit set ({n} boxes here, {} in the bank)",
+                info.name(),
+                bank.n
+            ),
+        ));
+    }
+    if bank.n < 2 {
+        return Err(err(
+            kind,
+            format!(
+                "score_in_sample: {} has a single fit box, which has no neighbour but itself",
+                info.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Distance from every query (normalised, row-major [m, d], f64) to its k-th nearest bank row;
@@ -243,29 +272,20 @@ fn kth_distances(
 
 impl Scorer for Knn {
     fn kind(&self) -> &'static str {
-        "knn"
+        KNN.name
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
-        check_fit_set(self.kind(), boxes, Self::USES)?;
-        let d = boxes.feature_dim;
-        let (grouping, members) = Grouping::fit(boxes, self.per_level);
-        let banks = members
-            .iter()
-            .map(|idx| {
-                let data: Vec<f32> = idx
-                    .iter()
-                    .flat_map(|&i| normalise(boxes.feature(i)))
-                    .map(|v| v as f32)
-                    .collect();
-                Bank::new(data, d)
-            })
-            .collect();
-        self.fitted = Some(Fit {
-            dim: d,
-            grouping,
-            banks,
-        });
+        let mut banks = PerLevel::default();
+        banks.fit(self.kind(), boxes, Self::USES, self.params.per_level, |idx, info| {
+            let data: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| normalise(boxes.feature(i)))
+                .map(|v| v as f32)
+                .collect();
+            Ok(Bank::new(data, info.dim))
+        })?;
+        self.banks = banks;
         Ok(())
     }
 
@@ -279,31 +299,23 @@ impl Scorer for Knn {
 
     fn to_state(&self) -> ScorerState {
         let mut params = BTreeMap::new();
-        params.insert("nearest".into(), self.nearest.into());
-        params.insert("per_level".into(), self.per_level.into());
+        to_json(&self.params, &mut params);
         let mut out = TensorsOut::default();
-        if let Some(fit) = &self.fitted {
-            out.scalar("feature_dim", fit.dim as f64);
-            fit.grouping.write(&mut out);
-            for (g, bank) in fit.banks.iter().enumerate() {
-                out.push(
-                    &format!("group{g}.bank"),
-                    vec![bank.n, fit.dim],
-                    bank.data.iter().map(|&v| v as f64).collect(),
-                );
-            }
-        }
+        self.banks.write(&mut out, |bank, info, out| {
+            out.push(
+                &info.tensor("bank"),
+                vec![bank.n, info.dim],
+                bank.data.iter().map(|&v| v as f64).collect(),
+            );
+        });
         out.into_state(self.kind(), None, params)
     }
 }
 
 impl ScorerImpl for Knn {
     fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
-        let d = t.feature_dim()?;
-        let grouping = Grouping::read(t)?;
-        let mut banks = Vec::new();
-        for g in 0..grouping.len() {
-            let name = format!("group{g}.bank");
+        self.banks = PerLevel::read(t, Self::USES, |t, info| {
+            let (name, d) = (info.tensor("bank"), info.dim);
             let (shape, data) = t.take_rank(&name, 2)?;
             if shape[1] != d || shape[0] == 0 {
                 return Err(t.bad(format!(
@@ -311,13 +323,8 @@ impl ScorerImpl for Knn {
                 )));
             }
             let data: Vec<f32> = data.iter().map(|&v| v as f32).collect();
-            banks.push(Bank::new(data, d));
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            grouping,
-            banks,
-        });
+            Ok(Bank::new(data, d))
+        })?;
         Ok(())
     }
 }

@@ -31,28 +31,136 @@
 //! on a saturated softmax; its f32 MSP ties at 1); GEN's `gamma` is validated; unknown parameters
 //! are errors (Oodeel's `MLS` silently drops its `**kwargs`).
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::common::{
-    check_boxes, check_dim, check_fit_set, err, logits_f64, not_fitted, Params, TensorMap,
-    TensorsOut, Uses,
+    check_boxes, check_dim, check_fit_set, logits_f64, not_fitted, TensorMap, TensorsOut, Uses,
 };
 use super::linalg::logsumexp;
+use super::params::{infos, to_json, NoParams, ParamDoc, ParamSet};
+use super::registry::KindEntry;
 use super::shaping::{FittedShaping, Shaping};
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::Result;
 
-/// The logit scorers' registry names.
-pub const LOGIT_KINDS: &[&str] = &[
-    "msp",
-    "maxlogit",
-    "energy",
-    "entropy",
+const LOGITS: Uses = Uses {
+    features: false,
+    logits: true,
+};
+
+/// A logit kind's table entry: `method` from its typed parameters.
+macro_rules! logit_kind {
+    ($name:literal, $summary:literal, $params:ty, $method:expr) => {
+        KindEntry {
+            name: $name,
+            summary: $summary,
+            inputs: LOGITS,
+            shapeable: true,
+            params: infos::<$params>,
+            build: |p, shaping| {
+                let method: fn($params) -> LogitMethod = $method;
+                Ok(Box::new(LogitScorer::new(method(p.typed()?), shaping)))
+            },
+        }
+    };
+}
+
+pub(crate) const MSP: KindEntry =
+    logit_kind!("msp", "`−max softmax(l)`", NoParams, |_| LogitMethod::Msp);
+pub(crate) const MAXLOGIT: KindEntry =
+    logit_kind!("maxlogit", "`−max l` (Oodeel `MLS`)", NoParams, |_| {
+        LogitMethod::MaxLogit
+    });
+pub(crate) const ENERGY: KindEntry =
+    logit_kind!("energy", "`−logsumexp(l)`", NoParams, |_| LogitMethod::Energy);
+pub(crate) const ENTROPY: KindEntry =
+    logit_kind!("entropy", "`−Σ p ln p`, `p = softmax(l)`", NoParams, |_| {
+        LogitMethod::Entropy
+    });
+pub(crate) const GEN: KindEntry = logit_kind!(
     "gen",
+    "`Σ_{top k} p^γ (1−p)^γ` (GEN)",
+    GenParams,
+    LogitMethod::Gen
+);
+pub(crate) const ODIN: KindEntry = logit_kind!(
     "odin",
+    "`−max softmax(l/T)` (temperature only, no input perturbation)",
+    OdinParams,
+    LogitMethod::Odin
+);
+pub(crate) const JOINT_ENERGY: KindEntry = logit_kind!(
     "joint_energy",
-];
+    "`−Σ softplus(l_c)` (for sigmoid heads: YOLO)",
+    NoParams,
+    |_| LogitMethod::JointEnergy
+);
+
+/// GEN's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenParams {
+    pub gamma: f64,
+    pub k: usize,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        GenParams { gamma: 0.1, k: 100 }
+    }
+}
+
+impl ParamSet for GenParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "gamma",
+            expected: "a number in (0, 1]",
+            doc: "GEN's exponent γ",
+        },
+        ParamDoc {
+            name: "k",
+            expected: "an integer >= 1",
+            doc: "the number of top classes summed (all classes when k >= C)",
+        },
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        if !(self.gamma > 0.0 && self.gamma <= 1.0) {
+            Some("gamma")
+        } else if self.k < 1 {
+            Some("k")
+        } else {
+            None
+        }
+    }
+}
+
+/// ODIN's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdinParams {
+    pub temperature: f64,
+}
+
+impl Default for OdinParams {
+    fn default() -> Self {
+        OdinParams {
+            temperature: 1000.0,
+        }
+    }
+}
+
+impl ParamSet for OdinParams {
+    const DOCS: &'static [ParamDoc] = &[ParamDoc {
+        name: "temperature",
+        expected: "a number > 0",
+        doc: "the softmax temperature T",
+    }];
+    fn out_of_range(&self) -> Option<&'static str> {
+        (!(self.temperature > 0.0 && self.temperature.is_finite())).then_some("temperature")
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum LogitMethod {
@@ -60,8 +168,8 @@ pub enum LogitMethod {
     MaxLogit,
     Energy,
     Entropy,
-    Gen { gamma: f64, k: usize },
-    Odin { temperature: f64 },
+    Gen(GenParams),
+    Odin(OdinParams),
     JointEnergy,
 }
 
@@ -72,47 +180,16 @@ impl LogitMethod {
             LogitMethod::MaxLogit => "maxlogit",
             LogitMethod::Energy => "energy",
             LogitMethod::Entropy => "entropy",
-            LogitMethod::Gen { .. } => "gen",
-            LogitMethod::Odin { .. } => "odin",
+            LogitMethod::Gen(_) => "gen",
+            LogitMethod::Odin(_) => "odin",
             LogitMethod::JointEnergy => "joint_energy",
         }
     }
 
-    pub(crate) fn param_names(kind: &str) -> &'static [&'static str] {
-        match kind {
-            "gen" => &["gamma", "k"],
-            "odin" => &["temperature"],
-            _ => &[],
-        }
-    }
-
-    pub(crate) fn from_params(kind: &str, p: &Params) -> Result<LogitMethod> {
-        Ok(match kind {
-            "msp" => LogitMethod::Msp,
-            "maxlogit" => LogitMethod::MaxLogit,
-            "energy" => LogitMethod::Energy,
-            "entropy" => LogitMethod::Entropy,
-            "gen" => LogitMethod::Gen {
-                gamma: p.f64("gamma", 0.1, "in (0, 1]", |v| v > 0.0 && v <= 1.0)?,
-                k: p.usize("k", 100, 1)?,
-            },
-            "odin" => LogitMethod::Odin {
-                temperature: p.f64("temperature", 1000.0, "> 0", |v| v > 0.0)?,
-            },
-            "joint_energy" => LogitMethod::JointEnergy,
-            other => return Err(err(other, "not a logit scorer")),
-        })
-    }
-
     fn params(&self, out: &mut BTreeMap<String, serde_json::Value>) {
         match self {
-            LogitMethod::Gen { gamma, k } => {
-                out.insert("gamma".into(), (*gamma).into());
-                out.insert("k".into(), (*k).into());
-            }
-            LogitMethod::Odin { temperature } => {
-                out.insert("temperature".into(), (*temperature).into());
-            }
+            LogitMethod::Gen(p) => to_json(p, out),
+            LogitMethod::Odin(p) => to_json(p, out),
             _ => {}
         }
     }
@@ -131,7 +208,7 @@ impl LogitMethod {
                 let mean_l: f64 = shifted.iter().map(|v| (v - lse).exp() * v).sum();
                 (lse - mean_l).max(0.0)
             }
-            LogitMethod::Gen { gamma, k } => {
+            LogitMethod::Gen(GenParams { gamma, k }) => {
                 let lse = logsumexp(l);
                 let mut sorted = l.to_vec();
                 sorted.sort_unstable_by(|a, b| b.total_cmp(a));
@@ -145,7 +222,7 @@ impl LogitMethod {
                     })
                     .sum()
             }
-            LogitMethod::Odin { temperature } => {
+            LogitMethod::Odin(OdinParams { temperature }) => {
                 let scaled: Vec<f64> = l.iter().map(|v| v / temperature).collect();
                 let m = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 -(m - logsumexp(&scaled)).exp()

@@ -18,28 +18,14 @@
 //! # Ok::<(), oodbox::error::Error>(())
 //! ```
 //!
-//! # Scorers ([`kinds`])
+//! # Scorers
 //!
-//! | kind | module | score (higher = OOD) | parameters, defaults = Oodeel 0.4's |
-//! |---|---|---|---|
-//! | `msp` | [`logits`] | `−max softmax(l)` | — |
-//! | `maxlogit` | [`logits`] | `−max l` | — |
-//! | `energy` | [`logits`] | `−logsumexp(l)` | — |
-//! | `entropy` | [`logits`] | `−Σ p ln p` | — |
-//! | `gen` | [`logits`] | `Σ_{top k} p^γ(1−p)^γ` | `gamma=0.1`, `k=100` |
-//! | `odin` | [`logits`] | `−max softmax(l/T)` (**no input perturbation**) | `temperature=1000` |
-//! | `joint_energy` | [`logits`] | `−Σ softplus(l_c)` (for sigmoid heads: YOLO) | — |
-//! | `mahalanobis` | [`mahalanobis`] | `½ min_c d²_c` | `per_level=true`, `pinv_rtol=auto` |
-//! | `rmds` | [`mahalanobis`] | `½ min_c (d²_c − d²_0)` | `per_level=true`, `pinv_rtol=auto` |
-//! | `knn` | [`knn`] | distance to the k-th nearest normalised fit feature | `nearest=50`, `per_level=true` |
-//! | `vim` | [`vim`] | `α‖Rᵀ(f − u)‖ − logsumexp(l)` | `princ_dims=0.99`, `pca_origin=center`, `per_level=true` |
-//! | `she` | [`she`] | `−max_c ⟨f, m_c⟩ / D` | `per_level=true`, `class_select=max` |
-//! | `gram` | [`gram`] | Gram-statistic deviation (degenerate on vectors: see module) | `orders=1,2,3,4,5`, `quantile=0.01`, `per_level=true` |
-//!
-//! Activation shaping ([`shaping`]: `react` | `ash` | `scale` | `dice`) goes in front of any logit
-//! scorer: it reshapes the feature, recomputes `l' = W f' + b` with the box's level head, then
-//! applies the logit scorer. Parameters `react_quantile=0.8` (+ `per_level=true`),
-//! `ash_percentile=0.90`, `scale_percentile=0.85`, `dice_percentile=0.9`.
+//! The kinds are the table [`entries`] (one [`KindEntry`] each: name, summary, inputs, typed
+//! parameters with defaults, constructor); `docs/scorers.md` lists them with their parameters,
+//! the per-level behaviour and every deliberate difference from Oodeel 0.4, and `oodbox scorers`
+//! prints the same tables. Activation shaping ([`shaping`]) goes in front of any logit kind.
+//! Parameters are typed ([`params`]): `name=value` text and a scorer file's JSON both read into
+//! the kind's serde struct.
 //!
 //! **Fit labels** are `label` where present and ≥ 0, else `class_id`. The predicted class is
 //! `class_id` (used by SHE's "correctly classified" filter and Gram's per-class bounds).
@@ -50,8 +36,8 @@
 //! in different spaces. Every feature scorer therefore fits **per level by default**
 //! (`per_level=true`: one set of statistics per `level` value; a box on a level with no fit boxes
 //! is an error naming it) and pools all boxes with `per_level=false`. A box set without `level` is
-//! one group. Shaping always recomputes logits with the box's own level head; ReAct's clip value is
-//! per level by default, DICE's mask per head. Plain logit scorers have no statistics to split.
+//! one group. The plumbing is shared (`src/ood/grouped.rs`). Shaping always recomputes logits with the
+//! box's own level head.
 //!
 //! # Bad input
 //!
@@ -61,49 +47,42 @@
 //! [`from_state`]. A singular covariance is handled by the pseudo-inverse cut-off; a class with a
 //! single fit box works; a class with no (correctly classified) fit box is skipped.
 //!
-//! # Deliberate differences from Oodeel 0.4
-//!
-//! - **No input perturbation** anywhere (box sets carry no image or gradient): `odin` is
-//!   temperature scaling only; `mahalanobis`, `rmds`, `she` equal Oodeel with `eps=0` (Oodeel's
-//!   default is `eps=0.0014`; its ODIN cannot even run with `eps=0`).
-//! - **f64 statistics and stable forms** (Oodeel: float32 on device). Entropy never gives
-//!   `0·log 0 = NaN`; MSP and GEN use `1 − p = −expm1(l − logsumexp)`.
-//! - **KNN returns the distance, not its square**, and `score_in_sample` is leave-one-out where
-//!   Oodeel counts a fit box as its own neighbour (and uses `k = max(nearest, 2)`); k is clamped to
-//!   a group's bank size.
-//! - **ViM's `princ_dims` ratio is the count of components needed** (Oodeel takes one fewer); the
-//!   `pseudo` origin `−pinv(W) b` works (dead code in Oodeel); α ≤ 0 is a fit error.
-//! - **SHE skips classes with no correctly classified fit box** (Oodeel: NaN mean, NaN scores);
-//!   `class_select=predicted` offers the paper's definition.
-//! - **Mahalanobis/RMDS**: explicit pinv cut-off `pinv_rtol` (default `D·ε_f32`, torch's float32
-//!   default), row-wise quadratic forms instead of a `B×B` matrix.
-//! - **Gram**: a predicted class unseen at fit uses the level's pooled bounds (Oodeel: `KeyError`);
-//!   closed-form statistic for vector features.
-//! - **ASH/SCALE**: an undefined or overflowing scale (`Σ f·mask ≤ 0`, signed features) is an error
-//!   naming the box (Oodeel: inf/NaN); percentiles by linear interpolation (torch's).
-//! - **Parameters**: unknown names are errors (Oodeel's `MLS` drops its `**kwargs`); GEN's
-//!   `gamma ∈ (0, 1]` is checked; extra parameters `per_level`, `pinv_rtol`, `class_select`,
-//!   `dice_percentile` (DICE and JointEnergy are not in Oodeel).
-//! - **Fitted scorers are plain values**: refitting replaces the statistics; no hooks on a model.
-//!
 //! Parity with Oodeel 0.4 on the same features/logits is tested in `tests/ood_parity.rs` against
 //! `tests/fixtures/oodeel/` (made by `tests/fixtures/export_oodeel_reference.py`).
 
 mod common;
-pub mod gram;
-pub mod knn;
+mod grouped;
 mod linalg;
-pub mod logits;
-pub mod mahalanobis;
+pub mod params;
 mod registry;
 pub mod shaping;
-pub mod she;
-pub mod vim;
 
 #[cfg(test)]
 mod tests;
 
-pub use registry::{build, from_state, kinds, param_names};
+pub use common::Uses;
+pub use registry::{build, entries, from_state, kinds, markdown, param_names, shapings, KindEntry};
+
+/// Declares each kind module and lists the [`KindEntry`] constants it defines, in listing order.
+macro_rules! kind_table {
+    ($($module:ident => [$($entry:ident),+ $(,)?]),+ $(,)?) => {
+        $(pub mod $module;)+
+        /// The table of scorer kinds: `--scorer`, `--scorer all`, [`build`], [`from_state`], the
+        /// contract tests and docs/scorers.md all read it.
+        pub(crate) const KINDS: &[KindEntry] = &[$($($module::$entry),+),+];
+    };
+}
+
+// The one table of scorer kinds. A new kind is one file, src/ood/<module>.rs, defining a
+// `pub(crate) const NAME: KindEntry`, plus one line here: `<module> => [NAME],`.
+kind_table! {
+    logits => [MSP, MAXLOGIT, ENERGY, ENTROPY, GEN, ODIN, JOINT_ENERGY],
+    mahalanobis => [MAHALANOBIS, RMDS],
+    knn => [KNN],
+    vim => [VIM],
+    she => [SHE],
+    gram => [GRAM],
+}
 
 use crate::data::boxset::BoxSet;
 use crate::error::Result;

@@ -26,91 +26,189 @@
 //! scale overflows (signed features), where Oodeel returns inf/NaN; logits are recomputed in f64.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::common::{err, feature_f64, Grouping, Heads, Params, TensorMap, TensorsOut};
+use super::common::{err, feature_f64, Grouping, Heads, TensorMap, TensorsOut};
 use super::linalg::quantile_linear;
+use super::params::{infos, to_json, Given, ParamDoc, ParamInfo, ParamSet, PER_LEVEL};
 use crate::data::boxset::BoxSet;
 use crate::error::Result;
 
-/// The shaping names accepted by [`super::build`].
-pub const SHAPINGS: &[&str] = &["react", "ash", "scale", "dice"];
+/// One shaping: its name, what it does, its typed parameters and its constructor.
+pub struct ShapingEntry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub params: fn() -> Vec<ParamInfo>,
+    pub(crate) build: fn(&Given) -> Result<Shaping>,
+}
+
+/// The shapings accepted by [`super::build`], in listing order.
+pub(crate) const SHAPINGS: &[ShapingEntry] = &[
+    ShapingEntry {
+        name: "react",
+        summary: "clips the feature at a fitted quantile (ReAct)",
+        params: infos::<ReactParams>,
+        build: |p| Ok(Shaping::React(p.typed()?)),
+    },
+    ShapingEntry {
+        name: "ash",
+        summary: "prunes below a per-box percentile and rescales (ASH-S)",
+        params: infos::<AshParams>,
+        build: |p| Ok(Shaping::Ash(p.typed()?)),
+    },
+    ShapingEntry {
+        name: "scale",
+        summary: "rescales by the ASH factor without pruning (SCALE)",
+        params: infos::<ScaleParams>,
+        build: |p| Ok(Shaping::Scale(p.typed()?)),
+    },
+    ShapingEntry {
+        name: "dice",
+        summary: "masks the head's weights by their mean contribution (DICE)",
+        params: infos::<DiceParams>,
+        build: |p| Ok(Shaping::Dice(p.typed()?)),
+    },
+];
+
+fn unit_open(v: f64) -> bool {
+    (0.0..1.0).contains(&v)
+}
+
+/// ReAct's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactParams {
+    pub react_quantile: f64,
+    pub per_level: bool,
+}
+
+impl Default for ReactParams {
+    fn default() -> Self {
+        ReactParams {
+            react_quantile: 0.8,
+            per_level: true,
+        }
+    }
+}
+
+impl ParamSet for ReactParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "react_quantile",
+            expected: "a number in (0, 1]",
+            doc: "quantile of all fit feature values used as the clip value",
+        },
+        PER_LEVEL,
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        let q = self.react_quantile;
+        (!(q > 0.0 && q <= 1.0)).then_some("react_quantile")
+    }
+}
+
+/// ASH-S's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AshParams {
+    pub ash_percentile: f64,
+}
+
+impl Default for AshParams {
+    fn default() -> Self {
+        AshParams {
+            ash_percentile: 0.90,
+        }
+    }
+}
+
+impl ParamSet for AshParams {
+    const DOCS: &'static [ParamDoc] = &[ParamDoc {
+        name: "ash_percentile",
+        expected: "a number in [0, 1)",
+        doc: "activations at or below this percentile of the box's feature are pruned",
+    }];
+    fn out_of_range(&self) -> Option<&'static str> {
+        (!unit_open(self.ash_percentile)).then_some("ash_percentile")
+    }
+}
+
+/// SCALE's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleParams {
+    pub scale_percentile: f64,
+}
+
+impl Default for ScaleParams {
+    fn default() -> Self {
+        ScaleParams {
+            scale_percentile: 0.85,
+        }
+    }
+}
+
+impl ParamSet for ScaleParams {
+    const DOCS: &'static [ParamDoc] = &[ParamDoc {
+        name: "scale_percentile",
+        expected: "a number in [0, 1)",
+        doc: "the percentile above which activations set SCALE's factor",
+    }];
+    fn out_of_range(&self) -> Option<&'static str> {
+        (!unit_open(self.scale_percentile)).then_some("scale_percentile")
+    }
+}
+
+/// DICE's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiceParams {
+    pub dice_percentile: f64,
+}
+
+impl Default for DiceParams {
+    fn default() -> Self {
+        DiceParams {
+            dice_percentile: 0.9,
+        }
+    }
+}
+
+impl ParamSet for DiceParams {
+    const DOCS: &'static [ParamDoc] = &[ParamDoc {
+        name: "dice_percentile",
+        expected: "a number in [0, 1)",
+        doc: "head weights whose mean contribution is at or below this percentile are masked",
+    }];
+    fn out_of_range(&self) -> Option<&'static str> {
+        (!unit_open(self.dice_percentile)).then_some("dice_percentile")
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Shaping {
-    React { quantile: f64, per_level: bool },
-    Ash { percentile: f64 },
-    Scale { percentile: f64 },
-    Dice { percentile: f64 },
+    React(ReactParams),
+    Ash(AshParams),
+    Scale(ScaleParams),
+    Dice(DiceParams),
 }
 
 impl Shaping {
     pub fn name(&self) -> &'static str {
         match self {
-            Shaping::React { .. } => "react",
-            Shaping::Ash { .. } => "ash",
-            Shaping::Scale { .. } => "scale",
-            Shaping::Dice { .. } => "dice",
+            Shaping::React(_) => "react",
+            Shaping::Ash(_) => "ash",
+            Shaping::Scale(_) => "scale",
+            Shaping::Dice(_) => "dice",
         }
-    }
-
-    /// Parameter names of a shaping, for the registry.
-    pub(crate) fn param_names(name: &str) -> &'static [&'static str] {
-        match name {
-            "react" => &["react_quantile", "per_level"],
-            "ash" => &["ash_percentile"],
-            "scale" => &["scale_percentile"],
-            "dice" => &["dice_percentile"],
-            _ => &[],
-        }
-    }
-
-    pub(crate) fn from_params(name: &str, p: &Params) -> Result<Shaping> {
-        let unit = |v: f64| (0.0..1.0).contains(&v);
-        Ok(match name {
-            "react" => Shaping::React {
-                quantile: p.f64("react_quantile", 0.8, "in (0, 1]", |v| v > 0.0 && v <= 1.0)?,
-                per_level: p.bool("per_level", true)?,
-            },
-            "ash" => Shaping::Ash {
-                percentile: p.f64("ash_percentile", 0.90, "in [0, 1)", unit)?,
-            },
-            "scale" => Shaping::Scale {
-                percentile: p.f64("scale_percentile", 0.85, "in [0, 1)", unit)?,
-            },
-            "dice" => Shaping::Dice {
-                percentile: p.f64("dice_percentile", 0.9, "in [0, 1)", unit)?,
-            },
-            other => {
-                return Err(err(
-                    p.scorer(),
-                    format!(
-                        "unknown shaping `{other}`; valid shapings: {}",
-                        SHAPINGS.join(", ")
-                    ),
-                ))
-            }
-        })
     }
 
     pub(crate) fn params(&self, out: &mut BTreeMap<String, serde_json::Value>) {
         match self {
-            Shaping::React {
-                quantile,
-                per_level,
-            } => {
-                out.insert("react_quantile".into(), (*quantile).into());
-                out.insert("per_level".into(), (*per_level).into());
-            }
-            Shaping::Ash { percentile } => {
-                out.insert("ash_percentile".into(), (*percentile).into());
-            }
-            Shaping::Scale { percentile } => {
-                out.insert("scale_percentile".into(), (*percentile).into());
-            }
-            Shaping::Dice { percentile } => {
-                out.insert("dice_percentile".into(), (*percentile).into());
-            }
+            Shaping::React(p) => to_json(p, out),
+            Shaping::Ash(p) => to_json(p, out),
+            Shaping::Scale(p) => to_json(p, out),
+            Shaping::Dice(p) => to_json(p, out),
         }
     }
 
@@ -125,11 +223,8 @@ impl Shaping {
             masks: Vec::new(),
         };
         match self {
-            Shaping::React {
-                quantile,
-                per_level,
-            } => {
-                let (grouping, members) = Grouping::fit(boxes, *per_level);
+            Shaping::React(p) => {
+                let (grouping, members) = Grouping::fit(boxes, p.per_level);
                 for idx in &members {
                     let mut values: Vec<f64> = idx
                         .iter()
@@ -137,11 +232,11 @@ impl Shaping {
                         .collect();
                     fitted
                         .thresholds
-                        .push(quantile_linear(&mut values, *quantile));
+                        .push(quantile_linear(&mut values, p.react_quantile));
                 }
                 fitted.grouping = grouping;
             }
-            Shaping::Dice { percentile } => {
+            Shaping::Dice(p) => {
                 let mean_of = |pick: &dyn Fn(usize) -> bool| {
                     let mut sum = vec![0.0f64; d];
                     let mut n = 0usize;
@@ -161,13 +256,13 @@ impl Shaping {
                         .chunks_exact(d)
                         .flat_map(|row| row.iter().zip(&mean).map(|(w, m)| w * m))
                         .collect();
-                    let tau = quantile_linear(&mut contrib.clone(), *percentile);
+                    let tau = quantile_linear(&mut contrib.clone(), p.dice_percentile);
                     fitted
                         .masks
                         .push(contrib.iter().map(|&v| v > tau).collect());
                 }
             }
-            Shaping::Ash { .. } | Shaping::Scale { .. } => {}
+            Shaping::Ash(_) | Shaping::Scale(_) => {}
         }
         Ok(fitted)
     }
@@ -182,7 +277,7 @@ impl Shaping {
         fitted.heads.check_same(scorer, boxes)?;
         let head_of = fitted.heads.assign(scorer, boxes)?;
         let group_of = match self {
-            Shaping::React { .. } => fitted.grouping.assign(scorer, boxes)?,
+            Shaping::React(_) => fitted.grouping.assign(scorer, boxes)?,
             _ => Vec::new(),
         };
         (0..boxes.len())
@@ -191,12 +286,17 @@ impl Shaping {
                 let head = &fitted.heads.heads[head_of[i]];
                 let mut f = feature_f64(boxes, i);
                 match self {
-                    Shaping::React { .. } => {
+                    Shaping::React(_) => {
                         let c = fitted.thresholds[group_of[i]];
                         f.iter_mut().for_each(|v| *v = v.min(c));
                         Ok(head.logits(&f))
                     }
-                    Shaping::Ash { percentile } | Shaping::Scale { percentile } => {
+                    Shaping::Ash(AshParams {
+                        ash_percentile: percentile,
+                    })
+                    | Shaping::Scale(ScaleParams {
+                        scale_percentile: percentile,
+                    }) => {
                         let q = quantile_linear(&mut f.clone(), *percentile);
                         let total: f64 = f.iter().sum();
                         let kept: f64 = f.iter().filter(|&&v| v > q).sum();
@@ -212,13 +312,13 @@ impl Shaping {
                             ));
                         }
                         let s = log_s.exp();
-                        let prune = matches!(self, Shaping::Ash { .. });
+                        let prune = matches!(self, Shaping::Ash(_));
                         f.iter_mut().for_each(|v| {
                             *v = if prune && *v <= q { 0.0 } else { *v * s };
                         });
                         Ok(head.logits(&f))
                     }
-                    Shaping::Dice { .. } => {
+                    Shaping::Dice(_) => {
                         let mask = &fitted.masks[head_of[i]];
                         let d = head.dim;
                         Ok(head
@@ -259,7 +359,7 @@ impl FittedShaping {
     pub fn write(&self, shaping: &Shaping, out: &mut TensorsOut) {
         self.heads.write(out);
         match shaping {
-            Shaping::React { .. } => {
+            Shaping::React(_) => {
                 self.grouping.write(out);
                 out.push(
                     "react.thresholds",
@@ -267,7 +367,7 @@ impl FittedShaping {
                     self.thresholds.clone(),
                 );
             }
-            Shaping::Dice { .. } => {
+            Shaping::Dice(_) => {
                 for (h, m) in self.masks.iter().enumerate() {
                     let head = &self.heads.heads[h];
                     out.push(
@@ -277,7 +377,7 @@ impl FittedShaping {
                     );
                 }
             }
-            Shaping::Ash { .. } | Shaping::Scale { .. } => {}
+            Shaping::Ash(_) | Shaping::Scale(_) => {}
         }
     }
 
@@ -295,11 +395,11 @@ impl FittedShaping {
             masks: Vec::new(),
         };
         match shaping {
-            Shaping::React { .. } => {
+            Shaping::React(_) => {
                 fitted.grouping = Grouping::read(t)?;
                 fitted.thresholds = t.take("react.thresholds", &[fitted.grouping.len()])?;
             }
-            Shaping::Dice { .. } => {
+            Shaping::Dice(_) => {
                 for h in 0..fitted.heads.heads.len() {
                     let m = t.take(&format!("dice.{h}.mask"), &[classes, dim])?;
                     if m.iter().any(|&v| v != 0.0 && v != 1.0) {
@@ -308,7 +408,7 @@ impl FittedShaping {
                     fitted.masks.push(m.iter().map(|&v| v == 1.0).collect());
                 }
             }
-            Shaping::Ash { .. } | Shaping::Scale { .. } => {}
+            Shaping::Ash(_) | Shaping::Scale(_) => {}
         }
         Ok(fitted)
     }

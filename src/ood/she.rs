@@ -20,17 +20,28 @@
 //! Oodeel with `eps=0`); a class with no correctly classified sample is skipped instead of giving a
 //! NaN mean (and NaN scores); features are taken as given (Oodeel `squeeze`s them); f64.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::common::{
-    check_boxes, check_dim, check_fit_set, distinct, err, fit_labels, not_fitted, Grouping, Params,
-    TensorMap, TensorsOut, Uses,
-};
+use super::common::{distinct, err, fit_labels, TensorMap, TensorsOut, Uses};
+use super::grouped::{GroupInfo, PerLevel};
+use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
+use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::Result;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) const SHE: KindEntry = KindEntry {
+    name: "she",
+    summary: "`−max_c ⟨f, m_c⟩ / D`, patterns of correctly classified fit boxes",
+    inputs: She::USES,
+    shapeable: false,
+    params: infos::<SheParams>,
+    build: |p, _| Ok(Box::new(She::with_params(p.typed()?))),
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SheClassSelect {
     /// Max over all class patterns (Oodeel).
     Max,
@@ -38,18 +49,38 @@ pub enum SheClassSelect {
     Predicted,
 }
 
-#[derive(Clone, Debug)]
-pub struct She {
+/// SHE's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SheParams {
     pub per_level: bool,
     pub class_select: SheClassSelect,
-    fitted: Option<Fit>,
+}
+
+impl Default for SheParams {
+    fn default() -> Self {
+        SheParams {
+            per_level: true,
+            class_select: SheClassSelect::Max,
+        }
+    }
+}
+
+impl ParamSet for SheParams {
+    const DOCS: &'static [ParamDoc] = &[
+        PER_LEVEL,
+        ParamDoc {
+            name: "class_select",
+            expected: "one of max, predicted",
+            doc: "the pattern compared: the best over classes (Oodeel), or the predicted class's (paper)",
+        },
+    ];
 }
 
 #[derive(Clone, Debug)]
-struct Fit {
-    dim: usize,
-    grouping: Grouping,
-    groups: Vec<Group>,
+pub struct She {
+    pub params: SheParams,
+    groups: PerLevel<Group>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,168 +92,146 @@ struct Group {
 
 impl She {
     pub fn new(per_level: bool, class_select: SheClassSelect) -> Self {
-        She {
+        Self::with_params(SheParams {
             per_level,
             class_select,
-            fitted: None,
-        }
+        })
     }
 
-    pub(crate) fn from_params(p: &Params) -> Result<She> {
-        let select = match p.choice("class_select", "max", &["max", "predicted"])? {
-            "predicted" => SheClassSelect::Predicted,
-            _ => SheClassSelect::Max,
-        };
-        Ok(She::new(p.bool("per_level", true)?, select))
+    pub fn with_params(params: SheParams) -> Self {
+        She {
+            params,
+            groups: PerLevel::default(),
+        }
     }
 
     const USES: Uses = Uses {
         features: true,
         logits: false,
     };
+
+    fn fit_group(
+        &self,
+        boxes: &BoxSet,
+        labels: &[i64],
+        idx: &[usize],
+        info: &GroupInfo,
+    ) -> Result<Group> {
+        let d = info.dim;
+        let correct: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| labels[i] == boxes.class_id[i])
+            .collect();
+        let classes = distinct(correct.iter().map(|&i| labels[i]));
+        if classes.is_empty() {
+            return Err(err(
+                self.kind(),
+                format!(
+                    "{}: no correctly classified fit box (label = class_id), so no class pattern",
+                    info.name()
+                ),
+            ));
+        }
+        let mut patterns = vec![0.0; classes.len() * d];
+        let mut counts = vec![0usize; classes.len()];
+        for &i in &correct {
+            let c = classes.binary_search(&labels[i]).expect("class");
+            counts[c] += 1;
+            for (p, &v) in patterns[c * d..(c + 1) * d]
+                .iter_mut()
+                .zip(boxes.feature(i))
+            {
+                *p += v as f64;
+            }
+        }
+        for (c, &n) in counts.iter().enumerate() {
+            patterns[c * d..(c + 1) * d]
+                .iter_mut()
+                .for_each(|p| *p /= n as f64);
+        }
+        Ok(Group { classes, patterns })
+    }
+
+    fn score_box(&self, group: &Group, boxes: &BoxSet, i: usize, d: usize) -> f64 {
+        let f = boxes.feature(i);
+        let dot = |c: usize| {
+            group.patterns[c * d..(c + 1) * d]
+                .iter()
+                .zip(f)
+                .map(|(m, &v)| m * v as f64)
+                .sum::<f64>()
+        };
+        let predicted = match self.params.class_select {
+            SheClassSelect::Predicted => group.classes.binary_search(&boxes.class_id[i]).ok(),
+            SheClassSelect::Max => None,
+        };
+        let best = match predicted {
+            Some(c) => dot(c),
+            None => (0..group.classes.len())
+                .map(dot)
+                .fold(f64::NEG_INFINITY, f64::max),
+        };
+        -best / d as f64
+    }
 }
 
 impl Scorer for She {
     fn kind(&self) -> &'static str {
-        "she"
+        SHE.name
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
-        let kind = self.kind();
-        check_fit_set(kind, boxes, Self::USES)?;
-        let d = boxes.feature_dim;
         let labels = fit_labels(boxes);
-        let (grouping, members) = Grouping::fit(boxes, self.per_level);
-        let mut groups = Vec::new();
-        for (g, idx) in members.iter().enumerate() {
-            let correct: Vec<usize> = idx
-                .iter()
-                .copied()
-                .filter(|&i| labels[i] == boxes.class_id[i])
-                .collect();
-            let classes = distinct(correct.iter().map(|&i| labels[i]));
-            if classes.is_empty() {
-                return Err(err(
-                    kind,
-                    format!(
-                        "{}: no correctly classified fit box (label = class_id), so no class pattern",
-                        grouping.name(g)
-                    ),
-                ));
-            }
-            let mut patterns = vec![0.0; classes.len() * d];
-            let mut counts = vec![0usize; classes.len()];
-            for &i in &correct {
-                let c = classes.binary_search(&labels[i]).expect("class");
-                counts[c] += 1;
-                for (p, &v) in patterns[c * d..(c + 1) * d]
-                    .iter_mut()
-                    .zip(boxes.feature(i))
-                {
-                    *p += v as f64;
-                }
-            }
-            for (c, &n) in counts.iter().enumerate() {
-                patterns[c * d..(c + 1) * d]
-                    .iter_mut()
-                    .for_each(|p| *p /= n as f64);
-            }
-            groups.push(Group { classes, patterns });
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            grouping,
-            groups,
-        });
+        let mut groups = PerLevel::default();
+        groups.fit(self.kind(), boxes, Self::USES, self.params.per_level, |idx, info| {
+            self.fit_group(boxes, &labels, idx, info)
+        })?;
+        self.groups = groups;
         Ok(())
     }
 
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
-        let kind = self.kind();
-        let fit = self.fitted.as_ref().ok_or_else(|| not_fitted(kind))?;
-        check_boxes(kind, boxes, Self::USES)?;
-        let d = fit.dim;
-        check_dim(kind, "feature dimension", d, boxes.feature_dim)?;
-        let group_of = fit.grouping.assign(kind, boxes)?;
-        Ok((0..boxes.len())
-            .map(|i| {
-                let group = &fit.groups[group_of[i]];
-                let f = boxes.feature(i);
-                let dot = |c: usize| {
-                    group.patterns[c * d..(c + 1) * d]
-                        .iter()
-                        .zip(f)
-                        .map(|(m, &v)| m * v as f64)
-                        .sum::<f64>()
-                };
-                let predicted = match self.class_select {
-                    SheClassSelect::Predicted => {
-                        group.classes.binary_search(&boxes.class_id[i]).ok()
-                    }
-                    SheClassSelect::Max => None,
-                };
-                let best = match predicted {
-                    Some(c) => dot(c),
-                    None => (0..group.classes.len())
-                        .map(dot)
-                        .fold(f64::NEG_INFINITY, f64::max),
-                };
-                -best / d as f64
+        self.groups
+            .score(self.kind(), boxes, Self::USES, |group, idx, info| {
+                Ok(idx
+                    .iter()
+                    .map(|&i| self.score_box(group, boxes, i, info.dim))
+                    .collect())
             })
-            .collect())
     }
 
     fn to_state(&self) -> ScorerState {
         let mut params = BTreeMap::new();
-        params.insert("per_level".into(), self.per_level.into());
-        params.insert(
-            "class_select".into(),
-            match self.class_select {
-                SheClassSelect::Max => "max",
-                SheClassSelect::Predicted => "predicted",
-            }
-            .into(),
-        );
+        to_json(&self.params, &mut params);
         let mut out = TensorsOut::default();
-        if let Some(fit) = &self.fitted {
-            out.scalar("feature_dim", fit.dim as f64);
-            fit.grouping.write(&mut out);
-            for (g, group) in fit.groups.iter().enumerate() {
-                let n = group.classes.len();
-                out.push(
-                    &format!("group{g}.classes"),
-                    vec![n],
-                    group.classes.iter().map(|&c| c as f64).collect(),
-                );
-                out.push(
-                    &format!("group{g}.patterns"),
-                    vec![n, fit.dim],
-                    group.patterns.clone(),
-                );
-            }
-        }
+        self.groups.write(&mut out, |group, info, out| {
+            let n = group.classes.len();
+            out.push(
+                &info.tensor("classes"),
+                vec![n],
+                group.classes.iter().map(|&c| c as f64).collect(),
+            );
+            out.push(
+                &info.tensor("patterns"),
+                vec![n, info.dim],
+                group.patterns.clone(),
+            );
+        });
         out.into_state(self.kind(), None, params)
     }
 }
 
 impl ScorerImpl for She {
     fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
-        let d = t.feature_dim()?;
-        let grouping = Grouping::read(t)?;
-        let mut groups = Vec::new();
-        for g in 0..grouping.len() {
-            let classes = t.labels(&format!("group{g}.classes"))?;
+        self.groups = PerLevel::read(t, Self::USES, |t, info| {
+            let classes = t.labels(&info.tensor("classes"))?;
             if classes.is_empty() {
-                return Err(t.bad(format!("group {g} has no class pattern")));
+                return Err(t.bad(format!("group {} has no class pattern", info.g)));
             }
-            let patterns = t.take(&format!("group{g}.patterns"), &[classes.len(), d])?;
-            groups.push(Group { classes, patterns });
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            grouping,
-            groups,
-        });
+            let patterns = t.take(&info.tensor("patterns"), &[classes.len(), info.dim])?;
+            Ok(Group { classes, patterns })
+        })?;
         Ok(())
     }
 }

@@ -117,15 +117,30 @@ fn append(set: &BoxSet, f: Vec<f32>, level: Option<i64>) -> BoxSet {
     out
 }
 
+/// The table's entry of a kind.
+fn entry(kind: &str) -> &'static KindEntry {
+    entries().iter().find(|k| k.name == kind).unwrap()
+}
+
+/// Every kind of the table, and every shapeable kind with every shaping.
 fn all_configs() -> Vec<(&'static str, Option<&'static str>)> {
     let mut v: Vec<(&'static str, Option<&'static str>)> =
         kinds().iter().map(|&k| (k, None)).collect();
-    for &k in logits::LOGIT_KINDS {
-        for &s in shaping::SHAPINGS {
-            v.push((k, Some(s)));
+    for k in entries().iter().filter(|k| k.shapeable) {
+        for s in shapings() {
+            v.push((k.name, Some(s)));
         }
     }
     v
+}
+
+/// The kinds that fit per level.
+fn grouped_kinds() -> Vec<&'static str> {
+    entries()
+        .iter()
+        .filter(|k| k.per_level())
+        .map(|k| k.name)
+        .collect()
 }
 
 fn fitted(
@@ -177,7 +192,7 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
         let per_level_param: &[(&str, &str)] = match (kind, shaping) {
             (_, Some("react")) => &[("per_level", "false")],
             (_, Some(_)) => &[],
-            (k, None) if logits::LOGIT_KINDS.contains(&k) => &[],
+            (k, None) if !entry(k).per_level() => &[],
             _ => &[("per_level", "false")],
         };
         let a = fitted(kind, shaping, &[], &fit).score(&test).unwrap();
@@ -190,7 +205,7 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
     let mut odd = test.clone();
     odd.level.as_mut().unwrap()[2] = 5;
     odd.head = None;
-    for kind in ["mahalanobis", "rmds", "knn", "vim", "she", "gram"] {
+    for kind in grouped_kinds() {
         let err = fitted(kind, None, &[], &fit)
             .score(&odd)
             .unwrap_err()
@@ -215,8 +230,8 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
 fn non_finite_values_are_errors_naming_the_box() {
     let fit = id_set(5, 200, None);
     for (kind, shaping) in all_configs() {
-        let uses_logits = logits::LOGIT_KINDS.contains(&kind) || kind == "vim";
-        let uses_features = !logits::LOGIT_KINDS.contains(&kind) || shaping.is_some();
+        let uses_logits = entry(kind).inputs.logits;
+        let uses_features = entry(kind).inputs.features || shaping.is_some();
         let mut cases = Vec::new();
         if uses_features {
             let mut b = fit.clone();
@@ -300,7 +315,7 @@ fn a_class_with_a_single_box_works() {
     }
     assert!(!first);
     let test = append(&id_set(8, 20, None), ood_feature(), None);
-    for kind in ["mahalanobis", "rmds", "knn", "vim", "she", "gram"] {
+    for kind in grouped_kinds() {
         let scores = fitted(kind, None, &[], &fit).score(&test).unwrap();
         assert!(scores.iter().all(|v| v.is_finite()), "{kind}: {scores:?}");
     }
@@ -357,15 +372,15 @@ fn dimension_mismatch_between_fit_and_score_is_an_error() {
     fewer_classes.head = None;
     for (kind, shaping) in all_configs() {
         let s = fitted(kind, shaping, &[], &fit);
-        let is_logit = logits::LOGIT_KINDS.contains(&kind);
-        if !is_logit || shaping.is_some() {
+        let inputs = entry(kind).inputs;
+        if inputs.features || shaping.is_some() {
             let err = s.score(&narrow).unwrap_err().to_string();
             assert!(
                 err.contains("feature dimension"),
                 "{kind} {shaping:?}: {err}"
             );
         }
-        if is_logit || kind == "vim" {
+        if inputs.logits {
             let err = s.score(&fewer_classes).unwrap_err().to_string();
             assert!(err.contains("class count"), "{kind} {shaping:?}: {err}");
         }
@@ -621,7 +636,7 @@ fn logit_scores_are_stable_on_saturated_logits() {
         ..Default::default()
     };
     set.label = None;
-    for kind in logits::LOGIT_KINDS {
+    for kind in entries().iter().filter(|k| k.shapeable).map(|k| k.name) {
         let s = fitted(kind, None, &[], &set);
         let v = s.score(&set).unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{kind}: {v:?}");
@@ -751,4 +766,99 @@ fn knn_speed_100k_bank_256d() {
         rayon::current_num_threads()
     );
     assert!(scores.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn the_table_names_every_kind_once_and_documents_every_parameter() {
+    let names = kinds();
+    assert_eq!(names.len(), distinct_count(&names), "{names:?}");
+    for k in entries() {
+        assert!(!k.summary.is_empty(), "{}", k.name);
+        assert_eq!(k.name, k.name.to_ascii_lowercase());
+        let params = (k.params)();
+        let documented: Vec<&str> = params.iter().map(|p| p.doc.name).collect();
+        assert_eq!(documented.len(), distinct_count(&documented), "{}", k.name);
+        // The docs name exactly the typed struct's fields, and a state stores all of them.
+        let state = build(k.name, None, &[]).unwrap().to_state();
+        assert_eq!(state.kind, k.name);
+        let mut stored: Vec<&str> = state.params.keys().map(String::as_str).collect();
+        let mut sorted = documented.clone();
+        stored.sort_unstable();
+        sorted.sort_unstable();
+        assert_eq!(stored, sorted, "{}", k.name);
+        for p in &params {
+            assert!(!p.default.is_null(), "{} {}", k.name, p.doc.name);
+            assert_eq!(
+                state.params[p.doc.name], p.default,
+                "{} {}",
+                k.name, p.doc.name
+            );
+        }
+    }
+}
+
+fn distinct_count(names: &[&str]) -> usize {
+    names
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+#[test]
+fn every_parameter_reads_from_text_and_rejects_a_bad_value() {
+    for (kind, shaping) in all_configs() {
+        let params: Vec<(String, String)> = param_names(kind, shaping)
+            .into_iter()
+            .zip(
+                (entry(kind).params)()
+                    .into_iter()
+                    .chain(shaping.into_iter().flat_map(|s| {
+                        let s = shaping::SHAPINGS.iter().find(|e| e.name == s).unwrap();
+                        (s.params)()
+                    })),
+            )
+            .map(|(name, info)| {
+                assert_eq!(name, info.doc.name);
+                (name.to_string(), info.default_text())
+            })
+            .collect();
+        // Every default given as text gives the default state.
+        let given = build(kind, shaping, &params).unwrap().to_state();
+        assert_eq!(
+            given,
+            build(kind, shaping, &[]).unwrap().to_state(),
+            "{kind} {shaping:?}"
+        );
+        for (name, _) in &params {
+            let err = build(kind, shaping, &[(name.clone(), "nonsense".into())])
+                .err()
+                .unwrap_or_else(|| panic!("{kind} {shaping:?}: {name}=nonsense accepted"))
+                .to_string();
+            assert!(
+                err.contains(&format!("`{name}=nonsense`: expected")),
+                "{kind} {shaping:?}: {err}"
+            );
+        }
+        let err = build(kind, shaping, &[("bogus".into(), "1".into())])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            params.iter().all(|(name, _)| err.contains(name.as_str())),
+            "{kind} {shaping:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn docs_table_matches_the_registry() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scorers.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let (_, rest) = text.split_once("<!-- registry:begin -->\n").unwrap();
+    let (table, _) = rest.split_once("<!-- registry:end -->").unwrap();
+    assert_eq!(
+        table,
+        markdown(),
+        "docs/scorers.md is out of date: paste the output of `oodbox scorers` between its markers"
+    );
 }

@@ -28,56 +28,43 @@
 //! needed; 24 instead of 25 on the parity fixture); here `k` is the count. Oodeel's
 //! `pca_origin="pseudo"` is dead code (gated on `layer_id == -1`); here it works. f64 statistics.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::common::{
-    check_boxes, check_dim, check_fit_set, err, gather_features, logits_f64, not_fitted, Grouping,
-    Heads, Params, TensorMap, TensorsOut, Uses,
+    err, gather_features, logits_f64, Head, Heads, TensorMap, TensorsOut, Uses,
 };
+use super::grouped::{GroupInfo, PerLevel};
 use super::linalg::{logsumexp, matmul_nt, scaled_gram, sym_eigh, sym_pinv};
+use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
+use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::Result;
 
-/// How many principal dimensions ViM removes before measuring the residual.
-#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) const VIM: KindEntry = KindEntry {
+    name: "vim",
+    summary: "`α‖Rᵀ(f − u)‖ − logsumexp(l)`, residual off the principal subspace (the head too with `pca_origin=pseudo`)",
+    inputs: Vim::USES,
+    shapeable: false,
+    params: infos::<VimParams>,
+    build: |p, _| Ok(Box::new(Vim::with_params(p.typed()?))),
+};
+
+/// How many principal dimensions ViM removes before measuring the residual: an integer count,
+/// or an explained-variance ratio (a number written with a decimal point).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum PrincDims {
     Count(usize),
     ExplainedVariance(f64),
 }
 
 impl PrincDims {
-    pub(crate) fn parse(p: &Params) -> Result<PrincDims> {
-        let Some(s) = p.string("princ_dims") else {
-            return Ok(PrincDims::ExplainedVariance(0.99));
-        };
-        let bad = || {
-            err(
-                p.scorer(),
-                format!(
-                    "parameter `princ_dims={s}`: expected an integer count >= 1 or a ratio in (0, 1) written with a decimal point"
-                ),
-            )
-        };
-        if s.contains(['.', 'e', 'E']) {
-            let r: f64 = s.parse().map_err(|_| bad())?;
-            if !(r > 0.0 && r < 1.0) {
-                return Err(bad());
-            }
-            Ok(PrincDims::ExplainedVariance(r))
-        } else {
-            let k: usize = s.parse().map_err(|_| bad())?;
-            if k == 0 {
-                return Err(bad());
-            }
-            Ok(PrincDims::Count(k))
-        }
-    }
-
-    fn to_json(self) -> serde_json::Value {
+    fn valid(self) -> bool {
         match self {
-            PrincDims::Count(k) => k.into(),
-            PrincDims::ExplainedVariance(r) => r.into(),
+            PrincDims::Count(k) => k >= 1,
+            PrincDims::ExplainedVariance(r) => r > 0.0 && r < 1.0,
         }
     }
 
@@ -115,26 +102,55 @@ impl PrincDims {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PcaOrigin {
     Center,
     Pseudo,
 }
 
-#[derive(Clone, Debug)]
-pub struct Vim {
+/// ViM's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VimParams {
     pub princ_dims: PrincDims,
     pub pca_origin: PcaOrigin,
     pub per_level: bool,
-    fitted: Option<Fit>,
+}
+
+impl Default for VimParams {
+    fn default() -> Self {
+        VimParams {
+            princ_dims: PrincDims::ExplainedVariance(0.99),
+            pca_origin: PcaOrigin::Center,
+            per_level: true,
+        }
+    }
+}
+
+impl ParamSet for VimParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "princ_dims",
+            expected: "an integer count >= 1 or a ratio in (0, 1) written with a decimal point",
+            doc: "principal dimensions removed: a count, or the explained-variance ratio to exceed",
+        },
+        ParamDoc {
+            name: "pca_origin",
+            expected: "one of center, pseudo",
+            doc: "origin u: the mean fit feature, or the paper's `−pinv(W) b`",
+        },
+        PER_LEVEL,
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        (!self.princ_dims.valid()).then_some("princ_dims")
+    }
 }
 
 #[derive(Clone, Debug)]
-struct Fit {
-    dim: usize,
-    classes: usize,
-    grouping: Grouping,
-    groups: Vec<Group>,
+pub struct Vim {
+    pub params: VimParams,
+    groups: PerLevel<Group>,
 }
 
 #[derive(Clone, Debug)]
@@ -148,31 +164,25 @@ struct Group {
 
 impl Vim {
     pub fn new(princ_dims: PrincDims, pca_origin: PcaOrigin, per_level: bool) -> Self {
-        Vim {
+        Self::with_params(VimParams {
             princ_dims,
             pca_origin,
             per_level,
-            fitted: None,
-        }
+        })
     }
 
-    pub(crate) fn from_params(p: &Params) -> Result<Vim> {
-        let origin = match p.choice("pca_origin", "center", &["center", "pseudo"])? {
-            "pseudo" => PcaOrigin::Pseudo,
-            _ => PcaOrigin::Center,
-        };
-        Ok(Vim::new(
-            PrincDims::parse(p)?,
-            origin,
-            p.bool("per_level", true)?,
-        ))
+    pub fn with_params(params: VimParams) -> Self {
+        Vim {
+            params,
+            groups: PerLevel::default(),
+        }
     }
 
     /// The principal dimension count used by each group once fitted.
     pub fn princ_dims_used(&self) -> Option<Vec<usize>> {
-        self.fitted
-            .as_ref()
-            .map(|f| f.groups.iter().map(|g| g.k).collect())
+        self.groups
+            .groups()
+            .map(|g| g.iter().map(|g| g.k).collect())
     }
 
     const USES: Uses = Uses {
@@ -191,208 +201,181 @@ impl Vim {
             .map(|p| p.iter().map(|v| v * v).sum::<f64>().sqrt())
             .collect()
     }
+
+    /// The group's head for `pca_origin=pseudo`: its level's, or the single one.
+    fn head<'h>(&self, heads: &'h Heads, info: &GroupInfo) -> Result<&'h Head> {
+        if heads.heads.len() == 1 {
+            return Ok(&heads.heads[0]);
+        }
+        let Some(level) = info.level() else {
+            return Err(err(
+                self.kind(),
+                "pca_origin=pseudo with per-level heads needs per_level=true and a box set with `level`",
+            ));
+        };
+        heads.heads.get(level as usize).ok_or_else(|| {
+            err(
+                self.kind(),
+                format!("{}: no head for this level", info.name()),
+            )
+        })
+    }
+
+    /// `u = −Wᵀ pinv(W Wᵀ) b` (= `−pinv(W) b`).
+    fn pseudo_origin(&self, h: &Head, info: &GroupInfo) -> Result<Vec<f64>> {
+        let (c, d) = (h.classes, info.dim);
+        let wwt = matmul_nt(&h.weight, c, d, &h.weight, c);
+        let pinv = sym_pinv(&wwt, c, c.max(d) as f64 * f64::EPSILON)
+            .map_err(|e| err(self.kind(), format!("{}: {e}", info.name())))?;
+        let y: Vec<f64> = (0..c)
+            .map(|i| (0..c).map(|j| pinv[i * c + j] * h.bias[j]).sum())
+            .collect();
+        Ok((0..d)
+            .map(|j| -(0..c).map(|i| h.weight[i * d + j] * y[i]).sum::<f64>())
+            .collect())
+    }
+
+    fn fit_group(
+        &self,
+        boxes: &BoxSet,
+        heads: Option<&Heads>,
+        idx: &[usize],
+        info: &GroupInfo,
+    ) -> Result<Group> {
+        let kind = self.kind();
+        let (n, d, name) = (idx.len(), info.dim, info.name());
+        let feats = gather_features(boxes, idx);
+        let origin = match heads {
+            None => {
+                let mut m = vec![0.0; d];
+                for row in feats.chunks_exact(d) {
+                    m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                m.iter_mut().for_each(|a| *a /= n as f64);
+                m
+            }
+            Some(heads) => self.pseudo_origin(self.head(heads, info)?, info)?,
+        };
+        let centred: Vec<f64> = feats
+            .chunks_exact(d)
+            .flat_map(|row| row.iter().zip(&origin).map(|(v, u)| v - u))
+            .collect();
+        let cov = scaled_gram(&centred, n, d, 1.0 / n as f64);
+        let (values, vectors) = sym_eigh(&cov, d).map_err(|e| err(kind, format!("{name}: {e}")))?;
+        let k = self
+            .params
+            .princ_dims
+            .resolve(&values)
+            .map_err(|e| err(kind, format!("{name}: {e}")))?;
+        let residual = vectors[..(d - k) * d].to_vec();
+        let mut group = Group {
+            origin,
+            residual,
+            k,
+            alpha: 0.0,
+        };
+        let norms = Self::residual_norms(&group, &feats, n, d);
+        let mean_norm = norms.iter().sum::<f64>() / n as f64;
+        let mean_max_logit = idx
+            .iter()
+            .map(|&i| {
+                boxes
+                    .logit_row(i)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
+            .sum::<f64>()
+            / n as f64;
+        let alpha = mean_max_logit / mean_norm;
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(err(
+                kind,
+                format!(
+                    "{name}: alpha = mean max-logit {mean_max_logit} / mean residual norm {mean_norm} is not positive; ViM assumes positive max-logits on ID data and a non-zero residual"
+                ),
+            ));
+        }
+        group.alpha = alpha;
+        Ok(group)
+    }
 }
 
 impl Scorer for Vim {
     fn kind(&self) -> &'static str {
-        "vim"
+        VIM.name
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
         let kind = self.kind();
-        check_fit_set(kind, boxes, Self::USES)?;
-        let d = boxes.feature_dim;
-        if d < 2 {
-            return Err(err(kind, "needs features of dimension >= 2"));
-        }
-        let (grouping, members) = Grouping::fit(boxes, self.per_level);
-        let heads = match self.pca_origin {
-            PcaOrigin::Pseudo => {
-                let heads = Heads::from_boxes(kind, boxes)?;
-                if grouping.levels.is_none() && heads.heads.len() > 1 {
-                    return Err(err(
-                        kind,
-                        "pca_origin=pseudo with per-level heads needs per_level=true and a box set with `level`",
-                    ));
+        let mut groups = PerLevel::default();
+        let mut heads = None;
+        groups.fit(kind, boxes, Self::USES, self.params.per_level, |idx, info| {
+            if info.g == 0 {
+                if info.dim < 2 {
+                    return Err(err(kind, "needs features of dimension >= 2"));
                 }
-                Some(heads)
+                if self.params.pca_origin == PcaOrigin::Pseudo {
+                    heads = Some(Heads::from_boxes(kind, boxes)?);
+                }
             }
-            PcaOrigin::Center => None,
-        };
-        let mut groups = Vec::with_capacity(members.len());
-        for (g, idx) in members.iter().enumerate() {
-            let n = idx.len();
-            let name = grouping.name(g);
-            let feats = gather_features(boxes, idx);
-            let origin = match &heads {
-                None => {
-                    let mut m = vec![0.0; d];
-                    for row in feats.chunks_exact(d) {
-                        m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    m.iter_mut().for_each(|a| *a /= n as f64);
-                    m
-                }
-                Some(heads) => {
-                    let h = match &grouping.levels {
-                        Some(levels) if heads.heads.len() > 1 => {
-                            let l = levels[g] as usize;
-                            heads.heads.get(l).ok_or_else(|| {
-                                err(kind, format!("{name}: no head for this level"))
-                            })?
-                        }
-                        _ => &heads.heads[0],
-                    };
-                    // u = −Wᵀ pinv(W Wᵀ) b  (= −pinv(W) b)
-                    let c = h.classes;
-                    let wwt = matmul_nt(&h.weight, c, d, &h.weight, c);
-                    let pinv = sym_pinv(&wwt, c, c.max(d) as f64 * f64::EPSILON)
-                        .map_err(|e| err(kind, format!("{name}: {e}")))?;
-                    let y: Vec<f64> = (0..c)
-                        .map(|i| (0..c).map(|j| pinv[i * c + j] * h.bias[j]).sum())
-                        .collect();
-                    (0..d)
-                        .map(|j| -(0..c).map(|i| h.weight[i * d + j] * y[i]).sum::<f64>())
-                        .collect()
-                }
-            };
-            let centred: Vec<f64> = feats
-                .chunks_exact(d)
-                .flat_map(|row| row.iter().zip(&origin).map(|(v, u)| v - u))
-                .collect();
-            let cov = scaled_gram(&centred, n, d, 1.0 / n as f64);
-            let (values, vectors) =
-                sym_eigh(&cov, d).map_err(|e| err(kind, format!("{name}: {e}")))?;
-            let k = self
-                .princ_dims
-                .resolve(&values)
-                .map_err(|e| err(kind, format!("{name}: {e}")))?;
-            let residual = vectors[..(d - k) * d].to_vec();
-            let mut group = Group {
-                origin,
-                residual,
-                k,
-                alpha: 0.0,
-            };
-            let norms = Self::residual_norms(&group, &feats, n, d);
-            let mean_norm = norms.iter().sum::<f64>() / n as f64;
-            let mean_max_logit = idx
-                .iter()
-                .map(|&i| {
-                    boxes
-                        .logit_row(i)
-                        .iter()
-                        .map(|&v| v as f64)
-                        .fold(f64::NEG_INFINITY, f64::max)
-                })
-                .sum::<f64>()
-                / n as f64;
-            let alpha = mean_max_logit / mean_norm;
-            if !(alpha.is_finite() && alpha > 0.0) {
-                return Err(err(
-                    kind,
-                    format!(
-                        "{name}: alpha = mean max-logit {mean_max_logit} / mean residual norm {mean_norm} is not positive; ViM assumes positive max-logits on ID data and a non-zero residual"
-                    ),
-                ));
-            }
-            group.alpha = alpha;
-            groups.push(group);
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            classes: boxes.num_classes,
-            grouping,
-            groups,
-        });
+            self.fit_group(boxes, heads.as_ref(), idx, info)
+        })?;
+        self.groups = groups;
         Ok(())
     }
 
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
-        let kind = self.kind();
-        let fit = self.fitted.as_ref().ok_or_else(|| not_fitted(kind))?;
-        check_boxes(kind, boxes, Self::USES)?;
-        let d = fit.dim;
-        check_dim(kind, "feature dimension", d, boxes.feature_dim)?;
-        check_dim(kind, "class count", fit.classes, boxes.num_classes)?;
-        let members = fit.grouping.members(kind, boxes)?;
-        let mut scores = vec![0.0; boxes.len()];
-        for (group, idx) in fit.groups.iter().zip(&members) {
-            if idx.is_empty() {
-                continue;
-            }
-            let feats = gather_features(boxes, idx);
-            let norms = Self::residual_norms(group, &feats, idx.len(), d);
-            for (&i, norm) in idx.iter().zip(norms) {
-                scores[i] = group.alpha * norm - logsumexp(&logits_f64(boxes, i));
-            }
-        }
-        Ok(scores)
+        self.groups
+            .score(self.kind(), boxes, Self::USES, |group, idx, info| {
+                let feats = gather_features(boxes, idx);
+                let norms = Self::residual_norms(group, &feats, idx.len(), info.dim);
+                Ok(idx
+                    .iter()
+                    .zip(norms)
+                    .map(|(&i, norm)| group.alpha * norm - logsumexp(&logits_f64(boxes, i)))
+                    .collect())
+            })
     }
 
     fn to_state(&self) -> ScorerState {
         let mut params = BTreeMap::new();
-        params.insert("princ_dims".into(), self.princ_dims.to_json());
-        params.insert(
-            "pca_origin".into(),
-            match self.pca_origin {
-                PcaOrigin::Center => "center",
-                PcaOrigin::Pseudo => "pseudo",
-            }
-            .into(),
-        );
-        params.insert("per_level".into(), self.per_level.into());
+        to_json(&self.params, &mut params);
         let mut out = TensorsOut::default();
-        if let Some(fit) = &self.fitted {
-            let d = fit.dim;
-            out.scalar("feature_dim", d as f64);
-            out.scalar("num_classes", fit.classes as f64);
-            fit.grouping.write(&mut out);
-            for (g, group) in fit.groups.iter().enumerate() {
-                out.push(&format!("group{g}.origin"), vec![d], group.origin.clone());
-                out.push(
-                    &format!("group{g}.residual"),
-                    vec![d - group.k, d],
-                    group.residual.clone(),
-                );
-                out.scalar(&format!("group{g}.princ_dims"), group.k as f64);
-                out.scalar(&format!("group{g}.alpha"), group.alpha);
-            }
-        }
+        self.groups.write(&mut out, |group, info, out| {
+            let d = info.dim;
+            out.push(&info.tensor("origin"), vec![d], group.origin.clone());
+            out.push(
+                &info.tensor("residual"),
+                vec![d - group.k, d],
+                group.residual.clone(),
+            );
+            out.scalar(&info.tensor("princ_dims"), group.k as f64);
+            out.scalar(&info.tensor("alpha"), group.alpha);
+        });
         out.into_state(self.kind(), None, params)
     }
 }
 
 impl ScorerImpl for Vim {
     fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
-        let d = t.scalar_usize("feature_dim")?;
-        let classes = t.scalar_usize("num_classes")?;
-        if d < 2 || classes == 0 {
-            return Err(t.bad(format!("feature_dim {d} / num_classes {classes}")));
-        }
-        let grouping = Grouping::read(t)?;
-        let mut groups = Vec::new();
-        for g in 0..grouping.len() {
-            let k = t.scalar_usize(&format!("group{g}.princ_dims"))?;
-            if k == 0 || k >= d {
-                return Err(t.bad(format!("group {g}: princ_dims {k} not in 1..{}", d - 1)));
+        self.groups = PerLevel::read(t, Self::USES, |t, info| {
+            let d = info.dim;
+            let k = t.scalar_usize(&info.tensor("princ_dims"))?;
+            if d < 2 || k == 0 || k >= d {
+                return Err(t.bad(format!(
+                    "group {}: princ_dims {k} not in 1..{} (feature_dim {d})",
+                    info.g,
+                    d.saturating_sub(1)
+                )));
             }
-            let origin = t.take(&format!("group{g}.origin"), &[d])?;
-            let residual = t.take(&format!("group{g}.residual"), &[d - k, d])?;
-            let alpha = t.scalar(&format!("group{g}.alpha"))?;
-            groups.push(Group {
-                origin,
-                residual,
+            Ok(Group {
+                origin: t.take(&info.tensor("origin"), &[d])?,
+                residual: t.take(&info.tensor("residual"), &[d - k, d])?,
                 k,
-                alpha,
-            });
-        }
-        self.fitted = Some(Fit {
-            dim: d,
-            classes,
-            grouping,
-            groups,
-        });
+                alpha: t.scalar(&info.tensor("alpha"))?,
+            })
+        })?;
         Ok(())
     }
 }
