@@ -7,6 +7,7 @@ use serde::Serialize;
 use std::path::Path;
 
 use crate::data::boxset::BoxSet;
+use crate::detect::sources::missing_message;
 use crate::detect::{load_detector, BoxRecord, DetectOptions, Detector};
 use crate::error::{Error, Result};
 use crate::ood::fitted::{BoxOod, FittedScorer};
@@ -25,7 +26,8 @@ pub struct OodDetector {
     detector: Box<dyn Detector>,
     scorer: FittedScorer,
     /// How to detect: by default as the scorer's fit boxes were detected (when the scorer file
-    /// records it), since the p-values hold for boxes detected that way.
+    /// records it), since the p-values hold for boxes detected that way. Its `roi` must include
+    /// the scorer's ROI sources.
     pub options: DetectOptions,
     /// Significance level for `is_ood`; the scorer file's unless changed.
     pub alpha: f64,
@@ -44,8 +46,18 @@ impl OodDetector {
                 ),
             });
         }
+        let layers = detector.feature_layers();
+        let missing = scorer.feature_sources().missing_from(&layers);
+        if !missing.is_empty() {
+            return Err(Error::Scorer {
+                scorer: scorer.name(),
+                reason: missing_message(&missing, detector.family(), &layers),
+            });
+        }
         let alpha = scorer.alpha();
-        let options = scorer.detect_options().cloned().unwrap_or_default();
+        let mut options = scorer.detect_options().cloned().unwrap_or_default();
+        // Only the maps the scorer reads are ROI-aligned: they cost time.
+        options.roi = scorer.feature_sources().roi();
         Ok(OodDetector {
             detector,
             scorer,

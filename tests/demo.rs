@@ -104,7 +104,7 @@ fn the_demo_flags_unknown_objects_at_the_promised_rates() {
                 feature: vec![],
                 level: 0,
                 anchor: 0,
-                roi_feature: None,
+                roi_features: Vec::new(),
             });
             flags.push(ood["is_ood"].as_bool().unwrap());
         }

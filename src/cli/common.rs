@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::data::dataset::Dataset;
 use oodbox::data::extraction::{extract, Extraction};
 use oodbox::detect::image_io::load_rgb;
+use oodbox::detect::sources::{missing_message, FeatureSources, RoiSource};
 use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -58,6 +59,23 @@ pub struct DetectFlags {
     pub quiet: bool,
 }
 
+/// `--features`: a comma-separated list of feature sources (`cls`, `roi:<layer>[@k]`).
+pub fn parse_features(s: &str) -> Result<FeatureSources, String> {
+    s.parse().map_err(|e: oodbox::error::Error| e.to_string())
+}
+
+/// Refuses sources whose layer the model lacks before any image is read, naming them.
+pub fn check_sources(detector: &dyn Detector, sources: &FeatureSources) -> anyhow::Result<()> {
+    let layers = detector.feature_layers();
+    let missing = sources.missing_from(&layers);
+    anyhow::ensure!(
+        missing.is_empty(),
+        "--features: {}",
+        missing_message(&missing, detector.family(), &layers)
+    );
+    Ok(())
+}
+
 fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
     let parts: Vec<u32> = s
         .split(',')
@@ -96,7 +114,7 @@ impl DetectorArgs {
 impl DetectFlags {
     /// The detection settings of these flags. Without --imgsz, the size `detector` was trained
     /// at when its file records one (as ultralytics `predict` does on a checkpoint), else 640.
-    pub fn options(&self, detector: Option<&dyn Detector>, roi_features: bool) -> DetectOptions {
+    pub fn options(&self, detector: Option<&dyn Detector>, roi: Vec<RoiSource>) -> DetectOptions {
         let trained = detector.and_then(|d| d.trained_imgsz()).map(|s| (s, s));
         DetectOptions {
             conf: self.conf,
@@ -107,7 +125,7 @@ impl DetectFlags {
                 .imgsz
                 .or(trained)
                 .unwrap_or(DetectOptions::default().imgsz),
-            roi_features,
+            roi,
         }
     }
 

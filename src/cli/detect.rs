@@ -9,7 +9,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::common::{run_images, DetectorArgs, OutputFolder, RunSummary};
+use super::common::{
+    check_sources, parse_features, run_images, DetectorArgs, OutputFolder, RunSummary,
+};
+use oodbox::detect::sources::{FeatureSource, FeatureSources};
 
 /// Detect objects and keep, for every box, its raw logits (and optionally its feature vector);
 /// with --scorer, also its OOD score, p-value, confidence and verdict.
@@ -38,9 +41,11 @@ pub struct Args {
     /// Include each box's feature vector (the input of the final classifier).
     #[arg(long)]
     with_features: bool,
-    /// Include each box's neck feature, ROI-aligned on the box (7×7 bins, averaged).
-    #[arg(long)]
-    roi_features: bool,
+    /// Include these feature sources of each box, comma-separated: cls (as --with-features)
+    /// and roi:<layer>[@k], a layer's map ROI-aligned on the box in k×k bins (YOLO layers by
+    /// their index in ultralytics' YAML, e.g. roi:6, roi:15@2; DETR's layer1..layer4, encoder).
+    #[arg(long, value_parser = parse_features)]
+    features: Option<FeatureSources>,
 }
 
 /// What a detection run writes, shared by `detect` and `demo`.
@@ -92,8 +97,12 @@ pub fn detect_images(
             if outputs.with_features {
                 d["feature"] = json!(b.feature);
             }
-            if let Some(roi) = &b.roi_feature {
-                d["roi_feature"] = json!(roi);
+            if !b.roi_features.is_empty() {
+                let named = b
+                    .roi_features
+                    .iter()
+                    .map(|f| (f.source.to_string(), json!(f.values)));
+                d["roi_features"] = named.collect::<serde_json::Map<_, _>>().into();
             }
             let mut label = format!("{} {:.2}", names[b.class_id], b.confidence);
             if let Some(v) = verdict {
@@ -175,6 +184,12 @@ pub fn pair_with_scorer(
         anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha must lie in (0, 1)");
         o.alpha = alpha;
     }
+    // The scorer's ROI sources are read whatever else is asked for.
+    for source in o.scorer().feature_sources().roi() {
+        if !options.roi.contains(&source) {
+            options.roi.push(source);
+        }
+    }
     o.options = options.clone();
     Ok(o)
 }
@@ -182,10 +197,12 @@ pub fn pair_with_scorer(
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let paths = collect_images(&args.input)?;
     let detector = args.detector.load()?;
+    let features = args.features.unwrap_or_default();
+    check_sources(detector.as_ref(), &features)?;
     let mut options = args
         .detector
         .flags
-        .options(Some(detector.as_ref()), args.roi_features);
+        .options(Some(detector.as_ref()), features.roi());
     let ood = match &args.scorer {
         Some(path) => Ok(pair_with_scorer(
             detector,
@@ -200,7 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         model: &args.detector.model,
         out: args.out.as_deref(),
         json: args.json.as_deref(),
-        with_features: args.with_features,
+        with_features: args.with_features || features.list().contains(&FeatureSource::Cls),
         quiet: args.detector.flags.quiet,
     };
     let (summary, _) = match &ood {

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::common::{extract_dataset, DetectFlags};
+use super::common::{extract_dataset, parse_features, DetectFlags};
 use super::fit::known_objects_only;
+use oodbox::detect::sources::FeatureSources;
 
 /// Evaluate OOD scorers: AUROC, FPR95, AUPR-In and AUPR-Out, with the convention stated.
 ///
@@ -48,6 +49,10 @@ pub struct Args {
     /// Write ROC curves, score histograms and a markdown table into this folder.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// With --scorer all: the feature sources to fit and score on (see `fit --features`);
+    /// box sets must have recorded them. A scorer file reads its own.
+    #[arg(long, value_parser = parse_features, default_value = "cls")]
+    features: FeatureSources,
     #[command(flatten)]
     flags: DetectFlags,
 }
@@ -60,6 +65,10 @@ struct Set {
 fn load_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result<Set> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         let boxes = BoxSet::load(path)
+            .and_then(|set| match args.scorer.as_str() {
+                "all" => set.select(&args.features),
+                _ => Ok(set),
+            })
             .with_context(|| format!("reading the box set {}", path.display()))?;
         return Ok(Set {
             boxes,
@@ -79,8 +88,12 @@ fn load_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result
         path.display()
     );
     let extraction = extract_dataset(&detector, &set, options, args.flags.quiet, &source)?;
+    let boxes = match args.scorer.as_str() {
+        "all" => extraction.boxes.select(&args.features)?,
+        _ => extraction.boxes,
+    };
     Ok(Set {
-        boxes: extraction.boxes,
+        boxes,
         images: Some(extraction.images),
     })
 }
@@ -146,6 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_ref()
             .context("--scorer all needs --fit ID.safetensors to fit every scorer on")?;
         let fit = BoxSet::load(path)
+            .and_then(|set| set.select(&args.features))
             .with_context(|| format!("reading the box set {}", path.display()))?;
         fit_all(&fit)?
             .into_iter()
@@ -160,7 +174,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )]
     };
     // Datasets are detected as the scorer's fit boxes were, unless --imgsz says otherwise.
-    let mut options = args.flags.options(None, false);
+    let roi = match scorers.first() {
+        Some((scorer, None)) => scorer.feature_sources().roi(),
+        _ => args.features.roi(),
+    };
+    let mut options = args.flags.options(None, roi);
     if let (Some(recorded), None) = (
         scorers.first().and_then(|(s, _)| s.detect_options()),
         args.flags.imgsz,

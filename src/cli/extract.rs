@@ -4,13 +4,17 @@ use oodbox::data::inputs::collect_images;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::common::{extract_dataset, DetectorArgs};
+use super::common::{check_sources, extract_dataset, parse_features, DetectorArgs};
+use oodbox::detect::sources::FeatureSources;
 
 /// Run the detector and write every kept box's feature, logits and class as a box set
 /// (.safetensors), with the model's class heads, for fitting, scoring and evaluation.
 ///
 /// With --data, boxes are labelled by the dataset's ground truth (IoU ≥ 0.5, greedy by
 /// confidence): `label` is the matched object's class, -1 for an unknown object, -2 for none.
+///
+/// With --features, ROI features of the model's layers are recorded beside the class-branch
+/// feature (`cls`, always recorded), for `fit --features` to choose from.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -27,6 +31,10 @@ pub struct Args {
     /// The box set to write.
     #[arg(long)]
     out: PathBuf,
+    /// Feature sources to record: cls (the class-branch feature, always recorded) and
+    /// roi:<layer>[@k] (a layer's map ROI-aligned on the box, k×k bins), comma-separated.
+    #[arg(long, value_parser = parse_features, default_value = "cls")]
+    features: FeatureSources,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -45,7 +53,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let detector = args.detector.load()?;
-    let options = args.detector.flags.options(Some(detector.as_ref()), false);
+    check_sources(detector.as_ref(), &args.features)?;
+    let options = args
+        .detector
+        .flags
+        .options(Some(detector.as_ref()), args.features.roi());
     let source = match &args.data {
         Some(d) => format!(
             "oodbox extract --model {} --data {} --split {}",

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::common::{extract_dataset, parse_param, DetectFlags};
+use super::common::{check_sources, extract_dataset, parse_features, parse_param, DetectFlags};
+use oodbox::detect::sources::FeatureSources;
 
 /// Fit an OOD scorer on in-distribution boxes and calibrate it on held-out ID boxes.
 ///
@@ -55,6 +56,12 @@ pub struct Args {
     /// The scorer file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Feature sources the scorer reads, concatenated per box: cls (the class-branch feature)
+    /// and roi:<layer>[@k] (a layer's map ROI-aligned on the box, k×k bins). With --boxes, among
+    /// those the box set recorded (`extract --features`). Scorers that read the class head
+    /// (vim, shaping) need cls alone. The scorer file records them.
+    #[arg(long, value_parser = parse_features, default_value = "cls")]
+    features: FeatureSources,
     #[command(flatten)]
     flags: DetectFlags,
 }
@@ -81,8 +88,10 @@ pub fn known_objects_only(boxes: BoxSet) -> BoxSet {
     }
 }
 
-fn load_boxes(path: &Path) -> anyhow::Result<BoxSet> {
-    BoxSet::load(path).with_context(|| format!("reading the box set {}", path.display()))
+fn load_boxes(path: &Path, features: &FeatureSources) -> anyhow::Result<BoxSet> {
+    BoxSet::load(path)
+        .and_then(|set| set.select(features))
+        .with_context(|| format!("reading the box set {}", path.display()))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -91,9 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--calibration-fraction must lie in (0, 1)"
     );
     let all = match (&args.boxes, &args.model, &args.data) {
-        (Some(path), _, _) => load_boxes(path)?,
+        (Some(path), _, _) => load_boxes(path, &args.features)?,
         (None, Some(model), Some(data)) => {
             let detector = args.flags.load(model)?;
+            check_sources(detector.as_ref(), &args.features)?;
             let set = dataset::open(data, &args.split)
                 .with_context(|| format!("reading {}", data.display()))?;
             let source = format!(
@@ -105,7 +115,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let extraction = extract_dataset(
                 &detector,
                 &set,
-                &args.flags.options(Some(detector.as_ref()), false),
+                &args
+                    .flags
+                    .options(Some(detector.as_ref()), args.features.roi()),
                 args.flags.quiet,
                 &source,
             )?;
@@ -115,13 +127,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     extraction.failed.len()
                 );
             }
-            extraction.boxes
+            extraction.boxes.select(&args.features)?
         }
         _ => anyhow::bail!("give --boxes, or --model with --data"),
     };
     let all = known_objects_only(all);
     let (fit, calibration) = match &args.calibration_boxes {
-        Some(path) => (all, known_objects_only(load_boxes(path)?)),
+        Some(path) => (all, known_objects_only(load_boxes(path, &args.features)?)),
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");
@@ -137,7 +149,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &fit,
         &calibration,
         &options,
-    )?;
+    )
+    .with_context(|| format!("fitting on the features {}", args.features))?;
     let seconds = start.elapsed().as_secs_f64();
     fitted
         .save(&args.out)

@@ -230,7 +230,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
     let detector = args.detector.load()?;
-    let mut options = args.detector.flags.options(Some(detector.as_ref()), false);
+    let mut options = args
+        .detector
+        .flags
+        .options(Some(detector.as_ref()), Vec::new());
     let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
     if let Some(dir) = &args.crops {
         std::fs::create_dir_all(dir)
@@ -396,7 +399,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             let mut v = serde_json::to_value(d).expect("detections serialise");
                             v["track_id"] = json!(track);
                             // Features and logits stay out of the per-frame log.
-                            v.as_object_mut().map(|o| { o.remove("feature"); o.remove("logits"); o.remove("roi_feature") });
+                            v.as_object_mut().map(|o| { o.remove("feature"); o.remove("logits"); o.remove("roi_features") });
                             v
                         }).collect::<Vec<_>>(),
                     }),

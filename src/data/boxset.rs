@@ -5,14 +5,36 @@
 //! `[N]`, `bbox` f32 `[N, 4]`, `image_index` i64 `[N]`, and the head: `head.weight` f32 `[C, D]`
 //! / `head.bias` f32 `[C]`, or `head.<level>.weight` / `head.<level>.bias` per level. The
 //! metadata holds the class names, the model fingerprint and the source, as JSON strings.
+//!
+//! Feature sources ([`crate::detect::sources`]): metadata `feature_sources` names what
+//! `features` holds (`cls` when absent, as in files written before sources existed); every ROI
+//! source recorded beside it is a tensor named after it, f32 `[N, D_s]` (e.g. `roi:6@2`),
+//! listed in order in metadata `roi_sources`.
+//! [`BoxSet::select`] makes a set whose `features` are chosen sources, concatenated.
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
 use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
 use crate::error::{Error, Result};
+
+/// One ROI source's features recorded beside `features`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceFeatures {
+    pub source: RoiSource,
+    pub dim: usize,
+    /// Row-major `[N, dim]`.
+    pub values: Vec<f32>,
+}
+
+impl SourceFeatures {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BoxSet {
@@ -35,6 +57,10 @@ pub struct BoxSet {
     /// How the boxes were detected, when a detector made them here: a scorer fitted on them
     /// is calibrated for boxes detected the same way.
     pub detect_options: Option<DetectOptions>,
+    /// What `features` holds.
+    pub feature_sources: FeatureSources,
+    /// ROI features recorded beside `features`, one entry per source.
+    pub roi: Vec<SourceFeatures>,
 }
 
 impl BoxSet {
@@ -86,7 +112,80 @@ impl BoxSet {
             fingerprint: self.fingerprint.clone(),
             source: self.source.clone(),
             detect_options: self.detect_options.clone(),
+            feature_sources: self.feature_sources.clone(),
+            roi: self
+                .roi
+                .iter()
+                .map(|r| SourceFeatures {
+                    values: indices.iter().flat_map(|&i| r.row(i)).copied().collect(),
+                    ..r.clone()
+                })
+                .collect(),
         }
+    }
+
+    /// The rows of one source, when the set has it: `features` when it holds that source
+    /// alone, else a recorded ROI source.
+    fn source_rows(&self, source: &FeatureSource) -> Option<(usize, &[f32])> {
+        if self.feature_sources.list() == std::slice::from_ref(source) {
+            return Some((self.feature_dim, &self.features));
+        }
+        match source {
+            FeatureSource::Roi(r) => self
+                .roi
+                .iter()
+                .find(|f| f.source == *r)
+                .map(|f| (f.dim, f.values.as_slice())),
+            FeatureSource::Cls => None,
+        }
+    }
+
+    /// The sources this set can give.
+    pub fn available_sources(&self) -> Vec<String> {
+        let mut names = vec![self.feature_sources.to_string()];
+        names.extend(self.roi.iter().map(|r| r.source.to_string()));
+        names
+    }
+
+    /// The same boxes with `features` made of `sources`, concatenated per box in that order.
+    /// The class head applies to `cls` alone, so any other choice drops it (a scorer that
+    /// needs it then says so). Errors naming the sources the set lacks.
+    pub fn select(self, sources: &FeatureSources) -> Result<BoxSet> {
+        if *sources == self.feature_sources {
+            return Ok(self);
+        }
+        let missing: Vec<String> = sources
+            .list()
+            .iter()
+            .filter(|s| self.source_rows(s).is_none())
+            .map(|s| s.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "the box set has no feature source {}; it has {}",
+                missing.join(", "),
+                self.available_sources().join(", ")
+            )));
+        }
+        let parts: Vec<(usize, &[f32])> = sources
+            .list()
+            .iter()
+            .filter_map(|s| self.source_rows(s))
+            .collect();
+        let dim = parts.iter().map(|(d, _)| d).sum();
+        let mut features = Vec::with_capacity(self.len() * dim);
+        for i in 0..self.len() {
+            for (d, rows) in &parts {
+                features.extend_from_slice(&rows[i * d..(i + 1) * d]);
+            }
+        }
+        Ok(BoxSet {
+            features,
+            feature_dim: dim,
+            head: if sources.is_cls() { self.head } else { None },
+            feature_sources: sources.clone(),
+            ..self
+        })
     }
 
     /// Splits off about `fraction` of the boxes for calibration, whole images at a time when
@@ -138,6 +237,21 @@ impl BoxSet {
             ..Default::default()
         };
         for (image, r) in records {
+            if set.class_id.is_empty() {
+                set.roi = r
+                    .roi_features
+                    .iter()
+                    .map(|f| SourceFeatures {
+                        source: f.source.clone(),
+                        dim: f.values.len(),
+                        values: Vec::new(),
+                    })
+                    .collect();
+            }
+            // One detector run with one set of options gives every box the same sources.
+            for (set_roi, f) in set.roi.iter_mut().zip(&r.roi_features) {
+                set_roi.values.extend_from_slice(&f.values);
+            }
             set.features.extend_from_slice(&r.feature);
             set.logits.extend_from_slice(&r.logits);
             set.class_id.push(r.class_id as i64);
@@ -189,6 +303,11 @@ impl BoxSet {
             let flat: Vec<f32> = b.iter().flatten().copied().collect();
             tensors.push(("bbox".into(), Dtype::F32, vec![n, 4], f32_bytes(&flat)));
         }
+        for r in &self.roi {
+            let shape = vec![n, r.dim];
+            let bytes = f32_bytes(&r.values);
+            tensors.push((r.source.to_string(), Dtype::F32, shape, bytes));
+        }
         if let Some(head) = &self.head {
             for (i, l) in head.levels.iter().enumerate() {
                 let prefix = if head.levels.len() == 1 {
@@ -229,7 +348,15 @@ impl BoxSet {
             ("fingerprint".to_string(), self.fingerprint.clone()),
             ("source".to_string(), self.source.clone()),
             ("format".to_string(), "oodbox-boxset-1".to_string()),
+            (
+                "feature_sources".to_string(),
+                self.feature_sources.to_string(),
+            ),
         ]);
+        if !self.roi.is_empty() {
+            let names: Vec<String> = self.roi.iter().map(|r| r.source.to_string()).collect();
+            metadata.insert("roi_sources".to_string(), names.join(","));
+        }
         if let Some(options) = &self.detect_options {
             let json = serde_json::to_string(options).expect("options serialise");
             metadata.insert("detect_options".to_string(), json);
@@ -373,6 +500,30 @@ impl BoxSet {
                 i += 1;
             }
         }
+        let feature_sources = match meta.get("feature_sources") {
+            Some(text) => text
+                .parse()
+                .map_err(|e| bad(format!("metadata `feature_sources`: {e}")))?,
+            None => FeatureSources::default(),
+        };
+        let mut roi = Vec::new();
+        let listed = meta.get("roi_sources").map(String::as_str).unwrap_or("");
+        for name in listed.split(',').filter(|n| !n.is_empty()) {
+            let source = name
+                .parse()
+                .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+            let (shape, values) = as_f32(name, required(name)?)?;
+            if shape.len() != 2 || shape[0] != n {
+                return Err(bad(format!(
+                    "tensor `{name}` has shape {shape:?}; expected [{n}, D]"
+                )));
+            }
+            roi.push(SourceFeatures {
+                source,
+                dim: shape[1],
+                values,
+            });
+        }
         let class_names = match meta.get("class_names") {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| bad(format!("metadata `class_names`: {e}")))?,
@@ -400,6 +551,8 @@ impl BoxSet {
                 ),
                 None => None,
             },
+            feature_sources,
+            roi,
         })
     }
 }
@@ -418,6 +571,7 @@ fn i64_bytes(v: &[i64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::RoiFeature;
 
     fn record(class_id: usize, level: u8) -> BoxRecord {
         BoxRecord {
@@ -428,7 +582,10 @@ mod tests {
             feature: vec![1.0, 2.0, 3.0],
             level,
             anchor: 7,
-            roi_feature: None,
+            roi_features: vec![RoiFeature {
+                source: "roi:4@2".parse().unwrap(),
+                values: vec![level as f32; 8],
+            }],
         }
     }
 
@@ -461,6 +618,48 @@ mod tests {
         let path = dir.path().join("boxes.safetensors");
         set.save(&path).unwrap();
         assert_eq!(BoxSet::load(&path).unwrap(), set);
+        // Chosen sources, concatenated; the head goes with `cls`.
+        let both = set.clone().select(&"roi:4@2,cls".parse().unwrap()).unwrap();
+        assert_eq!((both.feature_dim, both.head.is_none()), (11, true));
+        assert_eq!(
+            both.feature(1),
+            [2.0; 8]
+                .iter()
+                .chain(&[1.0, 2.0, 3.0])
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        both.save(&path).unwrap();
+        let loaded = BoxSet::load(&path).unwrap();
+        assert_eq!(loaded, both);
+        let back = loaded
+            .select(&FeatureSources::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            back.contains("no feature source cls") && back.contains("roi:4@2"),
+            "{back}"
+        );
+        let err = set
+            .select(&"roi:6".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no feature source roi:6"), "{err}");
+    }
+
+    /// A box set written before feature sources existed (no `feature_sources` metadata, no ROI
+    /// tensors) loads as the `cls` source.
+    #[test]
+    fn old_files_hold_the_cls_source() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/shapes_boxes/val.safetensors"
+        );
+        let set = BoxSet::load(path.as_ref()).unwrap();
+        assert!(set.feature_sources.is_cls() && set.roi.is_empty());
+        assert_eq!(set.feature_dim, set.head.as_ref().unwrap().levels[0].dim);
+        let again = set.clone().select(&FeatureSources::default()).unwrap();
+        assert_eq!(again, set);
     }
 
     #[test]

@@ -131,7 +131,7 @@ mod tests {
             feature: vec![],
             level: 0,
             anchor: 0,
-            roi_feature: None,
+            roi_features: Vec::new(),
         }
     }
 

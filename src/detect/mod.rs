@@ -9,6 +9,7 @@ mod load;
 pub mod nms;
 pub mod roi_align;
 mod safetensors_file;
+pub mod sources;
 mod stages;
 pub mod ultralytics;
 pub mod yolo11;
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::nn::MapLayout;
+use sources::{FeatureLayer, RoiSource};
 
 /// One detection with everything an OOD scorer needs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -41,9 +43,17 @@ pub struct BoxRecord {
     pub level: u8,
     /// Anchor index over all levels (YOLO) or query index (DETR).
     pub anchor: u32,
-    /// The neck map of the box's level, ROI-aligned on the box, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub roi_feature: Option<Vec<f32>>,
+    /// The layer maps ROI-aligned on the box, one per [`DetectOptions::roi`] source, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roi_features: Vec<RoiFeature>,
+}
+
+/// One ROI feature of a box: a layer's map ROI-aligned on it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoiFeature {
+    pub source: RoiSource,
+    /// `channels · k · k` values, channel-major.
+    pub values: Vec<f32>,
 }
 
 /// A linear classifier `logits = weight · feature + bias`.
@@ -84,8 +94,9 @@ pub struct DetectOptions {
     pub agnostic: bool,
     /// Target input size (width, height) before rect padding.
     pub imgsz: (u32, u32),
-    /// Also ROI-align the neck map on every box.
-    pub roi_features: bool,
+    /// Layer maps to ROI-align on every box (none by default: they cost time).
+    #[serde(default)]
+    pub roi: Vec<RoiSource>,
 }
 
 impl Default for DetectOptions {
@@ -96,7 +107,7 @@ impl Default for DetectOptions {
             max_det: 300,
             agnostic: false,
             imgsz: (640, 640),
-            roi_features: false,
+            roi: Vec::new(),
         }
     }
 }
@@ -123,6 +134,10 @@ pub trait Detector: Send + Sync {
     fn head(&self) -> &ClassHead;
     /// Identifies the weights, so that a scorer fitted for one model refuses another's boxes.
     fn fingerprint(&self) -> &str;
+    /// The layers whose maps [`DetectOptions::roi`] can ROI-align on the boxes.
+    fn feature_layers(&self) -> Vec<FeatureLayer> {
+        Vec::new()
+    }
     /// Runs the network in `layout` (Candle's channels-first ops are the reference path); a
     /// family with one path only refuses.
     fn set_layout(&mut self, layout: MapLayout) -> Result<()> {
@@ -178,6 +193,9 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
     }
     fn fingerprint(&self) -> &str {
         (**self).fingerprint()
+    }
+    fn feature_layers(&self) -> Vec<FeatureLayer> {
+        (**self).feature_layers()
     }
     fn set_layout(&mut self, layout: MapLayout) -> Result<()> {
         (**self).set_layout(layout)

@@ -3,18 +3,21 @@
 //! The scorer file is a safetensors file (loading it never runs code): the scorer's state
 //! tensors under `scorer.<name>`, the sorted calibration scores under `calibration.pooled` and
 //! `calibration.class.<c>`, and a metadata entry `oodbox` holding JSON: format version, scorer
-//! kind, shaping and parameters, feature and logit dimensions, class names, the model
-//! fingerprint, the default alpha and the calibration summary.
+//! kind, shaping and parameters, the feature sources and dimension, the logit dimension, class
+//! names, the model fingerprint, the default alpha and the calibration summary. A file without
+//! `feature_sources` (written before they existed) reads the `cls` feature.
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
+use crate::detect::sources::FeatureSources;
 use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
@@ -54,6 +57,9 @@ struct Header {
     /// How the fit boxes were detected, when known.
     #[serde(default)]
     detect_options: Option<DetectOptions>,
+    /// What the scorer's features are made of.
+    #[serde(default)]
+    feature_sources: FeatureSources,
 }
 
 /// Settings of a fit.
@@ -119,6 +125,12 @@ impl FittedScorer {
                 options.alpha
             )));
         }
+        if calibration.feature_sources != fit.feature_sources {
+            return Err(Error::Calibration(format!(
+                "calibration boxes hold features {}, fit boxes {}",
+                calibration.feature_sources, fit.feature_sources
+            )));
+        }
         if calibration.feature_dim != fit.feature_dim || calibration.num_classes != fit.num_classes
         {
             return Err(Error::Calibration(format!(
@@ -148,6 +160,7 @@ impl FittedScorer {
             calibration_boxes: calibration.len(),
             source: fit.source.clone(),
             detect_options: fit.detect_options.clone(),
+            feature_sources: fit.feature_sources.clone(),
         };
         Ok(FittedScorer {
             scorer,
@@ -185,6 +198,24 @@ impl FittedScorer {
         self.header.detect_options.as_ref()
     }
 
+    /// The feature sources the scorer reads: a model must have them, boxes must carry them.
+    pub fn feature_sources(&self) -> &FeatureSources {
+        &self.header.feature_sources
+    }
+
+    /// `boxes` with the scorer's feature sources as their features (chosen among those they
+    /// carry when they hold others).
+    fn with_sources<'a>(&self, boxes: &'a BoxSet) -> Result<Cow<'a, BoxSet>> {
+        if boxes.feature_sources == self.header.feature_sources {
+            return Ok(Cow::Borrowed(boxes));
+        }
+        let selected = boxes.clone().select(&self.header.feature_sources);
+        selected.map(Cow::Owned).map_err(|e| Error::Scorer {
+            scorer: self.name(),
+            reason: e.to_string(),
+        })
+    }
+
     pub fn calibration_summary(&self) -> &[ClassCalibration] {
         &self.header.calibration
     }
@@ -219,8 +250,9 @@ impl FittedScorer {
     pub fn score(&self, boxes: &BoxSet, alpha: Option<f64>) -> Result<Vec<BoxOod>> {
         let alpha = alpha.unwrap_or(self.header.alpha);
         check_alpha(alpha)?;
-        self.check_compatible(boxes)?;
-        let scores = self.scorer.score(boxes)?;
+        let boxes = self.with_sources(boxes)?;
+        self.check_compatible(&boxes)?;
+        let scores = self.scorer.score(&boxes)?;
         Ok(scores
             .iter()
             .zip(&boxes.class_id)
@@ -238,8 +270,9 @@ impl FittedScorer {
 
     /// Raw scores only (no calibration), e.g. for metrics.
     pub fn raw_scores(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
-        self.check_compatible(boxes)?;
-        self.scorer.score(boxes)
+        let boxes = self.with_sources(boxes)?;
+        self.check_compatible(&boxes)?;
+        self.scorer.score(&boxes)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

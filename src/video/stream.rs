@@ -992,7 +992,7 @@ mod tests {
                 feature: Vec::new(),
                 level: 0,
                 anchor: 0,
-                roi_feature: None,
+                roi_features: Vec::new(),
             },
             class_name: ["circle", "square"][class_id].to_string(),
             ood: BoxOod {

@@ -11,8 +11,11 @@ use super::config::DetrConfig;
 use super::model::{DetrModel, DetrOutput};
 use super::preprocess::DetrImageProcessor;
 use super::weights;
+use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
+use crate::detect::sources::{missing_message, FeatureLayer, FeatureSources};
 use crate::detect::{
-    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, StageTimes, Stages,
+    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, RoiFeature, StageTimes,
+    Stages,
 };
 use crate::error::{Error, Result};
 
@@ -123,18 +126,28 @@ impl DetrDetector {
 }
 
 impl Stages for DetrDetector {
-    /// The normalised network input `(1, 3, H, W)` and the original `(width, height)`.
-    type Input = (Tensor, (u32, u32));
+    /// The normalised network input `(1, 3, H, W)`, the original `(width, height)`, and the
+    /// layers whose maps `options.roi` reads.
+    type Input = (Tensor, (u32, u32), Vec<String>);
     type Output = DetrOutput;
 
     /// DETR sizes its input with its processor: `options.imgsz` does not apply.
-    fn preprocess(&self, image: &RgbImage, _: &DetectOptions) -> Result<Self::Input> {
+    fn preprocess(&self, image: &RgbImage, options: &DetectOptions) -> Result<Self::Input> {
+        let layers = self.model.feature_layers();
+        let missing = FeatureSources::missing_roi(&options.roi, &layers);
+        if !missing.is_empty() {
+            let family = super::FAMILY.name;
+            return Err(Error::Unsupported(missing_message(
+                &missing, family, &layers,
+            )));
+        }
         let input = self.processor.preprocess(image, &self.device)?;
-        Ok((input, image.dimensions()))
+        let keep = options.roi.iter().map(|r| r.layer.clone()).collect();
+        Ok((input, image.dimensions(), keep))
     }
 
-    fn forward(&self, (input, _): &Self::Input) -> Result<DetrOutput> {
-        self.model.forward(input)
+    fn forward(&self, (input, _, keep): &Self::Input) -> Result<DetrOutput> {
+        self.model.forward_keeping(input, keep)
     }
 
     fn device(&self) -> &Device {
@@ -148,17 +161,10 @@ impl Stages for DetrDetector {
     fn postprocess(
         &self,
         output: DetrOutput,
-        &(_, (width, height)): &Self::Input,
+        (input, (width, height), _): &Self::Input,
         options: &DetectOptions,
     ) -> Result<Vec<BoxRecord>> {
-        if options.roi_features {
-            return Err(Error::BadInput {
-                path: "roi_features".into(),
-                reason:
-                    "DETR has no ROI-aligned features; its per-box feature is the decoder query"
-                        .into(),
-            });
-        }
+        let (width, height) = (*width, *height);
         let logits: Vec<Vec<f32>> = output.logits.squeeze(0)?.to_vec2()?;
         let boxes: Vec<Vec<f32>> = output.boxes.squeeze(0)?.to_vec2()?;
         let features: Vec<Vec<f32>> = output.features.squeeze(0)?.to_vec2()?;
@@ -192,7 +198,7 @@ impl Stages for DetrDetector {
                     feature: features[q].clone(),
                     level: 0,
                     anchor: q as u32,
-                    roi_feature: None,
+                    roi_features: Vec::new(),
                 });
             }
         }
@@ -206,8 +212,54 @@ impl Stages for DetrDetector {
             let mut keep = keep.into_iter();
             kept.retain(|_| keep.next().unwrap_or(false));
         }
+        add_roi_features(&mut kept, &output, input, (w, h), options)?;
         Ok(kept)
     }
+}
+
+/// Each box's ROI features, one per `options.roi` source, from the kept maps. Boxes are in
+/// original pixels; the maps are of the resized input, so boxes are scaled to it first.
+fn add_roi_features(
+    boxes: &mut [BoxRecord],
+    output: &DetrOutput,
+    input: &Tensor,
+    (width, height): (f32, f32),
+    options: &DetectOptions,
+) -> Result<()> {
+    let (_, _, input_h, input_w) = input.dims4()?;
+    let (sx, sy) = (input_w as f32 / width, input_h as f32 / height);
+    for source in &options.roi {
+        let Some((_, map, stride)) = output.kept.iter().find(|(n, _, _)| *n == source.layer) else {
+            return Err(Error::Unsupported(format!(
+                "the forward pass kept no map of layer {}",
+                source.layer
+            )));
+        };
+        let (_, h, w, c) = map.dims4()?;
+        let data: Vec<f32> = map.flatten_all()?.to_vec1()?;
+        let map = FeatureMap {
+            data: &data,
+            channels: c,
+            height: h,
+            width: w,
+        };
+        for b in boxes.iter_mut() {
+            let [x1, y1, x2, y2] = b.bbox;
+            let scaled = [x1 * sx, y1 * sy, x2 * sx, y2 * sy];
+            let values = roi_align(
+                &map,
+                scaled,
+                *stride as f32,
+                source.pool,
+                Sampling::Adaptive,
+            );
+            b.roi_features.push(RoiFeature {
+                source: source.clone(),
+                values,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Detector for DetrDetector {
@@ -249,5 +301,9 @@ impl Detector for DetrDetector {
 
     fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    fn feature_layers(&self) -> Vec<FeatureLayer> {
+        self.model.feature_layers()
     }
 }

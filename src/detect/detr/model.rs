@@ -8,6 +8,7 @@ use super::config::DetrConfig;
 use super::resnet::ResNet;
 use super::transformer::{sine_position_embedding, Transformer};
 use super::weights::WeightIndex;
+use crate::detect::sources::FeatureLayer;
 use crate::error::{Error, Result};
 
 /// Per query outputs, batch first.
@@ -19,7 +20,13 @@ pub struct DetrOutput {
     /// `(B, Q, D)` the last decoder hidden state after the decoder's final LayerNorm: the
     /// input of the class and box heads.
     pub features: Tensor,
+    /// The maps of the layers asked to be kept, `(name, (B, H, W, C), stride)`.
+    pub kept: Vec<(String, Tensor, usize)>,
 }
+
+/// The backbone stages' names (torchvision's and timm's), then the encoder's output map.
+const STAGES: [&str; 4] = ["layer1", "layer2", "layer3", "layer4"];
+const ENCODER: &str = "encoder";
 
 pub struct DetrModel {
     backbone: ResNet,
@@ -88,12 +95,45 @@ impl DetrModel {
 
     /// `pixels (B, 3, H, W)`, normalised, unpadded.
     pub fn forward(&self, pixels: &Tensor) -> Result<DetrOutput> {
-        let c5 = self.backbone.forward(pixels)?;
+        self.forward_keeping(pixels, &[])
+    }
+
+    /// The layers whose maps [`DetrModel::forward_keeping`] can keep: the backbone stages and
+    /// the transformer encoder's output (at C5's stride).
+    pub fn feature_layers(&self) -> Vec<FeatureLayer> {
+        let strides = self.backbone.strides();
+        let c5 = strides.last().copied().unwrap_or(32);
+        STAGES
+            .iter()
+            .zip(strides)
+            .map(|(name, &stride)| (name.to_string(), stride))
+            .chain([(ENCODER.to_string(), c5)])
+            .map(|(name, stride)| FeatureLayer { name, stride })
+            .collect()
+    }
+
+    /// [`DetrModel::forward`], also keeping the maps of the layers named in `keep` (among
+    /// [`DetrModel::feature_layers`]).
+    pub fn forward_keeping(&self, pixels: &Tensor, keep: &[String]) -> Result<DetrOutput> {
+        let stages: Vec<usize> = (0..STAGES.len())
+            .filter(|&s| keep.iter().any(|k| k == STAGES[s]))
+            .collect();
+        let (c5, stage_maps) = self.backbone.forward(pixels, &stages)?;
+        let strides = self.backbone.strides();
+        let mut kept: Vec<(String, Tensor, usize)> = stage_maps
+            .into_iter()
+            .map(|(s, map)| (STAGES[s].to_string(), map, strides[s]))
+            .collect();
         let projected = self.input_projection.forward(&c5)?;
-        let (_, _, h, w) = projected.dims4()?;
+        let (b, _, h, w) = projected.dims4()?;
         let src = projected.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
         let pos = sine_position_embedding(h, w, self.dim, pixels.device())?;
-        let features = self.transformer.forward(&src, &pos, &self.query_pos)?;
+        let (features, memory) = self.transformer.forward(&src, &pos, &self.query_pos)?;
+        if keep.iter().any(|k| k == ENCODER) {
+            let c5_stride = strides.last().copied().unwrap_or(32);
+            let map = memory.reshape((b, h, w, self.dim))?;
+            kept.push((ENCODER.to_string(), map, c5_stride));
+        }
         let logits = self.class_head.forward(&features)?;
         let mut x = features.clone();
         for (i, layer) in self.bbox_layers.iter().enumerate() {
@@ -106,6 +146,7 @@ impl DetrModel {
             logits,
             boxes: candle_nn::ops::sigmoid(&x)?,
             features,
+            kept,
         })
     }
 

@@ -94,6 +94,8 @@ impl Bottleneck {
 pub struct ResNet {
     stem: FusedConv,
     stages: Vec<Vec<Bottleneck>>,
+    /// Input pixels per cell of each stage's output: 4, 8, 16, 32 (16 for a dilated C5).
+    strides: Vec<usize>,
     out_channels: usize,
     /// Channels-last with the fused convolution on CPU, Candle's channels-first elsewhere.
     layout: MapLayout,
@@ -147,6 +149,7 @@ impl ResNet {
         )?;
         let mut c_in = stem_width;
         let mut stages = Vec::new();
+        let mut strides = Vec::new();
         for (s, &depth) in config.depths.iter().enumerate() {
             let first = names.block(s, 0);
             let mid = shape(&format!("{first}.{}", names.conv(0).0))?[0];
@@ -155,6 +158,7 @@ impl ResNet {
             // convolutions by 2, except the first block's, which keeps the previous dilation.
             let dilated = config.dilation && s == 3;
             let stride = if s == 0 || dilated { 1 } else { 2 };
+            strides.push(strides.last().map_or(4, |last| last * stride));
             let mut blocks = Vec::with_capacity(depth);
             for j in 0..depth {
                 let vb = vb.pp(names.block(s, j));
@@ -217,6 +221,7 @@ impl ResNet {
         Ok(ResNet {
             stem,
             stages,
+            strides,
             out_channels: c_in,
             layout: MapLayout::for_device(vb.device()),
         })
@@ -227,8 +232,18 @@ impl ResNet {
         self.out_channels
     }
 
-    /// `(B, 3, H, W)` → C5 `(B, C, H/32, W/32)` (H/16, W/16 with DC5).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The stride of each stage's output (`layer1` … `layer4`).
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// `(B, 3, H, W)` → C5 `(B, C, H/32, W/32)` (H/16, W/16 with DC5), and the outputs of
+    /// the stages `keep` asks for (0 = `layer1`), channels-last `(B, H, W, C)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        keep: &[usize],
+    ) -> candle_core::Result<(Tensor, Vec<(usize, Tensor)>)> {
         let l = self.layout;
         let x = l.to_nchw(&self.stem.forward(&l.from_nchw(x)?, l)?)?;
         // Max-pool 3×3 stride 2 padding 1: after the ReLU every value is ≥ 0, so zero padding
@@ -238,9 +253,15 @@ impl ResNet {
             .pad_with_zeros(3, 1, 1)?
             .max_pool2d_with_stride(3, 2)?;
         let mut x = l.from_nchw(&pooled)?;
-        for block in self.stages.iter().flatten() {
-            x = block.forward(&x, l)?;
+        let mut kept = Vec::new();
+        for (s, stage) in self.stages.iter().enumerate() {
+            for block in stage {
+                x = block.forward(&x, l)?;
+            }
+            if keep.contains(&s) {
+                kept.push((s, l.to_nhwc(&x)?));
+            }
         }
-        l.to_nchw(&x)
+        Ok((l.to_nchw(&x)?, kept))
     }
 }

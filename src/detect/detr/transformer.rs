@@ -171,13 +171,13 @@ impl Transformer {
 
     /// `src (B, HW, D)` the projected feature map, `pos (1, HW, D)` its position embedding,
     /// `query_pos (1, Q, D)` → the last decoder hidden state after the final LayerNorm
-    /// `(B, Q, D)`.
+    /// `(B, Q, D)`, and the encoder's output `(B, HW, D)`.
     pub fn forward(
         &self,
         src: &Tensor,
         pos: &Tensor,
         query_pos: &Tensor,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let mut memory = src.clone();
         for layer in &self.encoder {
             memory = layer.forward(&memory, pos)?;
@@ -188,7 +188,7 @@ impl Transformer {
         for layer in &self.decoder {
             x = layer.forward(&x, query_pos, &memory, &memory_keys)?;
         }
-        self.decoder_norm.forward(&x)
+        Ok((self.decoder_norm.forward(&x)?, memory))
     }
 }
 

@@ -11,9 +11,11 @@ use image::RgbImage;
 use super::{YoloNetwork, YoloOutput};
 use crate::detect::letterbox::{letterbox, LetterboxGeometry};
 use crate::detect::nms::{non_max_suppression, Candidate};
-use crate::detect::roi_align::{roi_align_mean, FeatureMap};
+use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
+use crate::detect::sources::{missing_message, FeatureLayer, FeatureSources};
 use crate::detect::{
-    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, StageTimes, Stages,
+    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, RoiFeature, StageTimes,
+    Stages,
 };
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
@@ -199,8 +201,9 @@ fn topk_candidates(logits: &[f32], nc: usize, options: &DetectOptions) -> Vec<Ca
 }
 
 impl Stages for YoloDetector {
-    /// The letterboxed input tensor `(1, 3, H, W)`, RGB in [0, 1], and its geometry.
-    type Input = (Tensor, LetterboxGeometry);
+    /// The letterboxed input tensor `(1, 3, H, W)`, RGB in [0, 1], its geometry, and the
+    /// layers whose maps `options.roi` reads.
+    type Input = (Tensor, LetterboxGeometry, Vec<usize>);
     type Output = YoloOutput;
 
     fn preprocess(&self, image: &RgbImage, options: &DetectOptions) -> Result<Self::Input> {
@@ -214,11 +217,11 @@ impl Stages for YoloDetector {
             }
         }
         let input = Tensor::from_vec(chw, (1, 3, h, w), &self.device)?;
-        Ok((input, geometry))
+        Ok((input, geometry, self.roi_layers(options)?))
     }
 
-    fn forward(&self, (input, _): &Self::Input) -> Result<YoloOutput> {
-        self.network.forward(input, self.nms_free)
+    fn forward(&self, (input, _, keep): &Self::Input) -> Result<YoloOutput> {
+        self.network.forward_keeping(input, self.nms_free, keep)
     }
 
     fn device(&self) -> &Device {
@@ -230,7 +233,7 @@ impl Stages for YoloDetector {
     fn postprocess(
         &self,
         output: YoloOutput,
-        (_, geometry): &Self::Input,
+        (input, geometry, _): &Self::Input,
         options: &DetectOptions,
     ) -> Result<Vec<BoxRecord>> {
         let logits: Vec<f32> = output.cls_logits.squeeze(0)?.flatten_all()?.to_vec1()?;
@@ -260,13 +263,13 @@ impl Stages for YoloDetector {
             )
         };
         let features = Self::features(&output, &kept)?;
-        let rois = self.roi_features(&output, &kept, options)?;
+        let rois = Self::roi_features(&output, &kept, input.dim(3)?, options)?;
         let anchors = logits.len() / nc;
         Ok(kept
             .into_iter()
             .zip(features)
             .zip(rois)
-            .map(|((c, feature), roi_feature)| BoxRecord {
+            .map(|((c, feature), roi_features)| BoxRecord {
                 bbox: geometry.to_original(c.bbox),
                 class_id: c.class_id,
                 confidence: c.confidence,
@@ -274,7 +277,7 @@ impl Stages for YoloDetector {
                 feature,
                 level: Self::level_of(&output, c.source).0 as u8,
                 anchor: c.source as u32,
-                roi_feature,
+                roi_features,
             })
             .collect())
     }
@@ -305,37 +308,59 @@ impl YoloDetector {
         Ok(features)
     }
 
-    /// The neck map of each kept box's level, ROI-aligned on the box, when asked for.
+    /// The YAML indices of the layers `options.roi` reads, refusing a layer the network lacks.
+    fn roi_layers(&self, options: &DetectOptions) -> Result<Vec<usize>> {
+        let layers = self.network.feature_layers();
+        let missing = FeatureSources::missing_roi(&options.roi, &layers);
+        if !missing.is_empty() {
+            return Err(Error::Unsupported(missing_message(
+                &missing,
+                self.family,
+                &layers,
+            )));
+        }
+        let indices: Vec<usize> = options
+            .roi
+            .iter()
+            .filter_map(|r| r.layer.parse().ok())
+            .collect();
+        Ok(indices)
+    }
+
+    /// Each kept box's ROI features, one per `options.roi` source, from the kept layer maps.
     fn roi_features(
-        &self,
         output: &YoloOutput,
         kept: &[Candidate],
+        input_width: usize,
         options: &DetectOptions,
-    ) -> Result<Vec<Option<Vec<f32>>>> {
-        if !options.roi_features {
-            return Ok(vec![None; kept.len()]);
+    ) -> Result<Vec<Vec<RoiFeature>>> {
+        let mut features = vec![Vec::new(); kept.len()];
+        for source in &options.roi {
+            let layer: usize = source.layer.parse().unwrap_or(usize::MAX);
+            let Some((_, map)) = output.kept.iter().find(|(l, _)| *l == layer) else {
+                return Err(Error::Unsupported(format!(
+                    "the forward pass kept no map of layer {}",
+                    source.layer
+                )));
+            };
+            let (_, h, w, c) = map.dims4()?;
+            let data: Vec<f32> = map.squeeze(0)?.flatten_all()?.to_vec1()?;
+            let map = FeatureMap {
+                data: &data,
+                channels: c,
+                height: h,
+                width: w,
+            };
+            // Every map's size divides the input's (a multiple of 32), so the stride is exact.
+            let stride = (input_width / w) as f32;
+            for (c, out) in kept.iter().zip(&mut features) {
+                out.push(RoiFeature {
+                    source: source.clone(),
+                    values: roi_align(&map, c.bbox, stride, source.pool, Sampling::Adaptive),
+                });
+            }
         }
-        let necks = output
-            .neck
-            .iter()
-            .map(|n| n.squeeze(0)?.permute((2, 0, 1))?.flatten_all()?.to_vec1())
-            .collect::<candle_core::Result<Vec<Vec<f32>>>>()?;
-        let strides = self.network.strides();
-        Ok(kept
-            .iter()
-            .map(|c| {
-                let (level, _) = Self::level_of(output, c.source);
-                let (h, w) = output.level_shapes[level];
-                let neck = &necks[level];
-                let map = FeatureMap {
-                    data: neck,
-                    channels: neck.len() / (h * w),
-                    height: h,
-                    width: w,
-                };
-                Some(roi_align_mean(&map, c.bbox, strides[level] as f32, 7, 2))
-            })
-            .collect())
+        Ok(features)
     }
 }
 
@@ -389,6 +414,10 @@ impl Detector for YoloDetector {
 
     fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    fn feature_layers(&self) -> Vec<FeatureLayer> {
+        self.network.feature_layers()
     }
 
     fn set_layout(&mut self, layout: MapLayout) -> Result<()> {

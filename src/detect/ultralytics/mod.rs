@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::detect::sources::FeatureLayer;
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
 
@@ -30,13 +31,79 @@ pub struct YoloOutput {
     pub level_shapes: Vec<(usize, usize)>,
     /// Bins per box side: 16 with DFL, 1 without.
     pub reg_max: usize,
+    /// The maps of the layers asked to be kept (ultralytics YAML index), `(B, H, W, C)`.
+    pub kept: Vec<(usize, Tensor)>,
+}
+
+/// The maps of chosen layers, kept channels-last as the forward pass computes them.
+pub struct Taps<'a> {
+    wanted: &'a [usize],
+    layout: MapLayout,
+    kept: Vec<(usize, Tensor)>,
+}
+
+impl<'a> Taps<'a> {
+    pub fn new(wanted: &'a [usize], layout: MapLayout) -> Self {
+        Taps {
+            wanted,
+            layout,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Keeps `x` when layer `layer` is wanted; hands it back.
+    pub fn tap(&mut self, layer: usize, x: Tensor) -> candle_core::Result<Tensor> {
+        if self.wanted.contains(&layer) {
+            self.kept.push((layer, self.layout.to_nhwc(&x)?));
+        }
+        Ok(x)
+    }
+
+    pub fn into_kept(self) -> Vec<(usize, Tensor)> {
+        self.kept
+    }
+}
+
+/// `(YAML index, stride)` of layers 0–9, the same in `yolov8.yaml`, `yolo11.yaml` and
+/// `yolo26.yaml`: convolutions and blocks down to P5 and SPPF.
+const BACKBONE_LAYERS: [(usize, usize); 10] = [
+    (0, 2),
+    (1, 4),
+    (2, 4),
+    (3, 8),
+    (4, 8),
+    (5, 16),
+    (6, 16),
+    (7, 32),
+    (8, 32),
+    (9, 32),
+];
+
+/// Layers 0–9 and a family's `(YAML index, stride)` after them, as [`FeatureLayer`]s.
+pub fn layer_list(after_backbone: &[(usize, usize)]) -> Vec<FeatureLayer> {
+    BACKBONE_LAYERS
+        .iter()
+        .chain(after_backbone)
+        .map(|&(index, stride)| FeatureLayer {
+            name: index.to_string(),
+            stride,
+        })
+        .collect()
 }
 
 /// What [`YoloDetector`] needs of a family's network.
 pub trait YoloNetwork: Send + Sync {
     /// `x`: `(B, 3, H, W)` F32, H and W multiples of 32. The head outputs are the one-to-one
     /// head's when `one2one` (only asked of a network that has one).
-    fn forward(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput>;
+    fn forward(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput> {
+        self.forward_keeping(x, one2one, &[])
+    }
+    /// [`YoloNetwork::forward`], also keeping the maps of layers `keep` (YAML indices among
+    /// [`YoloNetwork::feature_layers`]) in [`YoloOutput::kept`].
+    fn forward_keeping(&self, x: &Tensor, one2one: bool, keep: &[usize]) -> Result<YoloOutput>;
+    /// The layers whose maps can be kept: those the network materialises (no Upsample or
+    /// Concat layer: the concatenations are folded into the convolutions that read them).
+    fn feature_layers(&self) -> Vec<FeatureLayer>;
     fn nc(&self) -> usize;
     fn strides(&self) -> [usize; 3];
     /// Per level the last 1×1 class conv as `(W (nc, c3), b (nc))`, of the one-to-one head

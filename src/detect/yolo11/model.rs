@@ -9,7 +9,8 @@ use candle_nn::init::DEFAULT_KAIMING_NORMAL;
 use candle_nn::{Conv2d, Conv2dConfig};
 
 use super::blocks::{C2Psa, C3k2, ConvBlock, Sppf, Weights};
-use crate::detect::ultralytics::{YoloNetwork, YoloOutput};
+use crate::detect::sources::FeatureLayer;
+use crate::detect::ultralytics::{layer_list, Taps, YoloNetwork, YoloOutput};
 use crate::error::Result;
 use crate::nn::{Activation, FusedConv, MapLayout};
 
@@ -36,14 +37,21 @@ impl Backbone {
         })
     }
 
-    fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<[Tensor; 3]> {
+    /// `taps` keeps the layers it wants (YAML indices).
+    fn forward(&self, x: &Tensor, l: MapLayout, taps: &mut Taps) -> CResult<[Tensor; 3]> {
         let [c0, c1, c3, c5, c7] = &self.convs;
         let [b2, b4, b6, b8] = &self.blocks;
-        let x = b2.forward(&[&c1.forward(&c0.forward(x, l)?, l)?], l)?;
-        let p3 = b4.forward(&[&c3.forward(&x, l)?], l)?;
-        let p4 = b6.forward(&[&c5.forward(&p3, l)?], l)?;
-        let x = b8.forward(&[&c7.forward(&p4, l)?], l)?;
-        let p5 = self.psa.forward(&self.sppf.forward(&x, l)?, l)?;
+        let x = taps.tap(0, c0.forward(x, l)?)?;
+        let x = taps.tap(1, c1.forward(&x, l)?)?;
+        let x = taps.tap(2, b2.forward(&[&x], l)?)?;
+        let x = taps.tap(3, c3.forward(&x, l)?)?;
+        let p3 = taps.tap(4, b4.forward(&[&x], l)?)?;
+        let x = taps.tap(5, c5.forward(&p3, l)?)?;
+        let p4 = taps.tap(6, b6.forward(&[&x], l)?)?;
+        let x = taps.tap(7, c7.forward(&p4, l)?)?;
+        let x = taps.tap(8, b8.forward(&[&x], l)?)?;
+        let x = taps.tap(9, self.sppf.forward(&x, l)?)?;
+        let p5 = taps.tap(10, self.psa.forward(&x, l)?)?;
         Ok([p3, p4, p5])
     }
 }
@@ -83,11 +91,18 @@ impl Neck {
     }
 
     /// Concat orders follow the YAML: `[-1, 6]`, `[-1, 4]`, `[-1, 13]`, `[-1, 10]`.
-    fn forward(&self, [p3, p4, p5]: &[Tensor; 3], l: MapLayout) -> CResult<[Tensor; 3]> {
-        let n13 = self.n13.forward(&[&upsample2(p5, l)?, p4], l)?;
-        let n16 = self.n16.forward(&[&upsample2(&n13, l)?, p3], l)?;
-        let n19 = self.n19.forward(&[&self.n17.forward(&n16, l)?, &n13], l)?;
-        let n22 = self.n22.forward(&[&self.n20.forward(&n19, l)?, p5], l)?;
+    fn forward(
+        &self,
+        [p3, p4, p5]: &[Tensor; 3],
+        l: MapLayout,
+        taps: &mut Taps,
+    ) -> CResult<[Tensor; 3]> {
+        let n13 = taps.tap(13, self.n13.forward(&[&upsample2(p5, l)?, p4], l)?)?;
+        let n16 = taps.tap(16, self.n16.forward(&[&upsample2(&n13, l)?, p3], l)?)?;
+        let n17 = taps.tap(17, self.n17.forward(&n16, l)?)?;
+        let n19 = taps.tap(19, self.n19.forward(&[&n17, &n13], l)?)?;
+        let n20 = taps.tap(20, self.n20.forward(&n19, l)?)?;
+        let n22 = taps.tap(22, self.n22.forward(&[&n20, p5], l)?)?;
         Ok([n16, n19, n22])
     }
 }
@@ -263,8 +278,24 @@ impl Yolo11 {
     }
 }
 
+/// `(YAML index, stride)` of the layers of `yolo11.yaml` / `yolo26.yaml` after 9 whose
+/// outputs exist.
+const LAYERS: [(usize, usize); 7] = [
+    (10, 32),
+    (13, 16),
+    (16, 8),
+    (17, 16),
+    (19, 16),
+    (20, 32),
+    (22, 32),
+];
+
 impl YoloNetwork for Yolo11 {
-    fn forward(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput> {
+    fn feature_layers(&self) -> Vec<FeatureLayer> {
+        layer_list(&LAYERS)
+    }
+
+    fn forward_keeping(&self, x: &Tensor, one2one: bool, keep: &[usize]) -> Result<YoloOutput> {
         let (_, _, h, w) = x.dims4()?;
         if h % 32 != 0 || w % 32 != 0 {
             return Err(candle_core::Error::Msg(format!(
@@ -273,9 +304,9 @@ impl YoloNetwork for Yolo11 {
             .into());
         }
         let l = self.layout;
-        let neck = self
-            .neck
-            .forward(&self.backbone.forward(&l.from_nchw(x)?, l)?, l)?;
+        let mut taps = Taps::new(keep, l);
+        let backbone = self.backbone.forward(&l.from_nchw(x)?, l, &mut taps)?;
+        let neck = self.neck.forward(&backbone, l, &mut taps)?;
         let head = match (&self.one2one, one2one) {
             (Some(head), true) => head,
             _ => &self.one2many,
@@ -288,6 +319,7 @@ impl YoloNetwork for Yolo11 {
             level_shapes: neck.iter().map(|n| l.spatial(n)).collect::<CResult<_>>()?,
             neck: neck.iter().map(|n| l.to_nhwc(n)).collect::<CResult<_>>()?,
             reg_max: self.reg_max,
+            kept: taps.into_kept(),
         })
     }
 

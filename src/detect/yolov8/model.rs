@@ -9,7 +9,8 @@ use candle_nn::init::DEFAULT_KAIMING_NORMAL;
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::arch::{Arch, C2fArch, SppfArch};
-use crate::detect::ultralytics::{YoloNetwork, YoloOutput};
+use crate::detect::sources::FeatureLayer;
+use crate::detect::ultralytics::{layer_list, Taps, YoloNetwork, YoloOutput};
 use crate::detect::WeightFile;
 use crate::error::Result;
 use crate::nn::{Activation, FusedConv, MapLayout};
@@ -185,19 +186,24 @@ impl Backbone {
         })
     }
 
-    /// (P3, P4, P5) at strides 8, 16, 32.
+    /// (P3, P4, P5) at strides 8, 16, 32; `taps` keeps the layers it wants (YAML indices).
     fn forward(
         &self,
         x: &Tensor,
         layout: MapLayout,
+        taps: &mut Taps,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let l = layout;
-        let x = self.b1_1.forward(&self.b1_0.forward(x, l)?, l)?;
-        let x = self.b2_1.forward(&self.b2_0.forward(&[&x], l)?, l)?;
-        let p3 = self.b2_2.forward(&[&x], l)?;
-        let p4 = self.b3_1.forward(&[&self.b3_0.forward(&p3, l)?], l)?;
-        let x = self.b4_1.forward(&[&self.b4_0.forward(&p4, l)?], l)?;
-        let p5 = self.b5_0.forward(&x, l)?;
+        let x = taps.tap(0, self.b1_0.forward(x, l)?)?;
+        let x = taps.tap(1, self.b1_1.forward(&x, l)?)?;
+        let x = taps.tap(2, self.b2_0.forward(&[&x], l)?)?;
+        let x = taps.tap(3, self.b2_1.forward(&x, l)?)?;
+        let p3 = taps.tap(4, self.b2_2.forward(&[&x], l)?)?;
+        let x = taps.tap(5, self.b3_0.forward(&p3, l)?)?;
+        let p4 = taps.tap(6, self.b3_1.forward(&[&x], l)?)?;
+        let x = taps.tap(7, self.b4_0.forward(&p4, l)?)?;
+        let x = taps.tap(8, self.b4_1.forward(&[&x], l)?)?;
+        let p5 = taps.tap(9, self.b5_0.forward(&x, l)?)?;
         Ok((p3, p4, p5))
     }
 }
@@ -240,17 +246,16 @@ impl Neck {
     /// Head inputs (layers 15, 18, 21). Concat orders follow `yolov8.yaml`.
     fn forward(
         &self,
-        p3: &Tensor,
-        p4: &Tensor,
-        p5: &Tensor,
+        (p3, p4, p5): (&Tensor, &Tensor, &Tensor),
         l: MapLayout,
+        taps: &mut Taps,
     ) -> candle_core::Result<[Tensor; 3]> {
-        let n1 = self.n1.forward(&[&upsample2(p5, l)?, p4], l)?;
-        let n2 = self.n2.forward(&[&upsample2(&n1, l)?, p3], l)?;
-        let n3 = self.n3.forward(&n2, l)?;
-        let n4 = self.n4.forward(&[&n3, &n1], l)?;
-        let n5 = self.n5.forward(&n4, l)?;
-        let n6 = self.n6.forward(&[&n5, p5], l)?;
+        let n1 = taps.tap(12, self.n1.forward(&[&upsample2(p5, l)?, p4], l)?)?;
+        let n2 = taps.tap(15, self.n2.forward(&[&upsample2(&n1, l)?, p3], l)?)?;
+        let n3 = taps.tap(16, self.n3.forward(&n2, l)?)?;
+        let n4 = taps.tap(18, self.n4.forward(&[&n3, &n1], l)?)?;
+        let n5 = taps.tap(19, self.n5.forward(&n4, l)?)?;
+        let n6 = taps.tap(21, self.n6.forward(&[&n5, p5], l)?)?;
         Ok([n2, n4, n6])
     }
 }
@@ -379,6 +384,11 @@ impl YoloV8 {
 
     /// `x`: `(B, 3, H, W)` F32, H and W multiples of 32.
     pub fn forward(&self, x: &Tensor) -> Result<YoloOutput> {
+        self.forward_keeping(x, &[])
+    }
+
+    /// [`YoloV8::forward`], also keeping the maps of layers `keep` (YAML indices).
+    pub fn forward_keeping(&self, x: &Tensor, keep: &[usize]) -> Result<YoloOutput> {
         let (_, _, h, w) = x.dims4()?;
         if h % 32 != 0 || w % 32 != 0 {
             return Err(candle_core::Error::Msg(format!(
@@ -387,8 +397,9 @@ impl YoloV8 {
             .into());
         }
         let l = self.layout;
-        let (p3, p4, p5) = self.backbone.forward(&l.from_nchw(x)?, l)?;
-        let neck = self.neck.forward(&p3, &p4, &p5, l)?;
+        let mut taps = Taps::new(keep, l);
+        let (p3, p4, p5) = self.backbone.forward(&l.from_nchw(x)?, l, &mut taps)?;
+        let neck = self.neck.forward((&p3, &p4, &p5), l, &mut taps)?;
         let (mut box_logits, mut cls_logits) = (Vec::new(), Vec::new());
         let (mut cls_features, mut level_shapes) = (Vec::new(), Vec::new());
         for ((x, boxes), classes) in neck.iter().zip(&self.head.boxes).zip(&self.head.classes) {
@@ -408,6 +419,7 @@ impl YoloV8 {
                 .collect::<candle_core::Result<_>>()?,
             level_shapes,
             reg_max: self.arch.head.reg_max,
+            kept: taps.into_kept(),
         })
     }
 
@@ -450,10 +462,17 @@ impl YoloV8 {
     }
 }
 
+/// `(YAML index, stride)` of the layers of `yolov8.yaml` after 9 whose outputs exist.
+const LAYERS: [(usize, usize); 6] = [(12, 16), (15, 8), (16, 16), (18, 16), (19, 32), (21, 32)];
+
 impl YoloNetwork for YoloV8 {
     /// YOLOv8 has the one-to-many head only; the detector never asks for another.
-    fn forward(&self, x: &Tensor, _one2one: bool) -> Result<YoloOutput> {
-        YoloV8::forward(self, x)
+    fn forward_keeping(&self, x: &Tensor, _one2one: bool, keep: &[usize]) -> Result<YoloOutput> {
+        YoloV8::forward_keeping(self, x, keep)
+    }
+
+    fn feature_layers(&self) -> Vec<FeatureLayer> {
+        layer_list(&LAYERS)
     }
 
     fn nc(&self) -> usize {
