@@ -222,6 +222,9 @@ fn unknown_scorers_and_parameters_list_the_valid_ones() {
     };
     let err = run(&["--scorer", "mahalanobiss"]);
     assert!(err.contains("mahalanobis") && err.contains("knn"), "{err}");
+    for kind in oodbox::ood::kinds() {
+        assert!(err.contains(kind), "{kind}: {err}");
+    }
     let err = run(&["--scorer", "knn", "--param", "neighbours=5"]);
     assert!(err.contains("nearest"), "{err}");
 }
@@ -316,4 +319,47 @@ fn the_fit_and_score_example_separates_unknown_shapes() {
         share(unknown_flagged, unknown) > share(known_flagged, known),
         "{report:?}"
     );
+}
+
+/// Every kind of the registry table, so that a new kind is covered without editing this test:
+/// it fits on the shapes boxes, keeps the calibration promise on held-out ID boxes (never more
+/// flagged than the 99% binomial interval allows; ties may make it conservative) and its scorer
+/// file loads back to the same verdicts.
+#[test]
+fn every_kind_fits_calibrates_and_round_trips_through_its_file() {
+    let (fit, calibration, test) = (known("train"), known("val"), known("test_id"));
+    let dir = tempfile::tempdir().unwrap();
+    for kind in oodbox::ood::kinds() {
+        let scorer = FittedScorer::fit(kind, None, &[], &fit, &calibration, &FitOptions::default())
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let verdicts = scorer.score(&test, None).unwrap();
+        let flagged = verdicts.iter().filter(|b| b.is_ood).count();
+        let (_, high) = interval_99(test.len(), 0.05);
+        assert!(
+            flagged <= high,
+            "{kind}: {flagged} of {} ID boxes flagged at alpha 0.05, above {high}",
+            test.len()
+        );
+        let path = dir.path().join(format!("{kind}.safetensors"));
+        scorer.save(&path).unwrap();
+        let again = FittedScorer::load(&path).unwrap();
+        assert_eq!(again.name(), kind);
+        assert_eq!(again.score(&test, None).unwrap(), verdicts, "{kind}");
+    }
+}
+
+#[test]
+fn the_scorer_listing_and_fit_help_name_every_kind() {
+    let out = oodbox(&["scorers"]);
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listing, oodbox::ood::markdown());
+    let help = String::from_utf8(oodbox(&["fit", "--help"]).stdout).unwrap();
+    for kind in oodbox::ood::kinds() {
+        assert!(listing.contains(&format!("| `{kind}` |")), "{kind}");
+        assert!(help.contains(kind), "fit --help lacks {kind}: {help}");
+    }
+    for shaping in oodbox::ood::shapings() {
+        assert!(help.contains(shaping), "fit --help lacks {shaping}");
+    }
 }

@@ -1,6 +1,6 @@
 //! The registry: what a scorer kind is ([`KindEntry`]), and everything that reads the table of
-//! kinds ([`super::KINDS`]): construction from `name=value` parameters, rebuilding from a state,
-//! the lists of names and the generated documentation table.
+//! kinds (`kind_table!` in `src/ood/mod.rs`): construction from `name=value` parameters,
+//! rebuilding from a state, the lists of names and the generated documentation tables.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use crate::error::Result;
 pub(crate) type Build = fn(&Given, Option<Shaping>) -> Result<Box<dyn ScorerImpl>>;
 
 /// One scorer kind: its name, what it reads, its typed parameters and its constructor. A kind's
-/// module defines its entries as constants; the table [`super::KINDS`] lists them.
+/// module defines its entries as constants; `kind_table!` in `src/ood/mod.rs` lists them.
 pub struct KindEntry {
     /// The registry name (lower case), e.g. `knn`.
     pub name: &'static str,
