@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::common::device;
+use super::common::{check_sources, device, parse_features};
+use oodbox::detect::sources::FeatureSources;
 
 /// Time each stage of detection (median, min and max over --iters runs, after warm-up).
 ///
@@ -46,6 +47,11 @@ pub struct Args {
     /// reference path, for comparison).
     #[arg(long)]
     plain: bool,
+    /// Also time detection with these ROI feature sources (e.g. roi:4,roi:6,roi:9), each
+    /// iteration right after the plain one: `forward_with_features_ms` and
+    /// `postprocess_with_features_ms` (where the ROI features are made) beside the plain ones.
+    #[arg(long, value_parser = parse_features)]
+    features: Option<FeatureSources>,
 }
 
 fn stats(ms: &mut [f64]) -> serde_json::Value {
@@ -80,7 +86,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         imgsz: (args.imgsz, args.imgsz),
         ..DetectOptions::default()
     };
+    if let Some(features) = &args.features {
+        check_sources(detector.as_ref(), features)?;
+    }
+    let with_features = args.features.as_ref().map(|f| DetectOptions {
+        roi: f.roi(),
+        ..options.clone()
+    });
     let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
+    // (forward, postprocess) ms with the sources: the ROI features are made in postprocess.
+    let mut featured: Vec<(f64, f64)> = vec![];
     let mut score = vec![];
     for i in 0..args.warmup + args.iters {
         let (boxes, t) = detector.detect_timed(&image, &options)?;
@@ -91,6 +106,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::hint::black_box(boxes);
         }
         let score_ms = t3.elapsed().as_secs_f64() * 1e3;
+        if let Some(options) = &with_features {
+            let (boxes, t) = detector.detect_timed(&image, options)?;
+            std::hint::black_box(boxes);
+            if i >= args.warmup {
+                featured.push((t.forward_ms, t.postprocess_ms));
+            }
+        }
         if i >= args.warmup {
             pre.push(t.preprocess_ms);
             fwd.push(t.forward_ms);
@@ -108,6 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "postprocess_ms": stats(&mut post),
         "score_ms": stats(&mut score),
         "detect_ms": stats(&mut total),
+        "features": args.features.as_ref().map(|f| f.to_string()),
+        "forward_with_features_ms": (!featured.is_empty())
+            .then(|| stats(&mut featured.iter().map(|f| f.0).collect::<Vec<_>>())),
+        "postprocess_with_features_ms": (!featured.is_empty())
+            .then(|| stats(&mut featured.iter().map(|f| f.1).collect::<Vec<_>>())),
         "scorer": args.scorer,
         "path": if args.plain { "candle" } else { "fused" },
     });
@@ -117,8 +144,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "postprocess_ms",
         "score_ms",
         "detect_ms",
+        "forward_with_features_ms",
+        "postprocess_with_features_ms",
     ] {
         let s = &report[key];
+        if s.is_null() {
+            continue;
+        }
         eprintln!(
             "{key:>15}: median {:8.2}  min {:8.2}  max {:8.2}",
             s["median"].as_f64().unwrap(),
