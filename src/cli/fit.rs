@@ -1,12 +1,13 @@
 use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
-use oodbox::data::dataset;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::common::{extract_dataset, parse_param, DetectFlags};
+use super::common::{
+    check_output_file, extract_dataset, load_boxes, open_dataset, parse_param, DetectFlags,
+};
 
 /// Fit an OOD scorer on in-distribution boxes and calibrate it on held-out ID boxes.
 ///
@@ -72,8 +73,11 @@ pub fn known_objects_only(boxes: BoxSet) -> BoxSet {
     }
 }
 
-fn load_boxes(path: &Path) -> anyhow::Result<BoxSet> {
-    BoxSet::load(path).with_context(|| format!("reading the box set {}", path.display()))
+/// Checks fit boxes before they are subset and shuffled, so that a bad box is named by its
+/// index in the file.
+pub fn finite(boxes: BoxSet, path: &std::path::Path) -> anyhow::Result<BoxSet> {
+    boxes.check_finite(path)?;
+    Ok(boxes)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -81,12 +85,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.calibration_fraction > 0.0 && args.calibration_fraction < 1.0,
         "--calibration-fraction must lie in (0, 1)"
     );
+    check_output_file(&args.out, "--out")?;
     let all = match (&args.boxes, &args.model, &args.data) {
-        (Some(path), _, _) => load_boxes(path)?,
+        (Some(path), _, _) => finite(load_boxes(path)?, path)?,
         (None, Some(model), Some(data)) => {
             let detector = args.flags.load(model)?;
-            let set = dataset::open(data, &args.split)
-                .with_context(|| format!("reading {}", data.display()))?;
+            let set = open_dataset(data, &args.split)?;
             let source = format!(
                 "oodbox fit --model {} --data {} --split {}",
                 model.display(),
@@ -112,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let all = known_objects_only(all);
     let (fit, calibration) = match &args.calibration_boxes {
-        Some(path) => (all, known_objects_only(load_boxes(path)?)),
+        Some(path) => (all, known_objects_only(finite(load_boxes(path)?, path)?)),
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");

@@ -88,7 +88,8 @@ impl PrincDims {
             PrincDims::Count(k) => {
                 if k == 0 || k >= d {
                     Err(format!(
-                        "princ_dims={k} must be in 1..{}",
+                        "princ_dims={k} must be a whole number from 1 to {} (the feature \
+                         dimension minus 1)",
                         d.saturating_sub(1)
                     ))
                 } else {
@@ -375,7 +376,10 @@ impl ScorerImpl for Vim {
         for g in 0..grouping.len() {
             let k = t.scalar_usize(&format!("group{g}.princ_dims"))?;
             if k == 0 || k >= d {
-                return Err(t.bad(format!("group {g}: princ_dims {k} not in 1..{}", d - 1)));
+                return Err(t.bad(format!(
+                    "group {g}: princ_dims {k} is not from 1 to {} (the feature dimension minus 1)",
+                    d - 1
+                )));
             }
             let origin = t.take(&format!("group{g}.origin"), &[d])?;
             let residual = t.take(&format!("group{g}.residual"), &[d - k, d])?;
