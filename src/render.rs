@@ -63,6 +63,8 @@ pub struct Annotation {
 pub fn verdict_text(p_value: f64, flagged: bool) -> String {
     let p = if p_value >= 0.01 {
         format!("{p_value:.2}")
+    } else if p_value >= 0.001 {
+        format!("{p_value:.3}")
     } else {
         format!("{p_value:.0e}")
     };
@@ -305,7 +307,8 @@ mod tests {
     #[test]
     fn verdicts_read_as_p_values() {
         assert_eq!(verdict_text(0.29, false), "known (p=0.29)");
-        assert_eq!(verdict_text(0.004, true), "p=4e-3");
+        assert_eq!(verdict_text(0.004, true), "p=0.004");
+        assert_eq!(verdict_text(0.0002, true), "p=2e-4");
     }
 
     #[test]

@@ -298,6 +298,8 @@ fn fit_and_eval_straight_from_a_dataset() {
         let size = std::fs::metadata(report.join(plot)).map(|m| m.len());
         assert!(size.as_ref().is_ok_and(|&n| n > 10_000), "{plot}: {size:?}");
     }
+    let table = std::fs::read_to_string(report.join("metrics.md")).unwrap();
+    assert!(table.contains("| unknown recall |"), "{table}");
     let map = m["id_map"]["all_boxes"]["map50"].as_f64().unwrap();
     assert!(
         map > 0.5,

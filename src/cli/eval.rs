@@ -332,6 +332,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The open-set metrics of the rows that have them, as a second markdown table.
+fn open_set_markdown(rows: &[Value]) -> String {
+    let with: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r.get("open_set").is_some())
+        .collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n| scorer | unknown recall | unknown precision | AP unknown | mAP known | WI | AOSE |\n|---|---|---|---|---|---|---|\n",
+    );
+    for row in with {
+        let m = &row["open_set"];
+        let f = |k: &str| m[k].as_f64().map_or("-".into(), |v| format!("{v:.4}"));
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            row["scorer"].as_str().unwrap_or(""),
+            f("unknown_recall"),
+            f("unknown_precision"),
+            f("ap_unknown"),
+            f("map_known"),
+            f("wi"),
+            m["aose"],
+        );
+    }
+    out
+}
+
 fn markdown(rows: &[Value]) -> String {
     let mut out = String::from(
         "| scorer | protocol | AUROC | FPR95 | AUPR-In | AUPR-Out | n ID | n OOD | fit s | score µs/box |\n|---|---|---|---|---|---|---|---|---|---|\n",
@@ -358,5 +387,5 @@ fn markdown(rows: &[Value]) -> String {
             );
         }
     }
-    out
+    out + &open_set_markdown(rows)
 }

@@ -275,7 +275,7 @@ fn coco_image_folders(json: &Path) -> Vec<PathBuf> {
     folders
 }
 
-/// A COCO json. Images are found where [`coco_image_folders`] says. Categories whose
+/// A COCO json. Images are found where `coco_image_folders` says. Categories whose
 /// supercategory is `near_ood` or `far_ood`, and annotations marked `"unknown": true`, are unknown
 /// objects; the other categories are the classes, in id order.
 pub fn coco(json: &Path) -> Result<Dataset> {
