@@ -5,7 +5,7 @@
 
 use oodbox::detect::image_io::load_rgb;
 use oodbox::pipeline::OodDetector;
-use oodbox::render::{annotate, Annotation};
+use oodbox::render::{annotate, verdict_text, Annotation};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,8 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|d| Annotation {
             bbox: d.record.bbox,
             label: format!(
-                "{} {:.2} · OOD {:.2}",
-                d.class_name, d.record.confidence, d.ood.confidence
+                "{} {:.2} · {}",
+                d.class_name,
+                d.record.confidence,
+                verdict_text(d.ood.p_value, d.ood.is_ood)
             ),
             class_id: d.record.class_id,
             ood_confidence: Some(d.ood.confidence),

@@ -23,6 +23,23 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     BadModel { path: PathBuf, reason: String },
+    /// An oodbox file of one kind where another is expected (a box set given as a model).
+    #[error("{path}: this is {found}, not {expected}")]
+    WrongKind {
+        path: PathBuf,
+        found: crate::data::kind::FileKind,
+        expected: crate::data::kind::FileKind,
+    },
+    /// A data.yaml without the split asked for; `available` lists the splits it has.
+    #[error(
+        "{path}: no `{split}` split; its splits are: {}",
+        if available.is_empty() { "none".to_string() } else { available.join(", ") }
+    )]
+    MissingSplit {
+        path: PathBuf,
+        split: String,
+        available: Vec<String>,
+    },
     /// A PyTorch checkpoint whose pickle would run code when loaded in Python (it calls a
     /// global such as `os.system`); `reason` names what it calls. Nothing of it was run.
     #[error("{path}: {reason}")]

@@ -1,7 +1,8 @@
 //! Annotated images: each box drawn in a colour that encodes its OOD confidence on a
 //! perceptually uniform scale (matplotlib's viridis), with a label and a small legend. Boxes
 //! flagged OOD get a thicker, double outline and an "unknown?" label. Sizes scale with the
-//! image, so labels stay readable from 64 px thumbnails to 4K frames.
+//! image, so labels stay readable from 64 px thumbnails to 4K frames. Labels are placed so
+//! that none covers another, and drawn over every box outline.
 
 use ab_glyph::{FontRef, PxScale};
 use image::{Rgb, RgbImage};
@@ -56,6 +57,24 @@ pub struct Annotation {
     pub flagged: bool,
 }
 
+/// The OOD part of a box label: "known (p=0.29)", or for a flagged box "p=0.01" (the label
+/// then starts "unknown?"). The p-value, not `1 − p`: a known object's "OOD 0.71" read as
+/// "71% unknown".
+pub fn verdict_text(p_value: f64, flagged: bool) -> String {
+    let p = if p_value >= 0.01 {
+        format!("{p_value:.2}")
+    } else if p_value >= 0.001 {
+        format!("{p_value:.3}")
+    } else {
+        format!("{p_value:.0e}")
+    };
+    if flagged {
+        format!("p={p}")
+    } else {
+        format!("known (p={p})")
+    }
+}
+
 fn text_colour_on(background: Rgb<u8>) -> Rgb<u8> {
     let [r, g, b] = background.0.map(|v| v as f32);
     if 0.299 * r + 0.587 * g + 0.114 * b > 140.0 {
@@ -102,7 +121,9 @@ fn draw(canvas: &mut RgbImage, zoom: f32, annotations: &[Annotation], legend: bo
     // Flagged boxes are drawn last, so they stay on top.
     let mut order: Vec<&Annotation> = annotations.iter().collect();
     order.sort_by_key(|a| a.flagged);
-    for a in order {
+    let pad = (font_px / 5.0).round() as i32;
+    let mut labels = Vec::with_capacity(order.len());
+    for a in &order {
         let colour = match a.ood_confidence {
             Some(c) => ood_colour(c),
             None => Rgb(CLASS_COLOURS[a.class_id % CLASS_COLOURS.len()]),
@@ -129,39 +150,75 @@ fn draw(canvas: &mut RgbImage, zoom: f32, annotations: &[Annotation], legend: bo
                 .of_size((x2 - x1 - 2).max(1) as u32, (y2 - y1 - 2).max(1) as u32);
             draw_hollow_rect_mut(canvas, inner, text_colour_on(colour));
         }
-        let label = if a.flagged {
+        let text = if a.flagged {
             format!("unknown? {}", a.label)
         } else {
             a.label.clone()
         };
-        let (tw, th) = text_size(scale, &font, &label);
-        let pad = (font_px / 5.0).round() as i32;
-        let (bw, bh) = (tw as i32 + 2 * pad, th as i32 + 2 * pad);
-        // Above the box when there is room, else inside its top; never beyond the image.
-        let ly = if y1 - bh >= 0 {
-            y1 - bh
-        } else {
-            (y1 + 1).min(h as i32 - bh).max(0)
-        };
-        let lx = x1.clamp(0, (w as i32 - bw).max(0));
+        let (tw, th) = text_size(scale, &font, &text);
+        let size = (tw as i32 + 2 * pad, th as i32 + 2 * pad);
+        labels.push(([x1, y1, x2, y2], size, text, colour));
+    }
+    // Flagged boxes choose their label's place first; labels go over every outline.
+    let spots: Vec<_> = labels.iter().map(|(b, size, ..)| (*b, *size)).collect();
+    let priority: Vec<usize> = (0..order.len()).rev().collect();
+    let places = place_labels(&spots, &priority, (w as i32, h as i32));
+    for ((_, (bw, bh), text, colour), (lx, ly)) in labels.iter().zip(places) {
         draw_filled_rect_mut(
             canvas,
-            Rect::at(lx, ly).of_size(bw as u32, bh as u32),
-            colour,
+            Rect::at(lx, ly).of_size(*bw as u32, *bh as u32),
+            *colour,
         );
         draw_text_mut(
             canvas,
-            text_colour_on(colour),
+            text_colour_on(*colour),
             lx + pad,
             ly + pad,
             scale,
             &font,
-            &label,
+            text,
         );
     }
     if legend {
         draw_legend(canvas, &font, font_px);
     }
+}
+
+/// Top-left corners for labels of the given sizes on boxes `[x1, y1, x2, y2]`, in an image of
+/// `size`, chosen in `priority` order: above the box, inside its top, below it, inside its
+/// bottom, then further above or below, one label height at a time; the first spot inside the
+/// image that overlaps no label placed before wins. When none is free (a crowd of boxes), the
+/// label goes above its box, or inside its top at the image's edge.
+fn place_labels(
+    labels: &[([i32; 4], (i32, i32))],
+    priority: &[usize],
+    (w, h): (i32, i32),
+) -> Vec<(i32, i32)> {
+    let mut places = vec![(0, 0); labels.len()];
+    let mut taken: Vec<[i32; 4]> = Vec::with_capacity(labels.len());
+    let overlaps =
+        |a: &[i32; 4], b: &[i32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    for &i in priority {
+        let ([x1, y1, _, y2], (bw, bh)) = labels[i];
+        let x = x1.clamp(0, (w - bw).max(0));
+        let fits = |y: i32| y >= 0 && y + bh <= h;
+        let mut candidates = vec![y1 - bh, y1 + 1, y2 + 1, y2 - bh];
+        for k in 1..=labels.len() as i32 {
+            candidates.extend([y1 - bh * (k + 1), y2 + 1 + bh * k]);
+        }
+        let free = candidates.into_iter().filter(|&y| fits(y)).find(|&y| {
+            let rect = [x, y, x + bw, y + bh];
+            !taken.iter().any(|t| overlaps(t, &rect))
+        });
+        let y = free.unwrap_or(if y1 - bh >= 0 {
+            y1 - bh
+        } else {
+            (y1 + 1).min(h - bh).max(0)
+        });
+        taken.push([x, y, x + bw, y + bh]);
+        places[i] = (x, y);
+    }
+    places
 }
 
 /// A horizontal colour bar in the bottom-right corner: "known" on the left, "unknown" right.
@@ -220,20 +277,55 @@ mod tests {
     }
 
     #[test]
+    fn labels_of_overlapping_boxes_do_not_cover_each_other() {
+        // Three boxes sharing a top-left corner, the case where every label went to one spot.
+        let labels = [
+            ([100, 100, 200, 200], (80, 20)),
+            ([100, 100, 220, 180], (90, 20)),
+            ([100, 100, 150, 300], (70, 20)),
+        ];
+        let places = place_labels(&labels, &[2, 1, 0], (640, 480));
+        let rects: Vec<[i32; 4]> = labels
+            .iter()
+            .zip(&places)
+            .map(|((_, (w, h)), &(x, y))| [x, y, x + w, y + h])
+            .collect();
+        for (i, a) in rects.iter().enumerate() {
+            assert!(
+                a[0] >= 0 && a[1] >= 0 && a[2] <= 640 && a[3] <= 480,
+                "{a:?}"
+            );
+            for b in &rects[i + 1..] {
+                let overlap = a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+                assert!(!overlap, "{rects:?}");
+            }
+        }
+        // The first in priority keeps the usual place, above its box.
+        assert_eq!(places[2], (100, 80));
+    }
+
+    #[test]
+    fn verdicts_read_as_p_values() {
+        assert_eq!(verdict_text(0.29, false), "known (p=0.29)");
+        assert_eq!(verdict_text(0.004, true), "p=0.004");
+        assert_eq!(verdict_text(0.0002, true), "p=2e-4");
+    }
+
+    #[test]
     fn labels_stay_inside_small_and_large_images() {
         for (w, h) in [(64, 48), (640, 480), (3840, 2160)] {
             let image = RgbImage::from_pixel(w, h, Rgb([128, 128, 128]));
             let boxes = vec![
                 Annotation {
                     bbox: [0.0, 0.0, w as f32 * 0.3, h as f32 * 0.3],
-                    label: "circle 0.91 · OOD 0.12".into(),
+                    label: "circle 0.91 · known (p=0.88)".into(),
                     class_id: 0,
                     ood_confidence: Some(0.12),
                     flagged: false,
                 },
                 Annotation {
                     bbox: [w as f32 * 0.6, h as f32 * 0.7, w as f32, h as f32],
-                    label: "star 0.88 · OOD 0.99".into(),
+                    label: "star 0.88 · p=0.01".into(),
                     class_id: 3,
                     ood_confidence: Some(0.99),
                     flagged: true,

@@ -75,6 +75,14 @@ fn a_corrupt_image_is_reported_and_the_rest_processed() {
         .map(|i| i["path"].as_str().unwrap())
         .collect();
     assert_eq!(processed.len(), 6, "{processed:?}");
+    // Each input names its annotated image.
+    for image in doc["images"].as_array().unwrap() {
+        let written = Path::new(image["annotated"].as_str().unwrap());
+        let input = Path::new(image["path"].as_str().unwrap());
+        assert!(written.starts_with(&annotated), "{image}");
+        assert_eq!(written.file_stem(), input.file_stem());
+        assert!(written.is_file());
+    }
     assert_eq!(doc["failed"].as_array().unwrap().len(), 1);
     let written = std::fs::read_dir(&annotated).unwrap().count();
     assert_eq!(written, 6, "one annotated image per readable input");

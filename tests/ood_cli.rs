@@ -268,8 +268,11 @@ fn fit_and_eval_straight_from_a_dataset() {
         String::from_utf8_lossy(&out.stderr)
     );
     let metrics = dir.path().join("m.json");
+    let report = dir.path().join("report");
     let out = oodbox(&[
         "eval",
+        "--report",
+        &path(report.clone()),
         "--scorer",
         &scorer,
         "--mixed",
@@ -293,6 +296,13 @@ fn fit_and_eval_straight_from_a_dataset() {
         "{m}"
     );
     assert!(m["open_set"]["n_unknown_gt"].as_u64().unwrap() > 0, "{m}");
+    // The report plots the GT-matched and open-set metrics too.
+    for plot in ["roc.png", "hist_energy_gt_matched.png", "open_set.png"] {
+        let size = std::fs::metadata(report.join(plot)).map(|m| m.len());
+        assert!(size.as_ref().is_ok_and(|&n| n > 10_000), "{plot}: {size:?}");
+    }
+    let table = std::fs::read_to_string(report.join("metrics.md")).unwrap();
+    assert!(table.contains("| unknown recall |"), "{table}");
     let map = m["id_map"]["all_boxes"]["map50"].as_f64().unwrap();
     assert!(
         map > 0.5,

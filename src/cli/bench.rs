@@ -3,7 +3,6 @@ use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::DetectOptions;
 use oodbox::nn::MapLayout;
-use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::OodDetector;
 use serde_json::json;
 use std::path::PathBuf;
@@ -61,6 +60,9 @@ fn stats(ms: &mut [f64]) -> serde_json::Value {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    if let Some(path) = &args.json {
+        super::common::check_output_file(path, "--json")?;
+    }
     let dev = device(&args.device)?;
     let load = || {
         oodbox::detect::load_detector(&args.model, &dev)
@@ -72,8 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let scorer = match &args.scorer {
         Some(path) => {
-            let scorer = FittedScorer::load(path)
-                .with_context(|| format!("loading the scorer {}", path.display()))?;
+            let scorer = super::common::load_scorer(path)?;
             Some(OodDetector::new(load()?, scorer)?)
         }
         None => None,

@@ -4,11 +4,14 @@ use anyhow::Context;
 use candle_core::Device;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use oodbox::data::boxset::BoxSet;
 use oodbox::data::dataset::Dataset;
 use oodbox::data::extraction::{extract, Extraction};
+use oodbox::data::kind::FileKind;
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::sources::{missing_message, FeatureSources, RoiSource};
 use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector};
+use oodbox::ood::fitted::FittedScorer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -132,7 +135,8 @@ impl DetectFlags {
     pub fn load(&self, model: &Path) -> anyhow::Result<Box<dyn Detector>> {
         let device = device(&self.device)?;
         let mut detector = load_detector(model, &device)
-            .with_context(|| format!("loading the model {}", model.display()))?;
+            .with_context(|| format!("loading the model {}", model.display()))
+            .map_err(with_kind_hint)?;
         if self.nms_free {
             detector.set_nms_free(true).context("--nms-free")?;
         }
@@ -329,4 +333,98 @@ impl OutputFolder {
         self.used.insert(path.clone());
         Ok(path)
     }
+}
+
+/// Where a file of `kind` goes, for an error about a file given to the wrong flag.
+fn goes_to(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Model => {
+            "a detector model goes to --model (best.pt, a .safetensors model or a DETR folder)"
+        }
+        FileKind::BoxSet => {
+            "a box set goes to `oodbox fit --boxes`, `oodbox score --boxes`, or `oodbox eval \
+             --id/--ood/--mixed/--fit`; --model takes a detector (best.pt, a .safetensors model \
+             or a DETR folder)"
+        }
+        FileKind::Scorer => "a scorer file goes to --scorer (of detect, score, eval, video, bench)",
+        FileKind::TrackCalibration => {
+            "a track calibration goes to `oodbox video --track-calibration`"
+        }
+    }
+}
+
+/// Adds where the file goes to an error caused by a file of the wrong kind.
+pub fn with_kind_hint(err: anyhow::Error) -> anyhow::Error {
+    let found = err
+        .chain()
+        .find_map(|c| match c.downcast_ref::<oodbox::error::Error>() {
+            Some(oodbox::error::Error::WrongKind { found, .. }) => Some(*found),
+            _ => None,
+        });
+    match found {
+        Some(kind) => anyhow::anyhow!("{err:#}; {}", goes_to(kind)),
+        None => err,
+    }
+}
+
+/// Loads the scorer file of --scorer. A scorer kind given instead of a file (`--scorer knn`)
+/// is answered with how to fit one.
+pub fn load_scorer(path: &Path) -> anyhow::Result<FittedScorer> {
+    let name = path.to_string_lossy();
+    if !path.exists() && oodbox::ood::kinds().contains(&name.as_ref()) {
+        anyhow::bail!(
+            "--scorer {name}: `{name}` is a scorer kind, and --scorer here takes a scorer file \
+             fitted on ID boxes: `oodbox fit --scorer {name} --boxes ID.safetensors --out \
+             {name}.safetensors` (or --model M --data data.yaml instead of --boxes), then \
+             --scorer {name}.safetensors"
+        );
+    }
+    FittedScorer::load(path)
+        .with_context(|| format!("loading the scorer {}", path.display()))
+        .map_err(with_kind_hint)
+}
+
+/// Refuses an output file before any work is done: a path that is a folder, or one whose
+/// folder does not exist. `-` (standard output, where a flag takes it) passes.
+pub fn check_output_file(path: &Path, flag: &str) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !path.is_dir(),
+        "{flag} {}: this is a folder; give a file name",
+        path.display()
+    );
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => anyhow::bail!(
+            "{flag} {}: its folder {} does not exist; create it, or write elsewhere",
+            path.display(),
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Creates an output folder before any work is done, so that a path that cannot be one fails
+/// at once.
+pub fn create_output_folder(dir: &Path, flag: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{flag} {}: cannot create this folder", dir.display()))
+}
+
+/// Reads a box set, saying where a file of another kind goes.
+pub fn load_boxes(path: &Path) -> anyhow::Result<BoxSet> {
+    BoxSet::load(path)
+        .with_context(|| format!("reading the box set {}", path.display()))
+        .map_err(with_kind_hint)
+}
+
+/// Opens a dataset; a data.yaml without the split asked for is answered with --split.
+pub fn open_dataset(path: &Path, split: &str) -> anyhow::Result<Dataset> {
+    oodbox::data::dataset::open(path, split).map_err(|e| match &e {
+        oodbox::error::Error::MissingSplit { available, .. } if !available.is_empty() => {
+            anyhow::anyhow!("{e}; choose one with --split")
+        }
+        _ => anyhow::Error::new(e).context(format!("reading the dataset {}", path.display())),
+    })
 }

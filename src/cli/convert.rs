@@ -15,6 +15,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::common::check_output_file(&args.out, "--out")?;
     let converted = oodbox::detect::convert::checkpoint_to_safetensors(&args.checkpoint, &args.out)
         .with_context(|| format!("converting {}", args.checkpoint.display()))?;
     eprintln!(

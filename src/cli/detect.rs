@@ -2,15 +2,15 @@ use anyhow::Context;
 use oodbox::data::inputs::collect_images;
 use oodbox::data::write_atomically;
 use oodbox::detect::{DetectOptions, Detector};
-use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::OodDetector;
-use oodbox::render::{annotate, Annotation};
+use oodbox::render::{annotate, verdict_text, Annotation};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::common::{
-    check_sources, parse_features, run_images, DetectorArgs, OutputFolder, RunSummary,
+    check_output_file, check_sources, load_scorer, parse_features, run_images, DetectorArgs,
+    OutputFolder, RunSummary,
 };
 use oodbox::detect::sources::{FeatureSource, FeatureSources};
 
@@ -107,7 +107,7 @@ pub fn detect_images(
             let mut label = format!("{} {:.2}", names[b.class_id], b.confidence);
             if let Some(v) = verdict {
                 d["ood"] = json!(v);
-                label += &format!(" · OOD {:.2}", v.confidence);
+                label += &format!(" · {}", verdict_text(v.p_value, v.is_ood));
             }
             detections.push(d);
             annotations.push(Annotation {
@@ -118,15 +118,18 @@ pub fn detect_images(
                 flagged: verdict.is_some_and(|v| v.is_ood),
             });
         }
-        if let Some(folder) = folder.as_mut() {
-            folder.write(&p.path, &annotate(&p.image, &annotations, ood.is_some()))?;
-        }
-        images.push(json!({
+        let mut image = json!({
             "path": p.path,
             "width": p.image.width(),
             "height": p.image.height(),
             "detections": detections,
-        }));
+        });
+        if let Some(folder) = folder.as_mut() {
+            let written =
+                folder.write(&p.path, &annotate(&p.image, &annotations, ood.is_some()))?;
+            image["annotated"] = json!(written);
+        }
+        images.push(image);
         Ok(())
     })?;
     let mut document = json!({
@@ -159,8 +162,7 @@ pub fn pair_with_scorer(
     alpha: Option<f64>,
     options: &mut DetectOptions,
 ) -> anyhow::Result<OodDetector> {
-    let scorer = FittedScorer::load(path)
-        .with_context(|| format!("loading the scorer {}", path.display()))?;
+    let scorer = load_scorer(path)?;
     let mut o = OodDetector::new(detector, scorer).with_context(|| {
         format!(
             "using the scorer {} with the model {}",
@@ -195,6 +197,9 @@ pub fn pair_with_scorer(
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.json {
+        check_output_file(path, "--json")?;
+    }
     let paths = collect_images(&args.input)?;
     let detector = args.detector.load()?;
     let features = args.features.unwrap_or_default();

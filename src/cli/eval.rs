@@ -1,6 +1,5 @@
 use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
-use oodbox::data::dataset;
 use oodbox::data::extraction::{ExtractedImage, LABEL_UNKNOWN};
 use oodbox::detect::DetectOptions;
 use oodbox::eval::map::{coco_map, without_unknown};
@@ -12,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::common::{extract_dataset, parse_features, DetectFlags};
+use super::common::{
+    check_output_file, create_output_folder, extract_dataset, load_boxes, load_scorer,
+    open_dataset, parse_features, DetectFlags,
+};
 use super::fit::known_objects_only;
 use oodbox::detect::sources::FeatureSources;
 
@@ -62,14 +64,29 @@ struct Set {
     images: Option<Vec<ExtractedImage>>,
 }
 
-fn load_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result<Set> {
+/// The boxes of `flag`'s set; a set without boxes is refused, as no metric can be read from it.
+fn load_set(path: &Path, args: &Args, options: &DetectOptions, flag: &str) -> anyhow::Result<Set> {
+    let set = read_set(path, args, options)?;
+    anyhow::ensure!(
+        !set.boxes.is_empty(),
+        "{flag} {}: no boxes{}",
+        path.display(),
+        if set.images.is_some() {
+            " were detected in it; check the model, --conf and --split"
+        } else {
+            ""
+        }
+    );
+    Ok(set)
+}
+
+fn read_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result<Set> {
     if path.extension().is_some_and(|e| e == "safetensors") {
-        let boxes = BoxSet::load(path)
-            .and_then(|set| match args.scorer.as_str() {
-                "all" => set.select(&args.features),
-                _ => Ok(set),
-            })
-            .with_context(|| format!("reading the box set {}", path.display()))?;
+        let boxes = load_boxes(path)?;
+        let boxes = match args.scorer.as_str() {
+            "all" => super::fit::select(boxes, &args.features, path)?,
+            _ => boxes,
+        };
         return Ok(Set {
             boxes,
             images: None,
@@ -80,8 +97,7 @@ fn load_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result
         .as_ref()
         .with_context(|| format!("{} is a dataset: give --model to run on it", path.display()))?;
     let detector = args.flags.load(model)?;
-    let set =
-        dataset::open(path, &args.split).with_context(|| format!("reading {}", path.display()))?;
+    let set = open_dataset(path, &args.split)?;
     let source = format!(
         "oodbox eval --model {} on {}",
         model.display(),
@@ -139,39 +155,55 @@ fn timed_scores(scorer: &FittedScorer, boxes: &BoxSet) -> anyhow::Result<(Vec<f6
     ))
 }
 
-fn mixed_groups(boxes: &BoxSet) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
+/// The boxes matched to a known object of their predicted class (ID) and to an unknown object
+/// (OOD); either group empty is refused, as no metric can be read from it.
+fn mixed_groups(boxes: &BoxSet, path: &Path) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
     let labels = boxes.label.as_ref().context(
         "--mixed needs labelled boxes: a dataset with ground truth, or a box set with `label`",
     )?;
-    let id = (0..boxes.len())
+    let id: Vec<usize> = (0..boxes.len())
         .filter(|&i| labels[i] == boxes.class_id[i])
         .collect();
-    let ood = (0..boxes.len())
+    let ood: Vec<usize> = (0..boxes.len())
         .filter(|&i| labels[i] == LABEL_UNKNOWN)
         .collect();
+    let n = boxes.len();
+    anyhow::ensure!(
+        !ood.is_empty(),
+        "--mixed {}: none of its {n} boxes matched an unknown object (label -1), so there are \
+         no OOD boxes to score; give a set with unknown objects (the shapes world's \
+         test_mixed), or --id and --ood",
+        path.display()
+    );
+    anyhow::ensure!(
+        !id.is_empty(),
+        "--mixed {}: none of its {n} boxes matched a known object of its predicted class, so \
+         there are no ID boxes to score",
+        path.display()
+    );
     Ok((id, ood))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.json {
+        check_output_file(path, "--json")?;
+    }
+    if let Some(dir) = &args.report {
+        create_output_folder(dir, "--report")?;
+    }
     let scorers: Vec<(FittedScorer, Option<f64>)> = if args.scorer == "all" {
         let path = args
             .fit
             .as_ref()
             .context("--scorer all needs --fit ID.safetensors to fit every scorer on")?;
-        let fit = BoxSet::load(path)
-            .and_then(|set| set.select(&args.features))
-            .with_context(|| format!("reading the box set {}", path.display()))?;
+        let fit = super::fit::select(super::fit::finite(load_boxes(path)?, path)?, &args.features, path)?;
         fit_all(&fit)?
             .into_iter()
             .map(|(f, s)| (f, Some(s)))
             .collect()
     } else {
         let path = Path::new(&args.scorer);
-        vec![(
-            FittedScorer::load(path)
-                .with_context(|| format!("loading the scorer {}", path.display()))?,
-            None,
-        )]
+        vec![(load_scorer(path)?, None)]
     };
     // Datasets are detected as the scorer's fit boxes were, unless --imgsz says otherwise.
     let roi = match scorers.first() {
@@ -187,16 +219,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let vos = match (&args.id, &args.ood) {
         (Some(id), Some(ood)) => Some((
-            load_set(id, &args, &options)?,
-            load_set(ood, &args, &options)?,
+            load_set(id, &args, &options, "--id")?,
+            load_set(ood, &args, &options, "--ood")?,
         )),
         _ => None,
     };
-    let mixed = args
-        .mixed
-        .as_ref()
-        .map(|p| load_set(p, &args, &options))
-        .transpose()?;
+    let mixed = match &args.mixed {
+        Some(path) => {
+            let set = load_set(path, &args, &options, "--mixed")?;
+            let groups = mixed_groups(&set.boxes, path)?;
+            Some((set, groups))
+        }
+        None => None,
+    };
+    let mut open_sets = Vec::new();
 
     let mut rows = Vec::new();
     let mut curves = Vec::new();
@@ -215,8 +251,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             row["score_us_per_box"] = json!((us_id + us_ood) / 2.0);
             curves.push((format!("{name} (VOS)"), roc_curve(&id_scores, &ood_scores)));
             if let Some(dir) = &args.report {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
                 plots::histogram_png(
                     &dir.join(format!("hist_{name}.png")),
                     &id_scores,
@@ -225,14 +259,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )?;
             }
         }
-        if let Some(set) = &mixed {
+        if let Some((set, (id_idx, ood_idx))) = &mixed {
             let (scores, _) = timed_scores(scorer, &set.boxes)?;
-            let (id_idx, ood_idx) = mixed_groups(&set.boxes)?;
             let id_scores: Vec<f64> = id_idx.iter().map(|&i| scores[i]).collect();
             let ood_scores: Vec<f64> = ood_idx.iter().map(|&i| scores[i]).collect();
             let m = ood_metrics(&id_scores, &ood_scores)
                 .with_context(|| format!("GT-matched metrics of {name}"))?;
             row["gt_matched"] = serde_json::to_value(&m)?;
+            curves.push((
+                format!("{name} (GT-matched)"),
+                roc_curve(&id_scores, &ood_scores),
+            ));
+            if let Some(dir) = &args.report {
+                plots::histogram_png(
+                    &dir.join(format!("hist_{name}_gt_matched.png")),
+                    &id_scores,
+                    &ood_scores,
+                    &format!("{name}: boxes on known vs unknown objects"),
+                )?;
+            }
             if let Some(images) = &set.images {
                 let verdicts = scorer.score(&set.boxes, None)?;
                 let mut preds: Vec<ImagePreds> = vec![Vec::new(); images.len()];
@@ -258,7 +303,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .map(|im| im.ground_truth.clone().unwrap_or_default())
                     .collect();
                 let n = set.boxes.num_classes;
-                row["open_set"] = serde_json::to_value(open_set_metrics(&gt, &preds, n)?)?;
+                let open_set = open_set_metrics(&gt, &preds, n)?;
+                row["open_set"] = serde_json::to_value(&open_set)?;
+                open_sets.push((name.to_string(), open_set));
                 // ID detection quality with and without the boxes flagged OOD (at conf > --conf,
                 // so lower than a conf 0.001 mAP): filtering should remove unknowns, not knowns.
                 row["id_map"] = json!({
@@ -270,13 +317,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rows.push(row);
     }
     if let Some(dir) = &args.report {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let named: Vec<(&str, Vec<(f64, f64)>)> = curves
             .iter()
             .map(|(n, c)| (n.as_str(), c.clone()))
             .collect();
         if !named.is_empty() {
             plots::roc_png(&dir.join("roc.png"), &named, "ROC, ID positive")?;
+        }
+        if !open_sets.is_empty() {
+            plots::open_set_png(&dir.join("open_set.png"), &open_sets)?;
         }
         oodbox::data::write_atomically(&dir.join("metrics.md"), markdown(&rows).as_bytes())?;
     }
@@ -302,6 +351,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The open-set metrics of the rows that have them, as a second markdown table.
+fn open_set_markdown(rows: &[Value]) -> String {
+    let with: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r.get("open_set").is_some())
+        .collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n| scorer | unknown recall | unknown precision | AP unknown | mAP known | WI | AOSE |\n|---|---|---|---|---|---|---|\n",
+    );
+    for row in with {
+        let m = &row["open_set"];
+        let f = |k: &str| m[k].as_f64().map_or("-".into(), |v| format!("{v:.4}"));
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            row["scorer"].as_str().unwrap_or(""),
+            f("unknown_recall"),
+            f("unknown_precision"),
+            f("ap_unknown"),
+            f("map_known"),
+            f("wi"),
+            m["aose"],
+        );
+    }
+    out
 }
 
 fn markdown(rows: &[Value]) -> String {
@@ -330,5 +408,5 @@ fn markdown(rows: &[Value]) -> String {
             );
         }
     }
-    out
+    out + &open_set_markdown(rows)
 }

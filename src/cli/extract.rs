@@ -1,5 +1,5 @@
 use anyhow::Context;
-use oodbox::data::dataset::{self, Dataset, LabelledImage};
+use oodbox::data::dataset::{Dataset, LabelledImage};
 use oodbox::data::inputs::collect_images;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,9 +38,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::common::check_output_file(&args.out, "--out")?;
     let data = match &args.data {
-        Some(path) => dataset::open(path, &args.split)
-            .with_context(|| format!("reading the dataset {}", path.display()))?,
+        Some(path) => super::common::open_dataset(path, &args.split)?,
         None => Dataset {
             class_names: None,
             images: collect_images(&args.input)?

@@ -1,12 +1,14 @@
 use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
-use oodbox::data::dataset;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::common::{check_sources, extract_dataset, parse_features, parse_param, DetectFlags};
+use super::common::{
+    check_output_file, check_sources, extract_dataset, load_boxes, open_dataset, parse_features,
+    parse_param, DetectFlags,
+};
 use oodbox::detect::sources::FeatureSources;
 
 /// Fit an OOD scorer on in-distribution boxes and calibrate it on held-out ID boxes.
@@ -88,9 +90,23 @@ pub fn known_objects_only(boxes: BoxSet) -> BoxSet {
     }
 }
 
-fn load_boxes(path: &Path, features: &FeatureSources) -> anyhow::Result<BoxSet> {
-    BoxSet::load(path)
-        .and_then(|set| set.select(features))
+/// Checks fit boxes before they are subset and shuffled, so that a bad box is named by its
+/// index in the file.
+pub fn finite(boxes: BoxSet, path: &std::path::Path) -> anyhow::Result<BoxSet> {
+    boxes.check_finite(path)?;
+    Ok(boxes)
+}
+
+/// A box set's boxes, checked, with the feature sources the scorer is to fit on.
+fn load_fit_boxes(path: &Path, features: &FeatureSources) -> anyhow::Result<BoxSet> {
+    let boxes = finite(load_boxes(path)?, path)?;
+    select(boxes, features, path)
+}
+
+/// The box set with only `features` as its feature sources.
+pub fn select(boxes: BoxSet, features: &FeatureSources, path: &Path) -> anyhow::Result<BoxSet> {
+    boxes
+        .select(features)
         .with_context(|| format!("reading the box set {}", path.display()))
 }
 
@@ -99,13 +115,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.calibration_fraction > 0.0 && args.calibration_fraction < 1.0,
         "--calibration-fraction must lie in (0, 1)"
     );
+    check_output_file(&args.out, "--out")?;
     let all = match (&args.boxes, &args.model, &args.data) {
-        (Some(path), _, _) => load_boxes(path, &args.features)?,
+        (Some(path), _, _) => load_fit_boxes(path, &args.features)?,
         (None, Some(model), Some(data)) => {
             let detector = args.flags.load(model)?;
             check_sources(detector.as_ref(), &args.features)?;
-            let set = dataset::open(data, &args.split)
-                .with_context(|| format!("reading {}", data.display()))?;
+            let set = open_dataset(data, &args.split)?;
             let source = format!(
                 "oodbox fit --model {} --data {} --split {}",
                 model.display(),
@@ -133,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let all = known_objects_only(all);
     let (fit, calibration) = match &args.calibration_boxes {
-        Some(path) => (all, known_objects_only(load_boxes(path, &args.features)?)),
+        Some(path) => (all, known_objects_only(load_fit_boxes(path, &args.features)?)),
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");

@@ -1,6 +1,6 @@
 use anyhow::Context;
-use oodbox::data::boxset::BoxSet;
-use oodbox::ood::fitted::FittedScorer;
+
+use super::common::{check_output_file, load_boxes, load_scorer};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,10 +23,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let scorer = FittedScorer::load(&args.scorer)
-        .with_context(|| format!("loading the scorer {}", args.scorer.display()))?;
-    let boxes = BoxSet::load(&args.boxes)
-        .with_context(|| format!("reading the box set {}", args.boxes.display()))?;
+    check_output_file(&args.json, "--json")?;
+    let scorer = load_scorer(&args.scorer)?;
+    let boxes = load_boxes(&args.boxes)?;
     let results = scorer.score(&boxes, args.alpha).with_context(|| {
         format!(
             "scoring {} with {}",

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::common::DetectorArgs;
+use super::common::{check_output_file, create_output_folder, with_kind_hint, DetectorArgs};
 use super::detect::pair_with_scorer;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -229,16 +229,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
+    // Every output is checked before the model loads and the input opens.
+    let logs = [
+        ("--events", &args.events),
+        ("--alerts", &args.alerts),
+        ("--detections", &args.detections),
+        ("--fit-tracks", &args.fit_tracks),
+    ];
+    for (flag, path) in logs {
+        if let Some(path) = path {
+            check_output_file(path, flag)?;
+        }
+    }
+    if let Some(output) = &args.output {
+        // Before the input is opened: a stream may take a while to send its first frame.
+        check_output_folder(output)?;
+    }
+    if let Some(dir) = &args.crops {
+        create_output_folder(dir, "--crops")?;
+    }
     let detector = args.detector.load()?;
     let mut options = args
         .detector
         .flags
         .options(Some(detector.as_ref()), Vec::new());
     let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
-    if let Some(dir) = &args.crops {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the crops folder {}", dir.display()))?;
-    }
     let stdout = |log: &Option<PathBuf>| log.as_ref().is_some_and(|p| p.as_os_str() == "-");
     let to_stdout: Vec<&str> = [
         ("--output", args.output.as_deref() == Some("-")),
@@ -253,10 +268,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!(
             "{first} and {second} both write to standard output (-): give one of them a file"
         );
-    }
-    if let Some(output) = &args.output {
-        // Before the input is opened: a stream may take a while to send its first frame.
-        check_output_folder(output)?;
     }
     let mut events = create_log(args.events.as_deref(), "events")?;
     let mut alerts = create_log(args.alerts.as_deref(), "alerts")?;
@@ -287,7 +298,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let setting = TrackSetting::of(&ood, &args.scorer, fps, block)?;
     let mut track_calibration: Option<TrackCalibration> = None;
     for path in &args.track_calibration {
-        let calibration = TrackCalibration::load(path)?;
+        let calibration = TrackCalibration::load(path).map_err(|e| with_kind_hint(e.into()))?;
         // The first must fit this setting; merging holds the others to the first's.
         match &mut track_calibration {
             Some(merged) => {

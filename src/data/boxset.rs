@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
+use crate::data::kind::FileKind;
 use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
 use crate::error::{Error, Result};
 
@@ -78,6 +79,30 @@ impl BoxSet {
 
     pub fn logit_row(&self, i: usize) -> &[f32] {
         &self.logits[i * self.num_classes..(i + 1) * self.num_classes]
+    }
+
+    /// Refuses a non-finite feature, logit or confidence, naming the box by its index in this
+    /// set (before any subset or shuffle) and `path`, the file it came from.
+    pub fn check_finite(&self, path: &Path) -> Result<()> {
+        let rows = [
+            ("feature", &self.features, self.feature_dim),
+            ("logit", &self.logits, self.num_classes),
+        ];
+        let confidence = self.confidence.as_ref().map(|c| ("confidence", c, 1));
+        for (what, values, width) in rows.into_iter().chain(confidence) {
+            if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+                let (i, k) = (pos / width.max(1), pos % width.max(1));
+                return Err(Error::BadInput {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "box {i} (counting from 0 in this file) has a non-finite {what}: {} at \
+                         position {k}; fix that box or leave it out",
+                        values[pos]
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The boxes at `indices`, in that order, with the same head and metadata.
@@ -389,10 +414,25 @@ impl BoxSet {
                 Err(e) => Err(bad(format!("tensor `{name}`: {e}"))),
             }
         };
+        // Without the box tensors, a scorer file or a model is named as such.
+        let found = match crate::data::kind::of_metadata(&meta) {
+            FileKind::Model if file.names().iter().any(|n| n.starts_with("model.")) => {
+                Some(FileKind::Model)
+            }
+            FileKind::Scorer => Some(FileKind::Scorer),
+            _ => None,
+        };
         let required = |name: &str| {
-            get(name)?.ok_or_else(|| Error::MissingTensor {
-                path: path.to_path_buf(),
-                name: name.to_string(),
+            get(name)?.ok_or_else(|| match found {
+                Some(found) => Error::WrongKind {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: FileKind::BoxSet,
+                },
+                None => Error::MissingTensor {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                },
             })
         };
         let as_f32 = |name: &str,
@@ -660,6 +700,36 @@ mod tests {
         assert_eq!(set.feature_dim, set.head.as_ref().unwrap().levels[0].dim);
         let again = set.clone().select(&FeatureSources::default()).unwrap();
         assert_eq!(again, set);
+    }
+
+    #[test]
+    fn a_non_finite_value_is_named_by_its_index_in_the_file() {
+        let mut set = BoxSet::from_records(
+            [record(0, 0), record(1, 0), record(0, 1)]
+                .iter()
+                .enumerate(),
+            &ClassHead {
+                levels: vec![LinearHead {
+                    weight: vec![0.0; 6],
+                    bias: vec![0.0; 2],
+                    classes: 2,
+                    dim: 3,
+                }],
+            },
+            &["a".into(), "b".into()],
+            "sha256:x",
+            "test",
+        );
+        assert!(set.check_finite(Path::new("x.safetensors")).is_ok());
+        set.features[2 * 3 + 1] = f32::NAN;
+        let err = set
+            .check_finite(Path::new("x.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("x.safetensors: box 2 ") && err.contains("NaN at position 1"),
+            "{err}"
+        );
     }
 
     #[test]

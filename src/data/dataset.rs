@@ -99,11 +99,18 @@ pub fn yolo_split(yaml: &Path, split: &str) -> Result<Dataset> {
             .iter()
             .filter_map(|v| v.as_str().map(String::from))
             .collect(),
-        _ => {
+        Some(_) => {
             return Err(bad(
                 yaml,
-                format!("no `{split}` split (expected a path or a list of paths)"),
+                format!("`{split}` is not a path or a list of paths"),
             ))
+        }
+        None => {
+            return Err(Error::MissingSplit {
+                path: yaml.to_path_buf(),
+                split: split.to_string(),
+                available: split_keys(&doc),
+            })
         }
     };
     let mut images = Vec::new();
@@ -143,6 +150,24 @@ pub fn yolo_split(yaml: &Path, split: &str) -> Result<Dataset> {
         class_names: Some(names),
         images,
     })
+}
+
+/// The keys of a data.yaml that name image paths: every key whose value is a path or a list
+/// of paths, other than `path` (the root) and the class names.
+fn split_keys(doc: &serde_yaml::Value) -> Vec<String> {
+    let Some(map) = doc.as_mapping() else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter(|(_, v)| {
+            v.is_string()
+                || v.as_sequence()
+                    .is_some_and(|s| s.iter().all(|i| i.is_string()))
+        })
+        .filter_map(|(k, _)| k.as_str())
+        .filter(|k| *k != "path" && !k.ends_with("names") && *k != "download")
+        .map(String::from)
+        .collect()
 }
 
 /// The last `images` folder on the path becomes `labels`, as ultralytics does; by component, so
@@ -199,8 +224,10 @@ fn read_yolo_labels(path: &Path, num_classes: usize) -> Result<Vec<GroundTruth>>
                     return Err(bad(
                         path,
                         format!(
-                            "line {}: class {c} is not in 0..{num_classes} (or -1 for unknown)",
-                            n + 1
+                            "line {}: class {c} is not a class of this dataset ({}, or -1 for \
+                             an unknown object)",
+                            n + 1,
+                            crate::data::class_range(num_classes)
                         ),
                     ))
                 }
@@ -250,8 +277,30 @@ struct CocoCategory {
     supercategory: String,
 }
 
-/// A COCO json. Images are found relative to the json's folder, or in
-/// `<json folder>/../images/<json stem>/` (the layout `oodbox synth` writes). Categories whose
+/// Where the images of a COCO json may be, in the order tried: the json's folder; the COCO
+/// layout, `annotations/instances_val2017.json` beside `val2017/` (or `images/val2017/`, as
+/// ultralytics lays COCO out); and `<json folder>/../images/<json stem>/`, the layout
+/// `oodbox synth` writes.
+fn coco_image_folders(json: &Path) -> Vec<PathBuf> {
+    let dir = json.parent().unwrap_or(Path::new("."));
+    let stem = json.file_stem().unwrap_or_default().to_string_lossy();
+    let split = stem
+        .strip_prefix("instances_")
+        .or_else(|| stem.strip_prefix("image_info_"))
+        .unwrap_or(&stem);
+    let up = dir.join("..");
+    let mut folders = vec![
+        dir.to_path_buf(),
+        up.join(split),
+        up.join("images").join(split),
+    ];
+    if split != stem {
+        folders.push(up.join("images").join(stem.as_ref()));
+    }
+    folders
+}
+
+/// A COCO json. Images are found where `coco_image_folders` says. Categories whose
 /// supercategory is `near_ood` or `far_ood`, and annotations marked `"unknown": true`, are unknown
 /// objects; the other categories are the classes, in id order.
 pub fn coco(json: &Path) -> Result<Dataset> {
@@ -265,9 +314,7 @@ pub fn coco(json: &Path) -> Result<Dataset> {
         .collect();
     known.sort_by_key(|c| c.id);
     let class_of: HashMap<i64, usize> = known.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
-    let dir = json.parent().unwrap_or(Path::new("."));
-    let stem = json.file_stem().unwrap_or_default();
-    let fallback = dir.join("..").join("images").join(stem);
+    let folders = coco_image_folders(json);
     let mut objects: HashMap<i64, Vec<GroundTruth>> = HashMap::new();
     for a in &file.annotations {
         let [x, y, w, h] = a.bbox;
@@ -281,20 +328,34 @@ pub fn coco(json: &Path) -> Result<Dataset> {
             bbox: Bbox::Pixels([x, y, x + w, y + h]),
         });
     }
+    // The folder that holds the first image that exists holds them all; none found is an error
+    // that says where they were looked for.
+    let folder = file
+        .images
+        .iter()
+        .find_map(|im| folders.iter().find(|f| f.join(&im.file_name).is_file()));
+    let folder = match (folder, file.images.first()) {
+        (Some(folder), _) => folder.clone(),
+        (None, None) => folders[0].clone(),
+        (None, Some(first)) => {
+            let places: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+            return Err(bad(
+                json,
+                format!(
+                    "none of its {} images was found (the first is {}); looked in {}",
+                    file.images.len(),
+                    first.file_name,
+                    places.join(", ")
+                ),
+            ));
+        }
+    };
     let images = file
         .images
         .iter()
-        .map(|im| {
-            let direct = dir.join(&im.file_name);
-            let path = if direct.exists() {
-                direct
-            } else {
-                fallback.join(&im.file_name)
-            };
-            LabelledImage {
-                path,
-                objects: Some(objects.remove(&im.id).unwrap_or_default()),
-            }
+        .map(|im| LabelledImage {
+            path: folder.join(&im.file_name),
+            objects: Some(objects.remove(&im.id).unwrap_or_default()),
         })
         .collect();
     Ok(Dataset {
@@ -321,6 +382,14 @@ mod tests {
         generate(dir.path(), &config, &|| ()).unwrap();
         let val = open(&dir.path().join("data.yaml"), "val").unwrap();
         assert_eq!(val.images.len(), 4);
+        let mixed = open(&dir.path().join("data.yaml"), "test_mixed").unwrap();
+        assert_eq!(mixed.images.len(), 5);
+        match open(&dir.path().join("data.yaml"), "test_ood_far").unwrap_err() {
+            Error::MissingSplit { available, .. } => {
+                assert_eq!(available, ["train", "val", "test", "test_mixed"])
+            }
+            e => panic!("{e}"),
+        }
         assert_eq!(val.class_names.as_ref().unwrap().len(), 4);
         let yolo_objects: usize = val
             .images
@@ -374,11 +443,48 @@ mod tests {
     }
 
     #[test]
+    fn finds_images_in_the_coco_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            seed: 3,
+            width: 64,
+            height: 64,
+            counts: vec![(Split::Val, 4)],
+            ..SynthConfig::default()
+        };
+        generate(dir.path(), &config, &|| ()).unwrap();
+
+        // The COCO layout: annotations/instances_val2017.json beside val2017/.
+        let coco = dir.path().join("coco_layout");
+        std::fs::create_dir_all(coco.join("annotations")).unwrap();
+        std::fs::rename(dir.path().join("images/val"), coco.join("val2017")).unwrap();
+        let json = coco.join("annotations/instances_val2017.json");
+        std::fs::copy(dir.path().join("coco/val.json"), &json).unwrap();
+        let standard = open(&json, "val").unwrap();
+        assert_eq!(standard.images.len(), 4);
+        let folder = coco.join("val2017").canonicalize().unwrap();
+        assert!(standard.images.iter().all(|i| i
+            .path
+            .canonicalize()
+            .unwrap()
+            .starts_with(&folder)));
+        std::fs::rename(coco.join("val2017"), coco.join("elsewhere")).unwrap();
+        let err = open(&json, "val").unwrap_err().to_string();
+        assert!(
+            err.contains("none of its 4 images was found") && err.contains("val2017"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_labels_name_the_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.txt");
         std::fs::write(&path, "0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n").unwrap();
         let err = read_yolo_labels(&path, 4).unwrap_err().to_string();
         assert!(err.contains("x.txt") && err.contains("line 2"), "{err}");
+        assert!(err.contains("classes are 0 to 3"), "{err}");
+        let err = read_yolo_labels(&path, 0).unwrap_err().to_string();
+        assert!(err.contains("it has no classes"), "{err}");
     }
 }

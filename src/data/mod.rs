@@ -4,6 +4,7 @@ pub mod boxset;
 pub mod dataset;
 pub mod extraction;
 pub mod inputs;
+pub mod kind;
 pub mod synth;
 
 use std::io::Write;
@@ -82,6 +83,16 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
             Ok(pairs.into_iter().map(|(_, n)| n).collect())
         }
         _ => Err(bad("no `names` list".into())),
+    }
+}
+
+/// The valid class ids of a dataset or model with `count` classes, in words: "classes are 0
+/// to 3", inclusive.
+pub fn class_range(count: usize) -> String {
+    match count {
+        0 => "it has no classes".into(),
+        1 => "its only class is 0".into(),
+        n => format!("its classes are 0 to {}", n - 1),
     }
 }
 

@@ -909,11 +909,19 @@ fn data_yaml(config: &SynthConfig) -> String {
         ObjectSizes::Standard => String::new(),
         ObjectSizes::LogUniform { min, max } => format!(" --object-size {min},{max}"),
     };
+    // Every test split by its own name too, so that `--split test_mixed` reads it.
+    let tests: String = config
+        .counts
+        .iter()
+        .map(|(split, _)| split.name())
+        .filter(|name| name.starts_with("test_"))
+        .map(|name| format!("{name}: images/{name}\n"))
+        .collect();
     format!(
         "# The oodbox shapes world: `oodbox synth --seed {seed} --width {w} --height {h}{sizes}`.\n\
          # Paths are relative to this file. Unknown objects in the test splits have class -1.\n\
-         train: images/train\nval: images/val\ntest: images/test_id\nnc: {nc}\nnames: [{names}]\n\
-         near_ood_names: [{near}]\nfar_ood_names: [{far}]\n",
+         train: images/train\nval: images/val\ntest: images/test_id\n{tests}nc: {nc}\n\
+         names: [{names}]\nnear_ood_names: [{near}]\nfar_ood_names: [{far}]\n",
         seed = config.seed,
         w = config.width,
         h = config.height,

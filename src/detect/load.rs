@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use super::checkpoint::{self, Checkpoint};
 use super::safetensors_file::{self, Rename, Store, WeightIndex};
 use super::{detr, ultralytics, yolo11, yolo26, yolov8, Detector};
+use crate::data::kind::{self, FileKind};
 use crate::error::{Error, Result};
 
 /// A detector family: how to recognise its files and how to load them.
@@ -114,14 +115,23 @@ impl ModelSource {
                 path, checkpoint,
             )?));
         }
-        let file = WeightFile::safetensors(path).map_err(|e| match e {
-            Error::NotSafetensors { reason, .. } => Error::BadModel {
+        let wrong_kind = |found| Error::WrongKind {
+            path: path.to_path_buf(),
+            found,
+            expected: FileKind::Model,
+        };
+        let file = WeightFile::safetensors(path).map_err(|e| match (e, kind::sniff(path)) {
+            (_, Some(found)) if found != FileKind::Model => wrong_kind(found),
+            (Error::NotSafetensors { reason, .. }, _) => Error::BadModel {
                 path: path.to_path_buf(),
                 reason: format!("not a model ({reason}); oodbox loads {}", supported()),
             },
-            e => e,
+            (e, _) => e,
         })?;
-        Ok(ModelSource::Weights(file))
+        match kind::of_metadata(&file.metadata) {
+            FileKind::Model => Ok(ModelSource::Weights(file)),
+            found => Err(wrong_kind(found)),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -38,7 +38,10 @@ pub fn coco_map(gt: &[ImageGt], preds: &[ImagePreds], class_count: usize) -> Res
     };
     let bad_class = |what: &str, i: usize, c: usize| Error::Eval {
         item: format!("{what} of image {i}"),
-        reason: format!("class {c} with {class_count} classes"),
+        reason: format!(
+            "class {c} is not a known class ({})",
+            crate::data::class_range(class_count)
+        ),
     };
 
     let mut annotations = Vec::new();

@@ -311,7 +311,10 @@ fn check_classes(gt: &[ImageGt], preds: &[ImagePreds], class_count: usize) -> Re
         if let Some(c) = g.iter().filter_map(|b| b.class).find(|&c| c >= class_count) {
             return Err(Error::Eval {
                 item: format!("ground truth of image {i}"),
-                reason: format!("class {c} with {class_count} known classes"),
+                reason: format!(
+                    "class {c} is not a known class ({})",
+                    crate::data::class_range(class_count)
+                ),
             });
         }
         if let Some(b) = p
@@ -320,7 +323,11 @@ fn check_classes(gt: &[ImageGt], preds: &[ImagePreds], class_count: usize) -> Re
         {
             return Err(Error::Eval {
                 item: format!("predictions of image {i}"),
-                reason: format!("class {} with {class_count} known classes", b.class_id),
+                reason: format!(
+                    "class {} is not a known class ({})",
+                    b.class_id,
+                    crate::data::class_range(class_count)
+                ),
             });
         }
     }

@@ -1,4 +1,5 @@
-//! PNG plots for evaluation reports: ROC curves and ID/OOD score histograms.
+//! PNG plots for evaluation reports: ROC curves, ID/OOD score histograms and open-set
+//! metrics.
 //!
 //! Drawn with `plotters` into an RGB buffer, encoded with the `image` crate the rest of the
 //! crate already uses (so plotters' own encoder, which pulls an older `image`, is not needed),
@@ -13,6 +14,7 @@ use image::ImageEncoder;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
+use super::openset::OpenSetMetrics;
 use crate::error::{Error, Result};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -41,6 +43,83 @@ pub fn histogram_png(
     render(path, |area| {
         draw_histogram(area, id_scores, ood_scores, title)
     })
+}
+
+/// The open-set metrics of each scorer as grouped bars, one group per metric: unknown recall,
+/// unknown precision, AP of the unknown class, mAP of the known classes (all AP50) and
+/// Wilderness Impact, each a fraction; AOSE, a count, is given in each scorer's legend entry.
+/// A metric a scorer has no value for (no unknown objects) is left out.
+pub fn open_set_png(path: &Path, scorers: &[(String, OpenSetMetrics)]) -> Result<()> {
+    render(path, |area| draw_open_set(area, scorers))
+}
+
+/// The metrics drawn by [`open_set_png`], in the order of [`open_set_values`].
+const OPEN_SET_NAMES: [&str; 5] = [
+    "unknown recall",
+    "unknown precision",
+    "AP unknown",
+    "mAP known",
+    "WI",
+];
+
+fn open_set_values(m: &OpenSetMetrics) -> [Option<f64>; 5] {
+    [
+        m.unknown_recall,
+        m.unknown_precision,
+        m.ap_unknown,
+        m.map_known,
+        Some(m.wi),
+    ]
+}
+
+fn draw_open_set(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    scorers: &[(String, OpenSetMetrics)],
+) -> DrawResult {
+    let groups = 5;
+    let mut chart = ChartBuilder::on(area)
+        .caption("Open-set metrics (IoU > 0.5)", ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..groups as f64, 0f64..1.15f64)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups * 2 + 1)
+        .x_label_formatter(&|x| {
+            let g = x.floor() as usize;
+            let centred = (x - x.floor() - 0.5).abs() < 1e-9;
+            match OPEN_SET_NAMES.get(g) {
+                Some(name) if centred => name.to_string(),
+                _ => String::new(),
+            }
+        })
+        .y_desc("fraction")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .light_line_style(RGBColor(242, 242, 242))
+        .draw()?;
+    let width = 0.8 / scorers.len().max(1) as f64;
+    for (k, (name, m)) in scorers.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let bars = open_set_values(m)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(g, v)| v.map(|v| (g, v)))
+            .map(move |(g, v)| {
+                let x = g as f64 + 0.1 + width * k as f64;
+                Rectangle::new([(x, 0.0), (x + width, v)], color.filled())
+            });
+        chart
+            .draw_series(bars)?
+            .label(format!("{name} (AOSE {})", m.aose))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 20, y + 6)], color.filled()));
+    }
+    if !scorers.is_empty() {
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    }
+    Ok(())
 }
 
 /// Draws into an in-memory RGB buffer, then encodes it as PNG and writes it atomically.
@@ -110,14 +189,29 @@ fn draw_roc(
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     if !curves.is_empty() {
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
+    Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// The series labels in a framed box at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()?;
     Ok(())
 }
 
@@ -239,13 +333,7 @@ fn draw_histogram(
                 Rectangle::new([(x, y - 6), (x + 20, y + 6)], color.mix(0.6).filled())
             });
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
@@ -285,6 +373,23 @@ mod tests {
         histogram_png(&dir.path().join("flat.png"), &[1.0; 5], &[], "flat").unwrap();
         roc_png(&dir.path().join("empty.png"), &[], "no curves").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+
+        let open_set = dir.path().join("open_set.png");
+        let metrics = OpenSetMetrics {
+            wi: 0.1,
+            wi_recall_level: 0.8,
+            aose: 3,
+            unknown_recall: Some(0.6),
+            unknown_precision: Some(0.8),
+            ap_unknown: Some(0.4),
+            map_known: Some(0.9),
+            n_unknown_gt: 10,
+            n_unknown_pred: 8,
+            n_unknown_tp: 6,
+        };
+        open_set_png(&open_set, &[("energy".into(), metrics)]).unwrap();
+        assert!(non_white_pixels(&open_set) > 20_000);
+        std::fs::remove_file(&open_set).unwrap();
 
         // A path in a missing folder is an error, not a panic.
         assert!(roc_png(&dir.path().join("no/such/dir.png"), &curves, "x").is_err());

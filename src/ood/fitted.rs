@@ -18,6 +18,7 @@ use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration}
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::detect::sources::FeatureSources;
+use crate::data::kind::FileKind;
 use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
@@ -325,11 +326,13 @@ impl FittedScorer {
             .metadata()
             .as_ref()
             .and_then(|m| m.get("oodbox"))
-            .ok_or_else(|| {
-                invalid(
-                    path,
-                    "not an oodbox scorer file (no `oodbox` metadata; is it a model or a box set?)",
-                )
+            .ok_or_else(|| match crate::data::kind::sniff(path) {
+                Some(found) if found != FileKind::Scorer => Error::WrongKind {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: FileKind::Scorer,
+                },
+                _ => invalid(path, "not an oodbox scorer file (no `oodbox` metadata)"),
             })?;
         let header: Header = serde_json::from_str(json)
             .map_err(|e| invalid(path, format!("unreadable scorer metadata: {e}")))?;
@@ -343,9 +346,15 @@ impl FittedScorer {
             ));
         }
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
-            let t = file
-                .tensor(name)
-                .map_err(|e| invalid(path, format!("tensor `{name}`: {e}")))?;
+            let t = file.tensor(name).map_err(|e| match e {
+                safetensors::SafeTensorError::TensorNotFound(_) => invalid(
+                    path,
+                    format!(
+                        "missing tensor `{name}`; the file is damaged or was not written by oodbox"
+                    ),
+                ),
+                e => invalid(path, format!("tensor `{name}`: {e}")),
+            })?;
             if t.dtype() != Dtype::F64 {
                 return Err(invalid(
                     path,

@@ -75,7 +75,8 @@ impl PrincDims {
             PrincDims::Count(k) => {
                 if k == 0 || k >= d {
                     Err(format!(
-                        "princ_dims={k} must be in 1..{}",
+                        "princ_dims={k} must be a whole number from 1 to {} (the feature \
+                         dimension minus 1)",
                         d.saturating_sub(1)
                     ))
                 } else {
@@ -364,7 +365,7 @@ impl ScorerImpl for Vim {
             let k = t.scalar_usize(&info.tensor("princ_dims"))?;
             if d < 2 || k == 0 || k >= d {
                 return Err(t.bad(format!(
-                    "group {}: princ_dims {k} not in 1..{} (feature_dim {d})",
+                    "group {}: princ_dims {k} is not from 1 to {} (the feature dimension minus 1)",
                     info.g,
                     d.saturating_sub(1)
                 )));

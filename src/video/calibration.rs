@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use crate::data::kind::FileKind;
 use crate::error::{Error, Result};
 use crate::ood::calibration::conformal_p_value;
 use crate::pipeline::OodDetector;
@@ -104,8 +105,15 @@ impl TrackCalibration {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let calibration: TrackCalibration = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("not a track calibration ({e})")))?;
+        let calibration: TrackCalibration =
+            serde_json::from_slice(&bytes).map_err(|e| match crate::data::kind::sniff(path) {
+                Some(found) if found != FileKind::TrackCalibration => Error::WrongKind {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: FileKind::TrackCalibration,
+                },
+                _ => bad(format!("not a track calibration ({e})")),
+            })?;
         if calibration.format != FORMAT {
             return Err(bad(format!(
                 "format `{}`, expected `{FORMAT}`",
@@ -223,6 +231,15 @@ mod tests {
         std::fs::write(&path, b"{}").unwrap();
         let e = TrackCalibration::load(&path).unwrap_err().to_string();
         assert!(e.contains("not a track calibration"), "{e}");
+        let scorer = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/shapes-scorer.safetensors"
+        ));
+        let e = TrackCalibration::load(scorer).unwrap_err().to_string();
+        assert!(
+            e.contains("this is an oodbox scorer file") && e.contains("not an oodbox track"),
+            "{e}"
+        );
     }
 
     #[test]

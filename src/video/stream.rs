@@ -827,8 +827,10 @@ fn render(mut frame: Detected, unknown: &HashSet<u64>, options: &StreamOptions) 
         annotations.push(Annotation {
             bbox: d.record.bbox,
             label: format!(
-                "#{} {name} {:.2} · OOD {:.2}",
-                b.track, d.record.confidence, d.ood.confidence
+                "#{} {name} {:.2} · {}",
+                b.track,
+                d.record.confidence,
+                crate::render::verdict_text(d.ood.p_value, is_unknown)
             ),
             class_id: d.record.class_id,
             ood_confidence: Some(d.ood.confidence),

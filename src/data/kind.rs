@@ -1,0 +1,112 @@
+//! What kind of oodbox file a path holds, told from its contents, so that a file given where
+//! another kind is expected (a box set as a model, a model as a scorer) is named for what it is.
+
+use std::io::Read;
+use std::path::Path;
+
+/// The kinds of file oodbox reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A detector: a checkpoint, a safetensors model or a Hugging Face folder.
+    Model,
+    /// Per-box features and logits (`oodbox extract`).
+    BoxSet,
+    /// A fitted scorer with its calibration (`oodbox fit`).
+    Scorer,
+    /// A track calibration (`oodbox video --fit-track-calibration`).
+    TrackCalibration,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::Model => "a detector model",
+            FileKind::BoxSet => "an oodbox box set (per-box features and logits)",
+            FileKind::Scorer => "an oodbox scorer file (a fitted scorer and its calibration)",
+            FileKind::TrackCalibration => "an oodbox track calibration",
+        })
+    }
+}
+
+/// Safetensors headers above this are not read here: no oodbox file comes near it.
+const MAX_HEADER: u64 = 100 << 20;
+
+/// The kind of oodbox file at `path`, when its contents say; `None` for anything else
+/// (a missing file, an image, a safetensors file of no known kind).
+pub fn sniff(path: &Path) -> Option<FileKind> {
+    if path.is_dir() {
+        return path.join("config.json").exists().then_some(FileKind::Model);
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut start = [0u8; 8];
+    file.read_exact(&mut start).ok()?;
+    if start.starts_with(b"PK\x03\x04") {
+        return Some(FileKind::Model);
+    }
+    if start[0] == b'{' {
+        let text = std::fs::read_to_string(path).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let format = json.get("format")?.as_str()?;
+        return format
+            .starts_with("oodbox track calibration")
+            .then_some(FileKind::TrackCalibration);
+    }
+    let len = u64::from_le_bytes(start);
+    if len > MAX_HEADER {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    Some(of_safetensors_header(&json))
+}
+
+/// The kind a safetensors header (its JSON) describes: oodbox's own files say so in their
+/// metadata; any other safetensors file is taken for a model.
+pub fn of_safetensors_header(header: &serde_json::Value) -> FileKind {
+    let meta = header.get("__metadata__");
+    let get = |key: &str| meta.and_then(|m| m.get(key)).and_then(|v| v.as_str());
+    if get("format").is_some_and(|f| f.starts_with("oodbox-boxset")) {
+        FileKind::BoxSet
+    } else if get("oodbox").is_some() {
+        FileKind::Scorer
+    } else {
+        FileKind::Model
+    }
+}
+
+/// The kind the metadata of a safetensors file (its `__metadata__` map) describes.
+pub fn of_metadata(metadata: &std::collections::HashMap<String, String>) -> FileKind {
+    let header = serde_json::json!({ "__metadata__": metadata });
+    of_safetensors_header(&header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_oodbox_files_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = dir.path().join("boxes.safetensors");
+        crate::data::boxset::BoxSet {
+            class_id: vec![0],
+            features: vec![1.0],
+            feature_dim: 1,
+            logits: vec![0.5],
+            num_classes: 1,
+            ..Default::default()
+        }
+        .save(&boxes)
+        .unwrap();
+        assert_eq!(sniff(&boxes), Some(FileKind::BoxSet));
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
+        assert_eq!(sniff(Path::new(model)), Some(FileKind::Model));
+        let track = dir.path().join("track.json");
+        std::fs::write(&track, r#"{"format": "oodbox track calibration 1"}"#).unwrap();
+        assert_eq!(sniff(&track), Some(FileKind::TrackCalibration));
+        assert_eq!(sniff(&dir.path().join("missing")), None);
+        let scorer = std::collections::HashMap::from([("oodbox".into(), "{}".into())]);
+        assert_eq!(of_metadata(&scorer), FileKind::Scorer);
+    }
+}

@@ -1,0 +1,337 @@
+//! Messages for the mistakes a new user makes: each says what is wrong, where, and what to do
+//! instead, with exit code 1 (issue 20). Small fixtures only: most cases fail before any work.
+
+use oodbox::data::boxset::BoxSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
+const SCORER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/shapes-scorer.safetensors"
+);
+const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images");
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/shapes_boxes")
+        .join(format!("{name}.safetensors"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn text(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Runs oodbox, expects exit code 1, and returns its standard error.
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_nan_in_fit_boxes_is_named_by_its_index_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = BoxSet::load(Path::new(&fixture("val"))).unwrap();
+    let keep: Vec<usize> = (0..300).collect();
+    let mut set = set.subset(&keep);
+    // Box 217 of the file; after the known-object filter and the shuffled hold-out split it
+    // sits elsewhere, which is what the message used to report.
+    set.logits[217 * set.num_classes + 1] = f32::NAN;
+    let path = dir.path().join("nan_boxes.safetensors");
+    set.save(&path).unwrap();
+    let out = dir.path().join("s.safetensors");
+    let err = fails(&[
+        "fit",
+        "--scorer",
+        "energy",
+        "--boxes",
+        &text(&path),
+        "--out",
+        &text(&out),
+    ]);
+    assert!(
+        err.contains("nan_boxes.safetensors")
+            && err.contains("box 217 ")
+            && err.contains("non-finite logit"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn eval_says_when_no_box_matched_an_unknown_object() {
+    let err = fails(&["eval", "--scorer", SCORER, "--mixed", &fixture("test_id")]);
+    assert!(
+        err.contains("test_id.safetensors")
+            && err.contains("matched an unknown object")
+            && !err.contains("no scores"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_of_the_wrong_kind_are_named_for_what_they_are() {
+    let boxes = fixture("val");
+    // A box set as a model.
+    let err = fails(&["detect", "--model", &boxes, "--input", IMAGES]);
+    assert!(
+        err.contains("this is an oodbox box set")
+            && err.contains("oodbox fit --boxes")
+            && !err.contains("missing tensor"),
+        "{err}"
+    );
+    // A scorer file as a model, a box set as a scorer, a model and a scorer as box sets.
+    let err = fails(&["detect", "--model", SCORER, "--input", IMAGES]);
+    assert!(err.contains("this is an oodbox scorer file"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let json = text(&dir.path().join("s.json"));
+    let err = fails(&[
+        "score", "--scorer", &boxes, "--boxes", &boxes, "--json", &json,
+    ]);
+    assert!(
+        err.contains("this is an oodbox box set") && err.contains("not an oodbox scorer file"),
+        "{err}"
+    );
+    for wrong in [MODEL, SCORER] {
+        let err = fails(&[
+            "score", "--scorer", SCORER, "--boxes", wrong, "--json", &json,
+        ]);
+        assert!(
+            err.contains("not an oodbox box set") && !err.contains("missing tensor"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_scorer_kind_given_for_a_scorer_file_says_how_to_fit_one() {
+    let err = fails(&[
+        "detect", "--model", MODEL, "--scorer", "knn", "--input", IMAGES,
+    ]);
+    assert!(
+        err.contains("`knn` is a scorer kind")
+            && err.contains("oodbox fit --scorer knn")
+            && !err.contains("No such file"),
+        "{err}"
+    );
+    let err = fails(&[
+        "eval",
+        "--scorer",
+        "energy",
+        "--mixed",
+        &fixture("test_mixed"),
+    ]);
+    assert!(err.contains("`energy` is a scorer kind"), "{err}");
+}
+
+#[test]
+fn a_missing_tensor_in_a_scorer_file_is_named_once() {
+    use safetensors::SafeTensors;
+    let bytes = std::fs::read(SCORER).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "calibration.pooled")
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = dir.path().join("damaged.safetensors");
+    let written = safetensors::serialize(kept, header.metadata().clone()).unwrap();
+    std::fs::write(&damaged, written).unwrap();
+    let json = text(&dir.path().join("s.json"));
+    let err = fails(&[
+        "score",
+        "--scorer",
+        &text(&damaged),
+        "--boxes",
+        &fixture("test_id"),
+        "--json",
+        &json,
+    ]);
+    assert!(
+        err.contains("missing tensor `calibration.pooled`")
+            && err.matches("calibration.pooled").count() == 1,
+        "{err}"
+    );
+}
+
+/// A data.yaml with 4 classes, a train and a val split, and no test split.
+const NO_TEST_SPLIT: &str =
+    "train: images/train\nval: images/train\nnames: [circle, square, triangle, star]\n";
+
+/// A tiny data.yaml with 4 classes and one image, in `dir`.
+fn tiny_dataset(dir: &Path, yaml: &str, label: &str) -> PathBuf {
+    let images = dir.join("images/train");
+    let labels = dir.join("labels/train");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    std::fs::copy(
+        Path::new(IMAGES).join("test_mixed_00001.png"),
+        images.join("a.png"),
+    )
+    .unwrap();
+    std::fs::write(labels.join("a.txt"), label).unwrap();
+    let path = dir.join("data.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn a_label_class_out_of_range_states_the_valid_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = tiny_dataset(
+        dir.path(),
+        NO_TEST_SPLIT,
+        "0 0.5 0.5 0.1 0.1\n9 0.5 0.5 0.2 0.2\n",
+    );
+    let err = fails(&[
+        "extract",
+        "--model",
+        MODEL,
+        "--data",
+        &text(&yaml),
+        "--out",
+        &text(&dir.path().join("b.safetensors")),
+    ]);
+    assert!(
+        err.contains("a.txt")
+            && err.contains("line 2")
+            && err.contains("class 9")
+            && err.contains("its classes are 0 to 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_split_lists_the_ones_there_are_and_suggests_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = tiny_dataset(dir.path(), NO_TEST_SPLIT, "0 0.5 0.5 0.1 0.1\n");
+    // eval reads the `test` split by default.
+    let err = fails(&[
+        "eval",
+        "--scorer",
+        SCORER,
+        "--mixed",
+        &text(&yaml),
+        "--model",
+        MODEL,
+    ]);
+    assert!(
+        err.contains("no `test` split")
+            && err.contains("its splits are: train, val")
+            && err.contains("--split"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_output_in_a_missing_folder_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/folder");
+    let out = |name: &str| text(&missing.join(name));
+    let boxes = fixture("test_id");
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "--json",
+            ["detect", "--model", MODEL, "--input", IMAGES, "--json"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("d.json")])
+                .collect(),
+        ),
+        (
+            "--out",
+            ["extract", "--model", MODEL, "--input", IMAGES, "--out"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("b.safetensors")])
+                .collect(),
+        ),
+        (
+            "--out",
+            ["fit", "--scorer", "energy", "--boxes", &boxes, "--out"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("s.safetensors")])
+                .collect(),
+        ),
+        (
+            "--json",
+            ["score", "--scorer", SCORER, "--boxes", &boxes, "--json"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("s.json")])
+                .collect(),
+        ),
+        (
+            "--json",
+            [
+                "eval",
+                "--scorer",
+                SCORER,
+                "--mixed",
+                &fixture("test_mixed"),
+                "--json",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([out("m.json")])
+            .collect(),
+        ),
+        (
+            "--json",
+            ["bench", "--model", MODEL, "--iters", "1", "--json"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("b.json")])
+                .collect(),
+        ),
+        (
+            "--out",
+            ["convert", MODEL, "--out"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("c.safetensors")])
+                .collect(),
+        ),
+        (
+            "--events",
+            [
+                "video", "--model", MODEL, "--scorer", SCORER, "--input", "none.mp4", "--events",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([out("e.jsonl")])
+            .collect(),
+        ),
+    ];
+    for (flag, args) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails(&args);
+        assert!(
+            err.contains(flag) && err.contains("does not exist") && !err.contains("images,"),
+            "{args:?}: {err}"
+        );
+    }
+    // A folder given for a file.
+    let err = fails(&[
+        "score",
+        "--scorer",
+        SCORER,
+        "--boxes",
+        &boxes,
+        "--json",
+        &text(dir.path()),
+    ]);
+    assert!(err.contains("this is a folder"), "{err}");
+}
