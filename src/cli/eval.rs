@@ -196,7 +196,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .fit
             .as_ref()
             .context("--scorer all needs --fit ID.safetensors to fit every scorer on")?;
-        let fit = super::fit::select(super::fit::finite(load_boxes(path)?, path)?, &args.features, path)?;
+        let fit = super::fit::select(
+            super::fit::finite(load_boxes(path)?, path)?,
+            &args.features,
+            path,
+        )?;
         fit_all(&fit)?
             .into_iter()
             .map(|(f, s)| (f, Some(s)))

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -149,7 +149,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let all = known_objects_only(all);
     let (fit, calibration) = match &args.calibration_boxes {
-        Some(path) => (all, known_objects_only(load_fit_boxes(path, &args.features)?)),
+        Some(path) => (
+            all,
+            known_objects_only(load_fit_boxes(path, &args.features)?),
+        ),
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");

@@ -17,8 +17,8 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
 use crate::data::kind::FileKind;
+use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
 use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
 use crate::error::{Error, Result};
 

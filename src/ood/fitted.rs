@@ -17,8 +17,8 @@ use std::path::Path;
 use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::detect::sources::FeatureSources;
 use crate::data::kind::FileKind;
+use crate::detect::sources::FeatureSources;
 use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
