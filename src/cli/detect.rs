@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long)]
     scorer: Option<PathBuf>,
     /// Significance level for `is_ood` (default: the scorer file's, usually 0.05).
-    #[arg(long, requires = "scorer")]
+    #[arg(long, allow_negative_numbers = true, requires = "scorer")]
     alpha: Option<f64>,
     /// Image files, folders (searched recursively) or glob patterns.
     #[arg(long, num_args = 1.., required = true)]
@@ -185,7 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut options = args
         .detector
         .flags
-        .options(Some(detector.as_ref()), args.roi_features);
+        .options(Some(detector.as_ref()), args.roi_features)?;
     let ood = match &args.scorer {
         Some(path) => Ok(pair_with_scorer(
             detector,

@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )]
     };
     // Datasets are detected as the scorer's fit boxes were, unless --imgsz says otherwise.
-    let mut options = args.flags.options(None, false);
+    let mut options = args.flags.options(None, false)?;
     if let (Some(recorded), None) = (
         scorers.first().and_then(|(s, _)| s.detect_options()),
         args.flags.imgsz,

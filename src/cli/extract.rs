@@ -45,7 +45,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let detector = args.detector.load()?;
-    let options = args.detector.flags.options(Some(detector.as_ref()), false);
+    let options = args
+        .detector
+        .flags
+        .options(Some(detector.as_ref()), false)?;
     let source = match &args.data {
         Some(d) => format!(
             "oodbox extract --model {} --data {} --split {}",

@@ -150,6 +150,9 @@ impl Scorer for Gram {
     fn kind(&self) -> &'static str {
         "gram"
     }
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        Some(boxes.class_id.clone())
+    }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
         check_fit_set(self.kind(), boxes, Self::USES)?;

@@ -156,6 +156,9 @@ impl Scorer for Mahalanobis {
             "mahalanobis"
         }
     }
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        Some(fit_labels(boxes))
+    }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
         let kind = self.kind();

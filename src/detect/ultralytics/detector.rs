@@ -14,6 +14,7 @@ use crate::detect::nms::{non_max_suppression, Candidate};
 use crate::detect::roi_align::{roi_align_mean, FeatureMap};
 use crate::detect::{
     run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, StageTimes, Stages,
+    INPUT_STRIDE,
 };
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
@@ -204,7 +205,8 @@ impl Stages for YoloDetector {
     type Output = YoloOutput;
 
     fn preprocess(&self, image: &RgbImage, options: &DetectOptions) -> Result<Self::Input> {
-        let geometry = LetterboxGeometry::new(image.dimensions(), options.imgsz, 32, true);
+        let geometry =
+            LetterboxGeometry::new(image.dimensions(), options.input_size(), INPUT_STRIDE, true);
         let boxed = letterbox(image, &geometry);
         let (w, h) = (boxed.width() as usize, boxed.height() as usize);
         let mut chw = vec![0f32; 3 * h * w];
