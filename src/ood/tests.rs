@@ -841,7 +841,10 @@ fn scorer_files_with_settings_out_of_range_are_refused_naming_the_file() {
             safetensors::serialize(file.tensors(), Some(metadata)).unwrap(),
         )
         .unwrap();
-        let err = fitted::FittedScorer::load(&edited).unwrap_err().to_string();
+        let err = fitted::FittedScorer::load(&edited)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("edited.safetensors") && err.contains(expected),
             "{err}"
