@@ -547,7 +547,8 @@ mod tests {
     #[test]
     fn inconsistent_fields_are_refused_naming_the_file_and_the_box() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: Vec<(Box<dyn FnOnce(&mut BoxSet)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut BoxSet)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|s| s.class_id[1] = 9),
                 "box 1: `class_id` is 9, not a class in 0..=1",
