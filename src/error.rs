@@ -56,6 +56,23 @@ pub enum Error {
     /// An operation the object at hand does not offer.
     #[error("{0}")]
     Unsupported(String),
+    /// A weight tensor that no model can use: not floating point, or holding NaN or ±inf.
+    #[error("{path}: tensor `{name}` {reason}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    /// An input larger than a limit of [`crate::limits::Limits`]; `reason` says how to raise it.
+    #[error("{path}: {reason}")]
+    TooLarge { path: PathBuf, reason: String },
+    /// A setting (a detection threshold, an input size, a limit) outside its valid range.
+    #[error("{item} = {value} is outside {range}")]
+    OutOfRange {
+        item: String,
+        value: String,
+        range: String,
+    },
     #[error("{path}: cannot decode image ({reason})")]
     BadImage { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]

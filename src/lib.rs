@@ -35,6 +35,7 @@ pub mod data;
 pub mod detect;
 pub mod error;
 pub mod eval;
+pub mod limits;
 pub mod nn;
 pub mod ood;
 pub mod pipeline;

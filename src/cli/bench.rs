@@ -79,13 +79,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Checked before a scene of that size is drawn.
+    let options = super::common::checked(DetectOptions {
+        imgsz: (args.imgsz, args.imgsz),
+        ..DetectOptions::default()
+    })?;
     let image = match &args.image {
         Some(path) => load_rgb(path)?,
         None => render_scene(0, Split::TestMixed, 0, args.imgsz, args.imgsz).image,
-    };
-    let options = DetectOptions {
-        imgsz: (args.imgsz, args.imgsz),
-        ..DetectOptions::default()
     };
     if let Some(features) = &args.features {
         check_sources(detector.as_ref(), features)?;

@@ -34,12 +34,13 @@ pub struct DetectFlags {
     #[arg(long)]
     pub names: Option<PathBuf>,
     /// Keep boxes whose confidence is above this.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, allow_negative_numbers = true)]
     pub conf: f32,
     /// NMS IoU threshold.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub iou: f32,
-    /// Input size: one number for a square target, or HEIGHT,WIDTH (padded to multiples of 32).
+    /// Input size: one number for a square target, or HEIGHT,WIDTH (rounded up to multiples of
+    /// 32, as ultralytics does; at most 4096, or OODBOX_MAX_IMGSZ).
     /// Default: the size the model was trained at when its file records it (a best.pt does),
     /// else 640; with a scorer, the size its fit boxes were detected at.
     #[arg(long, value_parser = parse_imgsz)]
@@ -84,11 +85,23 @@ fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
         .split(',')
         .map(|p| p.trim().parse::<u32>().map_err(|e| format!("`{p}`: {e}")))
         .collect::<Result<_, _>>()?;
+    // The range is checked with the other detection settings.
     match parts[..] {
-        [n] if n >= 32 => Ok((n, n)),
-        [h, w] if h >= 32 && w >= 32 => Ok((w, h)),
-        _ => Err("expected N or HEIGHT,WIDTH, each at least 32".into()),
+        [n] => Ok((n, n)),
+        [h, w] => Ok((w, h)),
+        _ => Err("expected N or HEIGHT,WIDTH".into()),
     }
+}
+
+/// Refuses settings out of range, and prints the library's warnings about them.
+pub fn checked(options: DetectOptions) -> anyhow::Result<DetectOptions> {
+    let warnings = options
+        .check()
+        .context("the detection settings (--conf, --iou, --imgsz, --max-det)")?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(options)
 }
 
 pub fn device(name: &str) -> anyhow::Result<Device> {
@@ -117,9 +130,15 @@ impl DetectorArgs {
 impl DetectFlags {
     /// The detection settings of these flags. Without --imgsz, the size `detector` was trained
     /// at when its file records one (as ultralytics `predict` does on a checkpoint), else 640.
-    pub fn options(&self, detector: Option<&dyn Detector>, roi: Vec<RoiSource>) -> DetectOptions {
+    /// Settings out of range are refused; the library's warnings (an input size rounded up to a
+    /// multiple of 32) are printed.
+    pub fn options(
+        &self,
+        detector: Option<&dyn Detector>,
+        roi: Vec<RoiSource>,
+    ) -> anyhow::Result<DetectOptions> {
         let trained = detector.and_then(|d| d.trained_imgsz()).map(|s| (s, s));
-        DetectOptions {
+        let options = DetectOptions {
             conf: self.conf,
             iou: self.iou,
             max_det: self.max_det,
@@ -129,7 +148,8 @@ impl DetectFlags {
                 .or(trained)
                 .unwrap_or(DetectOptions::default().imgsz),
             roi,
-        }
+        };
+        checked(options)
     }
 
     pub fn load(&self, model: &Path) -> anyhow::Result<Box<dyn Detector>> {

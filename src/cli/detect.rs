@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     scorer: Option<PathBuf>,
     /// Significance level for `is_ood` (default: the scorer file's, usually 0.05).
-    #[arg(long, requires = "scorer")]
+    #[arg(long, allow_negative_numbers = true, requires = "scorer")]
     alpha: Option<f64>,
     /// Image files, folders (searched recursively) or glob patterns.
     #[arg(long, num_args = 1.., required = true)]
@@ -207,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut options = args
         .detector
         .flags
-        .options(Some(detector.as_ref()), features.roi());
+        .options(Some(detector.as_ref()), features.roi())?;
     let ood = match &args.scorer {
         Some(path) => Ok(pair_with_scorer(
             detector,

@@ -214,7 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some((scorer, None)) => scorer.feature_sources().roi(),
         _ => args.features.roi(),
     };
-    let mut options = args.flags.options(None, roi);
+    let mut options = args.flags.options(None, roi)?;
     if let (Some(recorded), None) = (
         scorers.first().and_then(|(s, _)| s.detect_options()),
         args.flags.imgsz,

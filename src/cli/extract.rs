@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = args
         .detector
         .flags
-        .options(Some(detector.as_ref()), args.features.roi());
+        .options(Some(detector.as_ref()), args.features.roi())?;
     let source = match &args.data {
         Some(d) => format!(
             "oodbox extract --model {} --data {} --split {}",

@@ -44,13 +44,18 @@ pub struct Args {
     #[arg(long)]
     calibration_boxes: Option<PathBuf>,
     /// Without --calibration-boxes: the share of images held out for calibration.
-    #[arg(long, default_value_t = 0.2, conflicts_with = "calibration_boxes")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 0.2,
+        conflicts_with = "calibration_boxes"
+    )]
     calibration_fraction: f64,
     /// Seed of the hold-out split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Default significance level: a box is OOD when its p-value ≤ alpha.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
     alpha: f64,
     /// A class with fewer calibration boxes than this is calibrated on all classes pooled.
     #[arg(long, default_value_t = 100)]
@@ -110,6 +115,30 @@ pub fn select(boxes: BoxSet, features: &FeatureSources, path: &Path) -> anyhow::
         .with_context(|| format!("reading the box set {}", path.display()))
 }
 
+/// Names the classes whose own statistics rest on a few fit boxes but that are calibrated
+/// pooled: their known objects may be flagged far more often than --alpha.
+fn warn_thin_classes(fitted: &FittedScorer, min_class_calibration: usize) {
+    use oodbox::ood::fitted::MIN_CLASS_FIT_BOXES;
+    for class in fitted.thin_classes() {
+        let name = fitted
+            .class_names()
+            .get(class.class_id)
+            .cloned()
+            .unwrap_or_else(|| class.class_id.to_string());
+        eprintln!(
+            "warning: class `{name}` has {} fit boxes (fewer than {MIN_CLASS_FIT_BOXES}) and {} \
+             calibration boxes (fewer than --min-class-calibration {min_class_calibration}, so \
+             it is calibrated with all classes pooled); {} scores a box against its own class's \
+             statistics, so this class's known objects may be flagged far more often than \
+             alpha. Give more boxes of this class, or use a scorer that does not condition on \
+             the class (energy, knn, vim)",
+            class.fit_boxes,
+            class.boxes,
+            fitted.name()
+        );
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.calibration_fraction > 0.0 && args.calibration_fraction < 1.0,
@@ -133,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &set,
                 &args
                     .flags
-                    .options(Some(detector.as_ref()), args.features.roi()),
+                    .options(Some(detector.as_ref()), args.features.roi())?,
                 args.flags.quiet,
                 &source,
             )?;
@@ -174,6 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     fitted
         .save(&args.out)
         .with_context(|| format!("writing the scorer to {}", args.out.display()))?;
+    warn_thin_classes(&fitted, args.min_class_calibration);
     if !args.flags.quiet {
         let pooled: Vec<String> = fitted
             .calibration_summary()

@@ -35,7 +35,13 @@ pub struct Args {
     /// fractions of the image's short side (e.g. 0.045,0.7 for 12 to 180 px objects at 256 px,
     /// so that a detector trained on the world uses all three pyramid levels). Without it, the
     /// standard world: diameters uniform in 0.12–0.4, the same images as always.
-    #[arg(long, value_name = "MIN,MAX", num_args = 1, value_delimiter = ',')]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "MIN,MAX",
+        num_args = 1,
+        value_delimiter = ','
+    )]
     object_size: Option<Vec<f32>>,
     /// Hide the progress bar.
     #[arg(long)]
@@ -47,6 +53,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.width >= 32 && args.height >= 32,
         "--width and --height must be at least 32"
     );
+    oodbox::limits::Limits::from_env()?.check_image(
+        "--width, --height".as_ref(),
+        args.width,
+        args.height,
+        0,
+    )?;
     let object_sizes = match args.object_size.as_deref() {
         None => ObjectSizes::Standard,
         Some(&[min, max]) => ObjectSizes::LogUniform { min, max },

@@ -34,22 +34,22 @@ pub struct Args {
     width: u32,
     #[arg(long, default_value_t = 256)]
     height: u32,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
     fps: f64,
     /// Length in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
     seconds: f64,
     /// Known objects, present throughout.
     #[arg(long, default_value_t = 2)]
     id_objects: usize,
     /// A new known object enters (stays, and leaves) every this many seconds (0: none).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     id_every: f64,
     /// A new unknown object enters every this many seconds (0: none).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3.0)]
     ood_every: f64,
     /// Shortest and longest stay of an entering object, in seconds.
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [1.0, 2.5])]
+    #[arg(long, allow_negative_numbers = true, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [1.0, 2.5])]
     ood_stay: Vec<f64>,
     /// Which unknown kinds enter.
     #[arg(long, value_enum, default_value = "all")]
@@ -64,12 +64,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.width >= 16 && args.height >= 16,
         "--width and --height must be at least 16"
     );
+    oodbox::limits::Limits::from_env()?.check_image(
+        "--width, --height".as_ref(),
+        args.width,
+        args.height,
+        0,
+    )?;
     anyhow::ensure!(
-        args.fps > 0.0 && args.seconds > 0.0,
-        "--fps and --seconds must be positive"
+        [args.fps, args.seconds]
+            .iter()
+            .all(|v| *v > 0.0 && v.is_finite()),
+        "--fps and --seconds must be positive and finite"
     );
     anyhow::ensure!(
-        0.0 < args.ood_stay[0] && args.ood_stay[0] <= args.ood_stay[1],
+        [args.id_every, args.ood_every]
+            .iter()
+            .all(|v| *v >= 0.0 && v.is_finite()),
+        "--id-every and --ood-every must be 0 or more seconds"
+    );
+    anyhow::ensure!(
+        0.0 < args.ood_stay[0]
+            && args.ood_stay[0] <= args.ood_stay[1]
+            && args.ood_stay[1].is_finite(),
         "--ood-stay needs 0 < MIN <= MAX"
     );
     let frames = (args.seconds * args.fps).round() as u64;

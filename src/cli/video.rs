@@ -102,10 +102,10 @@ pub struct Args {
     #[arg(long)]
     realtime: bool,
     /// The most that tracks of known objects may be called unknown (their false-alarm rate).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
     track_alpha: f64,
     /// Seconds of evidence per decision: a shorter unknown may go unreported.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     min_duration: f64,
     /// Calibrate the track rule with this file, from --fit-tracks on footage of known objects
     /// from the same camera, model, scorer, detection flags and frame rate. Given more than
@@ -121,7 +121,7 @@ pub struct Args {
     max_missed: u64,
     /// Input frame rate for image sequences and image pipes (default: ffmpeg's reading, 25
     /// when the input states none).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     fps: Option<f64>,
     /// Start on the first frame of a live input (a pipe, a camera URL) instead of after
     /// ffmpeg's probe of up to 5 s of stream; an input whose format needs that look may then
@@ -136,7 +136,7 @@ pub struct Args {
     /// Stop with an error when the input sends nothing for this many seconds while a frame is
     /// awaited (a frozen camera or connection); 0: wait forever. Default: 10 for a URL,
     /// 0 otherwise.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     stall_timeout: Option<f64>,
     /// Frames each queue between the decode, detect and encode threads holds.
     #[arg(long, default_value_t = 8)]
@@ -215,7 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.track_alpha > 0.0 && args.track_alpha < 1.0,
         "--track-alpha must lie in (0, 1)"
     );
-    anyhow::ensure!(args.min_duration > 0.0, "--min-duration must be positive");
+    anyhow::ensure!(
+        args.min_duration > 0.0 && args.min_duration.is_finite(),
+        "--min-duration must be a positive number of seconds"
+    );
     anyhow::ensure!(
         args.clip_pad >= 0.0 && args.clip_pad.is_finite(),
         "--clip-pad must be 0 or more seconds"
@@ -252,7 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut options = args
         .detector
         .flags
-        .options(Some(detector.as_ref()), Vec::new());
+        .options(Some(detector.as_ref()), Vec::new())?;
     let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
     let stdout = |log: &Option<PathBuf>| log.as_ref().is_some_and(|p| p.as_os_str() == "-");
     let to_stdout: Vec<&str> = [

@@ -1,7 +1,7 @@
 //! Box sets: per-box features, logits and labels in one safetensors file, from any model.
 //!
 //! Tensors: `features` f32 `[N, D]`, `logits` f32 `[N, C]`, `class_id` i64 `[N]`; optional
-//! `label` i64 `[N]` (ground-truth class, −1 = unknown), `level` i64 `[N]`, `confidence` f32
+//! `label` i64 `[N]` (ground-truth class, −1 = unknown, −2 = background), `level` i64 `[N]`, `confidence` f32
 //! `[N]`, `bbox` f32 `[N, 4]`, `image_index` i64 `[N]`, and the head: `head.weight` f32 `[C, D]`
 //! / `head.bias` f32 `[C]`, or `head.<level>.weight` / `head.<level>.bias` per level. The
 //! metadata holds the class names, the model fingerprint and the source, as JSON strings.
@@ -17,6 +17,7 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::data::extraction::LABEL_BACKGROUND;
 use crate::data::kind::FileKind;
 use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
 use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
@@ -508,11 +509,16 @@ impl BoxSet {
         let bbox = get("bbox")?
             .map(|t| as_f32("bbox", t))
             .transpose()?
-            .map(|(_, v)| {
-                v.chunks_exact(4)
+            .map(|(shape, v)| match shape[..] {
+                [rows, 4] if rows == n => Ok(v
+                    .chunks_exact(4)
                     .map(|c| [c[0], c[1], c[2], c[3]])
-                    .collect()
-            });
+                    .collect()),
+                _ => Err(bad(format!(
+                    "tensor `bbox` has shape {shape:?}; expected [{n}, 4]"
+                ))),
+            })
+            .transpose()?;
         let mut levels = Vec::new();
         let mut read_head = |prefix: &str| -> Result<bool> {
             let (Some(w), Some(b)) = (
@@ -569,7 +575,7 @@ impl BoxSet {
                 .map_err(|e| bad(format!("metadata `class_names`: {e}")))?,
             None => (0..lshape[1]).map(|i| format!("class{i}")).collect(),
         };
-        Ok(BoxSet {
+        let set = BoxSet {
             features,
             feature_dim: fshape[1],
             logits,
@@ -593,7 +599,63 @@ impl BoxSet {
             },
             feature_sources,
             roi,
-        })
+        };
+        set.check_consistency().map_err(bad)?;
+        Ok(set)
+    }
+
+    /// What a file can get wrong beyond its tensors' shapes: class ids outside the class list,
+    /// a head or class names of another size, detection settings out of range.
+    fn check_consistency(&self) -> std::result::Result<(), String> {
+        let (n, classes) = (self.len(), self.num_classes);
+        if let Some(c) = &self.confidence {
+            if c.len() != n {
+                return Err(format!("`confidence` has {} values for {n} boxes", c.len()));
+            }
+        }
+        if self.class_names.len() != classes {
+            return Err(format!(
+                "{} class names in the metadata, but the logits have {classes} classes",
+                self.class_names.len()
+            ));
+        }
+        let out_of =
+            |tensor: &str, values: &[i64], lowest: i64, end: usize, allowed: &str| match values
+                .iter()
+                .position(|&v| v < lowest || v >= end as i64)
+            {
+                Some(i) => Err(format!(
+                    "box {i}: `{tensor}` is {}, not {allowed}",
+                    values[i]
+                )),
+                None => Ok(()),
+            };
+        let class_range = format!("a class in 0..={}", classes as i64 - 1);
+        out_of("class_id", &self.class_id, 0, classes, &class_range)?;
+        if let Some(label) = &self.label {
+            let allowed = format!("{class_range}, -1 (unknown) or -2 (background)");
+            out_of("label", label, LABEL_BACKGROUND, classes, &allowed)?;
+        }
+        for (tensor, values) in [("level", &self.level), ("image_index", &self.image_index)] {
+            if let Some(values) = values {
+                out_of(tensor, values, 0, usize::MAX >> 1, "0 or more")?;
+            }
+        }
+        let head_levels = self.head.iter().flat_map(|h| &h.levels);
+        for (i, level) in head_levels.enumerate() {
+            if level.classes != classes || level.dim != self.feature_dim {
+                return Err(format!(
+                    "head {i} is [{}, {}]; the boxes have {classes} classes and {}-d features",
+                    level.classes, level.dim, self.feature_dim
+                ));
+            }
+        }
+        if let Some(options) = &self.detect_options {
+            options
+                .check()
+                .map_err(|e| format!("metadata `detect_options`: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -730,6 +792,78 @@ mod tests {
             err.starts_with("x.safetensors: box 2 ") && err.contains("NaN at position 1"),
             "{err}"
         );
+    }
+
+    /// The round-trip set of `round_trips`, one box per class, changed by `edit` and saved.
+    fn saved_with(dir: &Path, edit: impl FnOnce(&mut BoxSet)) -> std::path::PathBuf {
+        let head = ClassHead {
+            levels: vec![LinearHead {
+                weight: vec![0.0; 6],
+                bias: vec![0.0; 2],
+                classes: 2,
+                dim: 3,
+            }],
+        };
+        let names = vec!["a".to_string(), "b".to_string()];
+        let records = [record(0, 0), record(1, 0)];
+        let mut set = BoxSet::from_records(records.iter().enumerate(), &head, &names, "x", "t");
+        edit(&mut set);
+        let path = dir.join("edited.safetensors");
+        set.save(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn inconsistent_fields_are_refused_naming_the_file_and_the_box() {
+        let dir = tempfile::tempdir().unwrap();
+        type Edit = Box<dyn FnOnce(&mut BoxSet)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|s| s.class_id[1] = 9),
+                "box 1: `class_id` is 9, not a class in 0..=1",
+            ),
+            (Box::new(|s| s.class_id[0] = -1), "box 0: `class_id` is -1"),
+            (
+                Box::new(|s| s.label = Some(vec![-2, 2])),
+                "box 1: `label` is 2, not a class in 0..=1, -1 (unknown) or -2 (background)",
+            ),
+            (
+                Box::new(|s| s.class_names.push("c".into())),
+                "3 class names in the metadata, but the logits have 2 classes",
+            ),
+            (
+                Box::new(|s| {
+                    s.detect_options = Some(DetectOptions {
+                        conf: 2.0,
+                        ..Default::default()
+                    })
+                }),
+                "conf = 2 is outside [0, 1]",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let path = saved_with(dir.path(), edit);
+            let err = BoxSet::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("edited.safetensors") && err.contains(expected),
+                "{err}"
+            );
+        }
+        assert!(BoxSet::load(&saved_with(dir.path(), |_| ())).is_ok());
+    }
+
+    #[test]
+    fn a_tensor_declaring_more_bytes_than_the_file_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("liar.safetensors");
+        let header =
+            r#"{"features":{"dtype":"F32","shape":[1000000000,1000],"data_offsets":[0,8]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend([0u8; 8]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = BoxSet::load(&path).unwrap_err().to_string();
+        assert!(err.contains("liar.safetensors"), "{err}");
     }
 
     #[test]

@@ -238,6 +238,17 @@ fn read_yolo_labels(path: &Path, num_classes: usize) -> Result<Vec<GroundTruth>>
                 parse(fields[3])?,
                 parse(fields[4])?,
             ];
+            // As ultralytics' label check: coordinates are fractions of the image size.
+            if let Some(v) = b.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "line {}: coordinate {v} is not in [0, 1] (labels are `class cx cy w h` \
+                         as fractions of the image size)",
+                        n + 1
+                    ),
+                ));
+            }
             Ok(GroundTruth {
                 class,
                 bbox: Bbox::NormalisedCxcywh(b),
@@ -315,19 +326,7 @@ pub fn coco(json: &Path) -> Result<Dataset> {
     known.sort_by_key(|c| c.id);
     let class_of: HashMap<i64, usize> = known.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
     let folders = coco_image_folders(json);
-    let mut objects: HashMap<i64, Vec<GroundTruth>> = HashMap::new();
-    for a in &file.annotations {
-        let [x, y, w, h] = a.bbox;
-        let class = if a.unknown {
-            None
-        } else {
-            class_of.get(&a.category_id).copied()
-        };
-        objects.entry(a.image_id).or_default().push(GroundTruth {
-            class,
-            bbox: Bbox::Pixels([x, y, x + w, y + h]),
-        });
-    }
+    let mut objects = coco_objects(json, &file, &class_of)?;
     // The folder that holds the first image that exists holds them all; none found is an error
     // that says where they were looked for.
     let folder = file
@@ -362,6 +361,49 @@ pub fn coco(json: &Path) -> Result<Dataset> {
         class_names: Some(known.iter().map(|c| c.name.clone()).collect()),
         images,
     })
+}
+
+/// The objects of each image id. An annotation that points at no category or no image, or
+/// whose box is negative in size, is refused with its index in the file.
+fn coco_objects(
+    json: &Path,
+    file: &CocoFile,
+    class_of: &HashMap<i64, usize>,
+) -> Result<HashMap<i64, Vec<GroundTruth>>> {
+    let categories: std::collections::HashSet<i64> = file.categories.iter().map(|c| c.id).collect();
+    let images: std::collections::HashSet<i64> = file.images.iter().map(|i| i.id).collect();
+    let mut objects: HashMap<i64, Vec<GroundTruth>> = HashMap::new();
+    for (i, a) in file.annotations.iter().enumerate() {
+        let problem = if !categories.contains(&a.category_id) {
+            Some(format!(
+                "category_id {} is not among the categories",
+                a.category_id
+            ))
+        } else if !images.contains(&a.image_id) {
+            Some(format!("image_id {} is not among the images", a.image_id))
+        } else if a.bbox[2] < 0.0 || a.bbox[3] < 0.0 {
+            Some(format!(
+                "bbox {:?} has a negative width or height (COCO boxes are [x, y, width, height])",
+                a.bbox
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(bad(json, format!("annotation {i}: {problem}")));
+        }
+        let [x, y, w, h] = a.bbox;
+        let class = if a.unknown {
+            None
+        } else {
+            class_of.get(&a.category_id).copied()
+        };
+        objects.entry(a.image_id).or_default().push(GroundTruth {
+            class,
+            bbox: Bbox::Pixels([x, y, x + w, y + h]),
+        });
+    }
+    Ok(objects)
 }
 
 #[cfg(test)]
@@ -486,5 +528,67 @@ mod tests {
         assert!(err.contains("classes are 0 to 3"), "{err}");
         let err = read_yolo_labels(&path, 0).unwrap_err().to_string();
         assert!(err.contains("it has no classes"), "{err}");
+        for (line, value) in [
+            ("1 0.5 1.5 0.1 0.1", "1.5"),
+            ("1 0.5 0.5 -0.1 0.1", "-0.1"),
+            ("1 0.5 0.5 0.1 NaN", "NaN"),
+            ("1 inf 0.5 0.1 0.1", "inf"),
+        ] {
+            std::fs::write(&path, format!("0 0.5 0.5 0.1 0.1\n\n{line}\n")).unwrap();
+            let err = read_yolo_labels(&path, 4).unwrap_err().to_string();
+            assert!(
+                err.contains("x.txt")
+                    && err.contains("line 3")
+                    && err.contains(&format!("coordinate {value} is not in [0, 1]")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn coco_annotations_pointing_nowhere_are_refused_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("instances.json");
+        let write = |annotation: &str| {
+            let doc = format!(
+                r#"{{"images": [{{"id": 1, "file_name": "a.png"}}],
+                    "categories": [{{"id": 1, "name": "cat"}}, {{"id": 3, "name": "dog"}}],
+                    "annotations": [
+                        {{"image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4]}},
+                        {annotation}]}}"#
+            );
+            std::fs::write(&path, doc).unwrap();
+        };
+        for (annotation, expected) in [
+            (
+                r#"{"image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4]}"#,
+                "annotation 1: category_id 2 is not among the categories",
+            ),
+            (
+                r#"{"image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}"#,
+                "annotation 1: image_id 7 is not among the images",
+            ),
+            (
+                r#"{"image_id": 1, "category_id": 1, "bbox": [1, 2, -3, 4]}"#,
+                "annotation 1: bbox [1.0, 2.0, -3.0, 4.0] has a negative width",
+            ),
+        ] {
+            write(annotation);
+            let err = coco(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("instances.json") && err.contains(expected),
+                "{err}"
+            );
+        }
+        write(r#"{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}"#);
+        let set = coco(&path).unwrap();
+        let classes: Vec<_> = set.images[0]
+            .objects
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|o| o.class)
+            .collect();
+        assert_eq!(classes, [Some(1), Some(0)]);
     }
 }

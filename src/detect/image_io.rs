@@ -6,6 +6,7 @@ use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 
 /// The file extensions treated as images when a folder is searched.
 pub const IMAGE_EXTENSIONS: [&str; 9] = [
@@ -18,16 +19,27 @@ pub fn is_image_path(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Reads an image within the [`Limits`] of the environment.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    load_rgb_within(path, &Limits::from_env()?)
+}
+
+/// Reads an image, refusing one whose declared size is over `limits` before decoding it.
+pub fn load_rgb_within(path: &Path, limits: &Limits) -> Result<RgbImage> {
     let bad = |reason: String| Error::BadImage {
         path: path.to_path_buf(),
         reason,
     };
-    let reader = ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_image_bytes);
+    reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    limits.check_image(path, width, height, decoder.total_bytes())?;
     let orientation = decoder.orientation().map_err(|e| bad(e.to_string()))?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
     image.apply_orientation(orientation);
@@ -92,6 +104,52 @@ mod tests {
             load_rgb(&deep).unwrap().get_pixel(1, 1).0,
             [0xAB, 0x01, 0x00]
         );
+    }
+
+    /// A PNG of a 1×1 image whose header declares `width`×`height` (with the header's CRC
+    /// made right, so that only the size is wrong).
+    fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+        let mut png = Vec::new();
+        RgbImage::new(1, 1)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // 8-byte signature, 4-byte length, "IHDR", width, height, ...; the CRC after 13 bytes.
+        png[16..20].copy_from_slice(&width.to_be_bytes());
+        png[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = !png[12..29].iter().fold(!0u32, |mut crc, &b| {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+            crc
+        });
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn an_image_over_the_limit_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.png");
+        std::fs::write(&path, png_declaring(50_000, 50_000)).unwrap();
+        let err = load_rgb(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bomb.png") && err.contains("50000×50000"),
+            "{err}"
+        );
+        // Under the pixel limit but over the byte limit.
+        let small = Limits {
+            max_image_bytes: 1000,
+            ..Limits::default()
+        };
+        let path = dir.path().join("wide.png");
+        RgbImage::new(40, 10).save(&path).unwrap();
+        let err = load_rgb_within(&path, &small).unwrap_err().to_string();
+        assert!(
+            err.contains("wide.png") && err.contains("1200 bytes"),
+            "{err}"
+        );
+        assert!(load_rgb_within(&path, &Limits::default()).is_ok());
     }
 
     #[test]

@@ -207,7 +207,16 @@ impl SimpleBackend for Backend {
         let index = &self.index;
         index.shape(name).map_err(|e| index.fail(e))?;
         let name = index.file_name(name);
-        let tensor = self.file.load(&name, device)?.to_dtype(dtype)?;
+        let stored = self.file.load(&name, &Device::Cpu)?;
+        let tensor = checked_weight(stored, dtype)
+            .map_err(|reason| {
+                index.fail(Error::BadTensor {
+                    path: index.path.clone(),
+                    name: name.clone(),
+                    reason,
+                })
+            })?
+            .to_device(device)?;
         if let Ok(mut used) = self.index.used.lock() {
             used.insert(name);
         }
@@ -217,6 +226,29 @@ impl SimpleBackend for Backend {
     fn contains_tensor(&self, name: &str) -> bool {
         self.index.contains(name)
     }
+}
+
+/// A stored weight in `dtype`, after checking, in one pass on the CPU, that it is floating
+/// point and finite: an integer or NaN weight would load and quietly give no boxes.
+fn checked_weight(stored: Tensor, dtype: DType) -> std::result::Result<Tensor, String> {
+    if !stored.dtype().is_float() {
+        return Err(format!(
+            "is {:?}: weights must be floating point (F16, BF16, F32 or F64)",
+            stored.dtype()
+        ));
+    }
+    let as_f32 = stored.to_dtype(DType::F32).map_err(|e| e.to_string())?;
+    let values = as_f32
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| e.to_string())?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "holds {} at flat index {i}: weights must be finite",
+            values[i]
+        ));
+    }
+    as_f32.to_dtype(dtype).map_err(|e| e.to_string())
 }
 
 /// Reads the safetensors `__metadata__` map (empty when absent).

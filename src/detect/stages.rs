@@ -44,6 +44,7 @@ pub fn run_stages<S: Stages + ?Sized>(
 ) -> Result<(Vec<BoxRecord>, StageTimes)> {
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let t0 = Instant::now();
+    options.check()?;
     let input = stages.preprocess(image, options)?;
     let t1 = Instant::now();
     let output = stages.forward(&input)?;

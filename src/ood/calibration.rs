@@ -29,6 +29,10 @@ pub struct ClassCalibration {
     pub boxes: usize,
     /// The class had fewer than `min_class_boxes` calibration boxes and uses the pooled set.
     pub pooled_fallback: bool,
+    /// Fit boxes that the class's own statistics rest on, for a class-conditional scorer
+    /// ([`crate::ood::Scorer::fit_classes`]); 0 for other scorers and in older files.
+    #[serde(default)]
+    pub fit_boxes: usize,
 }
 
 impl Calibrator {
@@ -93,6 +97,15 @@ impl Calibrator {
                 "the pooled calibration scores are empty or not finite".into(),
             ));
         }
+        let class_scores = per_class.iter().enumerate();
+        if let Some((c, _)) = class_scores
+            .filter_map(|(c, s)| s.as_ref().map(|s| (c, s)))
+            .find(|(_, s)| s.is_empty() || s.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::Calibration(format!(
+                "the calibration scores of class {c} are empty or not finite"
+            )));
+        }
         pooled.sort_by(f64::total_cmp);
         let per_class = per_class
             .into_iter()
@@ -144,6 +157,7 @@ impl Calibrator {
                     (None, None) => 0,
                 },
                 pooled_fallback: self.per_class[c].is_none(),
+                fit_boxes: 0,
             })
             .collect()
     }

@@ -94,6 +94,11 @@ fn invalid(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Below this many fit boxes, a class's own statistics (mean, quantile bounds, pattern) are too
+/// noisy to put its scores on the scale of the other classes' (the expected squared distance of
+/// a class's boxes to a mean from `n` boxes is `1 + 1/n` times the true one: 5% above at 20).
+pub const MIN_CLASS_FIT_BOXES: usize = 20;
+
 fn check_alpha(alpha: f64) -> Result<()> {
     if alpha > 0.0 && alpha < 1.0 {
         Ok(())
@@ -101,6 +106,27 @@ fn check_alpha(alpha: f64) -> Result<()> {
         Err(Error::Calibration(format!(
             "alpha must lie in (0, 1), got {alpha}"
         )))
+    }
+}
+
+impl Header {
+    /// What a file can get wrong beyond its tensors: settings out of range, class names of
+    /// another count than the classes.
+    fn check(&self) -> std::result::Result<(), String> {
+        check_alpha(self.alpha).map_err(|e| e.to_string())?;
+        if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
+            return Err(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            ));
+        }
+        if let Some(options) = &self.detect_options {
+            options
+                .check()
+                .map_err(|e| format!("detect_options: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +169,15 @@ impl FittedScorer {
         let classes: Vec<usize> = calibration.class_id.iter().map(|&c| c as usize).collect();
         let calibrator =
             Calibrator::fit(&scores, &classes, fit.num_classes, options.min_class_boxes)?;
+        let mut calibration_summary = calibrator.summary(Some(&classes));
+        for label in scorer.fit_classes(fit).unwrap_or_default() {
+            if let Some(class) = usize::try_from(label)
+                .ok()
+                .and_then(|c| calibration_summary.get_mut(c))
+            {
+                class.fit_boxes += 1;
+            }
+        }
         let state = scorer.to_state();
         let header = Header {
             format: FORMAT.into(),
@@ -156,7 +191,7 @@ impl FittedScorer {
             fingerprint: fit.fingerprint.clone(),
             alpha: options.alpha,
             min_class_boxes: options.min_class_boxes,
-            calibration: calibrator.summary(Some(&classes)),
+            calibration: calibration_summary,
             fit_boxes: fit.len(),
             calibration_boxes: calibration.len(),
             source: fit.source.clone(),
@@ -219,6 +254,21 @@ impl FittedScorer {
 
     pub fn calibration_summary(&self) -> &[ClassCalibration] {
         &self.header.calibration
+    }
+
+    /// Classes that a class-conditional scorer fitted on fewer than [`MIN_CLASS_FIT_BOXES`]
+    /// boxes (but some) and that are calibrated with all classes pooled, for lack of calibration
+    /// boxes of their own. Their scores rest on statistics of a few boxes, on another scale than
+    /// the pooled calibration scores (a class mean from one box doubles the expected squared
+    /// Mahalanobis distance of the class's other boxes): their ID boxes may be flagged far more
+    /// often than alpha. Empty for scorers that do not condition on the class, and for files
+    /// without fit counts.
+    pub fn thin_classes(&self) -> Vec<&ClassCalibration> {
+        self.header
+            .calibration
+            .iter()
+            .filter(|c| c.pooled_fallback && c.fit_boxes > 0 && c.fit_boxes < MIN_CLASS_FIT_BOXES)
+            .collect()
     }
 
     /// Refuses boxes from another model: other dimensions, or another weights fingerprint.
@@ -345,6 +395,7 @@ impl FittedScorer {
                 ),
             ));
         }
+        header.check().map_err(|reason| invalid(path, reason))?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
             let t = file.tensor(name).map_err(|e| match e {
                 safetensors::SafeTensorError::TensorNotFound(_) => invalid(

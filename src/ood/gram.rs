@@ -219,6 +219,9 @@ impl Scorer for Gram {
     fn kind(&self) -> &'static str {
         GRAM.name
     }
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        Some(boxes.class_id.clone())
+    }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
         let mut groups = PerLevel::default();

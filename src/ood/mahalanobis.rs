@@ -331,6 +331,9 @@ impl Scorer for Mahalanobis {
             MAHALANOBIS.name
         }
     }
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        Some(fit_labels(boxes))
+    }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
         let labels = fit_labels(boxes);

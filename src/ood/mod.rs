@@ -105,6 +105,13 @@ pub trait Scorer: Send + Sync {
     fn score_in_sample(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
         self.score(boxes)
     }
+    /// For a scorer that scores a box against statistics of its own class (means, bounds,
+    /// patterns): the class whose statistics each fit box enters (−1: none). A class with few
+    /// fit boxes then scores on another scale than the rest. `None` for other scorers.
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        let _ = boxes;
+        None
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

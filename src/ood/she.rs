@@ -180,6 +180,17 @@ impl Scorer for She {
     fn kind(&self) -> &'static str {
         SHE.name
     }
+    /// Only correctly classified fit boxes enter a class pattern.
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        let labels = fit_labels(boxes);
+        Some(
+            labels
+                .iter()
+                .zip(&boxes.class_id)
+                .map(|(&l, &c)| if l == c { l } else { -1 })
+                .collect(),
+        )
+    }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
         let labels = fit_labels(boxes);

@@ -862,3 +862,103 @@ fn docs_table_matches_the_registry() {
         "docs/scorers.md is out of date: paste the output of `oodbox scorers` between its markers"
     );
 }
+
+#[test]
+fn a_class_fitted_on_few_boxes_and_calibrated_pooled_is_reported() {
+    let mut fit = id_set(7, 300, None);
+    // One box of class 3 is left in the fit set; the others become class 2.
+    let mut first = true;
+    for (l, c) in fit
+        .label
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(&mut fit.class_id)
+    {
+        if *l == 3 && !std::mem::take(&mut first) {
+            (*l, *c) = (2, 2);
+        }
+    }
+    let calibration = id_set(9, 60, None);
+    let fit_with = |kind: &str, min_class_boxes: usize| {
+        let options = fitted::FitOptions {
+            min_class_boxes,
+            ..Default::default()
+        };
+        fitted::FittedScorer::fit(kind, None, &[], &fit, &calibration, &options).unwrap()
+    };
+    for kind in ["mahalanobis", "rmds", "gram", "she"] {
+        let scorer = fit_with(kind, 100);
+        let thin: Vec<(usize, usize)> = scorer
+            .thin_classes()
+            .iter()
+            .map(|c| (c.class_id, c.fit_boxes))
+            .collect();
+        assert_eq!(thin, [(3, 1)], "{kind}");
+        // Calibrated on its own boxes, the class is fine.
+        assert!(fit_with(kind, 5).thin_classes().is_empty(), "{kind}");
+    }
+    let class_2 = fit
+        .label
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|&&l| l == 2)
+        .count();
+    let summary = fit_with("mahalanobis", 100).calibration_summary().to_vec();
+    assert_eq!(summary[2].fit_boxes, class_2);
+    // A scorer blind to classes has nothing to report.
+    assert!(fit_with("energy", 100).thin_classes().is_empty());
+}
+
+#[test]
+fn scorer_files_with_settings_out_of_range_are_refused_naming_the_file() {
+    use safetensors::SafeTensors;
+    let (fit, calibration) = (id_set(7, 200, None), id_set(9, 60, None));
+    let options = fitted::FitOptions::default();
+    let scorer =
+        fitted::FittedScorer::fit("energy", None, &[], &fit, &calibration, &options).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scorer.safetensors");
+    scorer.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let bad_options = crate::detect::DetectOptions {
+        conf: 5.0,
+        ..Default::default()
+    };
+    let cases = [
+        (
+            "alpha",
+            serde_json::json!(2.0),
+            "alpha must lie in (0, 1), got 2",
+        ),
+        (
+            "detect_options",
+            serde_json::to_value(bad_options).unwrap(),
+            "detect_options: conf = 5 is outside [0, 1]",
+        ),
+    ];
+    for (field, value, expected) in cases {
+        let mut metadata = meta.metadata().clone().unwrap();
+        let mut header: serde_json::Value = serde_json::from_str(&metadata["oodbox"]).unwrap();
+        header[field] = value;
+        metadata.insert("oodbox".into(), header.to_string());
+        let edited = dir.path().join("edited.safetensors");
+        std::fs::write(
+            &edited,
+            safetensors::serialize(file.tensors(), Some(metadata)).unwrap(),
+        )
+        .unwrap();
+        let err = fitted::FittedScorer::load(&edited)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("edited.safetensors") && err.contains(expected),
+            "{err}"
+        );
+    }
+    assert!(fitted::FittedScorer::load(&path).is_ok());
+}

@@ -295,6 +295,16 @@ pub fn read_ppm(reader: &mut impl BufRead) -> std::result::Result<Option<RgbImag
             "unsupported frame {width}×{height}, maxval {maxval}"
         ));
     }
+    let limit = crate::limits::Limits::from_env()
+        .map_err(|e| e.to_string())?
+        .max_image_pixels;
+    if width as u64 * height as u64 > limit {
+        return Err(format!(
+            "frames of {width}×{height} pixels are more than the limit of {limit} (set {} to \
+             raise it)",
+            crate::limits::MAX_IMAGE_PIXELS_VAR
+        ));
+    }
     let len = width as usize * height as usize * 3;
     let mut data = vec![0u8; len];
     let mut filled = 0;
@@ -894,5 +904,12 @@ mod tests {
         assert!(err.contains("frame header"), "{err}");
         let err = read_ppm(&mut std::io::Cursor::new(b"P5\n3 2\n255\n".to_vec())).unwrap_err();
         assert!(err.contains("not a PPM"), "{err}");
+        // A frame size over the pixel limit is refused before its buffer is allocated.
+        let huge = b"P6\n50000 50000\n255\n".to_vec();
+        let err = read_ppm(&mut std::io::Cursor::new(huge)).unwrap_err();
+        assert!(
+            err.contains("50000×50000") && err.contains("OODBOX_MAX_IMAGE_PIXELS"),
+            "{err}"
+        );
     }
 }

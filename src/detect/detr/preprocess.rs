@@ -57,7 +57,12 @@ impl DetrImageProcessor {
                     .ok_or_else(|| bad(format!("`{key}` must be true or false, got {v}"))),
             }
         };
-        let uint = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as u32);
+        // Saturating, so that a huge size meets the size check instead of wrapping.
+        let uint = |v: &Value| {
+            v.as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| n.min(u32::MAX as u64) as u32)
+        };
         let resample = json.get("resample").and_then(Value::as_u64).unwrap_or(2);
         if resample != 2 {
             return Err(bad(format!(
@@ -121,11 +126,43 @@ impl DetrImageProcessor {
             }
             _ => None,
         };
-        Ok(DetrImageProcessor {
+        let processor = DetrImageProcessor {
             size,
             rescale_factor,
             mean_std,
-        })
+        };
+        processor.check().map_err(bad)?;
+        Ok(processor)
+    }
+
+    /// Refuses sizes of 0 or over the input-size limit (a resize to them would not fit in
+    /// memory) and factors that would make the input infinite or NaN.
+    fn check(&self) -> std::result::Result<(), String> {
+        let limit = crate::limits::Limits::from_env()
+            .map_err(|e| e.to_string())?
+            .max_imgsz;
+        let sides = match self.size {
+            Some(Size::Shortest { shortest, longest }) => vec![Some(shortest), longest],
+            Some(Size::Exact { width, height }) => vec![Some(width), Some(height)],
+            None => Vec::new(),
+        };
+        if let Some(side) = sides.into_iter().flatten().find(|&s| s == 0 || s > limit) {
+            return Err(format!(
+                "`size` {side} is outside [1, {limit}] (set {} to raise the limit)",
+                crate::limits::MAX_IMGSZ_VAR
+            ));
+        }
+        if self.rescale_factor.is_some_and(|f| !f.is_finite()) {
+            return Err("`rescale_factor` is not finite".into());
+        }
+        if let Some((mean, std)) = self.mean_std {
+            if mean.iter().chain(&std).any(|v| !v.is_finite()) || std.contains(&0.0) {
+                return Err(format!(
+                    "`image_mean` {mean:?} and `image_std` {std:?} must be finite, with no std of 0"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The (width, height) an image of `(width, height)` is resized to (transformers'
@@ -300,6 +337,32 @@ fn pil_bilinear(image: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_factors_out_of_range_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("preprocessor_config.json");
+        for (json, expected) in [
+            (
+                r#"{"size": {"shortest_edge": 100000}}"#,
+                "`size` 100000 is outside [1, 4096]",
+            ),
+            (
+                r#"{"size": {"shortest_edge": 800, "longest_edge": 99999999999}}"#,
+                "`size` 4294967295 is outside",
+            ),
+            (r#"{"image_std": [0.2, 0, 0.2]}"#, "no std of 0"),
+        ] {
+            std::fs::write(&path, json).unwrap();
+            let err = DetrImageProcessor::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("preprocessor_config.json") && err.contains(expected),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, r#"{"size": {"shortest_edge": 800}}"#).unwrap();
+        assert!(DetrImageProcessor::load(&path).is_ok());
+    }
 
     #[test]
     fn output_size_matches_transformers() {

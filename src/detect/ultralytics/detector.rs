@@ -15,7 +15,7 @@ use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
 use crate::detect::sources::{missing_message, FeatureLayer, FeatureSources};
 use crate::detect::{
     run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, RoiFeature, StageTimes,
-    Stages,
+    Stages, INPUT_STRIDE,
 };
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
@@ -207,7 +207,8 @@ impl Stages for YoloDetector {
     type Output = YoloOutput;
 
     fn preprocess(&self, image: &RgbImage, options: &DetectOptions) -> Result<Self::Input> {
-        let geometry = LetterboxGeometry::new(image.dimensions(), options.imgsz, 32, true);
+        let geometry =
+            LetterboxGeometry::new(image.dimensions(), options.input_size(), INPUT_STRIDE, true);
         let boxed = letterbox(image, &geometry);
         let (w, h) = (boxed.width() as usize, boxed.height() as usize);
         let mut chw = vec![0f32; 3 * h * w];
