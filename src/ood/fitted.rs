@@ -309,6 +309,18 @@ impl FittedScorer {
                 ),
             ));
         }
+        // A file oodbox writes summarises every class; the check also keeps an absurd
+        // `num_classes` from sizing the per-class table below.
+        if header.calibration.len() != header.num_classes {
+            return Err(invalid(
+                path,
+                format!(
+                    "the header says {} classes but summarises the calibration of {}",
+                    header.num_classes,
+                    header.calibration.len()
+                ),
+            ));
+        }
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
             let t = file
                 .tensor(name)
