@@ -20,7 +20,7 @@ fn files(folder: &Path) -> Vec<PathBuf> {
 /// be refused and any other seed accepted; a crash input may be either (a file that crashed a
 /// loader may be valid after the fix), as long as it returns.
 fn replay(
-    target: fn(&[u8]) -> oodbox::error::Result<()>,
+    target: harness::Target,
     path: &Path,
     seed: bool,
 ) -> Option<String> {

@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use oodbox::error::Result;
 
+/// A target: the library's verdict on one input.
+pub type Target = fn(&[u8]) -> Result<()>;
+
 /// Every target: its name (the folder under `fuzz/corpus/` and `fuzz/regressions/`) and its
 /// function.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Result<()>)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("model", model),
     ("checkpoint", checkpoint),
     ("checkpoint_pickle", checkpoint_pickle),
