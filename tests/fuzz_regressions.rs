@@ -19,11 +19,7 @@ fn files(folder: &Path) -> Vec<PathBuf> {
 /// What one input gave: nothing when it behaved, else what was wrong. A seed named `err_*` must
 /// be refused and any other seed accepted; a crash input may be either (a file that crashed a
 /// loader may be valid after the fix), as long as it returns.
-fn replay(
-    target: harness::Target,
-    path: &Path,
-    seed: bool,
-) -> Option<String> {
+fn replay(target: harness::Target, path: &Path, seed: bool) -> Option<String> {
     let bytes = std::fs::read(path).unwrap();
     let must_fail = path
         .file_name()
