@@ -201,6 +201,16 @@ fn config_and_weights_that_disagree_are_refused() {
         err.contains("id2label") && err.contains("class_labels_classifier"),
         "{err}"
     );
+
+    // The largest id there is: it once overflowed `id + 1` and panicked (a huge id allocated).
+    let folder = edited_copy(dir.path(), "hf_r50", |config, _| {
+        config["id2label"]["18446744073709551615"] = json!("far");
+    });
+    let err = load_error(&folder);
+    assert!(
+        err.contains("id2label") && err.contains("class_labels_classifier"),
+        "{err}"
+    );
 }
 
 #[test]

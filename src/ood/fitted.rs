@@ -114,6 +114,15 @@ impl Header {
     /// another count than the classes.
     fn check(&self) -> std::result::Result<(), String> {
         check_alpha(self.alpha).map_err(|e| e.to_string())?;
+        // A file oodbox writes summarises every class; the check also keeps an absurd
+        // `num_classes` from sizing the per-class table.
+        if self.calibration.len() != self.num_classes {
+            return Err(format!(
+                "the header says {} classes but summarises the calibration of {}",
+                self.num_classes,
+                self.calibration.len()
+            ));
+        }
         if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
             return Err(format!(
                 "{} class names for {} classes",

@@ -4,6 +4,7 @@
 //! with `model_type` `timm_backbone` or `resnet`).
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -39,8 +40,9 @@ pub struct DetrConfig {
     pub encoder_ffn_dim: usize,
     pub decoder_ffn_dim: usize,
     pub num_queries: usize,
-    /// `id2label`, by id (ids absent from the map stay `None`).
-    pub id2label: Vec<Option<String>>,
+    /// `id2label`: class names by id (ids may have gaps; kept sparse, so that an absurd id
+    /// costs nothing before the weights refuse it).
+    pub id2label: BTreeMap<usize, String>,
     pub backbone: BackboneConfig,
 }
 
@@ -137,14 +139,14 @@ impl DetrConfig {
     }
 }
 
-fn id2label(f: &Fields) -> Result<Vec<Option<String>>> {
+fn id2label(f: &Fields) -> Result<BTreeMap<usize, String>> {
     let Some(map) = f.json.get("id2label").filter(|v| !v.is_null()) else {
-        return Ok(Vec::new());
+        return Ok(BTreeMap::new());
     };
     let map = map
         .as_object()
         .ok_or_else(|| f.bad("`id2label` must be a map from id to name".into()))?;
-    let mut labels = Vec::new();
+    let mut labels = BTreeMap::new();
     for (id, name) in map {
         let id: usize = id
             .parse()
@@ -152,10 +154,7 @@ fn id2label(f: &Fields) -> Result<Vec<Option<String>>> {
         let name = name
             .as_str()
             .ok_or_else(|| f.bad(format!("`id2label` name of {id} is not a string")))?;
-        if labels.len() <= id {
-            labels.resize(id + 1, None);
-        }
-        labels[id] = Some(name.to_string());
+        labels.insert(id, name.to_string());
     }
     Ok(labels)
 }

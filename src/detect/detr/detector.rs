@@ -74,9 +74,9 @@ impl DetrDetector {
         }
         let fingerprint = format!("sha256:{:x}", hasher.finalize());
         let names = (0..model.classes())
-            .map(|i| match config.id2label.get(i) {
-                Some(Some(name)) => name.clone(),
-                _ => format!("class{i}"),
+            .map(|i| match config.id2label.get(&i) {
+                Some(name) => name.clone(),
+                None => format!("class{i}"),
             })
             .collect();
         Self::from_model(model, processor, device, names, fingerprint)

@@ -65,12 +65,17 @@ impl DetrModel {
         // The class count is the head's, less the no-object row; id2label must fit in it.
         let rows = index.shape("class_labels_classifier.weight")?[0];
         let classes = rows.saturating_sub(1);
-        if rows < 2 || config.id2label.len() > classes {
+        let named = config
+            .id2label
+            .keys()
+            .next_back()
+            .map_or(0, |id| id.saturating_add(1));
+        if rows < 2 || named > classes {
             return Err(Error::BadModel {
                 path: index.path().to_path_buf(),
                 reason: format!(
                     "config.json id2label names {} classes, the weights' class_labels_classifier has {rows} rows ({} classes + no-object)",
-                    config.id2label.len(),
+                    named,
                     classes
                 ),
             });
