@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::common::{extract_dataset, DetectFlags};
-use super::fit::known_objects_only;
 
 /// Evaluate OOD scorers: AUROC, FPR95, AUPR-In and AUPR-Out, with the convention stated.
 ///
@@ -86,7 +85,7 @@ fn load_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result
 }
 
 fn fit_all(fit: &BoxSet) -> anyhow::Result<Vec<(FittedScorer, f64)>> {
-    let fit = known_objects_only(fit.clone());
+    let fit = fit.clone().known_objects();
     let (train, calibration) = fit.split_holdout(0.2, 0);
     let mut fitted = Vec::new();
     let mut candidates: Vec<(&str, Option<&str>)> =

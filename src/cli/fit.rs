@@ -61,17 +61,6 @@ pub struct Args {
     flags: DetectFlags,
 }
 
-/// Keeps the boxes matched to a known object (label ≥ 0) when the set has labels.
-pub fn known_objects_only(boxes: BoxSet) -> BoxSet {
-    match &boxes.label {
-        Some(labels) => {
-            let keep: Vec<usize> = (0..boxes.len()).filter(|&i| labels[i] >= 0).collect();
-            boxes.subset(&keep)
-        }
-        None => boxes,
-    }
-}
-
 fn load_boxes(path: &Path) -> anyhow::Result<BoxSet> {
     BoxSet::load(path).with_context(|| format!("reading the box set {}", path.display()))
 }
@@ -110,9 +99,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => anyhow::bail!("give --boxes, or --model with --data"),
     };
-    let all = known_objects_only(all);
+    let all = all.known_objects();
     let (fit, calibration) = match &args.calibration_boxes {
-        Some(path) => (all, known_objects_only(load_boxes(path)?)),
+        Some(path) => (all, load_boxes(path)?.known_objects()),
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");
