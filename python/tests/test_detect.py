@@ -83,3 +83,4 @@ def test_a_bad_image_in_a_batch_is_skipped_when_asked(ood, tmp_path):
     assert [i for i, _ in out["failed"]] == [1]
     assert "broken.png" in out["failed"][0][1]
     assert set(out["image_index"]) == {0, 2}
+
