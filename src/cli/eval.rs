@@ -15,7 +15,6 @@ use super::common::{
     check_output_file, create_output_folder, extract_dataset, load_boxes, load_scorer,
     open_dataset, parse_features, DetectFlags,
 };
-use super::fit::known_objects_only;
 use oodbox::detect::sources::FeatureSources;
 
 /// Evaluate OOD scorers: AUROC, FPR95, AUPR-In and AUPR-Out, with the convention stated.
@@ -115,7 +114,7 @@ fn read_set(path: &Path, args: &Args, options: &DetectOptions) -> anyhow::Result
 }
 
 fn fit_all(fit: &BoxSet) -> anyhow::Result<Vec<(FittedScorer, f64)>> {
-    let fit = known_objects_only(fit.clone());
+    let fit = fit.clone().known_objects();
     let (train, calibration) = fit.split_holdout(0.2, 0);
     let mut fitted = Vec::new();
     let mut candidates: Vec<(&str, Option<&str>)> =

@@ -84,17 +84,6 @@ fn shaping_help() -> String {
     )
 }
 
-/// Keeps the boxes matched to a known object (label ≥ 0) when the set has labels.
-pub fn known_objects_only(boxes: BoxSet) -> BoxSet {
-    match &boxes.label {
-        Some(labels) => {
-            let keep: Vec<usize> = (0..boxes.len()).filter(|&i| labels[i] >= 0).collect();
-            boxes.subset(&keep)
-        }
-        None => boxes,
-    }
-}
-
 /// Checks fit boxes before they are subset and shuffled, so that a bad box is named by its
 /// index in the file.
 pub fn finite(boxes: BoxSet, path: &std::path::Path) -> anyhow::Result<BoxSet> {
@@ -176,12 +165,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => anyhow::bail!("give --boxes, or --model with --data"),
     };
-    let all = known_objects_only(all);
+    let all = all.known_objects();
     let (fit, calibration) = match &args.calibration_boxes {
-        Some(path) => (
-            all,
-            known_objects_only(load_fit_boxes(path, &args.features)?),
-        ),
+        Some(path) => (all, load_fit_boxes(path, &args.features)?.known_objects()),
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");

@@ -214,6 +214,18 @@ impl BoxSet {
         })
     }
 
+    /// The boxes matched to a known object (label ≥ 0) when the set has labels, else all: the
+    /// boxes a scorer is fitted and calibrated on.
+    pub fn known_objects(self) -> BoxSet {
+        match &self.label {
+            Some(labels) => {
+                let keep: Vec<usize> = (0..self.len()).filter(|&i| labels[i] >= 0).collect();
+                self.subset(&keep)
+            }
+            None => self,
+        }
+    }
+
     /// Splits off about `fraction` of the boxes for calibration, whole images at a time when
     /// `image_index` is known (boxes of one image are not exchangeable with each other), in a
     /// seeded random order. Returns (rest, held out).

@@ -1,0 +1,86 @@
+"""Detection from Python gives the CLI's boxes, logits, features and OOD verdicts."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import oodbox
+from conftest import IMAGES, MODEL, SCORER
+
+
+@pytest.fixture(scope="module")
+def ood():
+    return oodbox.OodDetector.load(MODEL, SCORER)
+
+
+def rows(detections, key):
+    return np.array([d[key] for d in detections])
+
+
+def assert_same_as_cli(out, cli):
+    assert len(out["class_id"]) == len(cli)
+    np.testing.assert_array_equal(out["bbox"], rows(cli, "bbox").astype(np.float32).reshape(-1, 4))
+    np.testing.assert_array_equal(out["class_id"], rows(cli, "class_id"))
+    np.testing.assert_array_equal(out["class_name"], rows(cli, "class_name"))
+    np.testing.assert_array_equal(out["confidence"], rows(cli, "confidence").astype(np.float32))
+    np.testing.assert_array_equal(out["level"], rows(cli, "level"))
+    np.testing.assert_array_equal(out["anchor"], rows(cli, "anchor"))
+    np.testing.assert_array_equal(out["logits"], np.array([d["logits"] for d in cli], np.float32))
+    np.testing.assert_array_equal(out["features"], np.array([d["feature"] for d in cli], np.float32))
+    verdicts = [d["ood"] for d in cli]
+    np.testing.assert_array_equal(out["score"], [v["score"] for v in verdicts])
+    np.testing.assert_array_equal(out["p_value"], [v["p_value"] for v in verdicts])
+    np.testing.assert_array_equal(out["ood_confidence"], [v["confidence"] for v in verdicts])
+    np.testing.assert_array_equal(out["is_ood"], [v["is_ood"] for v in verdicts])
+
+
+def test_paths_give_the_cli_rows(ood, cli_detections):
+    assert ood.options["imgsz"] == [256, 256], "the scorer's detection size"
+    total = 0
+    for path in IMAGES:
+        out = ood.detect(path)
+        assert_same_as_cli(out, cli_detections[path.name])
+        assert (out["image_index"] == 0).all()
+        total += len(out["class_id"])
+    assert total > 30
+
+
+def test_arrays_strided_arrays_and_batches_give_the_same(ood, cli_detections):
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in IMAGES]
+    batch = ood.detect_batch(arrays)
+    for i, path in enumerate(IMAGES):
+        mine = batch["image_index"] == i
+        one = {k: v[mine] for k, v in batch.items() if isinstance(v, np.ndarray)}
+        assert_same_as_cli(one, cli_detections[path.name])
+    # A view with negative strides and a Fortran-ordered copy are read pixel by pixel.
+    flipped = np.ascontiguousarray(arrays[1][:, ::-1])[:, ::-1]
+    strided = np.asfortranarray(arrays[1])
+    for image in (arrays[1][:, ::1], flipped, strided):
+        np.testing.assert_array_equal(ood.detect(image)["bbox"], ood.detect(arrays[1])["bbox"])
+
+
+def test_plain_detector_and_threads(cli_detections):
+    det = oodbox.Detector.load(MODEL, imgsz=256)
+    assert det.class_names == ["circle", "square", "triangle", "star"]
+    assert det.head["head.0.weight"].shape == (4, 64)
+    before = oodbox.get_num_threads()
+    try:
+        oodbox.set_num_threads(1)
+        assert oodbox.get_num_threads() == 1
+        out = det.detect(IMAGES[2])
+    finally:
+        oodbox.set_num_threads(before)
+    cli = cli_detections[IMAGES[2].name]
+    np.testing.assert_array_equal(out["bbox"], rows(cli, "bbox").astype(np.float32))
+    assert "score" not in out and out["features"].shape == (len(cli), 64)
+    np.testing.assert_array_equal(out["bbox"], det.detect(IMAGES[2])["bbox"])
+
+
+def test_a_bad_image_in_a_batch_is_skipped_when_asked(ood, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out = ood.detect_batch([IMAGES[0], bad, IMAGES[1]], skip_errors=True)
+    assert [i for i, _ in out["failed"]] == [1]
+    assert "broken.png" in out["failed"][0][1]
+    assert set(out["image_index"]) == {0, 2}
+

@@ -1,0 +1,77 @@
+"""Bad input raises clear exceptions with the library's messages."""
+
+import numpy as np
+import pytest
+
+import oodbox
+from conftest import BOXES, IMAGES, MODEL, ROOT, SCORER
+
+
+@pytest.fixture(scope="module")
+def det():
+    return oodbox.Detector.load(MODEL, imgsz=256)
+
+
+def test_missing_files_name_the_path(det, tmp_path):
+    missing = tmp_path / "nothing.safetensors"
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        oodbox.Detector.load(missing)
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        oodbox.Scorer.load(missing)
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        oodbox.load_boxes(missing)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        det.detect(tmp_path / "nope.png")
+
+
+def test_files_of_the_wrong_kind(det, tmp_path):
+    with pytest.raises(oodbox.OodboxError, match="not a safetensors file"):
+        oodbox.Scorer.load(IMAGES[0])
+    with pytest.raises(oodbox.OodboxError, match="cannot decode image"):
+        det.detect(ROOT / "models" / "README.md")
+
+
+def test_wrong_dtype_and_shape(det):
+    image = np.zeros((64, 48, 3), np.uint8)
+    with pytest.raises(TypeError, match="uint8.*float32"):
+        det.detect(image.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\).*\[64, 48\]"):
+        det.detect(image[:, :, 0])
+    with pytest.raises(ValueError, match=r"\[64, 48, 4\]"):
+        det.detect(np.zeros((64, 48, 4), np.uint8))
+    with pytest.raises(TypeError, match="array .* or a path, got int"):
+        det.detect(3)
+    with pytest.raises(TypeError, match="a list of images"):
+        det.detect_batch(image)
+
+
+def test_bad_box_sets(tmp_path):
+    train = oodbox.load_boxes(BOXES / "train.safetensors")
+    with pytest.raises(TypeError, match="`class_id` must hold integers"):
+        oodbox.Scorer.fit("energy", train, class_id=train["class_id"].astype(np.float32))
+    with pytest.raises(ValueError, match="missing box arrays: logits"):
+        oodbox.Scorer.fit("energy", features=train["features"], class_id=train["class_id"])
+    with pytest.raises(ValueError, match="`features` has .* rows, `logits`"):
+        oodbox.Scorer.fit("energy", train, logits=train["logits"][:-1])
+    with pytest.raises(oodbox.OodboxError, match="unknown"):
+        oodbox.Scorer.fit("no-such-scorer", train, calibration_fraction=0.5)
+    with pytest.raises(oodbox.OodboxError, match="calibration boxes: at least 19"):
+        oodbox.Scorer.fit("energy", train, calibration=(train["features"][:5],
+                          train["logits"][:5], train["class_id"][:5]))
+
+
+def test_a_scorer_fitted_for_another_model(tmp_path):
+    train = oodbox.load_boxes(BOXES / "train.safetensors")
+    train["fingerprint"] = "sha256:another-model"
+    other = tmp_path / "other.safetensors"
+    oodbox.Scorer.fit("energy", train, calibration_fraction=0.3).save(other)
+    with pytest.raises(oodbox.OodboxError, match="fitted for model sha256:another-model"):
+        oodbox.OodDetector.load(MODEL, other)
+    narrow = oodbox.load_boxes(BOXES / "val.safetensors")
+    narrow["logits"] = narrow["logits"][:, :3]
+    narrow["class_names"] = narrow["class_names"][:3]
+    narrow["class_id"] = np.minimum(narrow["class_id"], 2)
+    with pytest.raises(oodbox.OodboxError, match="3 classes"):
+        oodbox.Scorer.load(SCORER).score(narrow)
+    with pytest.raises(ValueError, match="alpha"):
+        oodbox.OodDetector.load(MODEL, SCORER, alpha=1.5)

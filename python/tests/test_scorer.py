@@ -1,0 +1,61 @@
+"""Scorer files are the CLI's: fitted in Python, read by `oodbox score`, and the reverse."""
+
+import json
+
+import numpy as np
+import pytest
+
+import oodbox
+from conftest import BOXES, run_cli
+
+
+def cli_scores(scorer, boxes, tmp_path):
+    out = tmp_path / "scores.json"
+    run_cli("score", "--scorer", scorer, "--boxes", boxes, "--json", out)
+    return json.loads(out.read_text())["boxes"]
+
+
+def assert_same(mine, cli):
+    for key in ("score", "p_value", "confidence", "is_ood"):
+        np.testing.assert_array_equal(mine[key], [b[key] for b in cli], err_msg=key)
+
+
+@pytest.mark.parametrize("kind,params", [("mahalanobis", {}), ("knn", {"nearest": 5}), ("vim", {"princ_dims": 12})])
+def test_python_fit_equals_cli_fit_both_ways(kind, params, tmp_path):
+    train, val, test = (BOXES / f"{n}.safetensors" for n in ("train", "val", "test_mixed"))
+    cli_file = tmp_path / "cli.safetensors"
+    run_cli("fit", "--scorer", kind, *[f"--param={k}={v}" for k, v in params.items()],
+            "--boxes", train, "--calibration-boxes", val, "--out", cli_file, "--quiet")
+    fitted = oodbox.Scorer.fit(kind, oodbox.load_boxes(train), params=params,
+                               calibration=oodbox.load_boxes(val))
+    py_file = tmp_path / "python.safetensors"
+    fitted.save(py_file)
+    test_boxes = oodbox.load_boxes(test)
+    expected = cli_scores(cli_file, test, tmp_path)
+    assert_same(fitted.score(test_boxes), expected)                           # fitted here
+    assert_same(oodbox.Scorer.load(cli_file).score(test_boxes), expected)    # CLI file read here
+    assert cli_scores(py_file, test, tmp_path) == expected                   # our file, read by the CLI
+    assert 0 < sum(b["is_ood"] for b in expected) < len(expected)
+
+
+def test_fit_from_arrays_with_a_holdout_and_box_sets_round_trip(tmp_path):
+    train = oodbox.load_boxes(BOXES / "train.safetensors")
+    assert train["features"].dtype == np.float32 and train["class_id"].dtype == np.int64
+    copy = tmp_path / "copy.safetensors"
+    oodbox.save_boxes(train, copy)
+    again = oodbox.load_boxes(copy)
+    assert again.keys() == train.keys()
+    for key, value in train.items():
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+    cli_file = tmp_path / "cli.safetensors"
+    run_cli("fit", "--scorer", "energy", "--boxes", copy, "--calibration-fraction", "0.25",
+            "--seed", "7", "--out", cli_file, "--quiet")
+    # float64 features and int32 ids are converted; a hold-out of whole images, seeded as the CLI.
+    fitted = oodbox.Scorer.fit("energy", features=train["features"].astype(np.float64),
+                               logits=train["logits"], class_id=train["class_id"].astype(np.int32),
+                               image_index=train["image_index"], boxes={"label": train["label"],
+                               "fingerprint": train["fingerprint"]},
+                               calibration_fraction=0.25, seed=7)
+    test = BOXES / "test_mixed.safetensors"
+    assert_same(fitted.score(oodbox.load_boxes(test)), cli_scores(cli_file, test, tmp_path))
+    assert fitted.name == "energy" and fitted.alpha == 0.05
