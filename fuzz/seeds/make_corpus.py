@@ -129,7 +129,9 @@ def dataset_seeds():
         write("yolo_labels", name.replace("/", "_"), (labels / name).read_text())
     write("yolo_labels", "empty.txt", "")
     coco = json.loads((ROOT / "data" / "shapes" / "coco" / "test_mixed.json").read_text())
-    images = coco["images"][:2]
+    # The harness provides a.png beside the json, and a COCO file none of whose images exists
+    # is refused.
+    images = [dict(im, file_name="a.png") for im in coco["images"][:2]]
     ids = {im["id"] for im in images}
     small = dict(coco, images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
     write("coco_json", "test_mixed_2.json", json.dumps(small))
