@@ -549,6 +549,8 @@ mod tests {
     fn coco_annotations_pointing_nowhere_are_refused_by_index() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("instances.json");
+        // The image must exist: a COCO file none of whose images is found is refused.
+        std::fs::write(dir.path().join("a.png"), b"").unwrap();
         let write = |annotation: &str| {
             let doc = format!(
                 r#"{{"images": [{{"id": 1, "file_name": "a.png"}}],
