@@ -104,7 +104,7 @@ fn preprocessing_matches_detr_image_processor() {
 fn outputs_match_transformers() {
     let reference = reference();
     let all_queries = DetectOptions {
-        conf: -1.0,
+        conf: 0.0,
         ..DetectOptions::default()
     };
     for model in MODELS {
