@@ -113,6 +113,80 @@ fn files_of_the_wrong_kind_are_named_for_what_they_are() {
 }
 
 #[test]
+fn datasets_and_images_given_for_oodbox_files_are_named_with_where_they_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = text(&tiny_dataset(
+        dir.path(),
+        NO_TEST_SPLIT,
+        "0 0.5 0.5 0.2 0.2\n",
+    ));
+    let coco = text(&dir.path().join("instances_val.json"));
+    std::fs::write(
+        &coco,
+        r#"{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}"#,
+    )
+    .unwrap();
+    let image = format!("{IMAGES}/test_mixed_00001.png");
+    let json = text(&dir.path().join("s.json"));
+    for (file, what, goes) in [
+        (&yaml, "a dataset description", "--data"),
+        (&coco, "a dataset description", "--data"),
+        (&image, "an image", "--input"),
+    ] {
+        let as_boxes = fails(&[
+            "score", "--scorer", SCORER, "--boxes", file, "--json", &json,
+        ]);
+        let as_scorer = fails(&[
+            "score",
+            "--scorer",
+            file,
+            "--boxes",
+            &fixture("val"),
+            "--json",
+            &json,
+        ]);
+        let as_model = fails(&["detect", "--model", file, "--input", IMAGES]);
+        for (err, not) in [
+            (as_boxes, "not an oodbox box set"),
+            (as_scorer, "not an oodbox scorer file"),
+            (as_model, "not a detector model"),
+        ] {
+            assert!(
+                err.contains(&format!("this is {what}")) && err.contains(not) && err.contains(goes),
+                "{file}: {err}"
+            );
+        }
+    }
+    assert!(!Path::new(&json).exists());
+}
+
+#[test]
+fn a_box_set_declaring_absurdly_many_classes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.safetensors");
+    let empty: [u8; 0] = [];
+    let view = |shape: Vec<usize>, dtype| {
+        safetensors::tensor::TensorView::new(dtype, shape, &empty).unwrap()
+    };
+    let tensors = [
+        ("features", view(vec![0, 4], safetensors::Dtype::F32)),
+        (
+            "logits",
+            view(vec![0, 1_000_000_000_000], safetensors::Dtype::F32),
+        ),
+        ("class_id", view(vec![0], safetensors::Dtype::I64)),
+    ];
+    let meta =
+        std::collections::HashMap::from([("format".to_string(), "oodbox-boxset-1".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(meta), &path).unwrap();
+    let err = BoxSet::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("1000000000000 classes") && err.contains("at most"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_scorer_kind_given_for_a_scorer_file_says_how_to_fit_one() {
     let err = fails(&[
         "detect", "--model", MODEL, "--scorer", "knn", "--input", IMAGES,

@@ -370,6 +370,11 @@ fn goes_to(kind: FileKind) -> &'static str {
         FileKind::TrackCalibration => {
             "a track calibration goes to `oodbox video --track-calibration`"
         }
+        FileKind::Dataset => {
+            "a data.yaml or a COCO annotation file goes to --data (of extract and fit), or \
+             to --names for class names"
+        }
+        FileKind::Image => "images go to --input (of detect and extract)",
     }
 }
 

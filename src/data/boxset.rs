@@ -408,9 +408,12 @@ impl BoxSet {
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let not_safetensors = |reason: String| Error::NotSafetensors {
-            path: path.to_path_buf(),
-            reason,
+        let not_safetensors = |reason: String| {
+            let err = Error::NotSafetensors {
+                path: path.to_path_buf(),
+                reason,
+            };
+            crate::data::kind::or_wrong_kind(path, FileKind::BoxSet, err)
         };
         let file = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
         let (_, header) =
@@ -495,6 +498,13 @@ impl BoxSet {
             )));
         }
         let n = cshape[0];
+        if lshape[1] > crate::limits::MAX_CLASSES {
+            return Err(bad(format!(
+                "`logits` declare {} classes; at most {} are supported",
+                lshape[1],
+                crate::limits::MAX_CLASSES
+            )));
+        }
         if fshape[0] != n || lshape[0] != n {
             return Err(bad(format!(
                 "features, logits and class_id disagree on the number of boxes: {}, {}, {n}",

@@ -1,7 +1,7 @@
 //! What kind of oodbox file a path holds, told from its contents, so that a file given where
 //! another kind is expected (a box set as a model, a model as a scorer) is named for what it is.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// The kinds of file oodbox reads.
@@ -15,6 +15,10 @@ pub enum FileKind {
     Scorer,
     /// A track calibration (`oodbox video --fit-track-calibration`).
     TrackCalibration,
+    /// A dataset description: an ultralytics data.yaml or a COCO annotation file.
+    Dataset,
+    /// An image.
+    Image,
 }
 
 impl std::fmt::Display for FileKind {
@@ -24,6 +28,8 @@ impl std::fmt::Display for FileKind {
             FileKind::BoxSet => "an oodbox box set (per-box features and logits)",
             FileKind::Scorer => "an oodbox scorer file (a fitted scorer and its calibration)",
             FileKind::TrackCalibration => "an oodbox track calibration",
+            FileKind::Dataset => "a dataset description (a data.yaml or a COCO annotation file)",
+            FileKind::Image => "an image",
         })
     }
 }
@@ -32,33 +38,88 @@ impl std::fmt::Display for FileKind {
 const MAX_HEADER: u64 = 100 << 20;
 
 /// The kind of oodbox file at `path`, when its contents say; `None` for anything else
-/// (a missing file, an image, a safetensors file of no known kind).
+/// (a missing file, a safetensors file of no known kind, text of no known shape).
 pub fn sniff(path: &Path) -> Option<FileKind> {
     if path.is_dir() {
         return path.join("config.json").exists().then_some(FileKind::Model);
     }
     let mut file = std::fs::File::open(path).ok()?;
-    let mut start = [0u8; 8];
-    file.read_exact(&mut start).ok()?;
+    let mut start = [0u8; 16];
+    let read = file.read(&mut start).ok()?;
+    let start = &start[..read];
     if start.starts_with(b"PK\x03\x04") {
         return Some(FileKind::Model);
     }
-    if start[0] == b'{' {
-        let text = std::fs::read_to_string(path).ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let format = json.get("format")?.as_str()?;
-        return format
-            .starts_with("oodbox track calibration")
-            .then_some(FileKind::TrackCalibration);
+    if image::guess_format(start).is_ok() {
+        return Some(FileKind::Image);
     }
-    let len = u64::from_le_bytes(start);
+    if let Some(kind) = of_text(path, start) {
+        return kind;
+    }
+    let len = u64::from_le_bytes(start.get(..8)?.try_into().ok()?);
     if len > MAX_HEADER {
         return None;
     }
     let mut header = vec![0u8; len as usize];
+    file.seek(SeekFrom::Start(8)).ok()?;
     file.read_exact(&mut header).ok()?;
     let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
     Some(of_safetensors_header(&json))
+}
+
+/// Text files: JSON (a track calibration, a COCO file) or YAML (a data.yaml). `None` when the
+/// file is not text of either shape, so that it is read as safetensors.
+fn of_text(path: &Path, start: &[u8]) -> Option<Option<FileKind>> {
+    let first = start.iter().find(|b| !b.is_ascii_whitespace())?;
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    if *first != b'{' && !yaml {
+        return None;
+    }
+    if std::fs::metadata(path).ok()?.len() > MAX_HEADER {
+        return Some(None);
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = if *first == b'{' {
+        serde_json::from_str(&text).ok()?
+    } else {
+        serde_yaml::from_str(&text).ok()?
+    };
+    let has = |key: &str| value.get(key).is_some();
+    Some(
+        if value
+            .get("format")
+            .and_then(|f| f.as_str())
+            .is_some_and(|f| f.starts_with("oodbox track calibration"))
+        {
+            Some(FileKind::TrackCalibration)
+        } else if (has("images") && has("annotations"))
+            || has("names") && (has("train") || has("val") || has("test"))
+        {
+            Some(FileKind::Dataset)
+        } else {
+            None
+        },
+    )
+}
+
+/// `err`, or the file's kind when its contents show it is not `expected` at all: what a reader
+/// returns when a file it was given fails to parse.
+pub fn or_wrong_kind(
+    path: &Path,
+    expected: FileKind,
+    err: crate::error::Error,
+) -> crate::error::Error {
+    match sniff(path) {
+        Some(found) if found != expected => crate::error::Error::WrongKind {
+            path: path.to_path_buf(),
+            found,
+            expected,
+        },
+        _ => err,
+    }
 }
 
 /// The kind a safetensors header (its JSON) describes: oodbox's own files say so in their

@@ -374,9 +374,12 @@ impl FittedScorer {
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let not_safetensors = |reason: String| Error::NotSafetensors {
-            path: path.to_path_buf(),
-            reason,
+        let not_safetensors = |reason: String| {
+            let err = Error::NotSafetensors {
+                path: path.to_path_buf(),
+                reason,
+            };
+            crate::data::kind::or_wrong_kind(path, FileKind::Scorer, err)
         };
         let file = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
         let (_, meta) =
