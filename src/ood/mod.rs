@@ -82,6 +82,7 @@ kind_table! {
     vim => [VIM],
     she => [SHE],
     gram => [GRAM],
+    box_monitor => [BOX_MONITOR],
 }
 
 use crate::data::boxset::BoxSet;

@@ -1,0 +1,834 @@
+//! Box-abstraction monitors (He, Wu, Bensalem, RV 2024, "Box-Based Monitor Approach for
+//! Out-of-Distribution Detection in YOLO"; after Henzinger, Lukina, Schilling, ECAI 2020).
+//!
+//! **Fit** (per group, f64): the fit boxes are grouped by predicted class (`class_id`). A class
+//! with `n_c >= min_class_boxes` boxes gets its own monitor: k-means with k-means++ seeding and
+//! `k = max(1, round(n_c / density))` clusters on its input vectors (`input=logits`: the class
+//! logits; `input=features`: the feature), and each non-empty cluster becomes the axis-aligned box
+//! `[min_j, max_j]` of its members in every dimension `j`.
+//!
+//! **Score:** the smallest L1 distance from the box's vector to the boxes of its predicted class,
+//! `min_b Σ_j max(lo_bj − x_j, x_j − hi_bj, 0)` (0 inside a box).
+//!
+//! **Pooled fallback:** the boxes of the classes with fewer than `min_class_boxes` fit boxes are
+//! clustered together (one k-means, `k = max(1, round(n / density))`), and the pooled monitor is
+//! every box of the group: the classes' own and those. A box whose class fell back, or whose class
+//! had no fit box at all, is scored against the pooled monitor. The classes that fell back are in
+//! the state (`group{g}.fallback_classes`) and from [`BoxMonitor::fallback_classes`].
+//!
+//! **k-means:** one run, seeded (`seed`; ChaCha8 with one stream per group and class, so a class's
+//! clusters do not depend on the others); k-means++ draws each new centre with probability
+//! proportional to the squared distance to the nearest chosen one (one candidate per draw); Lloyd
+//! iterations until no assignment changes, the centres' total squared move is at most `tol` times
+//! the mean variance of the points (scikit-learn's rule and default, 1e-4), or `max_iter`; an
+//! empty cluster keeps its centre and
+//! gives no box. Distances for the assignment come from a f64 GEMM (`‖x‖² + ‖c‖² − 2x·c`); ties go
+//! to the lower cluster index. Same input and seed → the same boxes, bit for bit.
+//!
+//! **Per level (YOLO):** `per_level=true` (default) fits one monitor set per level, for both
+//! inputs (each level has its own class branch); `per_level=false` pools the levels.
+//!
+//! **Differences from the paper's code (`hugoQAQ/bm-yolo`):** it drops the classes with fewer
+//! than `density` boxes and their test boxes; here every box is scored (pooled fallback). It uses
+//! scikit-learn's `KMeans` (greedy k-means++ with `2 + ln k` candidates per draw, several
+//! restarts in older versions); here one plain k-means++ run, seeded. Classes are predicted ones
+//! on both sides, as in the paper.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::common::{err, Grouping, TensorMap, TensorsOut, Uses};
+use super::grouped::{GroupInfo, PerLevel};
+use super::linalg::matmul_nt;
+use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
+use super::registry::KindEntry;
+use super::{Scorer, ScorerImpl, ScorerState};
+use crate::data::boxset::BoxSet;
+use crate::error::Result;
+
+pub(crate) const BOX_MONITOR: KindEntry = KindEntry {
+    name: "box_monitor",
+    summary: "L1 distance to the nearest k-means box of the predicted class (the logits instead with `input=logits`)",
+    inputs: uses(BoxMonitorParams::DEFAULT_INPUT),
+    shapeable: false,
+    params: infos::<BoxMonitorParams>,
+    build: |p, _| Ok(Box::new(BoxMonitor::with_params(p.typed()?))),
+};
+
+/// What a monitor abstracts: the class logits or the feature of a box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorInput {
+    Logits,
+    Features,
+}
+
+const fn uses(input: MonitorInput) -> Uses {
+    Uses {
+        features: matches!(input, MonitorInput::Features),
+        logits: matches!(input, MonitorInput::Logits),
+    }
+}
+
+/// The box monitor's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxMonitorParams {
+    pub density: usize,
+    pub input: MonitorInput,
+    pub min_class_boxes: usize,
+    pub max_iter: usize,
+    pub tol: f64,
+    pub seed: u64,
+    pub per_level: bool,
+}
+
+impl BoxMonitorParams {
+    const DEFAULT_INPUT: MonitorInput = MonitorInput::Features;
+}
+
+impl Default for BoxMonitorParams {
+    fn default() -> Self {
+        BoxMonitorParams {
+            density: 5,
+            input: Self::DEFAULT_INPUT,
+            min_class_boxes: 20,
+            max_iter: 50,
+            tol: 1e-4,
+            seed: 0,
+            per_level: true,
+        }
+    }
+}
+
+impl ParamSet for BoxMonitorParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "density",
+            expected: "an integer >= 1",
+            doc: "fit boxes per cluster: a class of n boxes gets max(1, round(n / density)) boxes",
+        },
+        ParamDoc {
+            name: "input",
+            expected: "one of logits, features",
+            doc: "the vectors abstracted: the class logits or the feature",
+        },
+        ParamDoc {
+            name: "min_class_boxes",
+            expected: "an integer >= 1",
+            doc: "a class with fewer fit boxes is scored against the pooled monitor",
+        },
+        ParamDoc {
+            name: "max_iter",
+            expected: "an integer >= 1",
+            doc: "the most Lloyd iterations of k-means",
+        },
+        ParamDoc {
+            name: "tol",
+            expected: "a number >= 0",
+            doc: "k-means stops when the centres move by at most tol × the mean variance (squared, summed)",
+        },
+        ParamDoc {
+            name: "seed",
+            expected: "an integer >= 0",
+            doc: "the seed of the k-means++ draws",
+        },
+        PER_LEVEL,
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        [
+            ("density", self.density >= 1),
+            ("min_class_boxes", self.min_class_boxes >= 1),
+            ("max_iter", self.max_iter >= 1),
+            ("tol", self.tol >= 0.0 && self.tol.is_finite()),
+        ]
+        .into_iter()
+        .find(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+    }
+}
+
+/// Axis-aligned boxes `[lo, hi]` in `width` dimensions, row-major `[n, width]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Boxes {
+    pub width: usize,
+    pub lo: Vec<f64>,
+    pub hi: Vec<f64>,
+}
+
+impl Boxes {
+    pub fn len(&self) -> usize {
+        self.lo.len() / self.width.max(1)
+    }
+
+    fn extend(&mut self, other: &Boxes) {
+        self.lo.extend_from_slice(&other.lo);
+        self.hi.extend_from_slice(&other.hi);
+    }
+
+    /// The bounding box of each non-empty cluster of `points` (row-major `[n, width]`), cluster
+    /// `assign[i] < k` for point `i`, in cluster order.
+    pub fn from_assignments(points: &[f64], width: usize, assign: &[usize], k: usize) -> Boxes {
+        let mut lo = vec![f64::INFINITY; k * width];
+        let mut hi = vec![f64::NEG_INFINITY; k * width];
+        let mut used = vec![false; k];
+        for (row, &c) in points.chunks_exact(width).zip(assign) {
+            used[c] = true;
+            let (l, h) = (
+                &mut lo[c * width..(c + 1) * width],
+                &mut hi[c * width..(c + 1) * width],
+            );
+            for ((l, h), &v) in l.iter_mut().zip(h.iter_mut()).zip(row) {
+                *l = l.min(v);
+                *h = h.max(v);
+            }
+        }
+        let keep = |v: Vec<f64>| -> Vec<f64> {
+            v.chunks_exact(width)
+                .zip(&used)
+                .filter(|(_, &u)| u)
+                .flat_map(|(r, _)| r.to_vec())
+                .collect()
+        };
+        Boxes {
+            width,
+            lo: keep(lo),
+            hi: keep(hi),
+        }
+    }
+
+    /// The smallest L1 distance from `x` to the boxes (0 inside one); dimensions are summed in
+    /// order. A box is left as soon as its partial sum reaches the best so far (the terms are
+    /// non-negative, so the minimum is the same, bit for bit).
+    pub fn distance(&self, x: &[f64]) -> f64 {
+        let mut best = f64::INFINITY;
+        for (lo, hi) in self
+            .lo
+            .chunks_exact(self.width)
+            .zip(self.hi.chunks_exact(self.width))
+        {
+            let mut sum = 0.0;
+            for ((&l, &h), &v) in lo.iter().zip(hi).zip(x) {
+                sum += (l - v).max(v - h).max(0.0);
+                if sum >= best {
+                    break;
+                }
+            }
+            if sum < best {
+                best = sum;
+                if best == 0.0 {
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The nearest centre (squared Euclidean distance; the lowest index on ties) of every point;
+/// `norms` are the points' squared norms.
+fn nearest_centres(points: &[f64], norms: &[f64], width: usize, centres: &[f64]) -> Vec<usize> {
+    let (n, k) = (norms.len(), centres.len() / width);
+    let c_norms: Vec<f64> = centres
+        .chunks_exact(width)
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    // Blocks of points bound the memory of the distance matrix.
+    let block = (1 << 22) / k.max(1) + 1;
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(block) {
+        let m = block.min(n - start);
+        let dots = matmul_nt(
+            &points[start * width..(start + m) * width],
+            m,
+            width,
+            centres,
+            k,
+        );
+        out.par_extend(dots.par_chunks_exact(k).enumerate().map(|(i, row)| {
+            let mut best = (0, f64::INFINITY);
+            for (j, (&dot, &cn)) in row.iter().zip(&c_norms).enumerate() {
+                let d2 = norms[start + i] + cn - 2.0 * dot;
+                if d2 < best.1 {
+                    best = (j, d2);
+                }
+            }
+            best.0
+        }));
+    }
+    out
+}
+
+fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// k-means++ seeding: up to `k` centres (fewer when every point coincides with a chosen one).
+fn kmeans_pp(points: &[f64], width: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let n = points.len() / width;
+    let row = |i: usize| &points[i * width..(i + 1) * width];
+    let first = rng.random_range(0..n);
+    let mut centres = row(first).to_vec();
+    let mut d2: Vec<f64> = points
+        .par_chunks_exact(width)
+        .map(|p| squared_distance(p, row(first)))
+        .collect();
+    while centres.len() / width < k {
+        let total: f64 = d2.iter().sum();
+        if total <= 0.0 {
+            break;
+        }
+        let target = rng.random::<f64>() * total;
+        let mut acc = 0.0;
+        // Rounding can leave `target` above the running sum: then the last candidate.
+        let mut pick = d2.iter().rposition(|&v| v > 0.0).unwrap_or(0);
+        for (i, &v) in d2.iter().enumerate() {
+            acc += v;
+            if acc > target && v > 0.0 {
+                pick = i;
+                break;
+            }
+        }
+        let c = row(pick);
+        centres.extend_from_slice(c);
+        d2.par_iter_mut()
+            .zip(points.par_chunks_exact(width))
+            .for_each(|(d, p)| *d = d.min(squared_distance(p, c)));
+    }
+    centres
+}
+
+/// The mean over dimensions of the points' variance.
+fn mean_variance(points: &[f64], width: usize) -> f64 {
+    let n = (points.len() / width) as f64;
+    let mut mean = vec![0.0; width];
+    for p in points.chunks_exact(width) {
+        mean.iter_mut().zip(p).for_each(|(m, v)| *m += v / n);
+    }
+    let total: f64 = points
+        .chunks_exact(width)
+        .map(|p| squared_distance(p, &mean))
+        .sum();
+    total / n / width as f64
+}
+
+/// k-means (k-means++ seeding, Lloyd iterations until no assignment changes, the centres move by
+/// at most `tol` × the mean variance in all (squared, summed), or `max_iter`): the cluster of
+/// every point and the number of centres.
+pub(crate) fn kmeans(
+    points: &[f64],
+    width: usize,
+    k: usize,
+    max_iter: usize,
+    tol: f64,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<usize>, usize) {
+    let mut centres = kmeans_pp(points, width, k, rng);
+    let k = centres.len() / width;
+    let norms: Vec<f64> = points
+        .chunks_exact(width)
+        .map(|p| p.iter().map(|v| v * v).sum())
+        .collect();
+    let mut assign = nearest_centres(points, &norms, width, &centres);
+    let tol = tol * mean_variance(points, width);
+    for _ in 1..max_iter {
+        let mut sums = vec![0.0; k * width];
+        let mut counts = vec![0usize; k];
+        for (p, &c) in points.chunks_exact(width).zip(&assign) {
+            counts[c] += 1;
+            sums[c * width..(c + 1) * width]
+                .iter_mut()
+                .zip(p)
+                .for_each(|(s, v)| *s += v);
+        }
+        let mut shift = 0.0;
+        for (c, &count) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+            for (dst, s) in centres[c * width..(c + 1) * width]
+                .iter_mut()
+                .zip(&sums[c * width..(c + 1) * width])
+            {
+                let moved = s / count as f64;
+                shift += (moved - *dst) * (moved - *dst);
+                *dst = moved;
+            }
+        }
+        let next = nearest_centres(points, &norms, width, &centres);
+        let stable = next == assign;
+        assign = next;
+        if stable || shift <= tol {
+            break;
+        }
+    }
+    (assign, k)
+}
+
+#[derive(Clone, Debug)]
+pub struct BoxMonitor {
+    pub params: BoxMonitorParams,
+    groups: PerLevel<Group>,
+}
+
+/// One group's monitors.
+#[derive(Clone, Debug, PartialEq)]
+struct Group {
+    /// Classes with their own monitor, increasing, and their boxes.
+    classes: Vec<i64>,
+    monitors: Vec<Boxes>,
+    /// Classes with fewer than `min_class_boxes` fit boxes (but at least one), increasing.
+    fallback: Vec<i64>,
+    /// Every box of the group: the classes' own, then those of the fallback classes' boxes.
+    pooled: Boxes,
+}
+
+impl Group {
+    fn monitor(&self, class: i64) -> &Boxes {
+        match self.classes.binary_search(&class) {
+            Ok(c) => &self.monitors[c],
+            Err(_) => &self.pooled,
+        }
+    }
+}
+
+impl BoxMonitor {
+    pub fn with_params(params: BoxMonitorParams) -> Self {
+        BoxMonitor {
+            params,
+            groups: PerLevel::default(),
+        }
+    }
+
+    /// For each fitted group, the classes scored against the pooled monitor because they had
+    /// fewer than `min_class_boxes` fit boxes.
+    pub fn fallback_classes(&self) -> Option<Vec<Vec<i64>>> {
+        self.groups
+            .groups()
+            .map(|g| g.iter().map(|g| g.fallback.clone()).collect())
+    }
+
+    fn uses(&self) -> Uses {
+        uses(self.params.input)
+    }
+
+    /// The vectors the monitor abstracts, of boxes `idx`, row-major in f64.
+    fn vectors(&self, boxes: &BoxSet, idx: &[usize]) -> (Vec<f64>, usize) {
+        let width = match self.params.input {
+            MonitorInput::Logits => boxes.num_classes,
+            MonitorInput::Features => boxes.feature_dim,
+        };
+        let mut out = Vec::with_capacity(idx.len() * width);
+        for &i in idx {
+            let row = match self.params.input {
+                MonitorInput::Logits => boxes.logit_row(i),
+                MonitorInput::Features => boxes.feature(i),
+            };
+            out.extend(row.iter().map(|&v| v as f64));
+        }
+        (out, width)
+    }
+
+    /// The boxes of one set of points: k-means with `round(n / density)` clusters.
+    fn abstract_points(&self, points: &[f64], width: usize, stream: u64) -> Boxes {
+        let n = points.len() / width;
+        let k = ((n as f64 / self.params.density as f64).round() as usize).clamp(1, n);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed);
+        rng.set_stream(stream);
+        let (assign, k) = kmeans(
+            points,
+            width,
+            k,
+            self.params.max_iter,
+            self.params.tol,
+            &mut rng,
+        );
+        Boxes::from_assignments(points, width, &assign, k)
+    }
+
+    fn fit_group(&self, boxes: &BoxSet, idx: &[usize], info: &GroupInfo) -> Group {
+        let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for &i in idx {
+            by_class.entry(boxes.class_id[i]).or_default().push(i);
+        }
+        // One random stream per (group, class); the fallback pool takes the group's last one.
+        let stream = |c: u64| ((info.g as u64) << 33) | c;
+        let mut group = Group {
+            classes: Vec::new(),
+            monitors: Vec::new(),
+            fallback: Vec::new(),
+            pooled: Boxes::default(),
+        };
+        let mut thin = Vec::new();
+        for (&class, members) in &by_class {
+            if members.len() < self.params.min_class_boxes {
+                group.fallback.push(class);
+                thin.extend_from_slice(members);
+                continue;
+            }
+            let (points, width) = self.vectors(boxes, members);
+            let monitor = self.abstract_points(&points, width, stream(class as u32 as u64));
+            group.pooled.width = width;
+            group.pooled.extend(&monitor);
+            group.classes.push(class);
+            group.monitors.push(monitor);
+        }
+        if !thin.is_empty() {
+            thin.sort_unstable();
+            let (points, width) = self.vectors(boxes, &thin);
+            group.pooled.width = width;
+            group
+                .pooled
+                .extend(&self.abstract_points(&points, width, stream(1 << 32)));
+        }
+        group
+    }
+}
+
+impl Scorer for BoxMonitor {
+    fn kind(&self) -> &'static str {
+        BOX_MONITOR.name
+    }
+
+    fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
+        let mut groups = PerLevel::default();
+        groups.fit(
+            self.kind(),
+            boxes,
+            self.uses(),
+            self.params.per_level,
+            |idx, info| Ok(self.fit_group(boxes, idx, info)),
+        )?;
+        self.groups = groups;
+        Ok(())
+    }
+
+    fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
+        let kind = self.kind();
+        self.groups
+            .score(kind, boxes, self.uses(), |group, idx, info| {
+                let (points, width) = self.vectors(boxes, idx);
+                if width != group.pooled.width {
+                    return Err(err(
+                        kind,
+                        format!(
+                            "{}: the monitor has {}-d boxes, these boxes give {width}-d vectors",
+                            info.name(),
+                            group.pooled.width
+                        ),
+                    ));
+                }
+                Ok(points
+                    .par_chunks_exact(width)
+                    .zip(idx.par_iter())
+                    .map(|(x, &i)| group.monitor(boxes.class_id[i]).distance(x))
+                    .collect())
+            })
+    }
+
+    /// The predicted class of each fit box with its own monitor; −1 for a box of a class that
+    /// fell back to the pooled monitor.
+    fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
+        let groups = self.groups.groups()?;
+        let (_, members) = Grouping::fit(boxes, self.params.per_level);
+        let mut out = vec![-1; boxes.len()];
+        for (group, idx) in groups.iter().zip(&members) {
+            for &i in idx {
+                let class = boxes.class_id[i];
+                if group.classes.binary_search(&class).is_ok() {
+                    out[i] = class;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn to_state(&self) -> ScorerState {
+        let mut params = BTreeMap::new();
+        to_json(&self.params, &mut params);
+        let mut out = TensorsOut::default();
+        self.groups.write(&mut out, |group, info, out| {
+            let w = group.pooled.width;
+            let as_f64 = |v: &[i64]| v.iter().map(|&c| c as f64).collect::<Vec<f64>>();
+            out.push(
+                &info.tensor("classes"),
+                vec![group.classes.len()],
+                as_f64(&group.classes),
+            );
+            let counts = group.monitors.iter().map(|m| m.len() as f64).collect();
+            out.push(
+                &info.tensor("class_boxes"),
+                vec![group.classes.len()],
+                counts,
+            );
+            out.push(
+                &info.tensor("fallback_classes"),
+                vec![group.fallback.len()],
+                as_f64(&group.fallback),
+            );
+            let n = group.pooled.len();
+            out.push(&info.tensor("lo"), vec![n, w], group.pooled.lo.clone());
+            out.push(&info.tensor("hi"), vec![n, w], group.pooled.hi.clone());
+        });
+        out.into_state(self.kind(), None, params)
+    }
+}
+
+/// Reads one group's monitors, checking every count against the stored boxes.
+fn read_group(t: &mut TensorMap, info: &GroupInfo) -> Result<Group> {
+    let classes = t.labels(&info.tensor("classes"))?;
+    let fallback = t.labels(&info.tensor("fallback_classes"))?;
+    let counts = t.take(&info.tensor("class_boxes"), &[classes.len()])?;
+    let (shape, lo) = t.take_rank(&info.tensor("lo"), 2)?;
+    let hi = t.take(&info.tensor("hi"), &shape)?;
+    let (n, width) = (shape[0], shape[1]);
+    if n == 0 || width == 0 {
+        return Err(t.bad(format!(
+            "tensor `{}` has shape {shape:?}, expected [n >= 1, width >= 1]",
+            info.tensor("lo")
+        )));
+    }
+    if lo.iter().zip(&hi).any(|(l, h)| l > h) {
+        return Err(t.bad(format!("group {}: a box has lo > hi", info.g)));
+    }
+    let pooled = Boxes { width, lo, hi };
+    let mut monitors = Vec::with_capacity(classes.len());
+    let mut start = 0;
+    for (&c, &count) in classes.iter().zip(&counts) {
+        let count = t.int(count, &info.tensor("class_boxes"))?;
+        if count == 0 || start + count > n {
+            return Err(t.bad(format!(
+                "group {}: class {c} has {count} boxes from box {start}, of {n}",
+                info.g
+            )));
+        }
+        let rows = start * width..(start + count) * width;
+        monitors.push(Boxes {
+            width,
+            lo: pooled.lo[rows.clone()].to_vec(),
+            hi: pooled.hi[rows].to_vec(),
+        });
+        start += count;
+    }
+    // Boxes beyond the classes' are exactly the fallback classes' boxes.
+    if fallback.is_empty() == (start < n) {
+        return Err(t.bad(format!(
+            "group {}: {} pooled boxes beyond the classes' for {} fallback classes",
+            info.g,
+            n - start,
+            fallback.len()
+        )));
+    }
+    Ok(Group {
+        classes,
+        monitors,
+        fallback,
+        pooled,
+    })
+}
+
+impl ScorerImpl for BoxMonitor {
+    fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
+        self.groups = PerLevel::read(t, self.uses(), read_group)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ood::fitted::{FitOptions, FittedScorer};
+    use crate::ood::{build, from_state};
+
+    #[derive(Deserialize)]
+    struct Reference {
+        width: usize,
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    struct Case {
+        points: Vec<u32>,
+        assign: Vec<usize>,
+        k: usize,
+        queries: Vec<u32>,
+        lo: Vec<u64>,
+        hi: Vec<u64>,
+        distances: Vec<u64>,
+    }
+
+    fn from_f32_bits(bits: &[u32]) -> Vec<f64> {
+        bits.iter().map(|&b| f32::from_bits(b) as f64).collect()
+    }
+
+    /// tests/fixtures/box_monitor/reference.json, by export_reference.py next to it.
+    #[test]
+    fn boxes_and_distances_equal_the_numpy_reference() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/box_monitor/reference.json"
+        );
+        let reference: Reference =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = reference.width;
+        for (n, case) in reference.cases.iter().enumerate() {
+            let points = from_f32_bits(&case.points);
+            let boxes = Boxes::from_assignments(&points, w, &case.assign, case.k);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+            // The last cluster of every case is empty and gives no box.
+            assert_eq!(boxes.len(), case.lo.len() / w, "case {n}");
+            assert!(boxes.len() < case.k, "case {n}");
+            assert_eq!(bits(&boxes.lo), case.lo, "case {n}: lo");
+            assert_eq!(bits(&boxes.hi), case.hi, "case {n}: hi");
+            let queries = from_f32_bits(&case.queries);
+            let distances: Vec<u64> = queries
+                .chunks_exact(w)
+                .map(|x| boxes.distance(x).to_bits())
+                .collect();
+            assert_eq!(distances, case.distances, "case {n}: distances");
+            // The first queries are fit points: inside their box.
+            assert_eq!(distances[..3], [0; 3], "case {n}");
+            assert!(distances[4..].iter().any(|&d| f64::from_bits(d) > 0.0));
+        }
+    }
+
+    #[test]
+    fn kmeans_finds_separated_clusters_and_stops_at_distinct_points() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let centres = [[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]];
+        let points: Vec<f64> = (0..90)
+            .flat_map(|i| {
+                let c = centres[i % 3];
+                [
+                    c[0] + rng.random::<f64>() - 0.5,
+                    c[1] + rng.random::<f64>() - 0.5,
+                ]
+            })
+            .collect();
+        let (assign, k) = kmeans(&points, 2, 3, 50, 0.0, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(k, 3);
+        for i in 3..90 {
+            assert_eq!(assign[i], assign[i % 3], "point {i}");
+        }
+        assert_ne!(assign[0], assign[1]);
+        assert_ne!(assign[1], assign[2]);
+        assert_ne!(assign[0], assign[2]);
+        // Two distinct points cannot seed five centres.
+        let twice = [1.0, 2.0, 1.0, 2.0, 3.0, 4.0];
+        let (assign, k) = kmeans(&twice, 2, 5, 50, 0.0, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(k, 2);
+        assert_eq!(assign[0], assign[1]);
+        assert_ne!(assign[0], assign[2]);
+    }
+
+    /// Classes 0 and 1: 200 boxes each around different centres; class 2: 5 boxes.
+    fn box_set(seed: u64) -> BoxSet {
+        let (d, c) = (6, 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut set = BoxSet {
+            feature_dim: d,
+            num_classes: c,
+            ..Default::default()
+        };
+        for (class, n) in [(0i64, 200), (1, 200), (2, 5)] {
+            for _ in 0..n {
+                for j in 0..d {
+                    let centre = if j as i64 == class { 4.0 } else { 0.0 };
+                    set.features.push(centre + rng.random::<f32>());
+                }
+                for j in 0..c {
+                    let l = if j as i64 == class { 3.0 } else { -2.0 };
+                    set.logits.push(l + rng.random::<f32>());
+                }
+                set.class_id.push(class);
+            }
+        }
+        set
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_thin_class_falls_back_to_the_pooled_monitor_and_the_state_says_so() {
+        let fit = box_set(1);
+        for input in ["logits", "features"] {
+            let mut s = BoxMonitor::with_params(BoxMonitorParams {
+                input: if input == "logits" {
+                    MonitorInput::Logits
+                } else {
+                    MonitorInput::Features
+                },
+                density: 10,
+                ..Default::default()
+            });
+            s.fit(&fit).unwrap();
+            assert_eq!(s.fallback_classes(), Some(vec![vec![2]]), "{input}");
+            let group = &s.groups.groups().unwrap()[0];
+            assert_eq!(group.classes, [0, 1]);
+            // round(200 / 10) clusters, every one non-empty on these blobs.
+            assert_eq!(group.monitors[0].len(), 20, "{input}");
+            // The pooled monitor: both classes' boxes and one box of the 5 thin ones.
+            assert_eq!(group.pooled.len(), 41, "{input}");
+            let state = s.to_state();
+            let fallback = state
+                .tensors
+                .iter()
+                .find(|t| t.0 == "group0.fallback_classes")
+                .unwrap();
+            assert_eq!(fallback.2, [2.0]);
+            // Every fit box lies in a box of its monitor; a class-2 box as class 7 (unseen at
+            // fit) is scored pooled too.
+            let scores = s.score(&fit).unwrap();
+            assert!(scores.iter().all(|&v| v == 0.0), "{input}");
+            let mut relabelled = fit.clone();
+            relabelled.class_id.iter_mut().for_each(|c| *c = 7);
+            assert!(s.score(&relabelled).unwrap().iter().all(|&v| v == 0.0));
+            // A class-0 vector called class 1 lies outside class 1's boxes.
+            let mut swapped = fit.clone();
+            swapped.class_id[0] = 1;
+            assert!(s.score(&swapped).unwrap()[0] > 1.0, "{input}");
+            assert_eq!(
+                s.fit_classes(&fit).unwrap()[..],
+                [vec![0; 200], vec![1; 200], vec![-1; 5]].concat()[..]
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_input_and_seed_give_the_same_scorer_file_which_round_trips() {
+        let (fit, calibration, test) = (box_set(2), box_set(3), box_set(4));
+        let dir = tempfile::tempdir().unwrap();
+        let options = FitOptions::default();
+        let save = |name: &str, seed: &str| {
+            let p = params(&[("input", "features"), ("density", "7"), ("seed", seed)]);
+            let fitted =
+                FittedScorer::fit("box_monitor", None, &p, &fit, &calibration, &options).unwrap();
+            let path = dir.path().join(name);
+            fitted.save(&path).unwrap();
+            (std::fs::read(&path).unwrap(), fitted.raw_scores(&test).unwrap())
+        };
+        let (a, scores) = save("a.safetensors", "5");
+        let (b, _) = save("b.safetensors", "5");
+        assert_eq!(a, b, "two fits with the same seed differ");
+        let (c, _) = save("c.safetensors", "6");
+        assert_ne!(a, c, "the seed changes nothing");
+        let loaded = FittedScorer::load(&dir.path().join("a.safetensors")).unwrap();
+        assert_eq!(loaded.raw_scores(&test).unwrap(), scores);
+        loaded.save(&dir.path().join("again.safetensors")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("again.safetensors")).unwrap(),
+            a
+        );
+        // The state alone round-trips too, with its fallback classes.
+        let mut s = build("box_monitor", None, &params(&[("min_class_boxes", "300")])).unwrap();
+        s.fit(&fit).unwrap();
+        let again = from_state(&s.to_state()).unwrap();
+        assert_eq!(again.to_state(), s.to_state());
+        assert_eq!(again.score(&test).unwrap(), s.score(&test).unwrap());
+    }
+}
