@@ -56,6 +56,7 @@ impl NativeScorer {
         let options = FitOptions {
             alpha,
             min_class_boxes: min_class_calibration,
+            ..Default::default()
         };
         let inner = py
             .detach(|| {

@@ -131,3 +131,4 @@ pub(crate) trait ScorerImpl: Scorer {
 
 pub mod calibration;
 pub mod fitted;
+pub mod tail;
