@@ -75,6 +75,11 @@ pub struct Args {
     /// With --tail: the fewest calibration scores above the threshold to fit a tail on.
     #[arg(long, requires = "tail", default_value_t = 10)]
     tail_min_points: usize,
+    /// With --tail: keep a negative fitted shape ξ (a tail with an upper end). By default a
+    /// negative ξ gives way to the exponential tail (ξ = 0), since on the few points of a
+    /// tail a negative ξ is often fitted too low, which gives ID boxes p-values near 0.
+    #[arg(long, requires = "tail")]
+    tail_bounded: bool,
     /// The scorer file to write.
     #[arg(long)]
     out: PathBuf,
@@ -148,6 +153,11 @@ fn warn_thin_classes(fitted: &FittedScorer, min_class_calibration: usize) {
 fn report_tails(fitted: &FittedScorer) {
     let Some(tail) = fitted.tail() else { return };
     let describe = |status: &TailStatus| match status {
+        TailStatus::Fitted(g) if g.shape != g.mle_shape => format!(
+            "exponential tail over {:.4} (σ = {:.4}, {} points; the fitted ξ = {:.3} < 0 is \
+             not kept without --tail-bounded)",
+            g.threshold, g.scale, g.points, g.mle_shape
+        ),
         TailStatus::Fitted(g) => format!(
             "GPD tail over {:.4} (ξ = {:.3}, σ = {:.4}, {} points)",
             g.threshold, g.shape, g.scale, g.points
@@ -217,6 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tail: args.tail.then_some(TailOptions {
             quantile: args.tail_quantile,
             min_points: args.tail_min_points,
+            bounded: args.tail_bounded,
         }),
     };
     let start = Instant::now();

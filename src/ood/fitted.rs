@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration, Tails};
+use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration, PValue, Tails};
 use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
@@ -363,6 +363,11 @@ impl FittedScorer {
                 }
             })
             .collect())
+    }
+
+    /// The p-value of a raw score of a box of class `class_id`, and whether the tail gave it.
+    pub fn p_value_of_score(&self, score: f64, class_id: usize) -> PValue {
+        self.calibrator.p_value_with_source(score, class_id)
     }
 
     /// Raw scores only (no calibration), e.g. for metrics.
