@@ -373,3 +373,83 @@ fn the_scorer_listing_and_fit_help_name_every_kind() {
         assert!(help.contains(shaping), "fit --help lacks {shaping}");
     }
 }
+
+/// `fit --tail` says per calibration set which tail it fitted, and `score` marks the p-values
+/// that come from it, at the top of the file and per box.
+#[test]
+fn fit_with_a_tail_says_what_it_fitted_and_score_marks_extrapolated_p_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = dir.path().join("tail.safetensors");
+    let (train, val) = (fixture("train"), fixture("val"));
+    let out = oodbox(&[
+        "fit",
+        "--scorer",
+        "energy",
+        "--boxes",
+        train.to_str().unwrap(),
+        "--calibration-boxes",
+        val.to_str().unwrap(),
+        "--tail",
+        "--out",
+        scorer.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Four classes with about 265 calibration boxes: 12 or 13 points above the 0.95 quantile.
+    for class in ["circle", "square", "triangle", "star"] {
+        assert!(
+            stderr.contains(&format!("tail p-values, class `{class}`: ")),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("not by exchangeability alone"), "{stderr}");
+    let json = dir.path().join("far.json");
+    let far = fixture("test_ood_far");
+    let out = oodbox(&[
+        "score",
+        "--scorer",
+        scorer.to_str().unwrap(),
+        "--boxes",
+        far.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc["p_value_tail"]["quantile"], 0.95);
+    assert!(doc["p_value_tail"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("tail model"));
+    let boxes = doc["boxes"].as_array().unwrap();
+    // The conformal floor 1/(n+1) of the smallest class set (253 boxes) bounds them all.
+    let floor = 1.0 / 254.0;
+    let extrapolated: Vec<&Value> = boxes
+        .iter()
+        .filter(|b| b["p_value_extrapolated"] == true)
+        .collect();
+    assert!(!extrapolated.is_empty());
+    assert!(extrapolated
+        .iter()
+        .all(|b| b["p_value"].as_f64().unwrap() <= floor));
+    // Too few points for a tail: the fit says why and the p-values stay conformal.
+    let out = oodbox(&[
+        "fit",
+        "--scorer",
+        "energy",
+        "--boxes",
+        train.to_str().unwrap(),
+        "--calibration-boxes",
+        val.to_str().unwrap(),
+        "--tail",
+        "--tail-min-points",
+        "60",
+        "--out",
+        scorer.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tail p-values, pooled: plain conformal: 53 of 1069"),
+        "{stderr}"
+    );
+}

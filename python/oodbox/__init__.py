@@ -106,7 +106,7 @@ class Detector:
         pixels, ``class_id``, ``class_name``, ``confidence``, ``logits`` (N, C), ``features``
         (N, D), ``level``, ``anchor`` and ``image_index`` (0 here); and ``class_names``,
         ``fingerprint`` and ``detect_options``. An :class:`OodDetector` adds ``score``,
-        ``p_value``, ``ood_confidence`` and ``is_ood``."""
+        ``p_value``, ``ood_confidence``, ``is_ood`` and ``p_value_extrapolated``."""
         return self.detect_batch([image])
 
     def detect_batch(
@@ -156,6 +156,8 @@ class Detector:
 class OodDetector(Detector):
     """A detector with a scorer fitted for it: every box also gets its OOD ``score``,
     conformal ``p_value``, ``ood_confidence`` (1 - p_value) and ``is_ood`` (p_value <= alpha).
+    ``p_value_extrapolated`` is True where the p-value lies beyond the calibration range and
+    comes from the scorer's tail model (a scorer fitted with ``oodbox fit --tail``).
 
     It detects as the scorer's fit boxes were detected (the input size the scorer file
     records), since the p-values hold for boxes detected that way."""
@@ -349,8 +351,10 @@ class Scorer:
         alpha: Optional[float] = None,
     ) -> Dict[str, np.ndarray]:
         """Scores boxes of the model it was fitted for: ``score`` (higher = more unusual),
-        ``p_value``, ``confidence`` (1 - p_value, the OOD confidence) and ``is_ood``
-        (p_value <= alpha; alpha defaults to the fit's). Boxes of another model are refused."""
+        ``p_value``, ``confidence`` (1 - p_value, the OOD confidence), ``is_ood``
+        (p_value <= alpha; alpha defaults to the fit's) and ``p_value_extrapolated`` (True
+        where the p-value comes from a tail model, ``oodbox fit --tail``). Boxes of another
+        model are refused."""
         box_set = _assemble(boxes, features, logits, class_id, None, None, None, None)
         box_set.setdefault("class_names", self.class_names)
         return self._native.score(box_set, alpha)

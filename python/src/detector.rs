@@ -244,6 +244,12 @@ impl NativeDetector {
             out.set_item("ood_confidence", column(|d| d.ood.confidence))?;
             let flags: Vec<bool> = verdicts.iter().map(|d| d.ood.is_ood).collect();
             out.set_item("is_ood", PyArray1::from_vec(py, flags))?;
+            // True where the p-value comes from the scorer's tail model (`fit --tail`).
+            let tail: Vec<bool> = verdicts
+                .iter()
+                .map(|d| d.ood.p_value_extrapolated)
+                .collect();
+            out.set_item("p_value_extrapolated", PyArray1::from_vec(py, tail))?;
         }
         Ok((out, failed))
     }

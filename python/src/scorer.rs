@@ -56,6 +56,7 @@ impl NativeScorer {
         let options = FitOptions {
             alpha,
             min_class_boxes: min_class_calibration,
+            ..Default::default()
         };
         let inner = py
             .detach(|| {
@@ -98,6 +99,9 @@ impl NativeScorer {
         out.set_item("confidence", column(|v| v.confidence))?;
         let flags: Vec<bool> = verdicts.iter().map(|v| v.is_ood).collect();
         out.set_item("is_ood", PyArray1::from_vec(py, flags))?;
+        // True where the p-value comes from the scorer's tail model (`fit --tail`).
+        let tail: Vec<bool> = verdicts.iter().map(|v| v.p_value_extrapolated).collect();
+        out.set_item("p_value_extrapolated", PyArray1::from_vec(py, tail))?;
         Ok(out)
     }
 

@@ -409,6 +409,19 @@ pub fn load_scorer(path: &Path) -> anyhow::Result<FittedScorer> {
         .map_err(with_kind_hint)
 }
 
+/// What a JSON output says about a scorer's tail p-values (`None` without a tail): the setting,
+/// the pooled fit, and that the extrapolated p-values rest on the tail model.
+pub fn tail_json(scorer: &FittedScorer) -> Option<serde_json::Value> {
+    let tail = scorer.tail()?;
+    let mut value = serde_json::to_value(tail).expect("a tail summary serialises");
+    value["note"] = serde_json::json!(
+        "p-values marked p_value_extrapolated lie beyond the largest calibration score and come \
+         from a generalized Pareto tail fitted to the calibration scores: they hold under that \
+         tail model, not by exchangeability alone; the others are conformal"
+    );
+    Some(value)
+}
+
 /// Refuses an output file before any work is done: a path that is a folder, or one whose
 /// folder does not exist. `-` (standard output, where a flag takes it) passes.
 pub fn check_output_file(path: &Path, flag: &str) -> anyhow::Result<()> {

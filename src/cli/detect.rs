@@ -141,6 +141,9 @@ pub fn detect_images(
     if let Some(o) = ood {
         document["scorer"] = json!(o.scorer().name());
         document["alpha"] = json!(o.alpha);
+        if let Some(tail) = super::common::tail_json(o.scorer()) {
+            document["p_value_tail"] = tail;
+        }
     }
     let text = serde_json::to_string_pretty(&document)? + "\n";
     match (outputs.json, outputs.out) {

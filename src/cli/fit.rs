@@ -1,6 +1,7 @@
 use anyhow::Context;
 use oodbox::data::boxset::BoxSet;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::ood::tail::{TailOptions, TailStatus};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -60,6 +61,25 @@ pub struct Args {
     /// A class with fewer calibration boxes than this is calibrated on all classes pooled.
     #[arg(long, default_value_t = 100)]
     min_class_calibration: usize,
+    /// Extrapolate p-values beyond the largest calibration score with a generalized Pareto tail
+    /// fitted to the calibration scores above --tail-quantile (peaks over threshold), so that
+    /// boxes can get p-values below 1/(n+1). Inside the calibration range the p-values stay
+    /// the conformal ones; beyond it they hold under the tail model, not by exchangeability
+    /// alone. A calibration set with fewer than --tail-min-points scores above the threshold,
+    /// or whose fit fails, keeps plain conformal p-values; the output and the file say which.
+    #[arg(long)]
+    tail: bool,
+    /// With --tail: the threshold of the tail is this quantile of the calibration scores.
+    #[arg(long, requires = "tail", default_value_t = 0.95)]
+    tail_quantile: f64,
+    /// With --tail: the fewest calibration scores above the threshold to fit a tail on.
+    #[arg(long, requires = "tail", default_value_t = 10)]
+    tail_min_points: usize,
+    /// With --tail: keep a negative fitted shape ξ (a tail with an upper end). By default a
+    /// negative ξ gives way to the exponential tail (ξ = 0), since on the few points of a
+    /// tail a negative ξ is often fitted too low, which gives ID boxes p-values near 0.
+    #[arg(long, requires = "tail")]
+    tail_bounded: bool,
     /// The scorer file to write.
     #[arg(long)]
     out: PathBuf,
@@ -128,6 +148,36 @@ fn warn_thin_classes(fitted: &FittedScorer, min_class_calibration: usize) {
     }
 }
 
+/// Says, per calibration set, whether p-values beyond it come from a fitted tail or stay plain
+/// conformal, and why.
+fn report_tails(fitted: &FittedScorer) {
+    let Some(tail) = fitted.tail() else { return };
+    let describe = |status: &TailStatus| match status {
+        TailStatus::Fitted(g) if g.shape != g.mle_shape => format!(
+            "exponential tail over {:.4} (σ = {:.4}, {} points; the fitted ξ = {:.3} < 0 is \
+             not kept without --tail-bounded)",
+            g.threshold, g.scale, g.points, g.mle_shape
+        ),
+        TailStatus::Fitted(g) => format!(
+            "GPD tail over {:.4} (ξ = {:.3}, σ = {:.4}, {} points)",
+            g.threshold, g.shape, g.scale, g.points
+        ),
+        TailStatus::Plain { reason } => format!("plain conformal: {reason}"),
+    };
+    eprintln!("tail p-values, pooled: {}", describe(&tail.pooled));
+    for class in fitted.calibration_summary() {
+        if let (false, Some(status)) = (class.pooled_fallback, &class.tail) {
+            let name = fitted.class_names().get(class.class_id).cloned();
+            let name = name.unwrap_or_else(|| class.class_id.to_string());
+            eprintln!("tail p-values, class `{name}`: {}", describe(status));
+        }
+    }
+    eprintln!(
+        "note: p-values beyond the largest calibration score hold under the fitted tail model, \
+         not by exchangeability alone"
+    );
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.calibration_fraction > 0.0 && args.calibration_fraction < 1.0,
@@ -174,6 +224,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = FitOptions {
         alpha: args.alpha,
         min_class_boxes: args.min_class_calibration,
+        tail: args.tail.then_some(TailOptions {
+            quantile: args.tail_quantile,
+            min_points: args.tail_min_points,
+            bounded: args.tail_bounded,
+        }),
     };
     let start = Instant::now();
     let fitted = FittedScorer::fit(
@@ -190,6 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .save(&args.out)
         .with_context(|| format!("writing the scorer to {}", args.out.display()))?;
     warn_thin_classes(&fitted, args.min_class_calibration);
+    report_tails(&fitted);
     if !args.flags.quiet {
         let pooled: Vec<String> = fitted
             .calibration_summary()

@@ -34,11 +34,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     let flagged = results.iter().filter(|r| r.is_ood).count();
-    let doc = json!({
+    let mut doc = json!({
         "scorer": scorer.name(),
         "alpha": args.alpha.unwrap_or(scorer.alpha()),
         "boxes": results,
     });
+    if let Some(tail) = super::common::tail_json(&scorer) {
+        doc["p_value_tail"] = tail;
+    }
     oodbox::data::write_atomically(
         &args.json,
         (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),

@@ -7,10 +7,15 @@
 //! calibration boxes, `P(p ≤ α) ≤ α`: flagging `p ≤ α` keeps at least 1 − α of ID boxes. Ties
 //! count fully (the conservative, deterministic p-value).
 //!
+//! With a tail ([`super::tail`]), a score above the largest calibration score gets a p-value
+//! below `1/(n+1)` from a generalized Pareto tail fitted to the calibration scores; every other
+//! p-value stays the conformal one. That extrapolated part holds under the tail model only.
+//!
 //! What this does not promise: boxes of one image are not exchangeable with each other, the
 //! guarantee breaks under covariate shift (recalibrate on the new conditions), and it bounds
 //! false alarms on ID boxes only, saying nothing about how many OOD boxes are caught.
 
+use super::tail::{fit_tail, tail_p_value, TailOptions, TailStatus};
 use crate::error::{Error, Result};
 
 /// Calibration scores, sorted ascending, pooled and per predicted class.
@@ -20,6 +25,25 @@ pub struct Calibrator {
     /// `None` for a class with too few boxes: it uses the pooled scores.
     per_class: Vec<Option<Vec<f64>>>,
     min_class_boxes: usize,
+    tails: Option<Tails>,
+}
+
+/// The tail fits of a calibrator: one per calibration set (pooled, and each class with its own).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tails {
+    pub options: TailOptions,
+    pub pooled: TailStatus,
+    /// `Some` exactly for the classes with their own calibration scores.
+    pub per_class: Vec<Option<TailStatus>>,
+}
+
+/// A p-value and where it comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PValue {
+    pub p: f64,
+    /// Beyond the largest calibration score, from the fitted tail: it holds under the tail
+    /// model, not by exchangeability alone.
+    pub extrapolated: bool,
 }
 
 /// Per-class calibration counts, for reports and the scorer file.
@@ -33,6 +57,10 @@ pub struct ClassCalibration {
     /// ([`crate::ood::Scorer::fit_classes`]); 0 for other scorers and in older files.
     #[serde(default)]
     pub fit_boxes: usize,
+    /// With a tail: the tail fit of the calibration set the class uses (its own, or the pooled
+    /// one), or why its p-values stay plain conformal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<TailStatus>,
 }
 
 impl Calibrator {
@@ -83,7 +111,51 @@ impl Calibrator {
             pooled,
             per_class,
             min_class_boxes,
+            tails: None,
         })
+    }
+
+    /// Fits a generalized Pareto tail to each calibration set (see [`super::tail`]); a set whose
+    /// tail has too few points or whose fit fails keeps plain conformal p-values.
+    pub fn with_tail(self, options: TailOptions) -> Result<Self> {
+        options.check()?;
+        let tails = Tails {
+            options,
+            pooled: fit_tail(&self.pooled, &options),
+            per_class: self
+                .per_class
+                .iter()
+                .map(|own| own.as_ref().map(|s| fit_tail(s, &options)))
+                .collect(),
+        };
+        self.with_tails(tails)
+    }
+
+    /// Sets tails fitted before (read from a scorer file), checking they match the sets.
+    pub fn with_tails(mut self, tails: Tails) -> Result<Self> {
+        tails.options.check()?;
+        let statuses = std::iter::once(&tails.pooled).chain(tails.per_class.iter().flatten());
+        if let Some(e) = statuses
+            .filter_map(|t| t.gpd())
+            .find_map(|g| g.check().err())
+        {
+            return Err(Error::Calibration(e));
+        }
+        let shapes_match = tails.per_class.len() == self.per_class.len()
+            && (tails.per_class.iter())
+                .zip(&self.per_class)
+                .all(|(t, s)| t.is_some() == s.is_some());
+        if !shapes_match {
+            return Err(Error::Calibration(
+                "the tails do not match the classes with their own calibration scores".into(),
+            ));
+        }
+        self.tails = Some(tails);
+        Ok(self)
+    }
+
+    pub fn tails(&self) -> Option<&Tails> {
+        self.tails.as_ref()
     }
 
     /// Rebuilds a calibrator from stored scores (already sorted or not).
@@ -120,6 +192,7 @@ impl Calibrator {
             pooled,
             per_class,
             min_class_boxes,
+            tails: None,
         })
     }
 
@@ -130,9 +203,35 @@ impl Calibrator {
         }
     }
 
-    /// The conformal p-value of a box: small means unusual for its class.
+    /// The tail of the calibration set that class `class_id` uses, when one was fitted.
+    fn tail_for(&self, class_id: usize) -> Option<&TailStatus> {
+        let tails = self.tails.as_ref()?;
+        match tails.per_class.get(class_id) {
+            Some(Some(own)) => Some(own),
+            _ => Some(&tails.pooled),
+        }
+    }
+
+    /// The p-value of a box: small means unusual for its class.
     pub fn p_value(&self, score: f64, class_id: usize) -> f64 {
-        conformal_p_value(self.scores_for(class_id), score)
+        self.p_value_with_source(score, class_id).p
+    }
+
+    /// The p-value of a box and whether it was extrapolated by the tail: conformal up to the
+    /// largest calibration score (and for NaN), the fitted tail beyond it.
+    pub fn p_value_with_source(&self, score: f64, class_id: usize) -> PValue {
+        let sorted = self.scores_for(class_id);
+        let max = *sorted.last().expect("calibration sets are not empty");
+        match self.tail_for(class_id).and_then(TailStatus::gpd) {
+            Some(gpd) if score > max => PValue {
+                p: tail_p_value(gpd, sorted.len(), max, score),
+                extrapolated: true,
+            },
+            _ => PValue {
+                p: conformal_p_value(sorted, score),
+                extrapolated: false,
+            },
+        }
     }
 
     pub fn pooled(&self) -> &[f64] {
@@ -158,6 +257,7 @@ impl Calibrator {
                 },
                 pooled_fallback: self.per_class[c].is_none(),
                 fit_boxes: 0,
+                tail: self.tail_for(c).cloned(),
             })
             .collect()
     }

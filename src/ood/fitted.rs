@@ -5,7 +5,10 @@
 //! `calibration.class.<c>`, and a metadata entry `oodbox` holding JSON: format version, scorer
 //! kind, shaping and parameters, the feature sources and dimension, the logit dimension, class
 //! names, the model fingerprint, the default alpha and the calibration summary. A file without
-//! `feature_sources` (written before they existed) reads the `cls` feature.
+//! `feature_sources` (written before they existed) reads the `cls` feature. A file fitted with a
+//! tail ([`FitOptions::tail`]) holds `tail` (its setting and the pooled set's fit) and each
+//! class's tail in its calibration summary; the p-values beyond the calibration range use those
+//! stored parameters.
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -14,7 +17,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration};
+use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration, PValue, Tails};
+use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::data::kind::FileKind;
@@ -36,6 +40,19 @@ pub struct BoxOod {
     pub confidence: f64,
     /// `p_value ≤ alpha`.
     pub is_ood: bool,
+    /// The score lies beyond the largest calibration score and its p-value comes from the
+    /// scorer's generalized Pareto tail: it holds under that tail model, not by exchangeability
+    /// alone. Written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub p_value_extrapolated: bool,
+}
+
+/// The tail setting of a scorer file and the pooled calibration set's tail fit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TailSummary {
+    #[serde(flatten)]
+    pub options: TailOptions,
+    pub pooled: TailStatus,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +78,9 @@ struct Header {
     /// What the scorer's features are made of.
     #[serde(default)]
     feature_sources: FeatureSources,
+    /// With a tail: its setting and the pooled fit (each class's is in `calibration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tail: Option<TailSummary>,
 }
 
 /// Settings of a fit.
@@ -70,6 +90,9 @@ pub struct FitOptions {
     pub alpha: f64,
     /// A class with fewer calibration boxes than this uses the pooled calibration set.
     pub min_class_boxes: usize,
+    /// Extrapolate p-values beyond the largest calibration score with a generalized Pareto
+    /// tail ([`super::tail`]); `None`: plain conformal p-values.
+    pub tail: Option<TailOptions>,
 }
 
 impl Default for FitOptions {
@@ -77,6 +100,7 @@ impl Default for FitOptions {
         FitOptions {
             alpha: 0.05,
             min_class_boxes: 100,
+            tail: None,
         }
     }
 }
@@ -176,8 +200,11 @@ impl FittedScorer {
         }
         let scores = scorer.score(calibration)?;
         let classes: Vec<usize> = calibration.class_id.iter().map(|&c| c as usize).collect();
-        let calibrator =
+        let mut calibrator =
             Calibrator::fit(&scores, &classes, fit.num_classes, options.min_class_boxes)?;
+        if let Some(tail) = options.tail {
+            calibrator = calibrator.with_tail(tail)?;
+        }
         let mut calibration_summary = calibrator.summary(Some(&classes));
         for label in scorer.fit_classes(fit).unwrap_or_default() {
             if let Some(class) = usize::try_from(label)
@@ -206,6 +233,10 @@ impl FittedScorer {
             source: fit.source.clone(),
             detect_options: fit.detect_options.clone(),
             feature_sources: fit.feature_sources.clone(),
+            tail: calibrator.tails().map(|t| TailSummary {
+                options: t.options,
+                pooled: t.pooled.clone(),
+            }),
         };
         Ok(FittedScorer {
             scorer,
@@ -265,6 +296,11 @@ impl FittedScorer {
         &self.header.calibration
     }
 
+    /// With a tail: its setting and the pooled calibration set's fit.
+    pub fn tail(&self) -> Option<&TailSummary> {
+        self.header.tail.as_ref()
+    }
+
     /// Classes that a class-conditional scorer fitted on fewer than [`MIN_CLASS_FIT_BOXES`]
     /// boxes (but some) and that are calibrated with all classes pooled, for lack of calibration
     /// boxes of their own. Their scores rest on statistics of a few boxes, on another scale than
@@ -317,15 +353,21 @@ impl FittedScorer {
             .iter()
             .zip(&boxes.class_id)
             .map(|(&score, &class)| {
-                let p_value = self.calibrator.p_value(score, class as usize);
+                let p = self.calibrator.p_value_with_source(score, class as usize);
                 BoxOod {
                     score,
-                    p_value,
-                    confidence: 1.0 - p_value,
-                    is_ood: p_value <= alpha,
+                    p_value: p.p,
+                    confidence: 1.0 - p.p,
+                    is_ood: p.p <= alpha,
+                    p_value_extrapolated: p.extrapolated,
                 }
             })
             .collect())
+    }
+
+    /// The p-value of a raw score of a box of class `class_id`, and whether the tail gave it.
+    pub fn p_value_of_score(&self, score: f64, class_id: usize) -> PValue {
+        self.calibrator.p_value_with_source(score, class_id)
     }
 
     /// Raw scores only (no calibration), e.g. for metrics.
@@ -456,14 +498,45 @@ impl FittedScorer {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        let calibrator = Calibrator::from_parts(pooled, per_class, header.min_class_boxes)
+        let mut calibrator = Calibrator::from_parts(pooled, per_class, header.min_class_boxes)
             .map_err(|e| invalid(path, e.to_string()))?;
+        if let Some(tail) = &header.tail {
+            let tails = stored_tails(tail, &header.calibration, &calibrator)
+                .map_err(|reason| invalid(path, reason))?;
+            calibrator = calibrator
+                .with_tails(tails)
+                .map_err(|e| invalid(path, e.to_string()))?;
+        }
         Ok(FittedScorer {
             scorer,
             calibrator,
             header,
         })
     }
+}
+
+/// The tails a scorer file stores: the pooled one in `tail`, each class with its own
+/// calibration scores its own in its summary.
+fn stored_tails(
+    tail: &TailSummary,
+    summary: &[ClassCalibration],
+    calibrator: &Calibrator,
+) -> std::result::Result<Tails, String> {
+    let per_class = (calibrator.per_class().iter().zip(summary))
+        .map(|(own, class)| match (own, &class.tail) {
+            (None, _) => Ok(None),
+            (Some(_), Some(t)) => Ok(Some(t.clone())),
+            (Some(_), None) => Err(format!(
+                "the file has a tail setting but no tail for class {}",
+                class.class_id
+            )),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(Tails {
+        options: tail.options,
+        pooled: tail.pooled.clone(),
+        per_class,
+    })
 }
 
 fn f64_bytes(v: &[f64]) -> Vec<u8> {

@@ -132,3 +132,4 @@ pub(crate) trait ScorerImpl: Scorer {
 
 pub mod calibration;
 pub mod fitted;
+pub mod tail;

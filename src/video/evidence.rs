@@ -30,6 +30,12 @@
 //! A block is checked as each box arrives: `p_(r)` of a partial block can only fall as the block
 //! fills, so an alarm on a partial block is one the full block would raise.
 //!
+//! **With tail p-values** (a scorer fitted with a tail, [`crate::ood::tail`]), a box beyond
+//! the largest calibration score of its class gets a p-value below `1/(n+1)`, and later blocks
+//! (whose boxes need p ≤ 0.05·alpha and below) can fire at all on per-class calibrations of a
+//! few hundred boxes. Those p-values are super-uniform under the tail model, not by
+//! exchangeability alone, and so is then the false-alarm bound above.
+//!
 //! **With a track calibration** ([`super::calibration`], fitted on footage of known objects),
 //! the rule is calibrated instead. The track statistic is the largest running mean surprisal
 //! `(1/n) Σ −ln p_i` over the track's first `n` boxes, taken over `n ≥ m` (0 before `m` boxes):
@@ -113,7 +119,8 @@ impl TrackEvidence {
     /// Adds one box's p-value.
     pub fn push(&mut self, p_value: f64, rule: &TrackRule) {
         self.boxes += 1;
-        // A p-value of 0 cannot come from a conformal calibration; the floor keeps it finite.
+        // A p-value of 0 cannot come from a conformal calibration, only from beyond the end of
+        // a bounded tail; the floor keeps the surprisal finite.
         self.surprisal -= p_value.max(f64::MIN_POSITIVE).ln();
         if self.boxes >= rule.block {
             self.statistic = self.statistic.max(self.surprisal / self.boxes as f64);

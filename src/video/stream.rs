@@ -1002,6 +1002,7 @@ mod tests {
                 p_value: p,
                 confidence: 1.0 - p,
                 is_ood: p <= 0.05,
+                p_value_extrapolated: false,
             },
         }
     }
