@@ -8,6 +8,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
+use crate::ood::common::err;
 
 /// Every coupling log-scale is `s = SCALE_BOUND · tanh(raw / SCALE_BOUND)`: at most a factor
 /// e² per block, so one block can never blow a coordinate up or collapse it.
@@ -342,7 +343,14 @@ fn train(
         }
     }
     let host = |v: &Var| -> Result<Vec<f64>> {
-        Ok(v.as_tensor().to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+        let data: Vec<f64> = v.as_tensor().to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        if data.iter().any(|x| !x.is_finite()) {
+            return Err(err(
+                "flow",
+                format!("training diverged (non-finite weights); refit with a smaller lr than {}", cfg.lr),
+            ));
+        }
+        Ok(data)
     };
     let mut it = vars.iter();
     for w in &mut model.weights {

@@ -200,3 +200,14 @@ fn the_fit_is_deterministic_and_the_scorer_file_round_trips() {
     assert_eq!(loaded.raw_scores(&calibration).unwrap(), scores);
     assert!(scores.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn a_diverged_fit_is_an_error_not_a_nan_scorer() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (m, a) = random_gaussian(4, &mut rng);
+    let fit = gaussian_boxes(600, &m, &a, &mut rng);
+    let p = params(&[("epochs", "2"), ("hidden", "8"), ("lr", "1e9")]);
+    let mut s = crate::ood::build("flow", None, &p).unwrap();
+    let e = s.fit(&fit).unwrap_err().to_string();
+    assert!(e.contains("training diverged"), "{e}");
+}
