@@ -83,6 +83,7 @@ kind_table! {
     she => [SHE],
     gram => [GRAM],
     box_monitor => [BOX_MONITOR],
+    flow => [FLOW],
 }
 
 use crate::data::boxset::BoxSet;
