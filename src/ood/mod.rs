@@ -82,6 +82,7 @@ kind_table! {
     vim => [VIM],
     she => [SHE],
     gram => [GRAM],
+    safe => [SAFE],
 }
 
 use crate::data::boxset::BoxSet;

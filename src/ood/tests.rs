@@ -962,3 +962,44 @@ fn scorer_files_with_settings_out_of_range_are_refused_naming_the_file() {
     }
     assert!(fitted::FittedScorer::load(&path).is_ok());
 }
+
+#[test]
+fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
+    use super::fitted::{FitOptions, FittedScorer};
+    let fit = id_set(30, 300, Some(2));
+    let calibration = id_set(31, 200, Some(2));
+    let test = append(&id_set(32, 40, Some(2)), ood_feature(), Some(1));
+    let dir = tempfile::tempdir().unwrap();
+    for surrogate in ["vos", "mix", "noise"] {
+        let file = |name: &str, seed: &str| {
+            let params = [
+                ("surrogate".to_string(), surrogate.to_string()),
+                ("use_logits".to_string(), "true".to_string()),
+                ("epochs".to_string(), "5".to_string()),
+                ("seed".to_string(), seed.to_string()),
+            ];
+            let options = FitOptions::default();
+            let s = FittedScorer::fit("safe", None, &params, &fit, &calibration, &options)
+                .unwrap_or_else(|e| panic!("{surrogate}: {e}"));
+            let path = dir.path().join(format!("{surrogate}-{name}.safetensors"));
+            s.save(&path).unwrap();
+            (s, std::fs::read(&path).unwrap(), path)
+        };
+        let (a, bytes_a, _) = file("a", "3");
+        let (_, bytes_b, path_b) = file("b", "3");
+        assert!(
+            bytes_a == bytes_b,
+            "{surrogate}: two fits with seed 3 differ"
+        );
+        let (_, bytes_c, _) = file("c", "4");
+        assert!(
+            bytes_a != bytes_c,
+            "{surrogate}: seeds 3 and 4 give the same file"
+        );
+        let loaded = FittedScorer::load(&path_b).unwrap();
+        assert_eq!(
+            loaded.score(&test, None).unwrap(),
+            a.score(&test, None).unwrap()
+        );
+    }
+}
