@@ -83,6 +83,7 @@ kind_table! {
     she => [SHE],
     gram => [GRAM],
     safe => [SAFE],
+    combine => [COMBINE],
 }
 
 use crate::data::boxset::BoxSet;
