@@ -36,7 +36,11 @@
 //!
 //! It reads the box set's feature, so SAFE's multi-layer ROI features reach it through the box
 //! set's feature sources (`fit --features`). Not done: SAFE's FGSM surrogates (a perturbed input
-//! image through the detector with autograd).
+//! image through the detector with autograd). What stands in the way on YOLOv8's plain (NCHW)
+//! path: candle 0.11 differentiates conv2d, SiLU, nearest upsampling (integer factors), cat,
+//! narrow and pad, but its `max_pool2d` backward refuses a kernel other than the stride, and
+//! SPPF pools 5×5 with stride 1 (the NHWC path pools outside the graph), so SPPF first needs a
+//! differentiable pool, e.g. the maximum of the 25 shifted narrows of the padded map.
 
 mod mlp;
 mod surrogate;
