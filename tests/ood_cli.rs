@@ -53,9 +53,29 @@ fn calibration_holds_on_held_out_id_boxes() {
         "the held-out ID set is too small: {}",
         test.len()
     );
-    for kind in ["energy", "mahalanobis", "knn"] {
-        let scorer =
-            FittedScorer::fit(kind, None, &[], &fit, &calibration, &FitOptions::default()).unwrap();
+    let combined = |method: &str| {
+        vec![
+            ("of".to_string(), "knn:nearest=20,energy".to_string()),
+            ("method".to_string(), method.to_string()),
+        ]
+    };
+    let configs = [
+        ("energy", vec![]),
+        ("mahalanobis", vec![]),
+        ("knn", vec![]),
+        ("combine", combined("fisher")),
+        ("combine", combined("cauchy")),
+    ];
+    for (kind, params) in configs {
+        let scorer = FittedScorer::fit(
+            kind,
+            None,
+            &params,
+            &fit,
+            &calibration,
+            &FitOptions::default(),
+        )
+        .unwrap();
         for alpha in [0.01, 0.05, 0.1] {
             let flagged = scorer
                 .score(&test, Some(alpha))
@@ -66,7 +86,7 @@ fn calibration_holds_on_held_out_id_boxes() {
             let (low, high) = interval_99(test.len(), alpha);
             assert!(
                 (low..=high).contains(&flagged),
-                "{kind} at alpha {alpha}: {flagged} of {} ID boxes flagged, outside the 99% interval [{low}, {high}]",
+                "{kind} {params:?} at alpha {alpha}: {flagged} of {} ID boxes flagged, outside the 99% interval [{low}, {high}]",
                 test.len()
             );
         }
@@ -227,6 +247,71 @@ fn unknown_scorers_and_parameters_list_the_valid_ones() {
     }
     let err = run(&["--scorer", "knn", "--param", "neighbours=5"]);
     assert!(err.contains("nearest"), "{err}");
+}
+
+#[test]
+fn combine_fits_from_the_command_line_with_its_components_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("s.safetensors");
+    let (train, val) = (fixture("train"), fixture("val"));
+    let fit = |of: &str| {
+        oodbox(&[
+            "fit",
+            "--boxes",
+            train.to_str().unwrap(),
+            "--calibration-boxes",
+            val.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+            "--scorer",
+            "combine",
+            "--param",
+            &format!("of={of}"),
+            "--param",
+            "method=cauchy",
+            "--quiet",
+        ])
+    };
+    let out = fit("knn:nearest=7,energy+react:react_quantile=0.95");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scorer = FittedScorer::load(&out_path).unwrap();
+    assert_eq!(scorer.name(), "combine");
+    let eval = dir.path().join("eval.json");
+    let out = oodbox(&[
+        "eval",
+        "--scorer",
+        out_path.to_str().unwrap(),
+        "--id",
+        fixture("test_id").to_str().unwrap(),
+        "--ood",
+        fixture("test_ood_far").to_str().unwrap(),
+        "--json",
+        eval.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: Value = serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    assert!(metrics["auroc"].as_f64().unwrap() > 0.8, "{metrics}");
+    // A component's bad parameter is named with its component.
+    let out = fit("knn:neighbours=7,energy");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("knn:neighbours=7") && err.contains("nearest"),
+        "{err}"
+    );
+    let out = fit("energy");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("two or more"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -196,7 +196,8 @@ impl Calibrator {
         })
     }
 
-    fn scores_for(&self, class_id: usize) -> &[f64] {
+    /// The sorted calibration scores a box of `class_id` is compared with.
+    pub fn scores_for(&self, class_id: usize) -> &[f64] {
         match self.per_class.get(class_id) {
             Some(Some(own)) => own,
             _ => &self.pooled,

@@ -552,6 +552,26 @@ impl<'a> TensorMap<'a> {
         Ok((s, d))
     }
 
+    /// Every tensor whose name starts with `prefix`, the prefix removed, marked as read (a
+    /// nested scorer's state).
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+        let found: Vec<_> = self
+            .map
+            .iter()
+            .filter_map(|(name, (s, d))| {
+                let rest = name.strip_prefix(prefix)?;
+                Some((name.to_string(), (rest.to_string(), s.to_vec(), d.to_vec())))
+            })
+            .collect();
+        found
+            .into_iter()
+            .map(|(name, tensor)| {
+                self.taken.insert(name);
+                tensor
+            })
+            .collect()
+    }
+
     pub fn int(&self, v: f64, name: &str) -> Result<usize> {
         if v.fract() != 0.0 || !(0.0..9.0e15).contains(&v) {
             return Err(self.bad(format!(

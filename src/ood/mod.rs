@@ -84,6 +84,8 @@ kind_table! {
     gram => [GRAM],
     box_monitor => [BOX_MONITOR],
     flow => [FLOW],
+    safe => [SAFE],
+    combine => [COMBINE],
 }
 
 use crate::data::boxset::BoxSet;

@@ -1139,3 +1139,95 @@ fn tail_p_values_hold_their_level_on_fresh_id_boxes() {
     eprintln!("share with p <= 1e-3: {mean:.2e} (sd over {sets} calibration sets {sd:.2e})");
     assert!((mean - 1e-3).abs() <= 2.576 * se, "{mean} ± {se}");
 }
+
+#[test]
+fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
+    use super::fitted::{FitOptions, FittedScorer};
+    let fit = id_set(30, 300, Some(2));
+    let calibration = id_set(31, 200, Some(2));
+    let test = append(&id_set(32, 40, Some(2)), ood_feature(), Some(1));
+    let dir = tempfile::tempdir().unwrap();
+    for surrogate in ["vos", "mix", "noise"] {
+        let file = |name: &str, seed: &str| {
+            let params = [
+                ("surrogate".to_string(), surrogate.to_string()),
+                ("use_logits".to_string(), "true".to_string()),
+                ("epochs".to_string(), "5".to_string()),
+                ("seed".to_string(), seed.to_string()),
+            ];
+            let options = FitOptions::default();
+            let s = FittedScorer::fit("safe", None, &params, &fit, &calibration, &options)
+                .unwrap_or_else(|e| panic!("{surrogate}: {e}"));
+            let path = dir.path().join(format!("{surrogate}-{name}.safetensors"));
+            s.save(&path).unwrap();
+            (s, std::fs::read(&path).unwrap(), path)
+        };
+        let (a, bytes_a, _) = file("a", "3");
+        let (_, bytes_b, path_b) = file("b", "3");
+        assert!(
+            bytes_a == bytes_b,
+            "{surrogate}: two fits with seed 3 differ"
+        );
+        let (_, bytes_c, _) = file("c", "4");
+        assert!(
+            bytes_a != bytes_c,
+            "{surrogate}: seeds 3 and 4 give the same file"
+        );
+        let loaded = FittedScorer::load(&path_b).unwrap();
+        assert_eq!(
+            loaded.score(&test, None).unwrap(),
+            a.score(&test, None).unwrap()
+        );
+    }
+}
+
+#[test]
+fn combine_statistics_on_known_p_values() {
+    use super::combine::Method;
+    let fisher = Method::Fisher.statistic(&[0.5, 0.25]);
+    assert!((fisher - (-2.0 * (0.5f64.ln() + 0.25f64.ln()))).abs() < 1e-12);
+    assert!(Method::Cauchy.statistic(&[0.5, 0.5]).abs() < 1e-12);
+    // tan(π/4) = 1 and tan(−π/4) = −1 average to 0; one tiny p dominates.
+    assert!(Method::Cauchy.statistic(&[0.25, 0.75]).abs() < 1e-12);
+    assert!(Method::Cauchy.statistic(&[1e-6, 0.9]) > 1e4);
+}
+
+#[test]
+fn combine_is_calibrated_on_held_out_id_boxes_and_flags_the_ood_box() {
+    use super::fitted::{FitOptions, FittedScorer};
+    let fit = id_set(40, 600, None);
+    let calibration = id_set(41, 400, None);
+    let test = id_set(42, 3000, None);
+    let with_ood = append(&id_set(43, 40, None), ood_feature(), None);
+    for method in ["fisher", "cauchy"] {
+        let params = [
+            ("of".to_string(), "knn:nearest=10,energy".to_string()),
+            ("method".to_string(), method.to_string()),
+        ];
+        let options = FitOptions {
+            min_class_boxes: 1000,
+            ..FitOptions::default()
+        };
+        let s = FittedScorer::fit("combine", None, &params, &fit, &calibration, &options).unwrap();
+        let flagged = s
+            .score(&test, Some(0.05))
+            .unwrap()
+            .iter()
+            .filter(|b| b.is_ood)
+            .count();
+        // Given the calibration set the flag rate varies as Beta(⌊(n+1)α⌋, …) and the test
+        // count binomially around it: three standard deviations of both.
+        let (n_cal, n_test) = (calibration.len() as f64, test.len() as f64);
+        let sd = (0.05f64 * 0.95 * (1.0 / n_cal + 1.0 / n_test)).sqrt();
+        let rate = flagged as f64 / n_test;
+        assert!(
+            (rate - 0.05).abs() <= 3.0 * sd,
+            "{method}: {flagged} of {n_test} ID boxes flagged at alpha 0.05 (sd {sd:.4})"
+        );
+        let ood = s.score(&with_ood, Some(0.05)).unwrap();
+        assert!(
+            ood.last().unwrap().is_ood,
+            "{method}: the OOD box is not flagged"
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! `combine`: one score from the p-values of several scorers (Fisher or Cauchy combination),
+//! whose own conformal p-value stays exactly valid whatever the dependence between them.
+//!
+//! **Components** (`of`): two or more scorer specs `kind[+shaping][:name=value]...`, e.g.
+//! `safe:surrogate=vos`, `energy+react:react_quantile=0.9` or `knn:nearest=20`; each is built
+//! exactly as `build(kind, shaping, params)` builds it. `combine` itself is not a component.
+//!
+//! **Fit:** the fit boxes are split, whole images at a time, into a part A (fit share
+//! `1 − holdout`) and a part B (`holdout`), seeded by `seed`. Every component is fitted on A and
+//! scores B; B's scores, per predicted class (pooled for a class with fewer than
+//! [`REFERENCE_CLASS_BOXES`] of them), are the component's reference.
+//!
+//! **Score:** each component's score `s_k` becomes `p_k = (1 + #{b ≥ s_k}) / (m + 2)` over its
+//! `m` reference scores `b` of the box's class: strictly inside (0, 1), so both transforms stay
+//! finite. Then `fisher`: `T = −2 Σ_k ln p_k`; `cauchy`: `T = (1/K) Σ_k tan((½ − p_k)π)`.
+//! Higher `T` = more OOD.
+//!
+//! **Validity:** `T` is a fixed function of a box once the fit boxes are given (A and B are both
+//! fit boxes). The scorer file calibrates `T` conformally on its calibration boxes, disjoint from
+//! the fit boxes, like any other scorer, so for an ID box exchangeable with them the final
+//! p-value satisfies `P(p ≤ α) ≤ α` for any dependence between the components. Fisher's χ²₂ₖ
+//! and Cauchy's standard-Cauchy reference laws (exact only for independent, resp. asymptotically
+//! for dependent, p-values) are never used: the transforms only put the components' evidence on
+//! one scale.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::calibration::{conformal_p_value, Calibrator};
+use super::common::{check_boxes, check_fit_set, err, not_fitted, TensorMap, TensorsOut, Uses};
+use super::params::{infos, to_json, ParamDoc, ParamSet};
+use super::registry::{build_impl, entries, KindEntry};
+use super::{Scorer, ScorerImpl, ScorerState};
+use crate::data::boxset::BoxSet;
+use crate::error::Result;
+
+pub(crate) const COMBINE: KindEntry = KindEntry {
+    name: "combine",
+    summary: "Fisher `−2 Σ ln p_k` or Cauchy `mean tan((½ − p_k)π)` of the components' p-values; its own p-value is valid whatever their dependence",
+    inputs: Uses {
+        features: true,
+        logits: true,
+    },
+    shapeable: false,
+    params: infos::<CombineParams>,
+    build: |p, _| Ok(Box::new(Combine::new(p.typed()?)?)),
+};
+
+/// A class needs this many reference boxes for its own component reference.
+pub const REFERENCE_CLASS_BOXES: usize = 100;
+
+/// How the components' p-values are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Fisher,
+    Cauchy,
+}
+
+impl Method {
+    /// The combined statistic of p-values in (0, 1); higher = more OOD.
+    pub fn statistic(self, p: &[f64]) -> f64 {
+        match self {
+            Method::Fisher => -2.0 * p.iter().map(|p| p.ln()).sum::<f64>(),
+            Method::Cauchy => {
+                let sum: f64 = p
+                    .iter()
+                    .map(|p| ((0.5 - p) * std::f64::consts::PI).tan())
+                    .sum();
+                sum / p.len() as f64
+            }
+        }
+    }
+}
+
+/// `combine`'s parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CombineParams {
+    pub of: Vec<String>,
+    pub method: Method,
+    pub holdout: f64,
+    pub seed: u64,
+}
+
+impl Default for CombineParams {
+    fn default() -> Self {
+        CombineParams {
+            of: vec!["knn".into(), "energy".into()],
+            method: Method::Fisher,
+            holdout: 0.3,
+            seed: 0,
+        }
+    }
+}
+
+impl ParamSet for CombineParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "of",
+            expected: "two or more scorers `kind[+shaping][:name=value...]` separated by commas, e.g. knn:nearest=20,energy (not combine)",
+            doc: "the component scorers, each with its own parameters",
+        },
+        ParamDoc {
+            name: "method",
+            expected: "fisher or cauchy",
+            doc: "how the components' p-values are combined",
+        },
+        ParamDoc {
+            name: "holdout",
+            expected: "a number in (0, 1)",
+            doc: "share of the fit images held out to turn the components' scores into p-values",
+        },
+        ParamDoc {
+            name: "seed",
+            expected: "an integer >= 0",
+            doc: "seed of the split of the fit images",
+        },
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        let kinds_ok = self.of.iter().all(|spec| {
+            let (kind, _, _) = parse_spec(spec);
+            kind != COMBINE.name && entries().iter().any(|k| k.name == kind)
+        });
+        if self.of.len() < 2 || !kinds_ok {
+            Some("of")
+        } else if !(self.holdout > 0.0 && self.holdout < 1.0) {
+            Some("holdout")
+        } else {
+            None
+        }
+    }
+}
+
+/// A component spec's kind, shaping and `name=value` parameters.
+fn parse_spec(spec: &str) -> (String, Option<String>, Vec<(String, String)>) {
+    let mut parts = spec.split(':');
+    let head = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let (kind, shaping) = match head.split_once('+') {
+        Some((k, s)) => (k.to_string(), Some(s.to_string())),
+        None => (head, None),
+    };
+    let params = parts
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (n.trim().to_string(), v.trim().to_string()),
+            None => (p.trim().to_string(), String::new()),
+        })
+        .collect();
+    (kind, shaping, params)
+}
+
+struct Component {
+    spec: String,
+    uses: Uses,
+    scorer: Box<dyn ScorerImpl>,
+    /// Its scores on the held-out fit boxes, per predicted class.
+    reference: Option<Calibrator>,
+}
+
+pub struct Combine {
+    pub params: CombineParams,
+    components: Vec<Component>,
+}
+
+impl Combine {
+    pub fn new(params: CombineParams) -> Result<Self> {
+        let components = params
+            .of
+            .iter()
+            .map(|spec| {
+                let (kind, shaping, given) = parse_spec(spec);
+                let scorer = build_impl(&kind, shaping.as_deref(), &given)
+                    .map_err(|e| err(COMBINE.name, format!("component `{spec}`: {e}")))?;
+                let inputs = entries()
+                    .iter()
+                    .find(|k| k.name == kind)
+                    .map_or(COMBINE.inputs, |k| k.inputs);
+                Ok(Component {
+                    spec: spec.clone(),
+                    uses: Uses {
+                        features: inputs.features || shaping.is_some(),
+                        logits: inputs.logits,
+                    },
+                    scorer,
+                    reference: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Combine { params, components })
+    }
+
+    /// What the components read, together.
+    fn uses(&self) -> Uses {
+        Uses {
+            features: self.components.iter().any(|c| c.uses.features),
+            logits: self.components.iter().any(|c| c.uses.logits),
+        }
+    }
+}
+
+/// `(1 + #{b ≥ s}) / (m + 2)` over the `m` sorted reference scores `b`.
+fn open_p_value(reference: &[f64], score: f64) -> f64 {
+    let m = reference.len() as f64;
+    conformal_p_value(reference, score) * (m + 1.0) / (m + 2.0)
+}
+
+impl Scorer for Combine {
+    fn kind(&self) -> &'static str {
+        COMBINE.name
+    }
+
+    fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
+        let kind = self.kind();
+        check_fit_set(kind, boxes, self.uses())?;
+        let (part_a, part_b) = boxes.split_holdout(self.params.holdout, self.params.seed);
+        if part_a.is_empty() || part_b.is_empty() {
+            return Err(err(
+                kind,
+                format!(
+                    "{} fit boxes cannot be split into a fit part and a held-out part \
+                     (holdout={}): give more fit images",
+                    boxes.len(),
+                    self.params.holdout
+                ),
+            ));
+        }
+        let classes: Vec<usize> = part_b.class_id.iter().map(|&c| c as usize).collect();
+        for c in &mut self.components {
+            c.scorer.fit(&part_a)?;
+            let scores = c.scorer.score(&part_b)?;
+            c.reference = Some(
+                Calibrator::fit(
+                    &scores,
+                    &classes,
+                    boxes.num_classes,
+                    REFERENCE_CLASS_BOXES,
+                )
+                .map_err(|e| err(kind, format!("component `{}`: {e}", c.spec)))?,
+            );
+        }
+        Ok(())
+    }
+
+    fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
+        let kind = self.kind();
+        check_boxes(kind, boxes, self.uses())?;
+        let mut p = vec![Vec::with_capacity(self.components.len()); boxes.len()];
+        for c in &self.components {
+            let reference = c.reference.as_ref().ok_or_else(|| not_fitted(kind))?;
+            for (i, s) in c.scorer.score(boxes)?.into_iter().enumerate() {
+                let class = boxes.class_id[i] as usize;
+                p[i].push(open_p_value(reference.scores_for(class), s));
+            }
+        }
+        Ok(p.iter().map(|p| self.params.method.statistic(p)).collect())
+    }
+
+    fn to_state(&self) -> ScorerState {
+        let mut params = BTreeMap::new();
+        to_json(&self.params, &mut params);
+        let mut out = TensorsOut::default();
+        for (k, c) in self.components.iter().enumerate() {
+            let Some(reference) = &c.reference else {
+                continue;
+            };
+            for (name, shape, data) in c.scorer.to_state().tensors {
+                out.push(&format!("c{k}.{name}"), shape, data);
+            }
+            let per_class = reference.per_class();
+            let sizes = per_class
+                .iter()
+                .map(|s| s.as_ref().map_or(0.0, |s| s.len() as f64))
+                .collect();
+            let scores: Vec<f64> = per_class.iter().flatten().flatten().copied().collect();
+            let tensors = [
+                ("pooled", reference.pooled().to_vec()),
+                ("class_sizes", sizes),
+                ("class_scores", scores),
+            ];
+            for (name, data) in tensors {
+                let shape = vec![data.len()];
+                out.push(&format!("c{k}.reference.{name}"), shape, data);
+            }
+        }
+        out.into_state(self.kind(), None, params)
+    }
+}
+
+impl ScorerImpl for Combine {
+    fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
+        for (k, c) in self.components.iter_mut().enumerate() {
+            let own = t.take_prefixed(&format!("c{k}."));
+            let (mut mine, mut reference) = (Vec::new(), BTreeMap::new());
+            for (name, shape, data) in own {
+                match name.strip_prefix("reference.") {
+                    Some(r) => {
+                        reference.insert(r.to_string(), (shape, data));
+                    }
+                    None => mine.push((name, shape, data)),
+                }
+            }
+            let mut sub = TensorMap::new(c.scorer.kind(), &mine)?;
+            c.scorer.restore(&mut sub)?;
+            sub.finish()?;
+            c.reference = Some(read_reference(t, &c.spec, reference)?);
+        }
+        Ok(())
+    }
+}
+
+type Stored = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
+/// A component's reference from its `pooled`, `class_sizes` and `class_scores` tensors.
+fn read_reference(t: &TensorMap, spec: &str, mut stored: Stored) -> Result<Calibrator> {
+    let bad = |what: &str| t.bad(format!("component `{spec}`: reference {what}"));
+    let mut take = |name: &str| match stored.remove(name) {
+        Some((shape, data)) if shape == [data.len()] => Ok(data),
+        Some((shape, _)) => Err(bad(&format!(
+            "tensor `{name}` has shape {shape:?}, expected rank 1"
+        ))),
+        None => Err(bad(&format!("tensor `{name}` missing"))),
+    };
+    let pooled = take("pooled")?;
+    let sizes = take("class_sizes")?;
+    let scores = take("class_scores")?;
+    if !stored.is_empty() {
+        let extra: Vec<&String> = stored.keys().collect();
+        return Err(bad(&format!("has unexpected tensors {extra:?}")));
+    }
+    let mut per_class = Vec::with_capacity(sizes.len());
+    let mut at = 0usize;
+    for &size in &sizes {
+        let n = t.int(size, "class_sizes")?;
+        if n > scores.len() - at {
+            return Err(bad("class_sizes exceed class_scores"));
+        }
+        per_class.push((n > 0).then(|| scores[at..at + n].to_vec()));
+        at += n;
+    }
+    if at != scores.len() {
+        return Err(bad("class_sizes do not add up to class_scores"));
+    }
+    Calibrator::from_parts(pooled, per_class, REFERENCE_CLASS_BOXES)
+        .map_err(|e| bad(&e.to_string()))
+}

@@ -1,0 +1,442 @@
+//! `safe`: a small MLP trained on ID boxes against surrogate outliers, the detector frozen
+//! (after SAFE, Wilson et al. ICCV'23, and VOS, Du et al. ICLR'22; see
+//! `shared/reference/benchmark-protocol.md` §7.2 and §7.7).
+//!
+//! **Input** per box: its feature `f` (`features`), optionally followed by its logits
+//! (`use_logits`), standardised per group (mean and standard deviation of the fit boxes), then a
+//! one-hot of its level when the fit has more than one group.
+//!
+//! **Fit:** surrogate outliers are made from the standardised ID rows of each group
+//! ([`Surrogate`]: `vos` samples the low-likelihood region of class-conditional Gaussians with a
+//! shared covariance, keeping the least likely 1 of [`VOS_POOL`]; `mix` mixes two boxes of
+//! different classes; `noise` adds unit Gaussian noise to an ID box), as many in all as
+//! `surrogates` (0 = one per fit box, so both targets weigh the same), shared among groups by
+//! size. The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
+//! ID = 0 and surrogate = 1, in mini-batches of 256, on the CPU in f32.
+//!
+//! **Score:** the MLP's output logit (higher = more OOD), evaluated in f64 from the stored f32
+//! weights.
+//!
+//! **Determinism:** the initial weights, the surrogates and the batch order all come from one
+//! ChaCha8 generator seeded with `seed`, so the same fit boxes and parameters give the same
+//! weights and a byte-identical scorer file on one machine (the unit test fits twice and
+//! compares the files' bytes).
+//!
+//! | parameter | default | why |
+//! |---|---|---|
+//! | `hidden` | 64 | small next to the 80-d shapes feature (not tuned) |
+//! | `epochs` | 50 | about 2,800 AdamW steps on the 7k shapes train boxes and their surrogates (not tuned) |
+//! | `lr` | 0.001 | Adam's usual rate |
+//! | `weight_decay` | 0.01 | torch's AdamW default |
+//! | `surrogates` | 0 (= fit boxes) | balanced targets |
+//! | `surrogate` | `mix` | the lowest FPR95 of the three on both shapes worlds measured (BENCHMARKS.md "A learned scorer: safe") |
+//! | `use_logits` | true | with `mix`, higher far-OOD AUROC on both worlds (BENCHMARKS.md) |
+//! | `per_level` | true | levels have their own feature spaces |
+//! | `seed` | 0 | |
+//!
+//! It reads the box set's feature, so SAFE's multi-layer ROI features reach it through the box
+//! set's feature sources (`fit --features`). Not done: SAFE's FGSM surrogates (a perturbed input
+//! image through the detector with autograd). What stands in the way on YOLOv8's plain (NCHW)
+//! path: candle 0.11 differentiates conv2d, SiLU, nearest upsampling (integer factors), cat,
+//! narrow and pad, but its `max_pool2d` backward refuses a kernel other than the stride, and
+//! SPPF pools 5×5 with stride 1 (the NHWC path pools outside the graph), so SPPF first needs a
+//! differentiable pool, e.g. the maximum of the 25 shifted narrows of the padded map.
+
+mod mlp;
+mod surrogate;
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    check_boxes, check_dim, check_fit_set, err, fit_labels, not_fitted, Grouping, TensorMap,
+    TensorsOut, Uses,
+};
+use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
+use super::registry::KindEntry;
+use super::{Scorer, ScorerImpl, ScorerState};
+use crate::data::boxset::BoxSet;
+use crate::error::Result;
+pub use mlp::{Layer, Mlp, Training};
+pub use surrogate::{Surrogate, VOS_POOL};
+
+pub(crate) const SAFE: KindEntry = KindEntry {
+    name: "safe",
+    summary: "OOD logit of an MLP trained on the fit boxes against surrogate outliers (learned, not Oodeel)",
+    inputs: Uses {
+        features: true,
+        logits: true,
+    },
+    shapeable: false,
+    params: infos::<SafeParams>,
+    build: |p, _| Ok(Box::new(Safe::new(p.typed()?))),
+};
+
+/// The parameters of a `safe` scorer, with the defaults of the table above.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafeParams {
+    pub hidden: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Surrogate outliers in all; 0 = as many as fit boxes.
+    pub surrogates: usize,
+    pub surrogate: Surrogate,
+    pub use_logits: bool,
+    pub per_level: bool,
+    pub seed: u64,
+}
+
+impl Default for SafeParams {
+    fn default() -> Self {
+        SafeParams {
+            hidden: 64,
+            epochs: 50,
+            lr: 1e-3,
+            weight_decay: 1e-2,
+            surrogates: 0,
+            surrogate: Surrogate::Mix,
+            use_logits: true,
+            per_level: true,
+            seed: 0,
+        }
+    }
+}
+
+impl ParamSet for SafeParams {
+    const DOCS: &'static [ParamDoc] = &[
+        ParamDoc {
+            name: "hidden",
+            expected: "an integer >= 1",
+            doc: "width of the MLP's two hidden layers",
+        },
+        ParamDoc {
+            name: "epochs",
+            expected: "an integer >= 1",
+            doc: "passes over the ID boxes and their surrogates",
+        },
+        ParamDoc {
+            name: "lr",
+            expected: "a number > 0",
+            doc: "AdamW learning rate",
+        },
+        ParamDoc {
+            name: "weight_decay",
+            expected: "a number >= 0",
+            doc: "AdamW weight decay",
+        },
+        ParamDoc {
+            name: "surrogates",
+            expected: "an integer >= 0",
+            doc: "surrogate outliers in all (0: as many as fit boxes)",
+        },
+        ParamDoc {
+            name: "surrogate",
+            expected: "vos, mix or noise",
+            doc: "how surrogate outliers are made: VOS low-likelihood Gaussian samples, mixes of two classes' boxes, or Gaussian noise",
+        },
+        ParamDoc {
+            name: "use_logits",
+            expected: "true or false",
+            doc: "append the box's logits to its feature as the MLP's input",
+        },
+        PER_LEVEL,
+        ParamDoc {
+            name: "seed",
+            expected: "an integer >= 0",
+            doc: "seed of the initial weights, the surrogates and the batch order",
+        },
+    ];
+    fn out_of_range(&self) -> Option<&'static str> {
+        if self.hidden < 1 {
+            Some("hidden")
+        } else if self.epochs < 1 {
+            Some("epochs")
+        } else if !(self.lr > 0.0 && self.lr.is_finite()) {
+            Some("lr")
+        } else if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            Some("weight_decay")
+        } else {
+            None
+        }
+    }
+}
+
+impl SafeParams {
+    fn training(&self) -> Training {
+        Training {
+            hidden: self.hidden,
+            epochs: self.epochs,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Safe {
+    pub params: SafeParams,
+    fitted: Option<Fit>,
+}
+
+/// Mean and scale of every raw input column of one group.
+type Standardiser = (Vec<f64>, Vec<f64>);
+
+#[derive(Clone, Debug)]
+struct Fit {
+    feature_dim: usize,
+    /// Logits per box in the input (0 without `use_logits`).
+    classes: usize,
+    grouping: Grouping,
+    /// Per group.
+    standardise: Vec<Standardiser>,
+    mlp: Mlp,
+}
+
+impl Fit {
+    /// One-hot level columns, only when there is more than one group.
+    fn onehot_dim(&self) -> usize {
+        one_hot_dim(self.grouping.len())
+    }
+
+    fn input(&self, boxes: &BoxSet, i: usize, g: usize) -> Vec<f64> {
+        let (mean, scale) = &self.standardise[g];
+        let mut x: Vec<f64> = raw_row(boxes, i, self.classes > 0)
+            .zip(mean.iter().zip(scale))
+            .map(|(v, (m, s))| (v - m) / s)
+            .collect();
+        push_one_hot(&mut x, g, self.onehot_dim());
+        x
+    }
+}
+
+fn one_hot_dim(groups: usize) -> usize {
+    if groups > 1 {
+        groups
+    } else {
+        0
+    }
+}
+
+fn push_one_hot(x: &mut Vec<f64>, g: usize, width: usize) {
+    x.extend((0..width).map(|k| f64::from(u8::from(k == g))));
+}
+
+fn raw_row(boxes: &BoxSet, i: usize, use_logits: bool) -> impl Iterator<Item = f64> + '_ {
+    let logits: &[f32] = if use_logits { boxes.logit_row(i) } else { &[] };
+    boxes.feature(i).iter().chain(logits).map(|&v| v as f64)
+}
+
+/// Column means and scales (standard deviation; 1 for a constant column) of `rows × d`.
+fn standardiser(x: &[f64], d: usize) -> Standardiser {
+    let n = (x.len() / d) as f64;
+    let mut mean = vec![0.0; d];
+    for row in x.chunks(d) {
+        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / n);
+    }
+    let mut var = vec![0.0; d];
+    for row in x.chunks(d) {
+        for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
+            *s += (v - m) * (v - m) / n;
+        }
+    }
+    let scale = var
+        .into_iter()
+        .map(|v| if v > 1e-12 { v.sqrt() } else { 1.0 })
+        .collect();
+    (mean, scale)
+}
+
+impl Safe {
+    pub fn new(params: SafeParams) -> Self {
+        Safe {
+            params,
+            fitted: None,
+        }
+    }
+
+    fn uses(&self) -> Uses {
+        Uses {
+            features: true,
+            logits: self.params.use_logits,
+        }
+    }
+
+    /// Standardised ID rows and surrogate rows (with level one-hots) of every group, stacked.
+    fn training_rows(
+        &self,
+        boxes: &BoxSet,
+        grouping: &Grouping,
+        members: &[Vec<usize>],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Vec<f64>, Vec<f64>, Vec<Standardiser>)> {
+        let kind = self.kind();
+        let labels = fit_labels(boxes);
+        let n = boxes.len();
+        let total = if self.params.surrogates == 0 {
+            n
+        } else {
+            self.params.surrogates
+        };
+        let width = one_hot_dim(members.len());
+        let (mut id, mut outliers, mut standardise) = (Vec::new(), Vec::new(), Vec::new());
+        for (g, idx) in members.iter().enumerate() {
+            let mut x = Vec::new();
+            for &i in idx {
+                x.extend(raw_row(boxes, i, self.params.use_logits));
+            }
+            let d = x.len() / idx.len();
+            let (mean, scale) = standardiser(&x, d);
+            for row in x.chunks_mut(d) {
+                for ((v, m), s) in row.iter_mut().zip(&mean).zip(&scale) {
+                    *v = (*v - m) / s;
+                }
+            }
+            let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
+            let count = (total * idx.len()).div_ceil(n);
+            let made = surrogate::generate(self.params.surrogate, &x, d, &group_labels, count, rng)
+                .map_err(|e| err(kind, format!("surrogates of {}: {e}", grouping.name(g))))?;
+            for (rows, out) in [(&x, &mut id), (&made, &mut outliers)] {
+                for row in rows.chunks(d) {
+                    out.extend_from_slice(row);
+                    push_one_hot(out, g, width);
+                }
+            }
+            standardise.push((mean, scale));
+        }
+        Ok((id, outliers, standardise))
+    }
+}
+
+impl Scorer for Safe {
+    fn kind(&self) -> &'static str {
+        SAFE.name
+    }
+
+    fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
+        check_fit_set(self.kind(), boxes, self.uses())?;
+        let (grouping, members) = Grouping::fit(boxes, self.params.per_level);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed);
+        let (id, outliers, standardise) =
+            self.training_rows(boxes, &grouping, &members, &mut rng)?;
+        let classes = if self.params.use_logits {
+            boxes.num_classes
+        } else {
+            0
+        };
+        let dim = boxes.feature_dim + classes + one_hot_dim(grouping.len());
+        let mlp = Mlp::train(&id, &outliers, dim, self.params.training(), &mut rng)?;
+        self.fitted = Some(Fit {
+            feature_dim: boxes.feature_dim,
+            classes,
+            grouping,
+            standardise,
+            mlp,
+        });
+        Ok(())
+    }
+
+    fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
+        let kind = self.kind();
+        let fit = self.fitted.as_ref().ok_or_else(|| not_fitted(kind))?;
+        check_boxes(kind, boxes, self.uses())?;
+        check_dim(
+            kind,
+            "feature dimension",
+            fit.feature_dim,
+            boxes.feature_dim,
+        )?;
+        if fit.classes > 0 {
+            check_dim(kind, "class count", fit.classes, boxes.num_classes)?;
+        }
+        let group_of = fit.grouping.assign(kind, boxes)?;
+        Ok(group_of
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| fit.mlp.logit(&fit.input(boxes, i, g)))
+            .collect())
+    }
+
+    fn to_state(&self) -> ScorerState {
+        let mut out = TensorsOut::default();
+        if let Some(fit) = &self.fitted {
+            out.scalar("feature_dim", fit.feature_dim as f64);
+            out.scalar("classes", fit.classes as f64);
+            fit.grouping.write(&mut out);
+            for (g, (mean, scale)) in fit.standardise.iter().enumerate() {
+                out.push(&format!("group{g}.mean"), vec![mean.len()], mean.clone());
+                out.push(&format!("group{g}.scale"), vec![scale.len()], scale.clone());
+            }
+            for (k, layer) in fit.mlp.layers.iter().enumerate() {
+                let f = |v: &[f32]| v.iter().map(|&v| v as f64).collect();
+                out.push(
+                    &format!("layer{k}.weight"),
+                    vec![layer.outputs, layer.inputs],
+                    f(&layer.weight),
+                );
+                out.push(
+                    &format!("layer{k}.bias"),
+                    vec![layer.outputs],
+                    f(&layer.bias),
+                );
+            }
+        }
+        let mut params = BTreeMap::new();
+        to_json(&self.params, &mut params);
+        out.into_state(self.kind(), None, params)
+    }
+}
+
+impl ScorerImpl for Safe {
+    fn restore(&mut self, t: &mut TensorMap) -> Result<()> {
+        let feature_dim = t.feature_dim()?;
+        let classes = t.scalar_usize("classes")?;
+        if (classes > 0) != self.params.use_logits {
+            return Err(t.bad(format!(
+                "{classes} logit columns with use_logits={}",
+                self.params.use_logits
+            )));
+        }
+        let grouping = Grouping::read(t)?;
+        let raw = feature_dim + classes;
+        let mut standardise = Vec::with_capacity(grouping.len());
+        for g in 0..grouping.len() {
+            let mean = t.take(&format!("group{g}.mean"), &[raw])?;
+            let scale = t.take(&format!("group{g}.scale"), &[raw])?;
+            if scale.iter().any(|&s| s <= 0.0) {
+                return Err(t.bad(format!("group{g}.scale has a value <= 0")));
+            }
+            standardise.push((mean, scale));
+        }
+        let hidden = self.params.hidden;
+        let shapes = [
+            (hidden, raw + one_hot_dim(grouping.len())),
+            (hidden, hidden),
+            (1, hidden),
+        ];
+        let mut layers = Vec::with_capacity(3);
+        for (k, &(outputs, inputs)) in shapes.iter().enumerate() {
+            let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+            layers.push(Layer {
+                weight: f32s(t.take(&format!("layer{k}.weight"), &[outputs, inputs])?),
+                bias: f32s(t.take(&format!("layer{k}.bias"), &[outputs])?),
+                inputs,
+                outputs,
+            });
+        }
+        let layers: [Layer; 3] = layers.try_into().expect("three layers");
+        self.fitted = Some(Fit {
+            feature_dim,
+            classes,
+            grouping,
+            standardise,
+            mlp: Mlp { layers },
+        });
+        Ok(())
+    }
+}
