@@ -82,6 +82,7 @@ kind_table! {
     vim => [VIM],
     she => [SHE],
     gram => [GRAM],
+    ocsdf => [OCSDF],
 }
 
 use crate::data::boxset::BoxSet;
