@@ -180,7 +180,7 @@ impl Net {
     /// `f` of every row of `x` (row-major `[m, in]`).
     pub fn forward(&self, x: &[f64], m: usize) -> Vec<f64> {
         let mut h = x.to_vec();
-        let mut width = if m == 0 { 0 } else { x.len() / m };
+        let mut width = x.len().checked_div(m).unwrap_or(0);
         for (w, b) in &self.hidden {
             debug_assert_eq!(w.cols, width);
             h = matmul_nt(&h, m, w.cols, &w.data, w.rows);

@@ -3,7 +3,7 @@
 //! ICML 2023).
 //!
 //! **Fit** (per group): standardise the features (the group's mean and standard deviation), then
-//! train a 1-Lipschitz network `f` ([`lipschitz`]: `depth` dense layers of `width` units made
+//! train a 1-Lipschitz network `f` (`lipschitz.rs`: `depth` dense layers of `width` units made
 //! 1-Lipschitz by power iteration + Björck orthonormalisation or by the column-norm bound,
 //! GroupSort2 or FullSort, a unit-norm output row) with the hinge-Kantorovich-Rubinstein loss
 //! `relu(m − y) − y/λ` on ID points (`y = f(x)`) and on negatives (`y = −f(q)`). Negatives are
@@ -188,7 +188,7 @@ impl ParamSet for OcsdfParams {
 
     fn out_of_range(&self) -> Option<&'static str> {
         let positive = |v: f64| v.is_finite() && v > 0.0;
-        if self.width < 2 || self.width % 2 != 0 {
+        if self.width < 2 || !self.width.is_multiple_of(2) {
             Some("width")
         } else if self.depth < 1 {
             Some("depth")
