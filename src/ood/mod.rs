@@ -86,6 +86,7 @@ kind_table! {
     flow => [FLOW],
     safe => [SAFE],
     combine => [COMBINE],
+    ocsdf => [OCSDF],
 }
 
 use crate::data::boxset::BoxSet;
