@@ -84,9 +84,9 @@ kind_table! {
     gram => [GRAM],
     box_monitor => [BOX_MONITOR],
     flow => [FLOW],
+    ocsdf => [OCSDF],
     safe => [SAFE],
     combine => [COMBINE],
-    ocsdf => [OCSDF],
 }
 
 use crate::data::boxset::BoxSet;
