@@ -3,7 +3,7 @@
 
 mod detector;
 
-pub use detector::YoloDetector;
+pub use detector::{YoloDetector, MAX_BATCH};
 
 use candle_core::Tensor;
 use sha2::{Digest, Sha256};
