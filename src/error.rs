@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+/// Match on a variant to tell the kinds apart; new kinds may be added (hence
+/// `#[non_exhaustive]`: a match needs a `_` arm).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
     Io {
@@ -99,6 +102,10 @@ pub enum Error {
     /// parameter, bad input box (non-finite value, dimension mismatch), not fitted, bad state.
     #[error("scorer `{scorer}`: {reason}")]
     Scorer { scorer: String, reason: String },
+    /// An image given in memory (encoded bytes or a decoded image) that cannot be used:
+    /// undecodable, empty, or over a limit of [`crate::limits::Limits`] (`reason` says which).
+    #[error("image in memory: {reason}")]
+    BadImageData { reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

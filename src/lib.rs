@@ -1,20 +1,49 @@
 //! oodbox: open-set recognition for object detectors.
 //!
-//! A trained detector (YOLOv8, or DETR from a Hugging Face folder) runs in Candle and keeps, for every box, its raw class logits and
-//! the feature vector its classifier saw. Post-hoc OOD scorers, fitted on in-distribution boxes,
+//! A trained detector (YOLOv8, YOLO11, YOLO26, or DETR from a Hugging Face folder) runs in
+//! Candle and keeps, for every box, its raw class logits and the feature vector its classifier
+//! saw. Post-hoc OOD scorers, fitted on in-distribution boxes,
 //! score each box; a conformal calibrator turns the score into a p-value and an OOD confidence.
 //!
-//! Load the model and a scorer fitted for it once, then call `detect` per image:
+//! # Data flow
+//!
+//! ```text
+//! image (a path, encoded bytes or an image::DynamicImage)
+//!   │  load_rgb / decode_rgb / rgb_from_image: 8-bit RGB, EXIF orientation applied
+//!   ▼
+//! Detector (detect/: YOLOv8, YOLO11, YOLO26, DETR)    ── DetectOptions: size, thresholds
+//!   │  detect / detect_batch
+//!   ▼
+//! BoxRecord per box: bbox, class, confidence, logits, feature (+ ROI features)
+//!   │  BoxSet::from_records (data/): many boxes, with their image index, as one set
+//!   ▼
+//! FittedScorer (ood/): a scorer fitted on in-distribution boxes and a conformal calibrator
+//!   │  score
+//!   ▼
+//! BoxOod per box: score, p-value, OOD confidence, is_ood
+//! ```
+//!
+//! [`OodDetector`] holds a detector and a scorer fitted for it and runs the whole chain; `eval/`
+//! measures how well a scorer separates known from unknown boxes, `video/` runs the chain on a
+//! stream with tracking, `render/` draws the verdicts.
+//!
+//! The types a user needs are re-exported here, and so are the [`candle_core`] and [`image`]
+//! crates whose types the API takes ([`Device`], [`RgbImage`]), so that no version-matched
+//! dependency is needed.
+//!
+//! # Example
+//!
+//! Load the model and a scorer fitted for it once, then call `detect` per image, or
+//! `detect_batch` for several:
 //!
 //! ```
-//! use oodbox::detect::image_io::load_rgb;
-//! use oodbox::pipeline::OodDetector;
+//! use oodbox::{decode_rgb, load_rgb, Device, OodDetector};
 //!
 //! // Detects as the scorer's fit boxes were detected (imgsz 256 for the shapes scorer).
 //! let detector = OodDetector::load(
 //!     "models/shapes.safetensors".as_ref(),
 //!     "models/shapes-scorer.safetensors".as_ref(),
-//!     &candle_core::Device::Cpu,
+//!     &Device::Cpu,
 //! )?;
 //! let image = load_rgb("assets/images/test_mixed_00001.png".as_ref())?;
 //! for d in detector.detect(&image)? {
@@ -22,14 +51,18 @@
 //!     println!("{} {:.2} at {:?}: OOD confidence {:.2} ({verdict})",
 //!         d.class_name, d.record.confidence, d.record.bbox, d.ood.confidence);
 //! }
-//! # Ok::<(), oodbox::error::Error>(())
+//! // An image in memory, e.g. received over the network, decodes as a file does.
+//! let bytes = std::fs::read("assets/images/test_mixed_00002.png")?;
+//! let batch = detector.detect_batch(&[image, decode_rgb(&bytes)?])?;
+//! println!("{} and {} boxes", batch[0].len(), batch[1].len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! [`pipeline::OodDetector`] is `Send + Sync`: one instance can serve several threads.
+//! [`OodDetector`] is `Send + Sync`: one instance can serve several threads.
 //!
 //! The calibration holds for boxes detected the way the fit and calibration boxes were: same
 //! input size and thresholds. Box sets and scorer files record those settings, and
-//! [`pipeline::OodDetector`] starts from them.
+//! [`OodDetector`] starts from them.
 
 pub mod data;
 pub mod detect;
@@ -41,3 +74,15 @@ pub mod ood;
 pub mod pipeline;
 pub mod render;
 pub mod video;
+
+pub use candle_core;
+pub use candle_core::Device;
+pub use data::boxset::BoxSet;
+pub use detect::image_io::{decode_rgb, load_rgb, rgb_from_image};
+pub use detect::{load_detector, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead};
+pub use error::{Error, Result};
+pub use image;
+pub use image::RgbImage;
+pub use limits::Limits;
+pub use ood::fitted::{BoxOod, FitOptions, FittedScorer};
+pub use pipeline::{Detection, OodDetector};

@@ -75,26 +75,34 @@ impl Limits {
     /// Refuses an image of `width`×`height` pixels whose decoding takes `bytes`, before any of
     /// it is decoded.
     pub fn check_image(&self, path: &Path, width: u32, height: u32, bytes: u64) -> Result<()> {
+        match self.image_excess(width, height, bytes) {
+            None => Ok(()),
+            Some(reason) => Err(Error::TooLarge {
+                path: path.to_path_buf(),
+                reason,
+            }),
+        }
+    }
+
+    /// Why an image of `width`×`height` pixels whose decoding takes `bytes` is over a limit,
+    /// naming the way to raise it; `None` when it is within every limit.
+    pub fn image_excess(&self, width: u32, height: u32, bytes: u64) -> Option<String> {
         let pixels = width as u64 * height as u64;
-        let reason = if pixels > self.max_image_pixels {
-            format!(
+        if pixels > self.max_image_pixels {
+            Some(format!(
                 "the image declares {width}×{height} = {pixels} pixels, more than the limit of \
                  {} (set {MAX_IMAGE_PIXELS_VAR} to raise it)",
                 self.max_image_pixels
-            )
+            ))
         } else if bytes > self.max_image_bytes {
-            format!(
+            Some(format!(
                 "decoding the image takes {bytes} bytes, more than the limit of {} (set \
                  {MAX_IMAGE_BYTES_VAR} to raise it)",
                 self.max_image_bytes
-            )
+            ))
         } else {
-            return Ok(());
-        };
-        Err(Error::TooLarge {
-            path: path.to_path_buf(),
-            reason,
-        })
+            None
+        }
     }
 }
 

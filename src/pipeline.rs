@@ -86,14 +86,36 @@ impl OodDetector {
         self.score(records)
     }
 
+    /// Detects on several images, then scores all their boxes in one call: the detections of
+    /// `images[i]` are at index `i`, the same as [`OodDetector::detect`] gives for that image.
+    pub fn detect_batch(&self, images: &[RgbImage]) -> Result<Vec<Vec<Detection>>> {
+        let per_image = self.detector.detect_batch(images, &self.options)?;
+        let counts: Vec<usize> = per_image.iter().map(Vec::len).collect();
+        let records = per_image
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, boxes)| boxes.into_iter().map(move |b| (i, b)))
+            .collect();
+        let mut scored = self.score_indexed(records)?.into_iter();
+        Ok(counts
+            .into_iter()
+            .map(|n| scored.by_ref().take(n).collect())
+            .collect())
+    }
+
     /// Scores boxes this detector produced.
     pub fn score(&self, records: Vec<BoxRecord>) -> Result<Vec<Detection>> {
+        self.score_indexed(records.into_iter().map(|r| (0, r)).collect())
+    }
+
+    /// Scores boxes this detector produced, each with the index of its image.
+    fn score_indexed(&self, records: Vec<(usize, BoxRecord)>) -> Result<Vec<Detection>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let d = self.detector.as_ref();
         let set = BoxSet::from_records(
-            records.iter().map(|r| (0, r)),
+            records.iter().map(|(i, r)| (*i, r)),
             d.head(),
             d.class_names(),
             d.fingerprint(),
@@ -103,7 +125,7 @@ impl OodDetector {
         Ok(records
             .into_iter()
             .zip(verdicts)
-            .map(|(record, ood)| Detection {
+            .map(|((_, record), ood)| Detection {
                 class_name: d.class_names()[record.class_id].clone(),
                 record,
                 ood,

@@ -416,6 +416,118 @@ fn the_fit_and_score_example_separates_unknown_shapes() {
     );
 }
 
+#[path = "../examples/annotate.rs"]
+#[allow(dead_code)] // its `main` is the example's entry point
+mod annotate_example;
+
+#[path = "../examples/detect_from_memory.rs"]
+#[allow(dead_code)]
+mod detect_from_memory_example;
+
+#[path = "../examples/detect_batch.rs"]
+#[allow(dead_code)]
+mod detect_batch_example;
+
+fn repo_path(relative: &str) -> String {
+    format!("{}/{relative}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every example under examples/ is run by a test: included as a module by one of tests/*.rs.
+#[test]
+fn every_example_is_run_by_a_test() {
+    let tests: String = std::fs::read_dir(repo_path("tests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for example in std::fs::read_dir(repo_path("examples")).unwrap() {
+        let name = example.unwrap().file_name().into_string().unwrap();
+        let include = format!("#[path = \"../examples/{name}\"]");
+        assert!(tests.contains(&include), "no test runs examples/{name}");
+    }
+}
+
+#[test]
+fn the_annotate_example_writes_the_annotated_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("annotated.png");
+    let input = repo_path("assets/images/test_mixed_00001.png");
+    let (boxes, flagged) = annotate_example::annotate_file(
+        &repo_path("models/shapes.safetensors"),
+        &repo_path("models/shapes-scorer.safetensors"),
+        &input,
+        output.to_str().unwrap(),
+    )
+    .unwrap();
+    assert!(
+        boxes > 0 && flagged <= boxes,
+        "{boxes} boxes, {flagged} flagged"
+    );
+    let written = image::open(&output).unwrap();
+    let original = image::open(&input).unwrap();
+    assert_eq!(
+        (written.width(), written.height()),
+        (original.width(), original.height())
+    );
+}
+
+/// Bytes and a decoded `DynamicImage` give the boxes the file gives.
+#[test]
+fn the_detect_from_memory_example_matches_the_file() {
+    use oodbox::Detector;
+    let (model, input) = (
+        repo_path("models/shapes.safetensors"),
+        repo_path("assets/images/test_mixed_00001.png"),
+    );
+    let [from_bytes, from_image] =
+        detect_from_memory_example::detect_from_memory(&model, &input).unwrap();
+    let detector = oodbox::load_detector(model.as_ref(), &oodbox::Device::Cpu).unwrap();
+    let options = oodbox::DetectOptions {
+        imgsz: (256, 256),
+        ..Default::default()
+    };
+    let image = oodbox::load_rgb(input.as_ref()).unwrap();
+    let from_file = detector.detect(&image, &options).unwrap();
+    assert!(!from_file.is_empty());
+    assert_eq!(from_bytes, from_file);
+    assert_eq!(from_image, from_file);
+}
+
+/// A batch of images of several sizes (so several input shapes, batched apart) gives each image
+/// the detections and verdicts that `detect` gives it alone.
+#[test]
+fn the_detect_batch_example_matches_one_by_one() {
+    let (model, scorer) = (
+        repo_path("models/shapes.safetensors"),
+        repo_path("models/shapes-scorer.safetensors"),
+    );
+    let images: Vec<String> = [
+        "assets/images/test_mixed_00000.png",
+        "tests/fixtures/yolo_next/images/letterbox320_wide_640x360.png",
+        "assets/images/test_mixed_00001.png",
+        "assets/images/test_mixed_00002.png",
+        "tests/fixtures/yolo_next/images/letterbox320_tall_300x500.png",
+        "assets/images/test_mixed_00003.png",
+    ]
+    .iter()
+    .map(|p| repo_path(p))
+    .collect();
+    let paths: Vec<&str> = images.iter().map(String::as_str).collect();
+    let batch = detect_batch_example::detect_batch(&model, &scorer, &paths).unwrap();
+    let detector =
+        oodbox::OodDetector::load(model.as_ref(), scorer.as_ref(), &oodbox::Device::Cpu).unwrap();
+    assert_eq!(batch.len(), images.len());
+    for (path, detections) in paths.iter().zip(&batch) {
+        let alone = detector
+            .detect(&oodbox::load_rgb(path.as_ref()).unwrap())
+            .unwrap();
+        assert_eq!(detections, &alone, "{path}");
+    }
+    assert!(batch.iter().filter(|d| !d.is_empty()).count() >= 4);
+    assert!(detector.detect_batch(&[]).unwrap().is_empty());
+}
+
 /// Every kind of the registry table, so that a new kind is covered without editing this test:
 /// it fits on the shapes boxes, keeps the calibration promise on held-out ID boxes (never more
 /// flagged than the 99% binomial interval allows; ties may make it conservative) and its scorer

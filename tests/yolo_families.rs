@@ -150,3 +150,48 @@ fn other_tasks_and_families_are_refused_by_name() {
         }
     }
 }
+
+/// `detect_batch` batches images of one input size through the network: every image gets the
+/// boxes (with logits, features and ROI features) that `detect` gives it alone, for every
+/// family and both YOLO26 heads, over inputs of several sizes and more than one full batch.
+#[test]
+fn a_batch_gives_each_image_its_own_boxes() {
+    use oodbox::detect::image_io::load_rgb;
+    use oodbox::detect::sources::RoiSource;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let names = ["mixed_test_id_00008", "wide_640x360", "mixed_test_id_00026"];
+    let mut images: Vec<image::RgbImage> = names
+        .iter()
+        .map(|n| {
+            load_rgb(&fixtures.join(format!("yolo_next/images/letterbox320_{n}.png"))).unwrap()
+        })
+        .collect();
+    // Nine images of one size: a full batch and one more.
+    let same = images[0].clone();
+    images.extend(std::iter::repeat_n(same, 9));
+    let options = DetectOptions {
+        imgsz: (320, 320),
+        roi: vec![RoiSource {
+            layer: "4".into(),
+            pool: 2,
+        }],
+        ..DetectOptions::default()
+    };
+    for (family, nms_free) in [("yolo11", false), ("yolo26", false), ("yolo26", true)] {
+        let mut detector =
+            load_detector(&fixtures.join(family).join("best.pt"), &Device::Cpu).unwrap();
+        detector.set_nms_free(nms_free).unwrap();
+        let batch = detector.detect_batch(&images, &options).unwrap();
+        assert_eq!(batch.len(), images.len());
+        let alone: Vec<_> = images[..names.len()]
+            .iter()
+            .map(|image| detector.detect(image, &options).unwrap())
+            .collect();
+        for (i, boxes) in batch.iter().enumerate() {
+            // Images from the third on are copies of the first.
+            let expected = &alone[if i < names.len() { i } else { 0 }];
+            assert!(!expected.is_empty(), "{family} image {i}");
+            assert_eq!(boxes, expected, "{family} nms_free {nms_free} image {i}");
+        }
+    }
+}

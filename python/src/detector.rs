@@ -127,21 +127,43 @@ impl NativeDetector {
         }
     }
 
-    /// Detects on every input in order; a failed input stops the batch, or with `skip` is
-    /// recorded as (index, message) and skipped.
+    /// Loads every input in order, then detects on them in one [`Detector::detect_batch`] call
+    /// (the YOLO families run images of one input size through the network together). An input
+    /// that fails to load stops the batch, or with `skip` is recorded as (index, message) and
+    /// skipped; should the batch fail, it is run image by image to find the one at fault.
     fn run(&self, inputs: Vec<Input>, skip: bool) -> Result<(Vec<(usize, BoxRecord)>, Failed)> {
-        let mut records = Vec::new();
-        let mut failed = Vec::new();
+        let (mut images, mut positions, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         for (i, input) in inputs.into_iter().enumerate() {
-            match input
-                .load()
-                .and_then(|im| self.detector().detect(&im, self.detect_options()))
-            {
-                Ok(boxes) => records.extend(boxes.into_iter().map(|b| (i, b))),
+            match input.load() {
+                Ok(image) => {
+                    images.push(image);
+                    positions.push(i);
+                }
                 Err(e) if skip => failed.push((i, e.to_string())),
                 Err(e) => return Err(e),
             }
         }
+        let (d, options) = (self.detector(), self.detect_options());
+        let per_image = match d.detect_batch(&images, options) {
+            Ok(per_image) => per_image,
+            Err(_) if skip => {
+                let mut per_image = Vec::with_capacity(images.len());
+                for (image, &i) in images.iter().zip(&positions) {
+                    per_image.push(d.detect(image, options).unwrap_or_else(|e| {
+                        failed.push((i, e.to_string()));
+                        Vec::new()
+                    }));
+                }
+                failed.sort_by_key(|(i, _)| *i);
+                per_image
+            }
+            Err(e) => return Err(e),
+        };
+        let records = positions
+            .into_iter()
+            .zip(per_image)
+            .flat_map(|(i, boxes)| boxes.into_iter().map(move |b| (i, b)))
+            .collect();
         Ok((records, failed))
     }
 }

@@ -84,3 +84,16 @@ def test_a_bad_image_in_a_batch_is_skipped_when_asked(ood, tmp_path):
     assert "broken.png" in out["failed"][0][1]
     assert set(out["image_index"]) == {0, 2}
 
+
+
+def test_a_batch_of_mixed_sizes_gives_each_image_its_own_boxes(ood):
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in IMAGES]
+    # A narrower crop letterboxes to another input size: batched apart from the others.
+    images.insert(1, images[0][:, :180])
+    batch = ood.detect_batch(images)
+    assert set(batch["image_index"]) == set(range(len(images)))
+    for i, image in enumerate(images):
+        alone = ood.detect(image)
+        mine = batch["image_index"] == i
+        for key in ("bbox", "class_id", "confidence", "logits", "features", "p_value", "is_ood"):
+            np.testing.assert_array_equal(batch[key][mine], alone[key], err_msg=f"{key} {i}")

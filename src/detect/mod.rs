@@ -200,6 +200,17 @@ pub trait Detector: Send + Sync {
         self.detect_timed(image, options).map(|(boxes, _)| boxes)
     }
 
+    /// Detects on several images: the boxes of `images[i]` are at index `i`, the same boxes
+    /// as [`Detector::detect`] gives for that image. A family may run the images through the
+    /// network together; by default they run one by one.
+    fn detect_batch(
+        &self,
+        images: &[RgbImage],
+        options: &DetectOptions,
+    ) -> Result<Vec<Vec<BoxRecord>>> {
+        images.iter().map(|im| self.detect(im, options)).collect()
+    }
+
     /// The family's name, as in [`FAMILIES`].
     fn family(&self) -> &'static str;
     fn class_names(&self) -> &[String];
@@ -252,6 +263,13 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
     }
     fn detect(&self, image: &RgbImage, options: &DetectOptions) -> Result<Vec<BoxRecord>> {
         (**self).detect(image, options)
+    }
+    fn detect_batch(
+        &self,
+        images: &[RgbImage],
+        options: &DetectOptions,
+    ) -> Result<Vec<Vec<BoxRecord>>> {
+        (**self).detect_batch(images, options)
     }
     fn family(&self) -> &'static str {
         (**self).family()

@@ -23,6 +23,10 @@ use crate::nn::MapLayout;
 /// Ultralytics keeps at most this many candidates, by confidence, before NMS.
 const MAX_NMS: usize = 30_000;
 
+/// The most images [`Detector::detect_batch`] runs through the network at once, bounding the
+/// memory a batch of large images takes.
+pub const MAX_BATCH: usize = 8;
+
 pub struct YoloDetector {
     network: Box<dyn YoloNetwork>,
     family: &'static str,
@@ -285,6 +289,24 @@ impl Stages for YoloDetector {
 }
 
 impl YoloDetector {
+    /// The boxes of each of `inputs` (of one size), from one forward pass over all of them.
+    fn detect_inputs(
+        &self,
+        inputs: &[<Self as Stages>::Input],
+        options: &DetectOptions,
+    ) -> Result<Vec<Vec<BoxRecord>>> {
+        let Some((_, _, keep)) = inputs.first() else {
+            return Ok(Vec::new());
+        };
+        let tensors: Vec<&Tensor> = inputs.iter().map(|(t, _, _)| t).collect();
+        let output =
+            self.network
+                .forward_keeping(&Tensor::cat(&tensors, 0)?, self.nms_free, keep)?;
+        (0..inputs.len())
+            .map(|i| self.postprocess(output.item(i)?, &inputs[i], options))
+            .collect()
+    }
+
     /// The class-branch feature rows of the kept anchors; only those leave the device.
     fn features(output: &YoloOutput, kept: &[Candidate]) -> Result<Vec<Vec<f32>>> {
         let mut features = vec![Vec::new(); kept.len()];
@@ -388,6 +410,31 @@ impl Detector for YoloDetector {
         options: &DetectOptions,
     ) -> Result<(Vec<BoxRecord>, StageTimes)> {
         run_stages(self, image, options)
+    }
+
+    /// One forward pass per run of at most [`MAX_BATCH`] consecutive images whose letterboxed
+    /// inputs have the same size; each image's boxes are those [`Detector::detect`] gives.
+    fn detect_batch(
+        &self,
+        images: &[RgbImage],
+        options: &DetectOptions,
+    ) -> Result<Vec<Vec<BoxRecord>>> {
+        options.check()?;
+        let mut boxes = Vec::with_capacity(images.len());
+        let mut pending: Vec<<Self as Stages>::Input> = Vec::new();
+        for image in images {
+            let input = self.preprocess(image, options)?;
+            let fits = pending
+                .first()
+                .is_some_and(|first| first.0.dims() == input.0.dims());
+            if !fits || pending.len() == MAX_BATCH {
+                boxes.extend(self.detect_inputs(&pending, options)?);
+                pending.clear();
+            }
+            pending.push(input);
+        }
+        boxes.extend(self.detect_inputs(&pending, options)?);
+        Ok(boxes)
     }
 
     fn family(&self) -> &'static str {

@@ -3,7 +3,7 @@
 
 mod detector;
 
-pub use detector::YoloDetector;
+pub use detector::{YoloDetector, MAX_BATCH};
 
 use candle_core::Tensor;
 use sha2::{Digest, Sha256};
@@ -33,6 +33,27 @@ pub struct YoloOutput {
     pub reg_max: usize,
     /// The maps of the layers asked to be kept (ultralytics YAML index), `(B, H, W, C)`.
     pub kept: Vec<(usize, Tensor)>,
+}
+
+impl YoloOutput {
+    /// Image `i` of a batched output, as an output of batch size 1.
+    pub fn item(&self, i: usize) -> candle_core::Result<YoloOutput> {
+        let one = |t: &Tensor| t.narrow(0, i, 1);
+        let all = |ts: &[Tensor]| ts.iter().map(one).collect::<candle_core::Result<Vec<_>>>();
+        Ok(YoloOutput {
+            box_logits: one(&self.box_logits)?,
+            cls_logits: one(&self.cls_logits)?,
+            cls_features: all(&self.cls_features)?,
+            neck: all(&self.neck)?,
+            level_shapes: self.level_shapes.clone(),
+            reg_max: self.reg_max,
+            kept: self
+                .kept
+                .iter()
+                .map(|(layer, t)| Ok((*layer, one(t)?)))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
 }
 
 /// The maps of chosen layers, kept channels-last as the forward pass computes them.
