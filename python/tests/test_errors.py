@@ -25,7 +25,7 @@ def test_missing_files_name_the_path(det, tmp_path):
 
 
 def test_files_of_the_wrong_kind(det, tmp_path):
-    with pytest.raises(oodbox.OodboxError, match="not a safetensors file"):
+    with pytest.raises(oodbox.OodboxError, match="this is an image, not an oodbox scorer file"):
         oodbox.Scorer.load(IMAGES[0])
     with pytest.raises(oodbox.OodboxError, match="cannot decode image"):
         det.detect(ROOT / "models" / "README.md")
