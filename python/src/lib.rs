@@ -35,6 +35,7 @@ pub(crate) fn to_py(error: oodbox::error::Error) -> PyErr {
 
 #[pymodule]
 fn _oodbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    threads::fork_safe_candle();
     m.add("OodboxError", m.py().get_type::<OodboxError>())?;
     m.add_class::<detector::NativeDetector>()?;
     m.add_class::<scorer::NativeScorer>()?;

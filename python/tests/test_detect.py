@@ -97,3 +97,25 @@ def test_a_batch_of_mixed_sizes_gives_each_image_its_own_boxes(ood):
         mine = batch["image_index"] == i
         for key in ("bbox", "class_id", "confidence", "logits", "features", "p_value", "is_ood"):
             np.testing.assert_array_equal(batch[key][mine], alone[key], err_msg=f"{key} {i}")
+
+
+def test_a_forked_child_detects_like_its_parent(ood):
+    # Candle's elementwise pool does not survive a fork: a child forked after a model was used
+    # once waited forever on its missing threads.
+    import multiprocessing
+
+    parent = ood.detect(IMAGES[0])
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child():
+        queue.put(ood.detect(IMAGES[0])["bbox"].tolist())
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    proc.join(60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("the forked child did not finish detect within 60 s")
+    assert proc.exitcode == 0
+    assert queue.get(timeout=5) == parent["bbox"].tolist()
