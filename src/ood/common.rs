@@ -121,6 +121,15 @@ pub(crate) fn check_dim(scorer: &str, what: &str, fitted: usize, found: usize) -
 }
 
 /// Fit labels: `label` where present and >= 0, else `class_id`.
+/// A standard normal draw (Box–Muller) from the seeded generator every learned kind uses, so
+/// that fits are deterministic for a seed.
+pub(crate) fn standard_normal(rng: &mut rand_chacha::ChaCha8Rng) -> f64 {
+    use rand::Rng;
+    let u1: f64 = rng.random::<f64>().max(1e-300);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 pub(crate) fn fit_labels(boxes: &BoxSet) -> Vec<i64> {
     match &boxes.label {
         Some(labels) => labels

@@ -1,5 +1,6 @@
 //! Unit tests of the scorers: sign convention, bad input, per-level fits, states.
 
+use crate::ood::common::standard_normal;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -10,12 +11,6 @@ use crate::detect::{ClassHead, LinearHead};
 const D: usize = 40;
 const C: usize = 4;
 const BLOCK: usize = D / C;
-
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
 
 /// Head: `W_cj = w_j 1[j in block c] − 1/C` with `w_j` = 1.5 on the first 4 dims of a block
 /// and 0.6 on the rest, `b = 0`: equal logits for features that treat every class block alike
@@ -82,7 +77,7 @@ fn id_set(seed: u64, n: usize, levels: Option<usize>) -> BoxSet {
         let f: Vec<f32> = (0..D)
             .map(|j| {
                 let base = if j / BLOCK == y { 3.0 } else { 0.2 };
-                (base + 0.3 * normal(&mut rng)) as f32
+                (base + 0.3 * standard_normal(&mut rng)) as f32
             })
             .collect();
         rows.push(f);
@@ -581,7 +576,8 @@ fn knn_is_exact_across_bank_blocks_and_leave_one_out_skips_only_self() {
             ..Default::default()
         };
         for _ in 0..n {
-            set.features.extend((0..d).map(|_| normal(rng) as f32));
+            set.features
+                .extend((0..d).map(|_| standard_normal(rng) as f32));
             set.logits.push(0.0);
             set.class_id.push(0);
         }
@@ -746,7 +742,9 @@ fn knn_speed_100k_bank_256d() {
     let make = |rng: &mut ChaCha8Rng, n: usize| BoxSet {
         feature_dim: d,
         num_classes: 1,
-        features: (0..n * d).map(|_| normal(rng).abs() as f32).collect(),
+        features: (0..n * d)
+            .map(|_| standard_normal(rng).abs() as f32)
+            .collect(),
         logits: vec![0.0; n],
         class_id: vec![0; n],
         ..Default::default()

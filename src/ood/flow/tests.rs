@@ -1,18 +1,13 @@
 //! The flow's own tests: its log-determinant, its likelihood on Gaussian data, a deterministic
 //! scorer file. The table's contract tests (src/ood/tests.rs) cover the rest.
 
+use crate::ood::common::standard_normal;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::net::{Model, HALF_LN_2PI};
 use crate::data::boxset::BoxSet;
 use crate::ood::fitted::{FitOptions, FittedScorer};
-
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
 
 /// log |det m| of a square row-major matrix, by Gaussian elimination with partial pivoting.
 fn log_abs_det(mut m: Vec<f64>, d: usize) -> f64 {
@@ -43,11 +38,11 @@ fn log_determinant_equals_a_finite_difference_jacobians() {
     let mut model = Model::new(d, 8, 3, 1, &mut rng);
     // Untrained couplings are the identity: give every tensor random values instead.
     for w in model.weights.iter_mut().flatten().flatten() {
-        *w = 0.7 * normal(&mut rng);
+        *w = 0.7 * standard_normal(&mut rng);
     }
     let mut spread = Vec::new();
     for _ in 0..5 {
-        let x: Vec<f64> = (0..d).map(|_| normal(&mut rng)).collect();
+        let x: Vec<f64> = (0..d).map(|_| standard_normal(&mut rng)).collect();
         let (_, logdet) = model.transform(&x).unwrap();
         let mut jac = vec![0.0; d * d];
         for j in 0..d {
@@ -77,7 +72,7 @@ fn gaussian_boxes(n: usize, mean: &[f64], a: &[f64], rng: &mut ChaCha8Rng) -> Bo
     let d = mean.len();
     let mut features = Vec::with_capacity(n * d);
     for _ in 0..n {
-        let e: Vec<f64> = (0..d).map(|_| normal(rng)).collect();
+        let e: Vec<f64> = (0..d).map(|_| standard_normal(rng)).collect();
         for i in 0..d {
             let v = mean[i] + (0..d).map(|j| a[i * d + j] * e[j]).sum::<f64>();
             features.push(v as f32);
@@ -96,11 +91,11 @@ fn gaussian_boxes(n: usize, mean: &[f64], a: &[f64], rng: &mut ChaCha8Rng) -> Bo
 /// A random lower-triangular `A` with strong off-diagonal terms (so `Σ = A Aᵀ` is far from
 /// diagonal) and a random mean.
 fn random_gaussian(d: usize, rng: &mut ChaCha8Rng) -> (Vec<f64>, Vec<f64>) {
-    let mean = (0..d).map(|_| 3.0 * normal(rng)).collect();
+    let mean = (0..d).map(|_| 3.0 * standard_normal(rng)).collect();
     let mut a = vec![0.0; d * d];
     for i in 0..d {
         for j in 0..i {
-            a[i * d + j] = normal(rng);
+            a[i * d + j] = standard_normal(rng);
         }
         a[i * d + i] = rng.random_range(0.5..1.5);
     }

@@ -2,6 +2,7 @@
 //! ID points and on negatives that the adapted Newton–Raphson steps of Béthune et al. move
 //! towards the current network's zero level set.
 
+use crate::ood::common::standard_normal;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
@@ -46,12 +47,6 @@ impl TrainSet {
     }
 }
 
-fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 /// One hidden layer being trained: raw weight, bias and the persistent power-iteration vector.
 struct Layer {
     v: Var,
@@ -65,7 +60,7 @@ fn orthogonal(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Matrix {
     let mut w = Matrix {
         rows,
         cols,
-        data: (0..rows * cols).map(|_| gaussian(rng) * scale).collect(),
+        data: (0..rows * cols).map(|_| standard_normal(rng) * scale).collect(),
     };
     bjorck(&mut w, 1e-9, 200);
     w
@@ -79,7 +74,7 @@ fn tensor(data: &[f64], shape: &[usize]) -> candle_core::Result<Tensor> {
 impl Layer {
     fn new(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> candle_core::Result<Layer> {
         let w = orthogonal(rows, cols, rng);
-        let u: Vec<f64> = (0..cols).map(|_| gaussian(rng)).collect();
+        let u: Vec<f64> = (0..cols).map(|_| standard_normal(rng)).collect();
         Ok(Layer {
             v: Var::from_tensor(&tensor(&w.data, &[rows, cols])?)?,
             b: Var::zeros(rows, DType::F32, &Device::Cpu)?,
@@ -178,7 +173,7 @@ impl Model {
             layers.push(Layer::new(p.width, cols, rng)?);
             cols = p.width;
         }
-        let out: Vec<f64> = (0..p.width).map(|_| gaussian(rng)).collect();
+        let out: Vec<f64> = (0..p.width).map(|_| standard_normal(rng)).collect();
         Ok(Model {
             layers,
             out: Var::from_tensor(&tensor(&out, &[p.width, 1])?)?,
@@ -263,7 +258,7 @@ fn negatives(
     let (d, radius) = (set.d, set.radius());
     let mut seeds = Vec::with_capacity(count * d);
     for _ in 0..count {
-        let dir: Vec<f64> = (0..d).map(|_| gaussian(rng)).collect();
+        let dir: Vec<f64> = (0..d).map(|_| standard_normal(rng)).collect();
         let len = dir.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
         let r = radius * rng.random::<f64>().powf(1.0 / d as f64) / len;
         seeds.extend(dir.iter().map(|v| (v * r) as f32));
