@@ -2,11 +2,24 @@
 
 mod cli;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    let args = cli::Cli::parse();
+    let args = match cli::parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // Help and version go to stdout with success; a bad command line fails like any
+            // other error (exit 1), not with clap's usage code.
+            match number_error(&err) {
+                Some(message) => eprintln!("error: {message}"),
+                None => drop(err.print()),
+            }
+            return if err.use_stderr() {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            };
+        }
+    };
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
@@ -24,6 +37,27 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message for `--max-det -3` or `--max-det 2.5` is "invalid digit found in string";
+/// say what is wrong instead.
+fn number_error(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let value = text(ContextKind::InvalidValue)?;
+    if err.kind() != ErrorKind::ValueValidation || !err.to_string().contains("invalid digit") {
+        return None;
+    }
+    let arg = text(ContextKind::InvalidArg).unwrap_or("the option");
+    let problem = if value.starts_with('-') && value[1..].parse::<f64>().is_ok() {
+        "it must not be negative"
+    } else {
+        "it must be a whole number"
+    };
+    Some(format!("invalid value '{value}' for '{arg}': {problem}"))
 }
 
 /// By default glibc hands freed blocks above a few hundred KiB back to the kernel, so every

@@ -409,3 +409,104 @@ fn every_output_in_a_missing_folder_is_refused_before_any_work() {
     ]);
     assert!(err.contains("this is a folder"), "{err}");
 }
+
+/// Every option of every subcommand that takes a value, read from `--help`.
+fn options_with_values() -> Vec<(String, String)> {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let help = run(&["--help"]);
+    let commands = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert!(commands.len() >= 10, "{help}");
+    let mut found = Vec::new();
+    for command in commands {
+        for line in run(&[&command, "--help"]).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| w.starts_with("--")) {
+                if words.get(i + 1).is_some_and(|w| w.starts_with('<')) {
+                    found.push((command.clone(), words[i].trim_end_matches(',').to_string()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_negative_or_fractional_number_for_any_option_is_its_value_and_a_clear_error() {
+    let options = options_with_values();
+    assert!(options.len() > 60, "{options:?}");
+    for (command, option) in options {
+        for value in ["-3", "-0.5"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+                .args([&command, &option, value, "--definitely-not-an-option"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // Read as the option's value, the number is either accepted (the unknown option
+            // after it is then the error) or refused naming the option; never taken for a flag.
+            assert!(
+                !stderr.contains(&format!("unexpected argument '{value}'")),
+                "{command} {option}: {stderr}"
+            );
+            assert!(
+                !stderr.contains("invalid digit"),
+                "{command} {option}: {stderr}"
+            );
+            assert_eq!(out.status.code(), Some(1), "{command} {option}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn eval_warns_when_the_scorers_recorded_input_size_is_rounded_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let boxes = text(&dir.path().join("b.safetensors"));
+    let scorer = text(&dir.path().join("s.safetensors"));
+    let oodbox = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let extract = [
+        "extract", "--model", MODEL, "--input", IMAGES, "--imgsz", "100",
+    ];
+    assert!(oodbox(&[&extract[..], &["--out", &boxes]].concat()).contains("updated to 128"));
+    let fit = ["fit", "--scorer", "energy", "--calibration-fraction", "0.6"];
+    oodbox(&[&fit[..], &["--boxes", &boxes, "--out", &scorer]].concat());
+    // The scorer records 100, as the boxes were extracted; eval detects at it, rounded.
+    let yaml = tiny_dataset(dir.path(), NO_TEST_SPLIT, "0 0.5 0.5 0.1 0.1\n");
+    let err = fails(&[
+        "eval",
+        "--scorer",
+        &scorer,
+        "--model",
+        MODEL,
+        "--mixed",
+        &text(&yaml),
+        "--split",
+        "val",
+    ]);
+    assert!(
+        err.contains("imgsz 100 is not a multiple of the stride 32: updated to 128"),
+        "{err}"
+    );
+}

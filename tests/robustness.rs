@@ -164,6 +164,8 @@ fn an_image_over_the_pixel_limit_is_skipped_and_the_rest_processed() {
             "2 images",
         ],
     );
+    let warning = stderr(&out);
+    assert_eq!(warning.matches("b_bomb.png").count(), 1, "{warning}");
     let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(doc["images"].as_array().unwrap().len(), 2);
     assert!(doc["failed"][0]["path"]
@@ -179,6 +181,7 @@ fn an_image_over_the_pixel_limit_is_skipped_and_the_rest_processed() {
         err.contains("skipped") && err.contains("b_bomb.png") && !err.contains("panicked"),
         "{err}"
     );
+    assert_eq!(err.matches("b_bomb.png").count(), 1, "{err}");
     assert!(boxes.exists(), "{err}");
 
     // The limit is the environment's: lowered, it refuses the ordinary scene too.

@@ -83,7 +83,11 @@ pub fn check_sources(detector: &dyn Detector, sources: &FeatureSources) -> anyho
 fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
     let parts: Vec<u32> = s
         .split(',')
-        .map(|p| p.trim().parse::<u32>().map_err(|e| format!("`{p}`: {e}")))
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{p}` is not a whole number of pixels"))
+        })
         .collect::<Result<_, _>>()?;
     // The range is checked with the other detection settings.
     match parts[..] {
@@ -138,6 +142,16 @@ impl DetectFlags {
         roi: Vec<RoiSource>,
     ) -> anyhow::Result<DetectOptions> {
         let trained = detector.and_then(|d| d.trained_imgsz()).map(|s| (s, s));
+        self.options_or(trained, roi)
+    }
+
+    /// As [`Self::options`], with `imgsz` (say, the size a scorer's fit boxes were detected at)
+    /// used when --imgsz is not given.
+    pub fn options_or(
+        &self,
+        imgsz: Option<(u32, u32)>,
+        roi: Vec<RoiSource>,
+    ) -> anyhow::Result<DetectOptions> {
         let options = DetectOptions {
             conf: self.conf,
             iou: self.iou,
@@ -145,7 +159,7 @@ impl DetectFlags {
             agnostic: self.agnostic_nms,
             imgsz: self
                 .imgsz
-                .or(trained)
+                .or(imgsz)
                 .unwrap_or(DetectOptions::default().imgsz),
             roi,
         };
@@ -235,7 +249,7 @@ pub fn run_images(
                 sink(processed)?;
             }
             Err(e) => {
-                bar.suspend(|| eprintln!("warning: skipped {}: {e:#}", path.display()));
+                bar.suspend(|| eprintln!("warning: {}", skipped(path, &format!("{e:#}"))));
                 summary.failed.push((path.clone(), format!("{e:#}")));
             }
         }
@@ -244,6 +258,15 @@ pub fn run_images(
     bar.finish_and_clear();
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// "skipped <path>: <why>", naming the path once: library errors usually name it already.
+fn skipped(path: &Path, why: &str) -> String {
+    let name = path.display().to_string();
+    match why.strip_prefix(&name) {
+        Some(rest) => format!("skipped {name}{rest}"),
+        None => format!("skipped {name}: {why}"),
+    }
 }
 
 /// Runs the detector over a dataset with a progress bar, reporting the images that fail.
@@ -264,7 +287,7 @@ pub fn extract_dataset(
     )?);
     let extraction = extract(detector, dataset, options, source, &mut |path, error| {
         if let Some(e) = error {
-            bar.suspend(|| eprintln!("warning: skipped {}: {e}", path.display()));
+            bar.suspend(|| eprintln!("warning: {}", skipped(path, &e.to_string())));
         }
         bar.set_message(short_name(path));
         bar.inc(1);

@@ -213,13 +213,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some((scorer, None)) => scorer.feature_sources().roi(),
         _ => args.features.roi(),
     };
-    let mut options = args.flags.options(None, roi)?;
-    if let (Some(recorded), None) = (
-        scorers.first().and_then(|(s, _)| s.detect_options()),
-        args.flags.imgsz,
-    ) {
-        options.imgsz = recorded.imgsz;
-    }
+    let recorded = scorers.first().and_then(|(s, _)| s.detect_options());
+    let options = args.flags.options_or(recorded.map(|r| r.imgsz), roi)?;
     let vos = match (&args.id, &args.ood) {
         (Some(id), Some(ood)) => Some((
             load_set(id, &args, &options, "--id")?,

@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
@@ -37,6 +37,15 @@ enum Command {
     Synth(synth::Args),
     SynthVideo(synth_video::Args),
     Video(video::Args),
+}
+
+/// Parses the command line. Every option takes a negative number as its value, so that
+/// `--conf -1` or `--imgsz -5` reaches the option's range check instead of being read as an
+/// unknown flag.
+pub fn parse() -> Result<Cli, clap::Error> {
+    let command =
+        Cli::command().mut_subcommands(|sub| sub.mut_args(|arg| arg.allow_negative_numbers(true)));
+    Cli::from_arg_matches(&command.try_get_matches()?)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
