@@ -510,3 +510,28 @@ fn eval_warns_when_the_scorers_recorded_input_size_is_rounded_up() {
         "{err}"
     );
 }
+
+#[test]
+fn a_synthetic_video_of_runaway_length_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = text(&dir.path().join("v.mkv"));
+    for (seconds, fps, frames) in [
+        ("1", "1e300", "1.000e300 frames"),
+        ("0.01", "10", "0 frames"),
+    ] {
+        let err = fails(&[
+            "synth-video",
+            "--out",
+            &out,
+            "--seconds",
+            seconds,
+            "--fps",
+            fps,
+        ]);
+        assert!(
+            err.contains(frames) && err.contains("1 to 10000000"),
+            "{err}"
+        );
+    }
+    assert!(!dir.path().join("v.mkv").exists());
+}

@@ -59,6 +59,10 @@ pub struct Args {
     quiet: bool,
 }
 
+/// More frames than anyone needs from a synthetic clip: a runaway product of --seconds and
+/// --fps would otherwise write until the disk is full.
+const MAX_FRAMES: f64 = 1e7;
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.width >= 16 && args.height >= 16,
@@ -88,7 +92,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             && args.ood_stay[1].is_finite(),
         "--ood-stay needs 0 < MIN <= MAX"
     );
-    let frames = (args.seconds * args.fps).round() as u64;
+    let frames = (args.seconds * args.fps).round();
+    let show = |v: f64| match v.abs() >= 1e9 {
+        true => format!("{v:.3e}"),
+        false => v.to_string(),
+    };
+    anyhow::ensure!(
+        (1.0..=MAX_FRAMES).contains(&frames),
+        "--seconds {} at --fps {} is {} frames; it must be 1 to {MAX_FRAMES} (over 3 days at 30 fps)",
+        show(args.seconds),
+        show(args.fps),
+        show(frames)
+    );
+    let frames = frames as u64;
     let mut video = SynthVideo::new(SynthVideoConfig {
         seed: args.seed,
         width: args.width,
