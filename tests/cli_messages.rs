@@ -533,5 +533,30 @@ fn a_synthetic_video_of_runaway_length_is_refused_before_writing() {
             "{err}"
         );
     }
+    let err = fails(&["synth-video", "--out", &out, "--id-objects", "4294967296"]);
+    assert!(
+        err.contains("--id-objects 4294967296 is more than 100"),
+        "{err}"
+    );
     assert!(!dir.path().join("v.mkv").exists());
+}
+
+#[test]
+fn a_video_queue_too_long_to_hold_in_memory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = text(&dir.path().join("clip.mkv"));
+    let status = Command::new(env!("CARGO_BIN_EXE_oodbox"))
+        .args(["synth-video", "--out", &clip, "--seconds", "0.5"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let events = text(&dir.path().join("e.jsonl"));
+    let video = [
+        "video", "--model", MODEL, "--scorer", SCORER, "--input", &clip,
+    ];
+    let err = fails(&[&video[..], &["--events", &events, "--queue", "4294967296"]].concat());
+    assert!(
+        err.contains("queue = 4294967296 is outside [0, 1024]"),
+        "{err}"
+    );
 }

@@ -39,7 +39,7 @@ pub struct Args {
     /// Length in seconds.
     #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
     seconds: f64,
-    /// Known objects, present throughout.
+    /// Known objects, present throughout (at most 100: each spans a tenth of the frame).
     #[arg(long, default_value_t = 2)]
     id_objects: usize,
     /// A new known object enters (stays, and leaves) every this many seconds (0: none).
@@ -79,6 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .all(|v| *v > 0.0 && v.is_finite()),
         "--fps and --seconds must be positive and finite"
+    );
+    anyhow::ensure!(
+        args.id_objects <= 100,
+        "--id-objects {} is more than 100; each object spans about a tenth of the frame",
+        args.id_objects
     );
     anyhow::ensure!(
         [args.id_every, args.ood_every]

@@ -72,7 +72,7 @@ pub struct StreamOptions {
     /// its setting must match this stream's.
     pub track_calibration: Option<Arc<TrackCalibration>>,
     pub tracker: TrackerConfig,
-    /// Frames each queue between stages holds.
+    /// Frames each queue between stages holds, at most [`MAX_QUEUE`].
     pub queue: usize,
     /// Write a crop of each unknown track (its most unusual box) into this folder.
     pub crops: Option<PathBuf>,
@@ -83,6 +83,9 @@ pub struct StreamOptions {
     /// complete finishes as usual.
     pub stop: Option<Arc<AtomicBool>>,
 }
+
+/// The most frames a queue between stages may hold: each is a decoded frame in memory.
+pub const MAX_QUEUE: usize = 1024;
 
 /// How often a stop request is looked for while the stages may be blocked on ffmpeg's pipes.
 pub const STOP_POLL: Duration = Duration::from_millis(50);
@@ -345,6 +348,13 @@ pub fn filter_stream(
     let pad = (options.clip_pad_s.max(0.0) * fps).round() as usize;
     let counters = Counters::default();
     let start = Instant::now();
+    if options.queue > MAX_QUEUE {
+        return Err(Error::OutOfRange {
+            item: "queue".into(),
+            value: options.queue.to_string(),
+            range: format!("[0, {MAX_QUEUE}] frames"),
+        });
+    }
     let queue = options.queue.max(1);
     let (frame_tx, frame_rx) = sync_channel::<Frame>(queue);
     let (detected_tx, detected_rx) = sync_channel::<Detected>(queue);
