@@ -2,16 +2,16 @@
 //!
 //! Two views, each matching the way its reference computes it:
 //!
-//! - **GT-matched groups** ([`match_image`], [`match_dataset`]; benchmark-protocol §3): one
+//! - **GT-matched groups** ([`match_image`], [`match_dataset`]; after NAPTRON, ECAI'23): one
 //!   class-agnostic greedy matching per image, by descending detector confidence, IoU ≥ 0.5,
 //!   every GT box matched at most once. Each prediction then falls in one [`MatchKind`]; OOD
 //!   scores of `IdTp` (positives) against `Ood` (negatives) feed [`super::metrics`].
-//! - **Open-set metrics** ([`open_set_metrics`]; benchmark-protocol §5): WI, AOSE, unknown
-//!   recall and precision as opendet2's `PascalVOCDetectionEvaluator` (after ORE) computes
-//!   them, with predictions flagged `is_unknown` forming the class "unknown". That evaluator
-//!   works per class, VOC style: a detection overlaps a GT box when IoU **> 0.5** (strictly),
-//!   it tries only the best-overlapping GT box, and a second detection of a taken GT box is a
-//!   false positive.
+//! - **Open-set metrics** ([`open_set_metrics`]; WI after Dhamija et al., WACV'20): WI, AOSE,
+//!   unknown recall and precision as opendet2's `PascalVOCDetectionEvaluator` (after ORE)
+//!   computes them, with predictions flagged `is_unknown` forming the class "unknown". That
+//!   evaluator works per class, VOC style: a detection overlaps a GT box when IoU **> 0.5**
+//!   (strictly), it tries only the best-overlapping GT box, and a second detection of a taken GT
+//!   box is a false positive.
 //!
 //! IoU is 0-based (`crate::detect::nms::iou`, no VOC "+1" pixel), like the rest of the crate.
 

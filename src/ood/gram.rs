@@ -24,8 +24,8 @@
 //!
 //! **Per level (YOLO):** `per_level=true` (default) fits bounds per level; `per_level=false` pools.
 //!
-//! **Differences from Oodeel:** a predicted class never seen at fit uses the group's pooled
-//! bounds (Oodeel raises `KeyError`); closed-form f64 statistic; no `val_split`.
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -23,10 +23,8 @@
 //! **Per level (YOLO):** `per_level=true` (default) keeps one bank per level (levels have separate
 //! class branches, so their features are not comparable); `per_level=false` pools all boxes.
 //!
-//! **Differences from Oodeel:** Oodeel returns the squared distance (same ranking; ours² = theirs);
-//! on fit data Oodeel uses `k = max(nearest, 2)` and counts the box as its own neighbour, where
-//! `score_in_sample` is leave-one-out; k is clamped to the bank size where faiss would return
-//! sentinel values; no faiss.
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -27,9 +27,8 @@
 //! count (and feature dimension) so that a mismatching box set is rejected at score time. With a
 //! shaping, see [`super::shaping`] for what is fitted per level.
 //!
-//! **Differences from Oodeel:** f64 and stable forms (Oodeel's f32 entropy gives `0·log 0 = NaN`
-//! on a saturated softmax; its f32 MSP ties at 1); GEN's `gamma` is validated; unknown parameters
-//! are errors (Oodeel's `MLS` silently drops its `**kwargs`).
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -27,9 +27,8 @@
 //! level: YOLO's levels have separate class branches (`cv3[i]`), so their features live in
 //! different spaces. `per_level=false` pools all boxes into one fit.
 //!
-//! **Differences from Oodeel:** no input perturbation (Oodeel's default `eps=0.0014`; box sets
-//! carry no image: equals Oodeel with `eps=0`); statistics in f64 instead of f32; row-wise
-//! quadratic forms; an explicit, recorded pinv cut-off.
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use rayon::prelude::*;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

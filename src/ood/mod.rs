@@ -4,8 +4,8 @@
 //! One kept detection is one row: a scorer reads the box's `features` (`[D]`, the input of its
 //! level's classifier), `logits` (`[C]`), `class_id`, `label` and `level` from a
 //! [`BoxSet`], and the head `(W, b)` when the method needs it. Fit
-//! statistics and scores are computed in f64. Formulas, defaults and the differences from
-//! Oodeel 0.4 are in `docs/scorers.md`; each family's module documents its own.
+//! statistics and scores are computed in f64. Each family's module documents its formulas;
+//! `docs/scorers.md` lists the defaults and, in one place, the differences from Oodeel 0.4.
 //!
 //! ```no_run
 //! use oodbox::data::boxset::BoxSet;

@@ -1,6 +1,5 @@
 //! `safe`: a small MLP trained on ID boxes against surrogate outliers, the detector frozen
-//! (after SAFE, Wilson et al. ICCV'23, and VOS, Du et al. ICLR'22; see
-//! `shared/reference/benchmark-protocol.md` §7.2 and §7.7).
+//! (after SAFE, Wilson et al. ICCV'23, and VOS, Du et al. ICLR'22).
 //!
 //! **Input** per box: its feature `f` (`features`), optionally followed by its logits
 //! (`use_logits`), standardised per group (mean and standard deviation of the fit boxes), then a
@@ -29,8 +28,8 @@
 //! | `lr` | 0.001 | Adam's usual rate |
 //! | `weight_decay` | 0.01 | torch's AdamW default |
 //! | `surrogates` | 0 (= fit boxes) | balanced targets |
-//! | `surrogate` | `mix` | the lowest FPR95 of the three on both shapes worlds measured (BENCHMARKS.md "A learned scorer: safe") |
-//! | `use_logits` | true | with `mix`, higher far-OOD AUROC on both worlds (BENCHMARKS.md) |
+//! | `surrogate` | `mix` | the lowest FPR95 of the three on both shapes worlds measured (docs/experiments.md, "safe: every surrogate") |
+//! | `use_logits` | true | with `mix`, higher far-OOD AUROC on both worlds (docs/experiments.md) |
 //! | `per_level` | true | levels have their own feature spaces |
 //! | `seed` | 0 | |
 //!

@@ -21,9 +21,8 @@
 //! head, its mean feature over the fit boxes of that head's level (over all fit boxes when that
 //! level has none). ASH and SCALE have no fit statistics.
 //!
-//! **Differences from Oodeel:** percentiles use linear interpolation (torch's `quantile`; Oodeel's
-//! TF backend uses nearest rank); ASH/SCALE return an error naming the box when `Σ f·m ≤ 0` or the
-//! scale overflows (signed features), where Oodeel returns inf/NaN; logits are recomputed in f64.
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

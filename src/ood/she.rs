@@ -16,9 +16,8 @@
 //! **Per level (YOLO):** `per_level=true` (default) fits patterns per level; `per_level=false`
 //! pools all levels.
 //!
-//! **Differences from Oodeel:** no input perturbation (Oodeel's default `eps=0.0014`; equals
-//! Oodeel with `eps=0`); a class with no correctly classified sample is skipped instead of giving a
-//! NaN mean (and NaN scores); features are taken as given (Oodeel `squeeze`s them); f64.
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

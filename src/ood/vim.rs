@@ -23,10 +23,8 @@
 //! heads and feature spaces); `per_level=false` pools (then `pca_origin=pseudo` needs a single
 //! head).
 //!
-//! **Differences from Oodeel:** Oodeel's float ratio is off by one (it takes the 0-based index of
-//! the first component whose cumulative ratio exceeds `r` as the count: one component fewer than
-//! needed; 24 instead of 25 on the parity fixture); here `k` is the count. Oodeel's
-//! `pca_origin="pseudo"` is dead code (gated on `layer_id == -1`); here it works. f64 statistics.
+//! **Differences from Oodeel 0.4:** all in one place, `docs/scorers.md` ("Differences from
+//! Oodeel 0.4").
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

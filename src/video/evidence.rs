@@ -21,7 +21,7 @@
 //! `P(P_j ≤ alpha) ≤ alpha·w_j`. Summed over blocks (a union bound, which needs no
 //! independence either): `P(an ID track is ever called unknown) ≤ alpha · Σ w_j ≤ alpha`, for
 //! tracks of any length. The price of needing no independence assumption is power. Block 0
-//! gets 80% of alpha (`w_0 = 0.8`), and Markov's factor `m/r ≈ 2` halves that again, so at
+//! gets 80% of alpha (`w_0 = 0.8`), and Markov's factor `m/r ≈ 2` halves that, so at
 //! least half of block 0's boxes need `p ≤ 0.4·alpha` (exactly so for even `m`). The other 20%
 //! is spread over later blocks (`Σ_{j≥1} w_j = 0.2`; block 1's boxes need `p ≤ 0.05·alpha`), so
 //! that an object whose first second is ambiguous (it is still entering, or occluded) can still
