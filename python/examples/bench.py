@@ -52,7 +52,8 @@ def ray_throughput(images: Path, actors: int) -> float:
     paths = sorted(str(p) for p in images.glob("*.png"))
     ds = ray.data.from_items([{"path": p} for p in paths])
     rows = ds.map_batches(BoxRows, fn_constructor_kwargs={"model": str(MODEL), "scorer": str(SCORER)},
-                          batch_size=8, concurrency=actors, num_cpus=1, batch_format="numpy")
+                          batch_size=8, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+                          batch_format="numpy")
     start = time.perf_counter()
     rows.materialize()
     return len(paths) / (time.perf_counter() - start)

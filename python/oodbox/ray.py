@@ -4,7 +4,8 @@
     ds = ray.data.from_items([{"path": p} for p in paths])
     rows = ds.map_batches(
         BoxRows, fn_constructor_kwargs={"model": "best.pt", "scorer": "scorer.safetensors"},
-        batch_size=16, concurrency=2, num_cpus=1, batch_format="numpy")
+        batch_size=16, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
+        batch_format="numpy")
     rows.write_parquet("out/")
 
 The model is loaded once per actor, in the actor. Its thread pool is sized to the CPUs Ray
