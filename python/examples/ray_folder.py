@@ -39,7 +39,9 @@ def main() -> None:
     paths = sorted(str(f) for f in Path(a.images).rglob("*") if f.suffix.lower() in suffixes)
     ds = ray.data.from_items([{"path": path} for path in paths])
     options = {} if a.imgsz is None else {"imgsz": a.imgsz}
-    udf = dict(batch_size=a.batch_size, concurrency=a.actors, num_cpus=1, batch_format="numpy")
+    # A fixed pool of actors of one CPU each; each loads the model once.
+    udf = dict(batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.actors),
+               num_cpus=1, batch_format="numpy")
 
     rows = ds.map_batches(BoxRows, fn_constructor_kwargs={"model": a.model, "scorer": a.scorer, **options}, **udf)
     rows.write_parquet(a.out)
@@ -47,15 +49,17 @@ def main() -> None:
 
     if a.fit_out:
         boxes = ds.map_batches(BoxRows, fn_constructor_kwargs={"model": a.model, "features": True, **options}, **udf)
-        gathered = boxes.to_pandas()
+        blocks = list(boxes.iter_batches(batch_size=None, batch_format="numpy"))
+        gathered = {k: np.concatenate([b[k] for b in blocks]) for k in ("box_index", "features", "logits", "class_id")}
+        gathered["image"] = np.concatenate([b["image"] for b in blocks]).astype(str)
         # One box set in file order: images as the CLI lists them, boxes as detected.
-        gathered = gathered.sort_values(["image", "box_index"], kind="stable")
+        order = np.lexsort((gathered["box_index"], gathered["image"]))
         detector = oodbox.Detector.load(a.model, **options)
         box_set = {
-            "features": np.stack(gathered["features"].to_numpy()),
-            "logits": np.stack(gathered["logits"].to_numpy()),
-            "class_id": gathered["class_id"].to_numpy(),
-            "image_index": np.unique(gathered["image"].to_numpy(), return_inverse=True)[1],
+            "features": gathered["features"][order],
+            "logits": gathered["logits"][order],
+            "class_id": gathered["class_id"][order],
+            "image_index": np.unique(gathered["image"][order], return_inverse=True)[1],
             "class_names": detector.class_names,
             "fingerprint": detector.fingerprint,
             "detect_options": detector.options,
@@ -63,7 +67,7 @@ def main() -> None:
         }
         fitted = oodbox.Scorer.fit(a.fit_kind, box_set)
         fitted.save(a.fit_out)
-        print(f"fitted {fitted.name} on {len(gathered)} boxes from {len(paths)} images: {a.fit_out}")
+        print(f"fitted {fitted.name} on {len(order)} boxes from {len(paths)} images: {a.fit_out}")
     ray.shutdown()
 
 

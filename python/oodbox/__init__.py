@@ -64,15 +64,29 @@ def _settings(conf, iou, imgsz, max_det, agnostic_nms) -> Dict[str, Any]:
     }
 
 
-class Detector:
+class _Native:
+    """The wrapper of a native object, and what detectors and scorers both tell: the classes and
+    weights they belong to."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    @property
+    def class_names(self) -> List[str]:
+        return self._native.class_names
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights; a scorer fitted for other weights refuses these boxes."""
+        return self._native.fingerprint
+
+
+class Detector(_Native):
     """A detector (YOLOv8, YOLO11, YOLO26 or DETR) that keeps every box's logits and features.
 
     Load it once (per process or Ray actor) with :meth:`load`, then call :meth:`detect` or
     :meth:`detect_batch`. Safe to share between threads; the GIL is released while it computes.
     """
-
-    def __init__(self, native: "_oodbox.NativeDetector") -> None:
-        self._native = native
 
     @classmethod
     def load(
@@ -124,15 +138,6 @@ class Detector:
         if skip_errors:
             out["failed"] = failed
         return out
-
-    @property
-    def class_names(self) -> List[str]:
-        return self._native.class_names
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the weights; a scorer fitted for other weights refuses these boxes."""
-        return self._native.fingerprint
 
     @property
     def family(self) -> str:
@@ -270,14 +275,11 @@ def _param(value: Any) -> str:
     return str(value)
 
 
-class Scorer:
+class Scorer(_Native):
     """A post-hoc OOD scorer with its conformal calibration; the CLI's scorer files.
 
     Fit it on in-distribution boxes with :meth:`fit`, or read one with :meth:`load`; score box
     sets with :meth:`score`; write it with :meth:`save` for ``oodbox detect --scorer``."""
-
-    def __init__(self, native: "_oodbox.NativeScorer") -> None:
-        self._native = native
 
     @classmethod
     def fit(
@@ -371,14 +373,6 @@ class Scorer:
     @property
     def alpha(self) -> float:
         return self._native.alpha
-
-    @property
-    def class_names(self) -> List[str]:
-        return self._native.class_names
-
-    @property
-    def fingerprint(self) -> str:
-        return self._native.fingerprint
 
     @property
     def detect_options(self) -> Optional[Dict[str, Any]]:

@@ -4,7 +4,8 @@
     ds = ray.data.from_items([{"path": p} for p in paths])
     rows = ds.map_batches(
         BoxRows, fn_constructor_kwargs={"model": "best.pt", "scorer": "scorer.safetensors"},
-        batch_size=16, concurrency=2, num_cpus=1, batch_format="numpy")
+        batch_size=16, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
+        batch_format="numpy")
     rows.write_parquet("out/")
 
 The model is loaded once per actor, in the actor. Its thread pool is sized to the CPUs Ray
@@ -67,6 +68,9 @@ def to_rows(detections: Mapping[str, Any], keys: np.ndarray, with_features: bool
     return rows
 
 
+_PER_PROCESS: Dict[str, "BoxRows"] = {}
+
+
 class BoxRows:
     """A callable class that maps a batch ``{column: array of paths or images}`` to per-box
     rows: ``image`` (the path, or the ``key`` column), ``box_index``, ``x1``..``y2``,
@@ -97,6 +101,17 @@ class BoxRows:
         else:
             self.detector = OodDetector.load(model, scorer, **detect_options)
         self.column, self.key, self.features = column, key or column, features
+
+    @classmethod
+    def per_process(cls, model: str, scorer: Optional[str] = None, **kwargs: Any) -> "BoxRows":
+        """The one ``BoxRows`` of this process for these arguments, made on first use. For
+        Spark's ``mapInArrow``: a Python worker runs many tasks, but unpickles the task's
+        function anew for each, so a model loaded inside that function would be loaded per
+        task; this keeps it in the module instead."""
+        key = repr((model, scorer, sorted(kwargs.items())))
+        if key not in _PER_PROCESS:
+            _PER_PROCESS[key] = cls(model, scorer, **kwargs)
+        return _PER_PROCESS[key]
 
     def __call__(self, batch: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         images = list(batch[self.column])

@@ -119,3 +119,14 @@ def test_a_forked_child_detects_like_its_parent(ood):
         pytest.fail("the forked child did not finish detect within 60 s")
     assert proc.exitcode == 0
     assert queue.get(timeout=5) == parent["bbox"].tolist()
+
+
+def test_box_rows_per_process_loads_a_model_once_per_arguments():
+    from oodbox.ray import BoxRows
+
+    first = BoxRows.per_process(str(MODEL), str(SCORER), imgsz=256)
+    assert BoxRows.per_process(str(MODEL), str(SCORER), imgsz=256) is first
+    plain = BoxRows.per_process(str(MODEL))
+    assert plain is not first and not isinstance(plain.detector, oodbox.OodDetector)
+    rows = first({"path": [str(IMAGES[1])]})
+    assert len(rows["is_ood"]) == len(rows["image"]) > 0
