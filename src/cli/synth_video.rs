@@ -59,7 +59,7 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+fn check_args(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.width >= 16 && args.height >= 16,
         "--width and --height must be at least 16"
@@ -88,8 +88,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             && args.ood_stay[1].is_finite(),
         "--ood-stay needs 0 < MIN <= MAX"
     );
-    let frames = (args.seconds * args.fps).round() as u64;
-    let mut video = SynthVideo::new(SynthVideoConfig {
+    Ok(())
+}
+
+fn config(args: &Args, frames: u64) -> SynthVideoConfig {
+    SynthVideoConfig {
         seed: args.seed,
         width: args.width,
         height: args.height,
@@ -116,7 +119,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 stay_s: (args.ood_stay[0], args.ood_stay[1]),
             },
         ],
-    });
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
+    let frames = (args.seconds * args.fps).round() as u64;
+    let mut video = SynthVideo::new(config(&args, frames));
     let mut sink = FrameSink::create(
         &args.out,
         (args.width, args.height),

@@ -6,6 +6,7 @@ pub mod extraction;
 pub mod inputs;
 pub mod kind;
 pub mod synth;
+pub(crate) mod tensor_file;
 
 use std::io::Write;
 use std::path::Path;
