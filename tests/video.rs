@@ -2,11 +2,11 @@
 //! (`.ci/run` installs it).
 
 use image::RgbImage;
-use oodbox::data::synth::{Group, Kind};
+use oodbox::synth::video::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
+use oodbox::synth::world::{Group, Kind};
 use oodbox::video::calibration::TrackCalibration;
 use oodbox::video::evidence::{TrackEvidence, TrackRule};
 use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
-use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};

@@ -1,9 +1,9 @@
 use anyhow::Context;
-use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::{DetectOptions, Detector};
 use oodbox::nn::MapLayout;
 use oodbox::pipeline::OodDetector;
+use oodbox::synth::world::{render_scene, Split};
 use oodbox::RgbImage;
 use serde_json::json;
 use std::path::PathBuf;

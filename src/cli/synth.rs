@@ -1,6 +1,6 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::data::synth::{self, ObjectSizes, Split, SynthConfig};
+use oodbox::synth::world::{self, ObjectSizes, Split, SynthConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images {elapsed} (eta {eta})",
     )?);
-    synth::generate(&args.out, &config, &|| bar.inc(1))
+    world::generate(&args.out, &config, &|| bar.inc(1))
         .with_context(|| format!("writing the shapes world to {}", args.out.display()))?;
     bar.finish_and_clear();
     eprintln!("wrote {total} images to {}", args.out.display());

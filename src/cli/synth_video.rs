@@ -1,8 +1,8 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::data::synth::Kind;
+use oodbox::synth::video::{SynthVideo, SynthVideoConfig, Visitors};
+use oodbox::synth::world::Kind;
 use oodbox::video::ffmpeg::{Codec, FrameSink};
-use oodbox::video::synth::{SynthVideo, SynthVideoConfig, Visitors};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
