@@ -8,9 +8,9 @@
 //! scenes of shapes the model never saw (near-OOD), on which it still reports boxes.
 
 use oodbox::data::boxset::BoxSet;
-use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::{load_detector, DetectOptions, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::synth::world::{render_scene, Split};
 
 /// Shapes-world scenes are 256×256, the size the fixture model was trained at.
 const SIZE: u32 = 256;

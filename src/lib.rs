@@ -27,6 +27,10 @@
 //! measures how well a scorer separates known from unknown boxes, `video/` runs the chain on a
 //! stream with tracking, `render/` draws the verdicts.
 //!
+//! `synth/` (feature `synth`, on with the default `cli` feature) holds test fixtures, not part
+//! of the detection API: the synthetic shapes world and its videos, for the `oodbox synth` and
+//! `oodbox synth-video` commands, the tests and the examples.
+//!
 //! The types a user needs are re-exported here, and so are the [`candle_core`] and [`image`]
 //! crates whose types the API takes ([`Device`], [`RgbImage`]), so that no version-matched
 //! dependency is needed.
@@ -73,6 +77,8 @@ pub mod nn;
 pub mod ood;
 pub mod pipeline;
 pub mod render;
+#[cfg(feature = "synth")]
+pub mod synth;
 pub mod video;
 
 pub use candle_core;

@@ -2,7 +2,7 @@
 
 use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use oodbox::data::boxset::BoxSet;
-use oodbox::data::synth::{render_scene, Split};
+use oodbox::synth::world::{render_scene, Split};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

@@ -316,7 +316,7 @@ fn combine_fits_from_the_command_line_with_its_components_parameters() {
 
 #[test]
 fn fit_and_eval_straight_from_a_dataset() {
-    use oodbox::data::synth::{generate, Split, SynthConfig};
+    use oodbox::synth::world::{generate, Split, SynthConfig};
     let dir = tempfile::tempdir().unwrap();
     let config = SynthConfig {
         seed: 11,

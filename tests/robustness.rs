@@ -2,7 +2,7 @@
 //! unusable weights. Each is a clear error naming the item (exit 1), a warning, or skipped with
 //! the rest of the run going on; never a panic.
 
-use oodbox::data::synth::{render_scene, Split};
+use oodbox::synth::world::{render_scene, Split};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::Value;

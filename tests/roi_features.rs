@@ -4,12 +4,12 @@
 
 use candle_core::Device;
 use oodbox::data::boxset::BoxSet;
-use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::roi_align::{roi_align, FeatureMap, Sampling};
 use oodbox::detect::sources::{FeatureSources, RoiSource};
 use oodbox::detect::{load_detector, DetectOptions, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::OodDetector;
+use oodbox::synth::world::{render_scene, Split};
 use std::path::Path;
 
 fn root() -> &'static Path {

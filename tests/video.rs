@@ -2,11 +2,11 @@
 //! (`.ci/run` installs it).
 
 use image::RgbImage;
-use oodbox::data::synth::{Group, Kind};
+use oodbox::synth::video::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
+use oodbox::synth::world::{Group, Kind};
 use oodbox::video::calibration::TrackCalibration;
 use oodbox::video::evidence::{TrackEvidence, TrackRule};
 use oodbox::video::ffmpeg::{Codec, FrameSink, FrameSource, SourceOptions};
-use oodbox::video::synth::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -443,11 +443,18 @@ fn a_track_calibration_from_known_footage_holds_alpha_and_reports_more_unknowns(
     );
     assert!(with_calibrated > with_plain);
 
+    calibrations_for_other_settings_are_refused(dir.path(), &calibration, &fitted);
+}
+
+/// A track calibration is refused for another block length, and merged only with
+/// calibrations of its own setting: one fitted at another conf is refused, naming its file.
+fn calibrations_for_other_settings_are_refused(dir: &Path, calibration: &str, fitted: &Value) {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     // Another frame rate or block length is another setting.
     let (out, stderr) = run(video_command(
         &path("far.mkv"),
         &path("refused.mp4"),
-        &["--track-calibration", &calibration, "--min-duration", "2"],
+        &["--track-calibration", calibration, "--min-duration", "2"],
     ));
     assert!(!out.status.success());
     assert!(
@@ -465,7 +472,7 @@ fn a_track_calibration_from_known_footage_holds_alpha_and_reports_more_unknowns(
         &path("refused.mp4"),
         &[
             "--track-calibration",
-            &calibration,
+            calibration,
             "--track-calibration",
             &path("other.json"),
         ],
@@ -1133,6 +1140,44 @@ fn the_filter_stream_example_filters_a_video() {
     assert_eq!(decode_all(&output), (30, 10.0, (256, 256)));
 }
 
+/// An alert agrees with its track's event: same start and decision, a p-value under alpha, a
+/// crop of its own, and wall-clock times in order, no earlier than `started`.
+fn check_alert(alert: &Value, events: &[Value], started: std::time::SystemTime) {
+    let event = events
+        .iter()
+        .find(|e| e["track_id"] == alert["track_id"])
+        .unwrap_or_else(|| panic!("no event for {alert}"));
+    for key in ["first_frame", "first_time_s", "decided_frame"] {
+        assert_eq!(alert[key], event[key], "{key}: {alert} vs {event}");
+    }
+    let decided = alert["decided_frame"].as_u64().unwrap();
+    assert!(decided <= event["last_frame"].as_u64().unwrap());
+    assert_eq!(
+        alert["decided_time_s"].as_f64().unwrap(),
+        decided as f64 / 10.0
+    );
+    let p = alert["p_value"].as_f64().unwrap();
+    assert!(p <= 0.05, "{alert}");
+    assert_eq!(alert["ood_confidence"].as_f64().unwrap(), 1.0 - p);
+    assert!(alert["boxes"].as_u64().unwrap() <= event["boxes"].as_u64().unwrap());
+    let crop = alert["crop"].as_str().unwrap();
+    assert!(crop.ends_with("_decided.png"), "{crop}");
+    assert!(image::open(crop).unwrap().width() > 4);
+    assert!(event["crop"].as_str().is_some_and(|c| c != crop));
+    // Wall-clock times of the frames' reading, in order, during the run.
+    let at = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let (first, decided, last) = (
+        at(&event["first_seen_at"]),
+        at(&alert["decided_at"]),
+        at(&event["last_seen_at"]),
+    );
+    assert!(
+        started <= first && first <= decided && decided <= last,
+        "{alert} {event}"
+    );
+    assert!(last <= std::time::SystemTime::now());
+}
+
 /// Without `--output` (a camera watched for events only) no frame is drawn or encoded and no
 /// video appears, and the events are those of a run that writes the video; `--alerts` reports
 /// each unknown track when it is decided. A run that would write nothing, output-only flags
@@ -1218,39 +1263,7 @@ fn without_an_output_video_the_events_are_the_same_and_alerts_come_first() {
         .collect();
     assert_eq!(alerts.len(), events.len());
     for alert in &alerts {
-        let event = events
-            .iter()
-            .find(|e| e["track_id"] == alert["track_id"])
-            .unwrap_or_else(|| panic!("no event for {alert}"));
-        for key in ["first_frame", "first_time_s", "decided_frame"] {
-            assert_eq!(alert[key], event[key], "{key}: {alert} vs {event}");
-        }
-        let decided = alert["decided_frame"].as_u64().unwrap();
-        assert!(decided <= event["last_frame"].as_u64().unwrap());
-        assert_eq!(
-            alert["decided_time_s"].as_f64().unwrap(),
-            decided as f64 / 10.0
-        );
-        let p = alert["p_value"].as_f64().unwrap();
-        assert!(p <= 0.05, "{alert}");
-        assert_eq!(alert["ood_confidence"].as_f64().unwrap(), 1.0 - p);
-        assert!(alert["boxes"].as_u64().unwrap() <= event["boxes"].as_u64().unwrap());
-        let crop = alert["crop"].as_str().unwrap();
-        assert!(crop.ends_with("_decided.png"), "{crop}");
-        assert!(image::open(crop).unwrap().width() > 4);
-        assert!(event["crop"].as_str().is_some_and(|c| c != crop));
-        // Wall-clock times of the frames' reading, in order, during the run.
-        let at = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
-        let (first, decided, last) = (
-            at(&event["first_seen_at"]),
-            at(&alert["decided_at"]),
-            at(&event["last_seen_at"]),
-        );
-        assert!(
-            started <= first && first <= decided && decided <= last,
-            "{alert} {event}"
-        );
-        assert!(last <= std::time::SystemTime::now());
+        check_alert(alert, &events, started);
     }
 
     // A reader of standard output that goes away stops the run, and is named.

@@ -1,9 +1,10 @@
 use anyhow::Context;
-use oodbox::data::synth::{render_scene, Split};
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::DetectOptions;
+use oodbox::detect::{DetectOptions, Detector};
 use oodbox::nn::MapLayout;
 use oodbox::pipeline::OodDetector;
+use oodbox::synth::world::{render_scene, Split};
+use oodbox::RgbImage;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,80 @@ fn stats(ms: &mut [f64]) -> serde_json::Value {
     json!({"median": ms[ms.len() / 2], "min": ms[0], "max": ms[ms.len() - 1], "runs": ms})
 }
 
+/// Milliseconds per run of each stage, warm-up runs left out.
+#[derive(Default)]
+struct Timings {
+    pre: Vec<f64>,
+    fwd: Vec<f64>,
+    post: Vec<f64>,
+    score: Vec<f64>,
+    total: Vec<f64>,
+    /// (forward, postprocess) ms with the sources: the ROI features are made in postprocess.
+    featured: Vec<(f64, f64)>,
+}
+
+/// Runs the detector (and scorer) --warmup + --iters times on `image`; with `with_features`,
+/// each run is repeated with the feature sources.
+fn measure(
+    detector: &dyn Detector,
+    scorer: Option<&OodDetector>,
+    image: &RgbImage,
+    (options, with_features): (&DetectOptions, Option<&DetectOptions>),
+    args: &Args,
+) -> anyhow::Result<Timings> {
+    let mut t = Timings::default();
+    for i in 0..args.warmup + args.iters {
+        let (boxes, times) = detector.detect_timed(image, options)?;
+        let t3 = Instant::now();
+        if let Some(scorer) = scorer {
+            std::hint::black_box(scorer.score(boxes)?);
+        } else {
+            std::hint::black_box(boxes);
+        }
+        let score_ms = t3.elapsed().as_secs_f64() * 1e3;
+        if let Some(options) = with_features {
+            let (boxes, times) = detector.detect_timed(image, options)?;
+            std::hint::black_box(boxes);
+            if i >= args.warmup {
+                t.featured.push((times.forward_ms, times.postprocess_ms));
+            }
+        }
+        if i >= args.warmup {
+            t.pre.push(times.preprocess_ms);
+            t.fwd.push(times.forward_ms);
+            t.post.push(times.postprocess_ms);
+            t.score.push(score_ms);
+            t.total
+                .push(times.preprocess_ms + times.forward_ms + times.postprocess_ms + score_ms);
+        }
+    }
+    Ok(t)
+}
+
+/// Prints each stage's median, min and max.
+fn print_stats(report: &serde_json::Value) {
+    for key in [
+        "preprocess_ms",
+        "forward_ms",
+        "postprocess_ms",
+        "score_ms",
+        "detect_ms",
+        "forward_with_features_ms",
+        "postprocess_with_features_ms",
+    ] {
+        let s = &report[key];
+        if s.is_null() {
+            continue;
+        }
+        eprintln!(
+            "{key:>15}: median {:8.2}  min {:8.2}  max {:8.2}",
+            s["median"].as_f64().unwrap(),
+            s["min"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap()
+        );
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     if let Some(path) = &args.json {
@@ -95,71 +170,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         roi: f.roi(),
         ..options.clone()
     });
-    let (mut pre, mut fwd, mut post, mut total) = (vec![], vec![], vec![], vec![]);
-    // (forward, postprocess) ms with the sources: the ROI features are made in postprocess.
-    let mut featured: Vec<(f64, f64)> = vec![];
-    let mut score = vec![];
-    for i in 0..args.warmup + args.iters {
-        let (boxes, t) = detector.detect_timed(&image, &options)?;
-        let t3 = Instant::now();
-        if let Some(scorer) = &scorer {
-            std::hint::black_box(scorer.score(boxes)?);
-        } else {
-            std::hint::black_box(boxes);
-        }
-        let score_ms = t3.elapsed().as_secs_f64() * 1e3;
-        if let Some(options) = &with_features {
-            let (boxes, t) = detector.detect_timed(&image, options)?;
-            std::hint::black_box(boxes);
-            if i >= args.warmup {
-                featured.push((t.forward_ms, t.postprocess_ms));
-            }
-        }
-        if i >= args.warmup {
-            pre.push(t.preprocess_ms);
-            fwd.push(t.forward_ms);
-            post.push(t.postprocess_ms);
-            score.push(score_ms);
-            total.push(t.preprocess_ms + t.forward_ms + t.postprocess_ms + score_ms);
-        }
-    }
+    let mut t = measure(
+        detector.as_ref(),
+        scorer.as_ref(),
+        &image,
+        (&options, with_features.as_ref()),
+        &args,
+    )?;
     let report = json!({
         "model": args.model,
         "imgsz": args.imgsz,
         "threads": candle_core::utils::get_num_threads(),
-        "preprocess_ms": stats(&mut pre),
-        "forward_ms": stats(&mut fwd),
-        "postprocess_ms": stats(&mut post),
-        "score_ms": stats(&mut score),
-        "detect_ms": stats(&mut total),
+        "preprocess_ms": stats(&mut t.pre),
+        "forward_ms": stats(&mut t.fwd),
+        "postprocess_ms": stats(&mut t.post),
+        "score_ms": stats(&mut t.score),
+        "detect_ms": stats(&mut t.total),
         "features": args.features.as_ref().map(|f| f.to_string()),
-        "forward_with_features_ms": (!featured.is_empty())
-            .then(|| stats(&mut featured.iter().map(|f| f.0).collect::<Vec<_>>())),
-        "postprocess_with_features_ms": (!featured.is_empty())
-            .then(|| stats(&mut featured.iter().map(|f| f.1).collect::<Vec<_>>())),
+        "forward_with_features_ms": (!t.featured.is_empty())
+            .then(|| stats(&mut t.featured.iter().map(|f| f.0).collect::<Vec<_>>())),
+        "postprocess_with_features_ms": (!t.featured.is_empty())
+            .then(|| stats(&mut t.featured.iter().map(|f| f.1).collect::<Vec<_>>())),
         "scorer": args.scorer,
         "path": if args.plain { "candle" } else { "fused" },
     });
-    for key in [
-        "preprocess_ms",
-        "forward_ms",
-        "postprocess_ms",
-        "score_ms",
-        "detect_ms",
-        "forward_with_features_ms",
-        "postprocess_with_features_ms",
-    ] {
-        let s = &report[key];
-        if s.is_null() {
-            continue;
-        }
-        eprintln!(
-            "{key:>15}: median {:8.2}  min {:8.2}  max {:8.2}",
-            s["median"].as_f64().unwrap(),
-            s["min"].as_f64().unwrap(),
-            s["max"].as_f64().unwrap()
-        );
-    }
+    print_stats(&report);
     if let Some(path) = &args.json {
         oodbox::data::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }

@@ -34,10 +34,10 @@ pub struct DetectFlags {
     #[arg(long)]
     pub names: Option<PathBuf>,
     /// Keep boxes whose confidence is above this.
-    #[arg(long, default_value_t = 0.25, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.25)]
     pub conf: f32,
     /// NMS IoU threshold.
-    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.7)]
     pub iou: f32,
     /// Input size: one number for a square target, or HEIGHT,WIDTH (rounded up to multiples of
     /// 32, as ultralytics does; at most 4096, or OODBOX_MAX_IMGSZ).

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     scorer: Option<PathBuf>,
     /// Significance level for `is_ood` (default: the scorer file's, usually 0.05).
-    #[arg(long, allow_negative_numbers = true, requires = "scorer")]
+    #[arg(long, requires = "scorer")]
     alpha: Option<f64>,
     /// Image files, folders (searched recursively) or glob patterns.
     #[arg(long, num_args = 1.., required = true)]

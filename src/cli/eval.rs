@@ -3,7 +3,7 @@ use oodbox::data::boxset::BoxSet;
 use oodbox::data::extraction::{ExtractedImage, LABEL_UNKNOWN};
 use oodbox::detect::DetectOptions;
 use oodbox::eval::map::{coco_map, without_unknown};
-use oodbox::eval::openset::open_set_metrics;
+use oodbox::eval::openset::{open_set_metrics, OpenSetMetrics};
 use oodbox::eval::{ood_metrics, plots, roc_curve, ImagePreds, PredBox, CONVENTION};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use serde_json::{json, Value};
@@ -183,14 +183,10 @@ fn mixed_groups(boxes: &BoxSet, path: &Path) -> anyhow::Result<(Vec<usize>, Vec<
     Ok((id, ood))
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(path) = &args.json {
-        check_output_file(path, "--json")?;
-    }
-    if let Some(dir) = &args.report {
-        create_output_folder(dir, "--report")?;
-    }
-    let scorers: Vec<(FittedScorer, Option<f64>)> = if args.scorer == "all" {
+/// The scorers to evaluate: the one given, or (`all`) every scorer fitted on --fit, with the
+/// seconds each fit took.
+fn load_scorers(args: &Args) -> anyhow::Result<Vec<(FittedScorer, Option<f64>)>> {
+    if args.scorer == "all" {
         let path = args
             .fit
             .as_ref()
@@ -200,14 +196,143 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &args.features,
             path,
         )?;
-        fit_all(&fit)?
+        Ok(fit_all(&fit)?
             .into_iter()
             .map(|(f, s)| (f, Some(s)))
-            .collect()
+            .collect())
     } else {
         let path = Path::new(&args.scorer);
-        vec![(load_scorer(path)?, None)]
-    };
+        Ok(vec![(load_scorer(path)?, None)])
+    }
+}
+
+/// What the evaluation collects over the scorers: a JSON row each, ROC curves, and the
+/// open-set metrics.
+#[derive(Default)]
+struct Results {
+    rows: Vec<Value>,
+    curves: Vec<(String, Vec<(f64, f64)>)>,
+    open_sets: Vec<(String, OpenSetMetrics)>,
+}
+
+/// The VOS protocol: every --id box is ID, every --ood box OOD.
+fn eval_vos(
+    scorer: &FittedScorer,
+    (id, ood): (&Set, &Set),
+    report: Option<&Path>,
+    row: &mut Value,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let name = scorer.name();
+    let (id_scores, us_id) = timed_scores(scorer, &id.boxes)?;
+    let (ood_scores, us_ood) = timed_scores(scorer, &ood.boxes)?;
+    let m = ood_metrics(&id_scores, &ood_scores).with_context(|| format!("metrics of {name}"))?;
+    row["vos"] = serde_json::to_value(&m)?;
+    row["score_us_per_box"] = json!((us_id + us_ood) / 2.0);
+    results
+        .curves
+        .push((format!("{name} (VOS)"), roc_curve(&id_scores, &ood_scores)));
+    if let Some(dir) = report {
+        plots::histogram_png(
+            &dir.join(format!("hist_{name}.png")),
+            &id_scores,
+            &ood_scores,
+            &format!("{name}: ID vs OOD boxes"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The GT-matched protocol on --mixed: boxes on known objects of their class are ID, boxes
+/// on unknown objects OOD; and with a dataset, the open-set metrics.
+fn eval_mixed(
+    scorer: &FittedScorer,
+    set: &Set,
+    (id_idx, ood_idx): &(Vec<usize>, Vec<usize>),
+    report: Option<&Path>,
+    row: &mut Value,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let name = scorer.name();
+    let (scores, _) = timed_scores(scorer, &set.boxes)?;
+    let id_scores: Vec<f64> = id_idx.iter().map(|&i| scores[i]).collect();
+    let ood_scores: Vec<f64> = ood_idx.iter().map(|&i| scores[i]).collect();
+    let m = ood_metrics(&id_scores, &ood_scores)
+        .with_context(|| format!("GT-matched metrics of {name}"))?;
+    row["gt_matched"] = serde_json::to_value(&m)?;
+    results.curves.push((
+        format!("{name} (GT-matched)"),
+        roc_curve(&id_scores, &ood_scores),
+    ));
+    if let Some(dir) = report {
+        plots::histogram_png(
+            &dir.join(format!("hist_{name}_gt_matched.png")),
+            &id_scores,
+            &ood_scores,
+            &format!("{name}: boxes on known vs unknown objects"),
+        )?;
+    }
+    if let Some(images) = &set.images {
+        eval_open_set(scorer, set, images, row, results)?;
+    }
+    Ok(())
+}
+
+/// Open-set metrics of a dataset's boxes, and the ID mAP with and without the boxes flagged
+/// OOD.
+fn eval_open_set(
+    scorer: &FittedScorer,
+    set: &Set,
+    images: &[ExtractedImage],
+    row: &mut Value,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let verdicts = scorer.score(&set.boxes, None)?;
+    let mut preds: Vec<ImagePreds> = vec![Vec::new(); images.len()];
+    let image_index = set
+        .boxes
+        .image_index
+        .as_ref()
+        .context("extracted boxes carry their image")?;
+    for i in 0..set.boxes.len() {
+        preds[image_index[i] as usize].push(PredBox {
+            bbox: set
+                .boxes
+                .bbox
+                .as_ref()
+                .context("extracted boxes carry their bbox")?[i],
+            class_id: set.boxes.class_id[i] as usize,
+            confidence: set.boxes.confidence.as_ref().map_or(1.0, |c| c[i] as f64),
+            is_unknown: verdicts[i].is_ood,
+        });
+    }
+    let gt: Vec<_> = images
+        .iter()
+        .map(|im| im.ground_truth.clone().unwrap_or_default())
+        .collect();
+    let n = set.boxes.num_classes;
+    let open_set = open_set_metrics(&gt, &preds, n)?;
+    row["open_set"] = serde_json::to_value(&open_set)?;
+    results
+        .open_sets
+        .push((scorer.name().to_string(), open_set));
+    // ID detection quality with and without the boxes flagged OOD (at conf > --conf,
+    // so lower than a conf 0.001 mAP): filtering should remove unknowns, not knowns.
+    row["id_map"] = json!({
+        "all_boxes": coco_map(&gt, &preds, n)?,
+        "ood_flagged_removed": coco_map(&gt, &without_unknown(&preds), n)?,
+    });
+    Ok(())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.json {
+        check_output_file(path, "--json")?;
+    }
+    if let Some(dir) = &args.report {
+        create_output_folder(dir, "--report")?;
+    }
+    let scorers = load_scorers(&args)?;
     // Datasets are detected as the scorer's fit boxes were, unless --imgsz says otherwise.
     let roi = match scorers.first() {
         Some((scorer, None)) => scorer.feature_sources().roi(),
@@ -230,125 +355,70 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let mut open_sets = Vec::new();
-
-    let mut rows = Vec::new();
-    let mut curves = Vec::new();
+    let mut results = Results::default();
     for (scorer, fit_seconds) in &scorers {
-        let name = scorer.name();
-        let mut row = json!({"scorer": name});
+        let mut row = json!({"scorer": scorer.name()});
         if let Some(s) = fit_seconds {
             row["fit_s"] = json!(s);
         }
+        let report = args.report.as_deref();
         if let Some((id, ood)) = &vos {
-            let (id_scores, us_id) = timed_scores(scorer, &id.boxes)?;
-            let (ood_scores, us_ood) = timed_scores(scorer, &ood.boxes)?;
-            let m = ood_metrics(&id_scores, &ood_scores)
-                .with_context(|| format!("metrics of {name}"))?;
-            row["vos"] = serde_json::to_value(&m)?;
-            row["score_us_per_box"] = json!((us_id + us_ood) / 2.0);
-            curves.push((format!("{name} (VOS)"), roc_curve(&id_scores, &ood_scores)));
-            if let Some(dir) = &args.report {
-                plots::histogram_png(
-                    &dir.join(format!("hist_{name}.png")),
-                    &id_scores,
-                    &ood_scores,
-                    &format!("{name}: ID vs OOD boxes"),
-                )?;
-            }
+            eval_vos(scorer, (id, ood), report, &mut row, &mut results)?;
         }
-        if let Some((set, (id_idx, ood_idx))) = &mixed {
-            let (scores, _) = timed_scores(scorer, &set.boxes)?;
-            let id_scores: Vec<f64> = id_idx.iter().map(|&i| scores[i]).collect();
-            let ood_scores: Vec<f64> = ood_idx.iter().map(|&i| scores[i]).collect();
-            let m = ood_metrics(&id_scores, &ood_scores)
-                .with_context(|| format!("GT-matched metrics of {name}"))?;
-            row["gt_matched"] = serde_json::to_value(&m)?;
-            curves.push((
-                format!("{name} (GT-matched)"),
-                roc_curve(&id_scores, &ood_scores),
-            ));
-            if let Some(dir) = &args.report {
-                plots::histogram_png(
-                    &dir.join(format!("hist_{name}_gt_matched.png")),
-                    &id_scores,
-                    &ood_scores,
-                    &format!("{name}: boxes on known vs unknown objects"),
-                )?;
-            }
-            if let Some(images) = &set.images {
-                let verdicts = scorer.score(&set.boxes, None)?;
-                let mut preds: Vec<ImagePreds> = vec![Vec::new(); images.len()];
-                let image_index = set
-                    .boxes
-                    .image_index
-                    .as_ref()
-                    .context("extracted boxes carry their image")?;
-                for i in 0..set.boxes.len() {
-                    preds[image_index[i] as usize].push(PredBox {
-                        bbox: set
-                            .boxes
-                            .bbox
-                            .as_ref()
-                            .context("extracted boxes carry their bbox")?[i],
-                        class_id: set.boxes.class_id[i] as usize,
-                        confidence: set.boxes.confidence.as_ref().map_or(1.0, |c| c[i] as f64),
-                        is_unknown: verdicts[i].is_ood,
-                    });
-                }
-                let gt: Vec<_> = images
-                    .iter()
-                    .map(|im| im.ground_truth.clone().unwrap_or_default())
-                    .collect();
-                let n = set.boxes.num_classes;
-                let open_set = open_set_metrics(&gt, &preds, n)?;
-                row["open_set"] = serde_json::to_value(&open_set)?;
-                open_sets.push((name.to_string(), open_set));
-                // ID detection quality with and without the boxes flagged OOD (at conf > --conf,
-                // so lower than a conf 0.001 mAP): filtering should remove unknowns, not knowns.
-                row["id_map"] = json!({
-                    "all_boxes": coco_map(&gt, &preds, n)?,
-                    "ood_flagged_removed": coco_map(&gt, &without_unknown(&preds), n)?,
-                });
-            }
+        if let Some((set, groups)) = &mixed {
+            eval_mixed(scorer, set, groups, report, &mut row, &mut results)?;
         }
-        rows.push(row);
+        results.rows.push(row);
     }
     if let Some(dir) = &args.report {
-        let named: Vec<(&str, Vec<(f64, f64)>)> = curves
-            .iter()
-            .map(|(n, c)| (n.as_str(), c.clone()))
-            .collect();
-        if !named.is_empty() {
-            plots::roc_png(&dir.join("roc.png"), &named, "ROC, ID positive")?;
-        }
-        if !open_sets.is_empty() {
-            plots::open_set_png(&dir.join("open_set.png"), &open_sets)?;
-        }
-        oodbox::data::write_atomically(&dir.join("metrics.md"), markdown(&rows).as_bytes())?;
+        write_report(dir, &results)?;
     }
-    print!("{}", markdown(&rows));
+    print!("{}", markdown(&results.rows));
     if let Some(path) = &args.json {
-        let doc = if rows.len() == 1 {
-            let mut one = rows[0].clone();
-            // The headline keys at the top level, from the VOS protocol when it ran.
-            if let Some(m) = one.get("vos").or_else(|| one.get("gt_matched")).cloned() {
-                for (k, v) in m.as_object().unwrap() {
-                    one[k] = v.clone();
-                }
-            }
-            one["convention"] = json!(CONVENTION);
-            one
-        } else {
-            json!({"convention": CONVENTION, "scorers": rows})
-        };
-        oodbox::data::write_atomically(
-            path,
-            (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &results.rows)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The --report folder: ROC curves, open-set plot, and the metrics table.
+fn write_report(dir: &Path, results: &Results) -> anyhow::Result<()> {
+    let named: Vec<(&str, Vec<(f64, f64)>)> = results
+        .curves
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.clone()))
+        .collect();
+    if !named.is_empty() {
+        plots::roc_png(&dir.join("roc.png"), &named, "ROC, ID positive")?;
+    }
+    if !results.open_sets.is_empty() {
+        plots::open_set_png(&dir.join("open_set.png"), &results.open_sets)?;
+    }
+    oodbox::data::write_atomically(&dir.join("metrics.md"), markdown(&results.rows).as_bytes())?;
+    Ok(())
+}
+
+/// The --json file: one scorer's row with its headline metrics at the top level, or every
+/// scorer's row.
+fn write_json(path: &Path, rows: &[Value]) -> anyhow::Result<()> {
+    let doc = if rows.len() == 1 {
+        let mut one = rows[0].clone();
+        // The headline keys at the top level, from the VOS protocol when it ran.
+        if let Some(m) = one.get("vos").or_else(|| one.get("gt_matched")).cloned() {
+            for (k, v) in m.as_object().unwrap() {
+                one[k] = v.clone();
+            }
+        }
+        one["convention"] = json!(CONVENTION);
+        one
+    } else {
+        json!({"convention": CONVENTION, "scorers": rows})
+    };
+    oodbox::data::write_atomically(
+        path,
+        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The open-set metrics of the rows that have them, as a second markdown table.

@@ -45,18 +45,13 @@ pub struct Args {
     #[arg(long)]
     calibration_boxes: Option<PathBuf>,
     /// Without --calibration-boxes: the share of images held out for calibration.
-    #[arg(
-        long,
-        allow_negative_numbers = true,
-        default_value_t = 0.2,
-        conflicts_with = "calibration_boxes"
-    )]
+    #[arg(long, default_value_t = 0.2, conflicts_with = "calibration_boxes")]
     calibration_fraction: f64,
     /// Seed of the hold-out split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Default significance level: a box is OOD when its p-value ≤ alpha.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05)]
     alpha: f64,
     /// A class with fewer calibration boxes than this is calibrated on all classes pooled.
     #[arg(long, default_value_t = 100)]

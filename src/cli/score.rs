@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long)]
     boxes: PathBuf,
     /// Significance level (default: the one stored at fit time, usually 0.05).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     alpha: Option<f64>,
     /// Write the scores here.
     #[arg(long)]

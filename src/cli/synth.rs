@@ -1,6 +1,6 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::data::synth::{self, ObjectSizes, Split, SynthConfig};
+use oodbox::synth::world::{self, ObjectSizes, Split, SynthConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,13 +35,7 @@ pub struct Args {
     /// fractions of the image's short side (e.g. 0.045,0.7 for 12 to 180 px objects at 256 px,
     /// so that a detector trained on the world uses all three pyramid levels). Without it, the
     /// standard world: diameters uniform in 0.12–0.4, the same images as always.
-    #[arg(
-        long,
-        allow_negative_numbers = true,
-        value_name = "MIN,MAX",
-        num_args = 1,
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "MIN,MAX", num_args = 1, value_delimiter = ',')]
     object_size: Option<Vec<f32>>,
     /// Hide the progress bar.
     #[arg(long)]
@@ -90,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images {elapsed} (eta {eta})",
     )?);
-    synth::generate(&args.out, &config, &|| bar.inc(1))
+    world::generate(&args.out, &config, &|| bar.inc(1))
         .with_context(|| format!("writing the shapes world to {}", args.out.display()))?;
     bar.finish_and_clear();
     eprintln!("wrote {total} images to {}", args.out.display());

@@ -1,8 +1,8 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::data::synth::Kind;
+use oodbox::synth::video::{SynthVideo, SynthVideoConfig, Visitors};
+use oodbox::synth::world::Kind;
 use oodbox::video::ffmpeg::{Codec, FrameSink};
-use oodbox::video::synth::{SynthVideo, SynthVideoConfig, Visitors};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,22 +34,22 @@ pub struct Args {
     width: u32,
     #[arg(long, default_value_t = 256)]
     height: u32,
-    #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0)]
     fps: f64,
     /// Length in seconds.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Known objects, present throughout (at most 100: each spans a tenth of the frame).
     #[arg(long, default_value_t = 2)]
     id_objects: usize,
     /// A new known object enters (stays, and leaves) every this many seconds (0: none).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0)]
     id_every: f64,
     /// A new unknown object enters every this many seconds (0: none).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0)]
     ood_every: f64,
     /// Shortest and longest stay of an entering object, in seconds.
-    #[arg(long, allow_negative_numbers = true, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [1.0, 2.5])]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [1.0, 2.5])]
     ood_stay: Vec<f64>,
     /// Which unknown kinds enter.
     #[arg(long, value_enum, default_value = "all")]
@@ -59,11 +59,7 @@ pub struct Args {
     quiet: bool,
 }
 
-/// More frames than anyone needs from a synthetic clip: a runaway product of --seconds and
-/// --fps would otherwise write until the disk is full.
-const MAX_FRAMES: f64 = 1e7;
-
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+fn check_args(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.width >= 16 && args.height >= 16,
         "--width and --height must be at least 16"
@@ -97,6 +93,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             && args.ood_stay[1].is_finite(),
         "--ood-stay needs 0 < MIN <= MAX"
     );
+    Ok(())
+}
+
+/// More frames than anyone needs from a synthetic clip: a runaway product of --seconds and
+/// --fps would otherwise write until the disk is full.
+const MAX_FRAMES: f64 = 1e7;
+
+fn frame_count(args: &Args) -> anyhow::Result<u64> {
     let frames = (args.seconds * args.fps).round();
     let show = |v: f64| match v.abs() >= 1e9 {
         true => format!("{v:.3e}"),
@@ -109,8 +113,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         show(args.fps),
         show(frames)
     );
-    let frames = frames as u64;
-    let mut video = SynthVideo::new(SynthVideoConfig {
+    Ok(frames as u64)
+}
+
+fn config(args: &Args, frames: u64) -> SynthVideoConfig {
+    SynthVideoConfig {
         seed: args.seed,
         width: args.width,
         height: args.height,
@@ -137,7 +144,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 stay_s: (args.ood_stay[0], args.ood_stay[1]),
             },
         ],
-    });
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
+    let frames = frame_count(&args)?;
+    let mut video = SynthVideo::new(config(&args, frames));
     let mut sink = FrameSink::create(
         &args.out,
         (args.width, args.height),

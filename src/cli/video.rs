@@ -7,7 +7,7 @@ use oodbox::video::ffmpeg::{
     check_output_folder, is_single_file, Codec, FrameSink, FrameSource, SourceOptions,
 };
 use oodbox::video::stream::{
-    filter_stream, Keep, OodAction, OpenSink, Output, Progress, StreamOptions,
+    filter_stream, Keep, OodAction, OpenSink, Output, Progress, StreamOptions, StreamReport,
 };
 use oodbox::video::tracker::TrackerConfig;
 use serde_json::json;
@@ -102,10 +102,10 @@ pub struct Args {
     #[arg(long)]
     realtime: bool,
     /// The most that tracks of known objects may be called unknown (their false-alarm rate).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05)]
     track_alpha: f64,
     /// Seconds of evidence per decision: a shorter unknown may go unreported.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0)]
     min_duration: f64,
     /// Calibrate the track rule with this file, from --fit-tracks on footage of known objects
     /// from the same camera, model, scorer, detection flags and frame rate. Given more than
@@ -121,7 +121,7 @@ pub struct Args {
     max_missed: u64,
     /// Input frame rate for image sequences and image pipes (default: ffmpeg's reading, 25
     /// when the input states none).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     fps: Option<f64>,
     /// Start on the first frame of a live input (a pipe, a camera URL) instead of after
     /// ffmpeg's probe of up to 5 s of stream; an input whose format needs that look may then
@@ -136,7 +136,7 @@ pub struct Args {
     /// Stop with an error when the input sends nothing for this many seconds while a frame is
     /// awaited (a frozen camera or connection); 0: wait forever. Default: 10 for a URL,
     /// 0 otherwise.
-    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS")]
     stall_timeout: Option<f64>,
     /// Frames each queue between the decode, detect and encode threads holds.
     #[arg(long, default_value_t = 8)]
@@ -182,9 +182,6 @@ fn progress_line(p: &Progress) -> String {
     )
 }
 
-type Log = std::io::BufWriter<Box<dyn Write>>;
-
-/// A JSON-lines log: a file, or standard output for `-`.
 /// The flags that detect as a track calibration's footage was detected.
 fn setting_hint(fitted: &TrackSetting) -> String {
     let (w, h) = fitted.imgsz;
@@ -195,6 +192,9 @@ fn setting_hint(fitted: &TrackSetting) -> String {
     )
 }
 
+type Log = std::io::BufWriter<Box<dyn Write>>;
+
+/// A JSON-lines log: a file, or standard output for `-`.
 fn create_log(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<Log>> {
     path.map(|p| {
         let writer: Box<dyn Write> = if p.as_os_str() == "-" {
@@ -210,7 +210,9 @@ fn create_log(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Opti
     .transpose()
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Refuses flag values out of range, and outputs that cannot be written, before the model
+/// loads and the input opens.
+fn check_args(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.track_alpha > 0.0 && args.track_alpha < 1.0,
         "--track-alpha must lie in (0, 1)"
@@ -232,7 +234,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps > 0.0 && fps.is_finite(), "--fps must be positive");
     }
-    // Every output is checked before the model loads and the input opens.
     let logs = [
         ("--events", &args.events),
         ("--alerts", &args.alerts),
@@ -251,12 +252,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.crops {
         create_output_folder(dir, "--crops")?;
     }
-    let detector = args.detector.load()?;
-    let mut options = args
-        .detector
-        .flags
-        .options(Some(detector.as_ref()), Vec::new())?;
-    let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
+    Ok(())
+}
+
+/// Refuses two outputs on standard output.
+fn check_one_stdout(args: &Args) -> anyhow::Result<()> {
     let stdout = |log: &Option<PathBuf>| log.as_ref().is_some_and(|p| p.as_os_str() == "-");
     let to_stdout: Vec<&str> = [
         ("--output", args.output.as_deref() == Some("-")),
@@ -272,9 +272,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "{first} and {second} both write to standard output (-): give one of them a file"
         );
     }
-    let mut events = create_log(args.events.as_deref(), "events")?;
-    let mut alerts = create_log(args.alerts.as_deref(), "alerts")?;
-    let mut detections = create_log(args.detections.as_deref(), "detections")?;
+    Ok(())
+}
+
+fn open_source(args: &Args) -> anyhow::Result<FrameSource> {
     let source = FrameSource::open(
         &args.input,
         &SourceOptions {
@@ -296,9 +297,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             source.fps()
         );
     }
-    let fps = source.fps();
-    let block = TrackRule::new(args.track_alpha, args.min_duration, fps).block;
-    let setting = TrackSetting::of(&ood, &args.scorer, fps, block)?;
+    Ok(source)
+}
+
+/// The --track-calibration files, merged, once checked against this stream's setting.
+fn load_track_calibration(
+    args: &Args,
+    setting: &TrackSetting,
+) -> anyhow::Result<Option<Arc<TrackCalibration>>> {
     let mut track_calibration: Option<TrackCalibration> = None;
     for path in &args.track_calibration {
         let calibration = TrackCalibration::load(path).map_err(|e| with_kind_hint(e.into()))?;
@@ -313,7 +319,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => {
                 let hint = setting_hint(&calibration.setting);
                 calibration
-                    .check(path, &setting)
+                    .check(path, setting)
                     .map_err(|e| anyhow::anyhow!("{e}; {hint}"))?;
                 track_calibration = Some(calibration);
             }
@@ -331,12 +337,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let track_calibration = track_calibration.map(Arc::new);
-    let mut fitted_statistics = Vec::new();
-    // Ctrl-C or SIGTERM stops the stream cleanly: ffmpeg killed, the partial output removed.
-    // A second one ends the process at once, should stopping hang. Registered once the input
-    // is open: opening may wait on a silent stream, and a signal then ends the process as
-    // usual, before any output exists.
+    Ok(track_calibration.map(Arc::new))
+}
+
+/// Ctrl-C or SIGTERM stops the stream cleanly: ffmpeg killed, the partial output removed.
+/// A second one ends the process at once, should stopping hang. Returns the stop flag, and
+/// the last signal's number.
+fn register_stop() -> anyhow::Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicUsize::new(0));
     for sig in [SIGINT, SIGTERM] {
@@ -345,7 +352,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let stream_options = StreamOptions {
+    Ok((stop, signal))
+}
+
+fn stream_options(
+    args: &Args,
+    track_calibration: Option<Arc<TrackCalibration>>,
+    stop: Arc<AtomicBool>,
+) -> StreamOptions {
+    StreamOptions {
         action: match args.ood_action {
             ActionArg::Flag => OodAction::Flag,
             ActionArg::Drop => OodAction::Drop,
@@ -367,9 +382,102 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         queue: args.queue,
         crops: args.crops.clone(),
         stop: Some(stop),
-    };
-    let quiet = args.detector.flags.quiet;
-    let bar = if quiet {
+    }
+}
+
+/// Where the stream's reports go: the JSON-lines logs, and the statistics --fit-tracks fits
+/// on.
+struct Logs<'a> {
+    args: &'a Args,
+    events: Option<Log>,
+    alerts: Option<Log>,
+    detections: Option<Log>,
+    fitted_statistics: Vec<f64>,
+}
+
+impl<'a> Logs<'a> {
+    fn create(args: &'a Args) -> anyhow::Result<Self> {
+        Ok(Logs {
+            args,
+            events: create_log(args.events.as_deref(), "events")?,
+            alerts: create_log(args.alerts.as_deref(), "alerts")?,
+            detections: create_log(args.detections.as_deref(), "detections")?,
+            fitted_statistics: Vec::new(),
+        })
+    }
+
+    /// Logs one report of a stream of `fps` frames per second.
+    fn write(&mut self, output: Output, fps: f64) -> oodbox::error::Result<()> {
+        let args = self.args;
+        let (file, path, line) = match output {
+            Output::TrackEnded(track) => {
+                if args.fit_tracks.is_some() {
+                    self.fitted_statistics.push(track.statistic);
+                }
+                return Ok(());
+            }
+            Output::Alert(alert) => (
+                self.alerts.as_mut(),
+                &args.alerts,
+                serde_json::to_value(alert).expect("alerts serialise"),
+            ),
+            Output::Event(event) => (
+                self.events.as_mut(),
+                &args.events,
+                serde_json::to_value(event).expect("events serialise"),
+            ),
+            Output::Frame { index, boxes } => (
+                self.detections.as_mut(),
+                &args.detections,
+                json!({
+                    "frame": index,
+                    "time_s": index as f64 / fps,
+                    "boxes": boxes.iter().map(|(track, d)| {
+                        let mut v = serde_json::to_value(d).expect("detections serialise");
+                        v["track_id"] = json!(track);
+                        // Features and logits stay out of the per-frame log.
+                        v.as_object_mut().map(|o| { o.remove("feature"); o.remove("logits"); o.remove("roi_features") });
+                        v
+                    }).collect::<Vec<_>>(),
+                }),
+            ),
+        };
+        if let (Some(file), Some(path)) = (file, path) {
+            writeln!(file, "{line}")
+                .and_then(|_| file.flush())
+                .map_err(|e| {
+                    let shown = if path.as_os_str() == "-" {
+                        std::path::Path::new("standard output")
+                    } else {
+                        path
+                    };
+                    oodbox::error::Error::io(shown, e)
+                })?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
+    let detector = args.detector.load()?;
+    let mut options = args
+        .detector
+        .flags
+        .options(Some(detector.as_ref()), Vec::new())?;
+    let ood = pair_with_scorer(detector, &args.detector, &args.scorer, None, &mut options)?;
+    check_one_stdout(&args)?;
+    let mut logs = Logs::create(&args)?;
+    let source = open_source(&args)?;
+    let fps = source.fps();
+    let block = TrackRule::new(args.track_alpha, args.min_duration, fps).block;
+    let setting = TrackSetting::of(&ood, &args.scorer, fps, block)?;
+    let track_calibration = load_track_calibration(&args, &setting)?;
+    // Registered once the input is open: opening may wait on a silent stream, and a signal
+    // then ends the process as usual, before any output exists.
+    let (stop, signal) = register_stop()?;
+    let stream_options = stream_options(&args, track_calibration, stop);
+    let bar = if args.detector.flags.quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new_spinner()
@@ -385,54 +493,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         source,
         open_sink,
         &stream_options,
-        |output| {
-            let (file, path, line) = match output {
-                Output::TrackEnded(track) => {
-                    if args.fit_tracks.is_some() {
-                        fitted_statistics.push(track.statistic);
-                    }
-                    return Ok(());
-                }
-                Output::Alert(alert) => (
-                    alerts.as_mut(),
-                    &args.alerts,
-                    serde_json::to_value(alert).expect("alerts serialise"),
-                ),
-                Output::Event(event) => (
-                    events.as_mut(),
-                    &args.events,
-                    serde_json::to_value(event).expect("events serialise"),
-                ),
-                Output::Frame { index, boxes } => (
-                    detections.as_mut(),
-                    &args.detections,
-                    json!({
-                        "frame": index,
-                        "time_s": index as f64 / fps,
-                        "boxes": boxes.iter().map(|(track, d)| {
-                            let mut v = serde_json::to_value(d).expect("detections serialise");
-                            v["track_id"] = json!(track);
-                            // Features and logits stay out of the per-frame log.
-                            v.as_object_mut().map(|o| { o.remove("feature"); o.remove("logits"); o.remove("roi_features") });
-                            v
-                        }).collect::<Vec<_>>(),
-                    }),
-                ),
-            };
-            if let (Some(file), Some(path)) = (file, path) {
-                writeln!(file, "{line}")
-                    .and_then(|_| file.flush())
-                    .map_err(|e| {
-                        let shown = if path.as_os_str() == "-" {
-                            std::path::Path::new("standard output")
-                        } else {
-                            path
-                        };
-                        oodbox::error::Error::io(shown, e)
-                    })?;
-            }
-            Ok(())
-        },
+        |output| logs.write(output, fps),
         |p| {
             if last_update.elapsed() >= Duration::from_millis(250) {
                 bar.set_message(progress_line(p));
@@ -443,27 +504,49 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     bar.finish_and_clear();
     if let Err(oodbox::error::Error::Interrupted { frames }) = result {
-        let sig = signal.load(Ordering::Relaxed) as i32;
-        let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
-        let output = match &args.output {
-            Some(output) if is_single_file(output) => {
-                format!("{output} was not written (its partial file is removed)")
-            }
-            Some(output) => format!("what was written to {output} is left as it is"),
-            None => "no video was being written".to_string(),
-        };
-        let events = match &args.events {
-            Some(path) => format!("; {} holds the unknown tracks seen so far", path.display()),
-            None => String::new(),
-        };
-        eprintln!("interrupted by {name} after {frames} frames: {output}{events}");
-        return Ok(ExitCode::from(128 + sig as u8));
+        return Ok(interrupted(
+            &args,
+            signal.load(Ordering::Relaxed) as i32,
+            frames,
+        ));
     }
     let report = result.with_context(|| match &args.output {
         Some(output) => format!("filtering {} into {output}", args.input),
         None => format!("filtering {}", args.input),
     })?;
+    print_summary(&args, &report, fps);
+    if let Some(path) = &args.fit_tracks {
+        fit_tracks(&args, path, setting, logs.fitted_statistics)?;
+    }
+    if let (Some(output), 0) = (&args.output, report.progress.written) {
+        eprintln!("no frame to write: {output} was not written");
+    }
+    Ok(if report_trouble(&args, &report) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
+/// Says what a stop by signal `sig` left behind; returns the exit code for that signal.
+fn interrupted(args: &Args, sig: i32, frames: u64) -> ExitCode {
+    let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+    let output = match &args.output {
+        Some(output) if is_single_file(output) => {
+            format!("{output} was not written (its partial file is removed)")
+        }
+        Some(output) => format!("what was written to {output} is left as it is"),
+        None => "no video was being written".to_string(),
+    };
+    let events = match &args.events {
+        Some(path) => format!("; {} holds the unknown tracks seen so far", path.display()),
+        None => String::new(),
+    };
+    eprintln!("interrupted by {name} after {frames} frames: {output}{events}");
+    ExitCode::from(128 + sig as u8)
+}
+
+fn print_summary(args: &Args, report: &StreamReport, fps: f64) {
     let p = &report.progress;
     let [decode, detect, track, encode] = p.stage_ms();
     eprintln!(
@@ -486,23 +569,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|k| format!("; peak RSS {:.0} MiB", k as f64 / 1024.0))
             .unwrap_or_default()
     );
-    if let Some(path) = &args.fit_tracks {
-        let tracks = fitted_statistics.len();
-        let calibration = TrackCalibration::fit(setting, &args.input, fitted_statistics)
-            .with_context(|| format!("fitting {}", path.display()))?;
-        calibration.save(path)?;
-        eprintln!(
-            "fitted a track calibration on {tracks} tracks ({} of them long enough to score, at \
-             least {} boxes): its smallest p-value is {:.4}; wrote {}",
-            calibration.statistics.iter().filter(|&&s| s > 0.0).count(),
-            calibration.setting.block,
-            calibration.smallest_p_value(),
-            path.display()
-        );
-    }
-    if let (Some(output), 0) = (&args.output, p.written) {
-        eprintln!("no frame to write: {output} was not written");
-    }
+}
+
+/// Fits and writes the --fit-tracks calibration.
+fn fit_tracks(
+    args: &Args,
+    path: &std::path::Path,
+    setting: TrackSetting,
+    statistics: Vec<f64>,
+) -> anyhow::Result<()> {
+    let tracks = statistics.len();
+    let calibration = TrackCalibration::fit(setting, &args.input, statistics)
+        .with_context(|| format!("fitting {}", path.display()))?;
+    calibration.save(path)?;
+    eprintln!(
+        "fitted a track calibration on {tracks} tracks ({} of them long enough to score, at \
+         least {} boxes): its smallest p-value is {:.4}; wrote {}",
+        calibration.statistics.iter().filter(|&&s| s > 0.0).count(),
+        calibration.setting.block,
+        calibration.smallest_p_value(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Warns of input damage and of an input that stopped early; returns whether there was any.
+fn report_trouble(args: &Args, report: &StreamReport) -> bool {
     let mut failed = false;
     let damage = &report.damage;
     if damage.undecodable_frames > 0 {
@@ -533,14 +625,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         failed = true;
         eprintln!(
             "error: the input stopped early: {e}; the {} frames before were processed and written",
-            p.decoded
+            report.progress.decoded
         );
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    failed
 }
 
 #[cfg(test)]

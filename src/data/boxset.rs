@@ -12,13 +12,13 @@
 //! listed in order in metadata `roi_sources`.
 //! [`BoxSet::select`] makes a set whose `features` are chosen sources, concatenated.
 
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::data::extraction::LABEL_BACKGROUND;
 use crate::data::kind::FileKind;
+use crate::data::tensor_file::{self, f32_bytes, i64_bytes, Entry, TensorFile, Values};
 use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
 use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
 use crate::error::{Error, Result};
@@ -304,7 +304,7 @@ impl BoxSet {
     /// Writes the box set, atomically: a temporary file renamed into place.
     pub fn save(&self, path: &Path) -> Result<()> {
         let n = self.len();
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        let mut tensors: Vec<Entry> = vec![
             (
                 "features".into(),
                 Dtype::F32,
@@ -367,17 +367,12 @@ impl BoxSet {
                 ));
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                let view =
-                    TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| Error::BadInput {
-                        path: path.to_path_buf(),
-                        reason: format!("tensor `{name}`: {e}"),
-                    })?;
-                Ok((name.clone(), view))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        tensor_file::write(path, &tensors, self.metadata())
+    }
+
+    /// The file's metadata: class names, fingerprint, source, format, feature sources, and
+    /// the ROI sources and detection settings when there are any.
+    fn metadata(&self) -> HashMap<String, String> {
         let mut metadata = HashMap::from([
             (
                 "class_names".to_string(),
@@ -399,202 +394,65 @@ impl BoxSet {
             let json = serde_json::to_string(options).expect("options serialise");
             metadata.insert("detect_options".to_string(), json);
         }
-        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        crate::data::write_atomically(path, &bytes)
+        metadata
     }
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let not_safetensors = |reason: String| {
-            let err = Error::NotSafetensors {
-                path: path.to_path_buf(),
-                reason,
-            };
-            crate::data::kind::or_wrong_kind(path, FileKind::BoxSet, err)
-        };
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
-        let (_, header) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let bad = |reason: String| Error::BadInput {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let get = |name: &str| -> Result<Option<RawTensor>> {
-            match file.tensor(name) {
-                Ok(t) => Ok(Some(RawTensor(t.shape().to_vec(), t.dtype(), t.data()))),
-                Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
-                Err(e) => Err(bad(format!("tensor `{name}`: {e}"))),
-            }
-        };
-        // Without the box tensors, a scorer file or a model is named as such.
-        let found = match crate::data::kind::of_metadata(&meta) {
-            FileKind::Model if file.names().iter().any(|n| n.starts_with("model.")) => {
-                Some(FileKind::Model)
-            }
-            FileKind::Scorer => Some(FileKind::Scorer),
-            _ => None,
-        };
-        let required = |name: &str| {
-            get(name)?.ok_or_else(|| match found {
-                Some(found) => Error::WrongKind {
-                    path: path.to_path_buf(),
-                    found,
-                    expected: FileKind::BoxSet,
-                },
-                None => Error::MissingTensor {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                },
-            })
-        };
-        let as_f32 = |name: &str,
-                      RawTensor(shape, dtype, data): RawTensor|
-         -> Result<(Vec<usize>, Vec<f32>)> {
-            match dtype {
-                Dtype::F32 => Ok((
-                    shape,
-                    data.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                )),
-                Dtype::F64 => Ok((
-                    shape,
-                    data.chunks_exact(8)
-                        .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                        .collect(),
-                )),
-                other => Err(bad(format!("tensor `{name}` is {other:?}; expected F32"))),
-            }
-        };
-        let as_i64 = |name: &str,
-                      RawTensor(shape, dtype, data): RawTensor|
-         -> Result<(Vec<usize>, Vec<i64>)> {
-            match dtype {
-                Dtype::I64 => Ok((
-                    shape,
-                    data.chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                )),
-                Dtype::I32 => Ok((
-                    shape,
-                    data.chunks_exact(4)
-                        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
-                        .collect(),
-                )),
-                other => Err(bad(format!("tensor `{name}` is {other:?}; expected I64"))),
-            }
-        };
-        let (fshape, features) = as_f32("features", required("features")?)?;
-        let (lshape, logits) = as_f32("logits", required("logits")?)?;
-        let (cshape, class_id) = as_i64("class_id", required("class_id")?)?;
+        let file = TensorFile::parse(path, &bytes, FileKind::BoxSet)?;
+        let meta = file.metadata();
+        let (fshape, features) = required_f32(&file, "features")?;
+        let (lshape, logits) = required_f32(&file, "logits")?;
+        let (cshape, class_id) = file
+            .i64("class_id")?
+            .ok_or_else(|| missing(&file, "class_id"))?;
         if fshape.len() != 2 || lshape.len() != 2 || cshape.len() != 1 {
-            return Err(bad(format!(
+            return Err(file.bad(format!(
                 "expected features [N, D], logits [N, C] and class_id [N]; found {fshape:?}, {lshape:?}, {cshape:?}"
             )));
         }
         let n = cshape[0];
         if lshape[1] > crate::limits::MAX_CLASSES {
-            return Err(bad(format!(
+            return Err(file.bad(format!(
                 "`logits` declare {} classes; at most {} are supported",
                 lshape[1],
                 crate::limits::MAX_CLASSES
             )));
         }
         if fshape[0] != n || lshape[0] != n {
-            return Err(bad(format!(
+            return Err(file.bad(format!(
                 "features, logits and class_id disagree on the number of boxes: {}, {}, {n}",
                 fshape[0], lshape[0]
             )));
         }
         let vector_i64 = |name: &str| -> Result<Option<Vec<i64>>> {
-            get(name)?
-                .map(|t| {
-                    let (shape, v) = as_i64(name, t)?;
-                    if shape != [n] {
-                        return Err(bad(format!(
-                            "tensor `{name}` has shape {shape:?}; expected [{n}]"
-                        )));
-                    }
-                    Ok(v)
-                })
+            file.i64(name)?
+                .map(|(shape, v)| file.check_shape(name, &shape, &[Some(n)]).map(|_| v))
                 .transpose()
         };
-        let confidence = get("confidence")?
-            .map(|t| as_f32("confidence", t))
-            .transpose()?
-            .map(|(_, v)| v);
-        let bbox = get("bbox")?
-            .map(|t| as_f32("bbox", t))
-            .transpose()?
-            .map(|(shape, v)| match shape[..] {
-                [rows, 4] if rows == n => Ok(v
-                    .chunks_exact(4)
-                    .map(|c| [c[0], c[1], c[2], c[3]])
-                    .collect()),
-                _ => Err(bad(format!(
-                    "tensor `bbox` has shape {shape:?}; expected [{n}, 4]"
-                ))),
+        let confidence = file.f32("confidence")?.map(|(_, v)| v);
+        let bbox = file
+            .f32("bbox")?
+            .map(|(shape, v)| {
+                file.check_shape("bbox", &shape, &[Some(n), Some(4)])?;
+                Ok::<_, Error>(
+                    v.chunks_exact(4)
+                        .map(|c| [c[0], c[1], c[2], c[3]])
+                        .collect(),
+                )
             })
             .transpose()?;
-        let mut levels = Vec::new();
-        let mut read_head = |prefix: &str| -> Result<bool> {
-            let (Some(w), Some(b)) = (
-                get(&format!("{prefix}.weight"))?,
-                get(&format!("{prefix}.bias"))?,
-            ) else {
-                return Ok(false);
-            };
-            let (wshape, weight) = as_f32("head weight", w)?;
-            let (_, bias) = as_f32("head bias", b)?;
-            if wshape.len() != 2 || bias.len() != wshape[0] {
-                return Err(bad(format!("`{prefix}.weight` {wshape:?} and `{prefix}.bias` [{}] do not form a linear head", bias.len())));
-            }
-            levels.push(LinearHead {
-                weight,
-                bias,
-                classes: wshape[0],
-                dim: wshape[1],
-            });
-            Ok(true)
-        };
-        if !read_head("head")? {
-            let mut i = 0;
-            while read_head(&format!("head.{i}"))? {
-                i += 1;
-            }
-        }
+        let head = read_head(&file)?;
         let feature_sources = match meta.get("feature_sources") {
             Some(text) => text
                 .parse()
-                .map_err(|e| bad(format!("metadata `feature_sources`: {e}")))?,
+                .map_err(|e| file.bad(format!("metadata `feature_sources`: {e}")))?,
             None => FeatureSources::default(),
         };
-        let mut roi = Vec::new();
-        let listed = meta.get("roi_sources").map(String::as_str).unwrap_or("");
-        for name in listed.split(',').filter(|n| !n.is_empty()) {
-            let source = name
-                .parse()
-                .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-            let (shape, values) = as_f32(name, required(name)?)?;
-            if shape.len() != 2 || shape[0] != n {
-                return Err(bad(format!(
-                    "tensor `{name}` has shape {shape:?}; expected [{n}, D]"
-                )));
-            }
-            roi.push(SourceFeatures {
-                source,
-                dim: shape[1],
-                values,
-            });
-        }
+        let roi = read_roi(&file, n)?;
         let class_names = match meta.get("class_names") {
             Some(json) => serde_json::from_str(json)
-                .map_err(|e| bad(format!("metadata `class_names`: {e}")))?,
+                .map_err(|e| file.bad(format!("metadata `class_names`: {e}")))?,
             None => (0..lshape[1]).map(|i| format!("class{i}")).collect(),
         };
         let set = BoxSet {
@@ -608,21 +466,21 @@ impl BoxSet {
             confidence,
             bbox,
             image_index: vector_i64("image_index")?,
-            head: (!levels.is_empty()).then_some(ClassHead { levels }),
+            head,
             class_names,
             fingerprint: meta.get("fingerprint").cloned().unwrap_or_default(),
             source: meta.get("source").cloned().unwrap_or_default(),
             detect_options: match meta.get("detect_options") {
                 Some(json) => Some(
                     serde_json::from_str(json)
-                        .map_err(|e| bad(format!("metadata `detect_options`: {e}")))?,
+                        .map_err(|e| file.bad(format!("metadata `detect_options`: {e}")))?,
                 ),
                 None => None,
             },
             feature_sources,
             roi,
         };
-        set.check_consistency().map_err(bad)?;
+        set.check_consistency().map_err(|reason| file.bad(reason))?;
         Ok(set)
     }
 
@@ -681,21 +539,94 @@ impl BoxSet {
     }
 }
 
-/// A tensor as stored: shape, dtype and little-endian bytes.
-struct RawTensor<'a>(Vec<usize>, Dtype, &'a [u8]);
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// A box tensor the file lacks: the file is named as a scorer file or a model when its
+/// metadata says it is one, else the tensor is named.
+fn missing(file: &TensorFile, name: &str) -> Error {
+    let found = match crate::data::kind::of_metadata(file.metadata()) {
+        FileKind::Model if file.names().iter().any(|n| n.starts_with("model.")) => {
+            Some(FileKind::Model)
+        }
+        FileKind::Scorer => Some(FileKind::Scorer),
+        _ => None,
+    };
+    match found {
+        Some(found) => Error::WrongKind {
+            path: file.path().to_path_buf(),
+            found,
+            expected: FileKind::BoxSet,
+        },
+        None => Error::MissingTensor {
+            path: file.path().to_path_buf(),
+            name: name.to_string(),
+        },
+    }
 }
 
-fn i64_bytes(v: &[i64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+fn required_f32(file: &TensorFile, name: &str) -> Result<Values<f32>> {
+    file.f32(name)?.ok_or_else(|| missing(file, name))
+}
+
+/// The class head: `head.weight` / `head.bias`, or one pair per level, `head.<level>.*`.
+fn read_head(file: &TensorFile) -> Result<Option<ClassHead>> {
+    let mut levels = Vec::new();
+    let mut read_level = |prefix: &str| -> Result<bool> {
+        let (w, b) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+        if !(file.contains(&w) && file.contains(&b)) {
+            return Ok(false);
+        }
+        let (wshape, weight) = file.f32(&w)?.expect("present");
+        let (_, bias) = file.f32(&b)?.expect("present");
+        if wshape.len() != 2 || bias.len() != wshape[0] {
+            return Err(file.bad(format!(
+                "`{w}` {wshape:?} and `{b}` [{}] do not form a linear head",
+                bias.len()
+            )));
+        }
+        levels.push(LinearHead {
+            weight,
+            bias,
+            classes: wshape[0],
+            dim: wshape[1],
+        });
+        Ok(true)
+    };
+    if !read_level("head")? {
+        let mut i = 0;
+        while read_level(&format!("head.{i}"))? {
+            i += 1;
+        }
+    }
+    Ok((!levels.is_empty()).then_some(ClassHead { levels }))
+}
+
+/// The ROI features listed in metadata `roi_sources`, each `[n, D]`.
+fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
+    let listed = file
+        .metadata()
+        .get("roi_sources")
+        .map(String::as_str)
+        .unwrap_or("");
+    let mut roi = Vec::new();
+    for name in listed.split(',').filter(|n| !n.is_empty()) {
+        let source = name
+            .parse()
+            .map_err(|e| file.bad(format!("tensor `{name}`: {e}")))?;
+        let (shape, values) = required_f32(file, name)?;
+        file.check_shape(name, &shape, &[Some(n), None])?;
+        roi.push(SourceFeatures {
+            source,
+            dim: shape[1],
+            values,
+        });
+    }
+    Ok(roi)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::detect::RoiFeature;
+    use safetensors::tensor::TensorView;
 
     fn record(class_id: usize, level: u8) -> BoxRecord {
         BoxRecord {

@@ -409,8 +409,10 @@ fn coco_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::synth::{generate, Split, SynthConfig};
+    #[cfg(feature = "synth")]
+    use crate::synth::world::{generate, Split, SynthConfig};
 
+    #[cfg(feature = "synth")]
     #[test]
     fn reads_the_shapes_world_both_ways() {
         let dir = tempfile::tempdir().unwrap();
@@ -484,6 +486,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "synth")]
     #[test]
     fn finds_images_in_the_coco_layout() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,11 @@
-//! Datasets, box sets, the shapes world, and the files oodbox reads and writes.
+//! Datasets, box sets, and the files oodbox reads and writes.
 
 pub mod boxset;
 pub mod dataset;
 pub mod extraction;
 pub mod inputs;
 pub mod kind;
-pub mod synth;
+pub(crate) mod tensor_file;
 
 use std::io::Write;
 use std::path::Path;

@@ -10,8 +10,7 @@
 //! class's tail in its calibration summary; the p-values beyond the calibration range use those
 //! stored parameters.
 
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +21,7 @@ use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::data::kind::FileKind;
+use crate::data::tensor_file::{self, f64_bytes, Entry, TensorFile};
 use crate::detect::sources::FeatureSources;
 use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
@@ -379,65 +379,51 @@ impl FittedScorer {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let state = self.scorer.to_state();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = state
+        let entry = |name: String, shape: Vec<usize>, data: &[f64]| -> Entry {
+            (name, Dtype::F64, shape, f64_bytes(data))
+        };
+        let mut tensors: Vec<Entry> = state
             .tensors
             .iter()
-            .map(|(name, shape, data)| (format!("scorer.{name}"), shape.clone(), f64_bytes(data)))
+            .map(|(name, shape, data)| entry(format!("scorer.{name}"), shape.clone(), data))
             .collect();
         let pooled = self.calibrator.pooled();
-        tensors.push((
+        tensors.push(entry(
             "calibration.pooled".into(),
             vec![pooled.len()],
-            f64_bytes(pooled),
+            pooled,
         ));
         for (c, own) in self.calibrator.per_class().iter().enumerate() {
             if let Some(own) = own {
-                tensors.push((
+                tensors.push(entry(
                     format!("calibration.class.{c}"),
                     vec![own.len()],
-                    f64_bytes(own),
+                    own,
                 ));
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(name, shape, bytes)| {
-                TensorView::new(Dtype::F64, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| invalid(path, format!("tensor `{name}`: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let header = serde_json::to_string(&self.header).expect("the header serialises");
-        let bytes =
-            safetensors::serialize(views, Some(HashMap::from([("oodbox".to_string(), header)])))
-                .map_err(|e| invalid(path, e.to_string()))?;
-        crate::data::write_atomically(path, &bytes)
+        tensor_file::write(
+            path,
+            &tensors,
+            HashMap::from([("oodbox".to_string(), header)]),
+        )
     }
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let not_safetensors = |reason: String| {
-            let err = Error::NotSafetensors {
-                path: path.to_path_buf(),
-                reason,
-            };
-            crate::data::kind::or_wrong_kind(path, FileKind::Scorer, err)
-        };
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
-        let (_, meta) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
-        let json = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("oodbox"))
-            .ok_or_else(|| match crate::data::kind::sniff(path) {
-                Some(found) if found != FileKind::Scorer => Error::WrongKind {
-                    path: path.to_path_buf(),
-                    found,
-                    expected: FileKind::Scorer,
-                },
-                _ => invalid(path, "not an oodbox scorer file (no `oodbox` metadata)"),
-            })?;
+        let file = TensorFile::parse(path, &bytes, FileKind::Scorer)?;
+        let json =
+            file.metadata()
+                .get("oodbox")
+                .ok_or_else(|| match crate::data::kind::sniff(path) {
+                    Some(found) if found != FileKind::Scorer => Error::WrongKind {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: FileKind::Scorer,
+                    },
+                    _ => invalid(path, "not an oodbox scorer file (no `oodbox` metadata)"),
+                })?;
         let header: Header = serde_json::from_str(json)
             .map_err(|e| invalid(path, format!("unreadable scorer metadata: {e}")))?;
         if header.format != FORMAT || header.version != VERSION {
@@ -451,27 +437,14 @@ impl FittedScorer {
         }
         header.check().map_err(|reason| invalid(path, reason))?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
-            let t = file.tensor(name).map_err(|e| match e {
-                safetensors::SafeTensorError::TensorNotFound(_) => invalid(
+            file.f64(name)?.ok_or_else(|| {
+                invalid(
                     path,
                     format!(
                         "missing tensor `{name}`; the file is damaged or was not written by oodbox"
                     ),
-                ),
-                e => invalid(path, format!("tensor `{name}`: {e}")),
-            })?;
-            if t.dtype() != Dtype::F64 {
-                return Err(invalid(
-                    path,
-                    format!("tensor `{name}` is {:?}, expected F64", t.dtype()),
-                ));
-            }
-            let data = t
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            Ok((t.shape().to_vec(), data))
+                )
+            })
         };
         let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
         names.sort();
@@ -537,8 +510,4 @@ fn stored_tails(
         pooled: tail.pooled.clone(),
         per_class,
     })
-}
-
-fn f64_bytes(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

@@ -6,5 +6,4 @@ pub mod calibration;
 pub mod evidence;
 pub mod ffmpeg;
 pub mod stream;
-pub mod synth;
 pub mod tracker;

@@ -78,7 +78,84 @@ struct Bottleneck {
     shortcut: Option<FusedConv>,
 }
 
+/// What the bottleneck blocks of one stage are built from.
+struct StageShape {
+    /// Channels into the stage, in the middle of each block, and out of each block.
+    c_in: usize,
+    mid: usize,
+    c_out: usize,
+    /// The first block's stride.
+    stride: usize,
+    /// DC5's last stage: its 3×3 convolutions dilated by 2, but for the first block's.
+    dilated: bool,
+    /// Whether the first block strides in its 1×1 (true) or its 3×3 convolution.
+    downsample_in_bottleneck: bool,
+}
+
 impl Bottleneck {
+    /// Block `j` of a stage, `vb` at the block.
+    fn load(vb: &VarBuilder, names: &Names, j: usize, stage: &StageShape) -> Result<Self> {
+        let StageShape {
+            c_in, mid, c_out, ..
+        } = *stage;
+        let (stride, c_block_in) = if j == 0 {
+            (stage.stride, c_in)
+        } else {
+            (1, c_out)
+        };
+        let dilation = if stage.dilated && j > 0 { 2 } else { 1 };
+        let (stride1, stride3) = if stage.downsample_in_bottleneck {
+            (stride, 1)
+        } else {
+            (1, stride)
+        };
+        let one = |stride| Conv2dConfig {
+            stride,
+            ..Default::default()
+        };
+        let three = Conv2dConfig {
+            padding: dilation,
+            stride: stride3,
+            dilation,
+            ..Default::default()
+        };
+        let shortcut = if j == 0 && (c_block_in != c_out || stride != 1) {
+            Some(conv_bn(
+                vb,
+                names.shortcut(),
+                c_block_in,
+                c_out,
+                1,
+                one(stride),
+                Activation::Identity,
+            )?)
+        } else {
+            None
+        };
+        Ok(Bottleneck {
+            conv1: conv_bn(
+                vb,
+                names.conv(0),
+                c_block_in,
+                mid,
+                1,
+                one(stride1),
+                Activation::Relu,
+            )?,
+            conv2: conv_bn(vb, names.conv(1), mid, mid, 3, three, Activation::Relu)?,
+            conv3: conv_bn(
+                vb,
+                names.conv(2),
+                mid,
+                c_out,
+                1,
+                one(1),
+                Activation::Identity,
+            )?,
+            shortcut,
+        })
+    }
+
     fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
         let y = self.conv1.forward(x, layout)?;
         let y = self.conv2.forward(&y, layout)?;
@@ -159,62 +236,17 @@ impl ResNet {
             let dilated = config.dilation && s == 3;
             let stride = if s == 0 || dilated { 1 } else { 2 };
             strides.push(strides.last().map_or(4, |last| last * stride));
-            let mut blocks = Vec::with_capacity(depth);
-            for j in 0..depth {
-                let vb = vb.pp(names.block(s, j));
-                let (stride, c_block_in) = if j == 0 { (stride, c_in) } else { (1, c_out) };
-                let dilation = if dilated && j > 0 { 2 } else { 1 };
-                let (stride1, stride3) = if config.downsample_in_bottleneck {
-                    (stride, 1)
-                } else {
-                    (1, stride)
-                };
-                let one = |stride| Conv2dConfig {
-                    stride,
-                    ..Default::default()
-                };
-                let three = Conv2dConfig {
-                    padding: dilation,
-                    stride: stride3,
-                    dilation,
-                    ..Default::default()
-                };
-                let shortcut = if j == 0 && (c_block_in != c_out || stride != 1) {
-                    Some(conv_bn(
-                        &vb,
-                        names.shortcut(),
-                        c_block_in,
-                        c_out,
-                        1,
-                        one(stride),
-                        Activation::Identity,
-                    )?)
-                } else {
-                    None
-                };
-                blocks.push(Bottleneck {
-                    conv1: conv_bn(
-                        &vb,
-                        names.conv(0),
-                        c_block_in,
-                        mid,
-                        1,
-                        one(stride1),
-                        Activation::Relu,
-                    )?,
-                    conv2: conv_bn(&vb, names.conv(1), mid, mid, 3, three, Activation::Relu)?,
-                    conv3: conv_bn(
-                        &vb,
-                        names.conv(2),
-                        mid,
-                        c_out,
-                        1,
-                        one(1),
-                        Activation::Identity,
-                    )?,
-                    shortcut,
-                });
-            }
+            let shape = StageShape {
+                c_in,
+                mid,
+                c_out,
+                stride,
+                dilated,
+                downsample_in_bottleneck: config.downsample_in_bottleneck,
+            };
+            let blocks = (0..depth)
+                .map(|j| Bottleneck::load(&vb.pp(names.block(s, j)), &names, j, &shape))
+                .collect::<Result<Vec<_>>>()?;
             stages.push(blocks);
             c_in = c_out;
         }

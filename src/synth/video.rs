@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::data::synth::{draw_objects, paint_background, Group, Kind, Object};
+use crate::synth::world::{draw_objects, paint_background, Group, Kind, Object};
 
 #[derive(Clone, Debug)]
 pub struct SynthVideoConfig {
