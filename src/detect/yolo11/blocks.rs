@@ -128,6 +128,11 @@ impl ConvBlock {
     pub fn forward_cat(&self, parts: &[&Tensor], l: MapLayout) -> CResult<Tensor> {
         self.conv.forward_cat(parts, l)
     }
+
+    /// `forward(x) + residual`, fused on the channels-last path.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor, l: MapLayout) -> CResult<Tensor> {
+        self.conv.forward_add(x, residual, l)
+    }
 }
 
 /// `Bottleneck`: two convolutions (3×3 in every YOLO11/26 use), a residual when widths agree.
@@ -149,11 +154,11 @@ impl Bottleneck {
     }
 
     pub fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x, l)?, l)?;
+        let y = self.cv1.forward(x, l)?;
         if self.add {
-            y + x
+            self.cv2.forward_add(&y, x, l)
         } else {
-            Ok(y)
+            self.cv2.forward(&y, l)
         }
     }
 }
@@ -216,7 +221,8 @@ impl Attention {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
+    /// `x + attention(x)`: PSABlock's residual, added as `proj` stores its output.
+    pub fn forward_add(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
         let (b, h, w) = match l {
             MapLayout::Nchw => (x.dim(0)?, x.dim(2)?, x.dim(3)?),
             MapLayout::Nhwc => (x.dim(0)?, x.dim(1)?, x.dim(2)?),
@@ -236,7 +242,8 @@ impl Attention {
         let y = v.matmul(&attn.transpose(2, 3)?.contiguous()?)?;
         let y = l.from_nchw(&y.reshape((b, nh * hd, h, w))?)?;
         let v = l.from_nchw(&v.reshape((b, nh * hd, h, w))?)?;
-        self.proj.forward(&(y + self.pe.forward(&v, l)?)?, l)
+        self.proj
+            .forward_add(&self.pe.forward_add(&v, &y, l)?, x, l)
     }
 }
 
@@ -258,8 +265,8 @@ impl PsaBlock {
     }
 
     pub fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
-        let x = (x + self.attn.forward(x, l)?)?;
-        &x + self.ffn1.forward(&self.ffn0.forward(&x, l)?, l)?
+        let x = self.attn.forward_add(x, l)?;
+        self.ffn1.forward_add(&self.ffn0.forward(&x, l)?, &x, l)
     }
 }
 
@@ -390,11 +397,11 @@ impl Sppf {
             };
             ys.push(pooled);
         }
-        let y = self.cv2.forward_cat(&ys.iter().collect::<Vec<_>>(), l)?;
+        let parts: Vec<_> = ys.iter().collect();
         if self.residual {
-            y + x
+            self.cv2.conv.forward_cat_add(&parts, x, l)
         } else {
-            Ok(y)
+            self.cv2.forward_cat(&parts, l)
         }
     }
 }
