@@ -97,7 +97,7 @@ impl Conv2dNhwc {
     /// `act(conv(x) + bias) + residual`, the residual added as each block is stored (no pass
     /// of its own); `residual` has the output's shape.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let residual = residual.contiguous()?;
+        let residual = readable(residual)?;
         let (x_storage, x_layout) = x.storage_and_layout();
         let (r_storage, r_layout) = residual.storage_and_layout();
         let (
@@ -151,7 +151,7 @@ impl Conv2dNhwc {
                 .filter(InputMap::rows_are_uniform)
                 .collect();
             let size = |m: &InputMap| (m.b, m.h, m.w);
-            let residual = residual.map(Tensor::contiguous).transpose()?;
+            let residual = residual.map(readable).transpose()?;
             let r_guard = residual.as_ref().map(Tensor::storage_and_layout);
             let res = match &r_guard {
                 Some((storage, layout)) => match &**storage {
@@ -247,6 +247,18 @@ impl Conv2dNhwc {
 
     fn is_pointwise(&self) -> bool {
         self.kernel == (1, 1) && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// `t` as the kernels read a residual: channels contiguous, pixels at one stride (a channel
+/// slice qualifies, so C3k2's split halves are read in place); copied only otherwise.
+fn readable(t: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, w, _) = t.dims4()?;
+    let s = t.stride();
+    if s[3] == 1 && s[1] == w * s[2] && (b == 1 || s[0] == h * s[1]) {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
     }
 }
 

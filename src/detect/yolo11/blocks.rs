@@ -225,7 +225,7 @@ impl Attention {
     pub fn forward_add(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
         let (b, h, w) = match l {
             MapLayout::Nchw => (x.dim(0)?, x.dim(2)?, x.dim(3)?),
-            MapLayout::Nhwc => (x.dim(0)?, x.dim(1)?, x.dim(2)?),
+            MapLayout::Nhwc => return self.forward_add_nhwc(x),
         };
         let (nh, kd, hd) = (self.heads, self.key_dim, self.head_dim);
         let n = h * w;
@@ -242,6 +242,29 @@ impl Attention {
         let y = v.matmul(&attn.transpose(2, 3)?.contiguous()?)?;
         let y = l.from_nchw(&y.reshape((b, nh * hd, h, w))?)?;
         let v = l.from_nchw(&v.reshape((b, nh * hd, h, w))?)?;
+        self.proj
+            .forward_add(&self.pe.forward_add(&v, &y, l)?, x, l)
+    }
+
+    /// [`Self::forward_add`] on a channels-last map, in the orientation that layout wants:
+    /// each head's `y` comes out pixels × channels as `attn · v`, so neither the qkv map nor
+    /// the N × N attention matrix is transposed (copies made on one thread).
+    fn forward_add_nhwc(&self, x: &Tensor) -> CResult<Tensor> {
+        let l = MapLayout::Nhwc;
+        let (b, h, w, _) = x.dims4()?;
+        let (nh, kd, hd) = (self.heads, self.key_dim, self.head_dim);
+        // (B, heads, N, 2·kd + hd): each pixel's channels, head by head.
+        let qkv = self
+            .qkv
+            .forward(x, l)?
+            .reshape((b, h * w, nh, 2 * kd + hd))?
+            .transpose(1, 2)?;
+        let q = (qkv.narrow(3, 0, kd)? * (kd as f64).powf(-0.5))?.contiguous()?;
+        let k = qkv.narrow(3, kd, kd)?.contiguous()?;
+        let v = qkv.narrow(3, 2 * kd, hd)?.contiguous()?;
+        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let to_map = |t: &Tensor| t.transpose(1, 2)?.contiguous()?.reshape((b, h, w, nh * hd));
+        let (y, v) = (to_map(&attn.matmul(&v)?)?, to_map(&v)?);
         self.proj
             .forward_add(&self.pe.forward_add(&v, &y, l)?, x, l)
     }
