@@ -9,8 +9,10 @@ safetensors for oodbox, fused (BN folded) for PyTorch, and exported from that fu
 ONNX (opset 17) for ONNX Runtime, so all three run the identical graph. Each round runs, for
 every size, `oodbox bench` (its `forward_ms` per iteration, after 2 warm-up runs), then ONNX
 Runtime, then PyTorch, the same number of iterations each, so that all three see the same
-machine load. Every runtime uses all cores. Prints medians over all timed iterations and the
-ratios, and writes them to --json.
+machine load. Every runtime uses all cores, or `--threads` (oodbox through
+`RAYON_NUM_THREADS`). `--baseline` times a second oodbox binary (say, an earlier commit's build)
+in the same rounds, for a before/after at the same machine load. Prints medians over all timed
+iterations and the ratios, and writes them to --json.
 """
 
 import argparse
@@ -47,9 +49,13 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--binary", default="target/release/oodbox")
+    p.add_argument("--baseline", default=None, help="a second oodbox binary, timed alongside")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    threads = os.cpu_count()
+    threads = args.threads
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    binaries = {"oodbox": args.binary} | ({"baseline": args.baseline} if args.baseline else {})
     torch.set_num_threads(threads)
     torch.manual_seed(0)
 
@@ -81,14 +87,15 @@ def main():
         got = sessions[size].run(None, {"images": x.numpy()})[0]
         print(f"{size}: ONNX Runtime vs PyTorch max |diff| {np.abs(got - ref.numpy()).max():.2e}")
 
-    times = {size: {"oodbox": [], "onnxruntime": [], "pytorch": []} for size in args.sizes}
+    times = {size: {k: [] for k in [*binaries, "onnxruntime", "pytorch"]} for size in args.sizes}
     for r in range(args.rounds):
         for size in args.sizes:
             out = work / "bench.json"
-            subprocess.run([args.binary, "bench", "--model", str(weights), "--imgsz", str(size),
-                            "--iters", str(args.iters), "--json", str(out)],
-                           check=True, stderr=subprocess.DEVNULL)
-            times[size]["oodbox"] += json.loads(out.read_text())["forward_ms"]["runs"]
+            for name, binary in binaries.items():
+                subprocess.run([binary, "bench", "--model", str(weights), "--imgsz", str(size),
+                                "--iters", str(args.iters), "--json", str(out)],
+                               check=True, stderr=subprocess.DEVNULL, env=env)
+                times[size][name] += json.loads(out.read_text())["forward_ms"]["runs"]
             feed = {"images": inputs[size].numpy()}
             sessions[size].run(None, feed)
             times[size]["onnxruntime"] += timed(lambda: sessions[size].run(None, feed), args.iters)
@@ -108,6 +115,9 @@ def main():
         report["sizes"][size] = row
         print(f"{size:>5} {med['oodbox']:9.1f} {med['onnxruntime']:9.1f} {med['pytorch']:9.1f} "
               f"{row['ratio_oodbox_ort']:11.2f} {row['ratio_oodbox_pytorch']:15.2f}")
+        if "baseline" in med:
+            row["ratio_baseline_ort"] = med["baseline"] / med["onnxruntime"]
+            print(f"{'':>5} baseline {med['baseline']:.1f} ms, baseline/ORT {row['ratio_baseline_ort']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -49,19 +49,22 @@ impl PackedWeights {
         Some(Self { data, k, n })
     }
 
-    /// `dst (rows × n, row stride ldc) = act(a · W + bias)`, where `a` is the column-wise
-    /// concatenation of `parts`, each `rows` rows at its own stride (no copy is made of it).
+    /// `dst (rows × n, row stride ldc) = act(a · W + bias) [+ residual]`, where `a` is the
+    /// column-wise concatenation of `parts`, each `rows` rows at its own stride (no copy is made
+    /// of it), and `residual`, when given, is `rows` rows of `n` values at its own stride.
     ///
     /// # Safety
     /// Each part must hold `rows` readable rows of `len` values at stride `lda`, the parts'
-    /// widths must add up to `k`, `bias` must hold `n` values and `dst` `rows` writable rows of
-    /// `n` values at stride `ldc`.
+    /// widths must add up to `k`, `bias` must hold `n` values, `dst` `rows` writable rows of
+    /// `n` values at stride `ldc`, and `residual` `rows` readable rows of `n` values.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn matmul(
         &self,
         parts: &[Segment],
         rows: usize,
         dst: *mut f32,
         ldc: usize,
+        residual: Option<(*const f32, usize)>,
         bias: &[f32],
         act: Activation,
     ) {
@@ -95,11 +98,15 @@ impl PackedWeights {
                 }];
             }
             let mut out = [std::ptr::null_mut(); MR];
-            for (r, out) in out.iter_mut().enumerate().take(count) {
-                *out = dst.add((first + r) * ldc);
+            let mut res = [std::ptr::null(); MR];
+            for r in 0..count {
+                out[r] = dst.add((first + r) * ldc);
+                if let Some((ptr, stride)) = residual {
+                    res[r] = ptr.add((first + r) * stride);
+                }
             }
             for panel in 0..self.panel_count() {
-                self.block(panel, &segments, &out, bias, act);
+                self.block(panel, &segments, &out, &res, bias, act);
             }
         }
     }
@@ -112,17 +119,20 @@ impl PackedWeights {
     /// One `MR`-row block of `act(A · W + bias)` over one panel of columns, where the shared
     /// dimension of `A` is the concatenation of `segments`: for a direct convolution, one per
     /// kernel tap (a shifted view of the input); for a concatenation of maps, one per map. For
-    /// every output row `i` with a non-null `dst[i]`, the panel's columns of `dst[i]` are set.
+    /// every output row `i` with a non-null `dst[i]`, the panel's columns of `dst[i]` are set,
+    /// plus those of `residual[i]` after the activation where that is not null.
     ///
     /// # Safety
     /// For every `i < MR` and segment, `ptr + i·lda` must point at `len` readable values (also
     /// for rows that are not stored), the segments' widths must add up to `k`, `bias` must hold
-    /// `n` values, and each non-null `dst[i]` must hold `n` writable values.
+    /// `n` values, each non-null `dst[i]` must hold `n` writable values and each non-null
+    /// `residual[i]` `n` readable ones.
     pub unsafe fn block(
         &self,
         panel: usize,
         segments: &[Segment],
         dst: &[*mut f32; MR],
+        residual: &[*const f32; MR],
         bias: &[f32],
         act: Activation,
     ) {
@@ -141,6 +151,7 @@ impl PackedWeights {
             act,
             col,
             cols,
+            residual,
         };
         if width == 2 * LANES {
             kernel::<2>(segments, b, dst, &epilogue);
@@ -158,14 +169,16 @@ pub struct Segment {
     pub len: usize,
 }
 
-/// What happens to a block before it is stored: the panel's bias and the activation.
-struct Epilogue {
+/// What happens to a block before it is stored: the panel's bias, the activation, and a
+/// residual added after it (ultralytics' `x + cv2(cv1(x))`), row by row where not null.
+struct Epilogue<'a> {
     /// The bias of the panel's first column.
     bias: *const f32,
     act: Activation,
     /// The panel's first column in the output row, and how many of its columns exist.
     col: usize,
     cols: usize,
+    residual: &'a [*const f32; MR],
 }
 
 /// `(first column, width)` of each panel.
@@ -182,7 +195,7 @@ unsafe fn kernel<const NV: usize>(
     segments: &[Segment],
     mut b: *const f32,
     dst: &[*mut f32; MR],
-    epilogue: &Epilogue,
+    epilogue: &Epilogue<'_>,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     for segment in segments {
@@ -212,7 +225,7 @@ unsafe fn kernel<const NV: usize>(
 unsafe fn store<const NV: usize>(
     acc: [[__m512; NV]; MR],
     dst: &[*mut f32; MR],
-    epilogue: &Epilogue,
+    epilogue: &Epilogue<'_>,
 ) {
     let cols = epilogue.cols;
     let mut bias = [_mm512_setzero_ps(); NV];
@@ -222,7 +235,7 @@ unsafe fn store<const NV: usize>(
             *bias = _mm512_maskz_loadu_ps(lane_mask(cols - c), epilogue.bias.add(c));
         }
     }
-    for (acc, &out) in acc.iter().zip(dst) {
+    for ((acc, &out), &res) in acc.iter().zip(dst).zip(epilogue.residual) {
         if out.is_null() {
             continue;
         }
@@ -231,8 +244,12 @@ unsafe fn store<const NV: usize>(
             if c >= cols {
                 break;
             }
-            let y = activate(_mm512_add_ps(*acc, *bias), epilogue.act);
-            _mm512_mask_storeu_ps(out.add(epilogue.col + c), lane_mask(cols - c), y);
+            let mask = lane_mask(cols - c);
+            let mut y = activate(_mm512_add_ps(*acc, *bias), epilogue.act);
+            if !res.is_null() {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res.add(epilogue.col + c)));
+            }
+            _mm512_mask_storeu_ps(out.add(epilogue.col + c), mask, y);
         }
     }
 }
@@ -330,6 +347,7 @@ mod tests {
                     rows,
                     dst.as_mut_ptr(),
                     n + 2,
+                    None,
                     &bias,
                     Activation::Identity,
                 )

@@ -94,13 +94,49 @@ impl Conv2dNhwc {
         x.apply_op1_no_bwd(self)
     }
 
+    /// `act(conv(x) + bias) + residual`, the residual added as each block is stored (no pass
+    /// of its own); `residual` has the output's shape.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        let residual = readable(residual)?;
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let (r_storage, r_layout) = residual.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(CpuStorage::F32(xd)),
+            candle_core::Storage::Cpu(CpuStorage::F32(rd)),
+        ) = (&*x_storage, &*r_storage)
+        else {
+            candle_core::bail!("conv2d-nhwc: f32 CPU tensors only");
+        };
+        let (out, shape) = self.run(
+            &InputMap::new(xd, x_layout)?,
+            Some(&InputMap::new(rd, r_layout)?),
+        )?;
+        Tensor::from_vec(out, shape, x.device())
+    }
+
     /// The convolution of the channel concatenation of `parts`, all `(B, H, W, C_i)` maps of
     /// one size. A pointwise convolution on the AVX-512 path reads each part where it lies, so
     /// the concatenation is never made; otherwise the parts are concatenated first.
     pub fn forward_cat(&self, parts: &[&Tensor]) -> candle_core::Result<Tensor> {
-        if let [x] = parts {
-            return self.forward(x);
+        match parts {
+            [x] => self.forward(x),
+            _ => self.cat_add(parts, None),
         }
+    }
+
+    /// [`Self::forward_cat`] plus `residual`, as in [`Self::forward_add`].
+    pub fn forward_cat_add(
+        &self,
+        parts: &[&Tensor],
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match parts {
+            [x] => self.forward_add(x, residual),
+            _ => self.cat_add(parts, Some(residual)),
+        }
+    }
+
+    fn cat_add(&self, parts: &[&Tensor], residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         #[cfg(target_arch = "x86_64")]
         if let (true, Some(packed)) = (self.is_pointwise(), &self.avx512) {
             let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
@@ -115,14 +151,29 @@ impl Conv2dNhwc {
                 .filter(InputMap::rows_are_uniform)
                 .collect();
             let size = |m: &InputMap| (m.b, m.h, m.w);
+            let residual = residual.map(readable).transpose()?;
+            let r_guard = residual.as_ref().map(Tensor::storage_and_layout);
+            let res = match &r_guard {
+                Some((storage, layout)) => match &**storage {
+                    candle_core::Storage::Cpu(CpuStorage::F32(data)) => {
+                        Some(InputMap::new(data, layout)?)
+                    }
+                    _ => candle_core::bail!("conv2d-nhwc: f32 CPU residual only"),
+                },
+                None => None,
+            };
+            let fits = |m: &InputMap| {
+                (m.b, m.h, m.w, m.c) == (maps[0].b, maps[0].h, maps[0].w, self.c_out)
+            };
             if maps.len() == parts.len()
                 && maps.iter().all(|m| size(m) == size(&maps[0]))
                 && maps.iter().map(|m| m.c).sum::<usize>() == self.c_in
+                && res.as_ref().is_none_or(fits)
             {
                 let (b, h, w) = size(&maps[0]);
                 let mut out = uninit(b * h * w * self.c_out);
                 let threads = candle_core::utils::get_num_threads().max(1);
-                self.pointwise(packed, &maps, threads, &mut out);
+                self.pointwise(packed, &maps, res.as_ref(), threads, &mut out);
                 return Tensor::from_vec(
                     assume_init(out),
                     (b, h, w, self.c_out),
@@ -130,7 +181,11 @@ impl Conv2dNhwc {
                 );
             }
         }
-        self.forward(&Tensor::cat(parts, 3)?)
+        let x = Tensor::cat(parts, 3)?;
+        match residual {
+            Some(r) => self.forward_add(&x, r),
+            None => self.forward(&x),
+        }
     }
 
     /// The same convolution through the portable `gemm` kernels only.
@@ -195,6 +250,18 @@ impl Conv2dNhwc {
     }
 }
 
+/// `t` as the kernels read a residual: channels contiguous, pixels at one stride (a channel
+/// slice qualifies, so C3k2's split halves are read in place); copied only otherwise.
+fn readable(t: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, w, _) = t.dims4()?;
+    let s = t.stride();
+    if s[3] == 1 && s[1] == w * s[2] && (b == 1 || s[0] == h * s[1]) {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
 /// The input map as strided memory: channels contiguous, any pixel, row and batch strides.
 struct InputMap<'a> {
     data: &'a [f32],
@@ -223,6 +290,12 @@ impl<'a> InputMap<'a> {
             w,
             c,
         })
+    }
+
+    /// The values of pixel `(y, x)` of image `image`, from channel 0 on.
+    fn pixel(&self, image: usize, y: usize, x: usize) -> &'a [f32] {
+        let [sb, sh, sw] = self.strides;
+        &self.data[image * sb + y * sh + x * sw..]
     }
 
     /// Whether pixel `r` (counting over batch, rows and columns) starts at `r · strides[2]`.
@@ -285,36 +358,57 @@ impl CustomOp1 for Conv2dNhwc {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("conv2d-nhwc: f32 input only, got {:?}", storage.dtype());
         };
-        let input = InputMap::new(data, layout)?;
+        let (out, shape) = self.run(&InputMap::new(data, layout)?, None)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+impl Conv2dNhwc {
+    /// The output values and shape, plus `residual` (of the output's shape) when given.
+    fn run(
+        &self,
+        input: &InputMap,
+        residual: Option<&InputMap>,
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
         if input.c != self.c_in {
             candle_core::bail!(
                 "conv2d-nhwc: input {:?} has {} channels; expected {}",
-                layout.shape().dims(),
+                (input.b, input.h, input.w, input.c),
                 input.c,
                 self.c_in
             );
         }
         let b = input.b;
         let (ho, wo) = self.out_size(input.h, input.w)?;
+        if let Some(r) = residual {
+            if (r.b, r.h, r.w, r.c) != (b, ho, wo, self.c_out) || !r.rows_are_uniform() {
+                candle_core::bail!(
+                    "conv2d-nhwc: residual {:?} for an output of {:?}",
+                    (r.b, r.h, r.w, r.c),
+                    (b, ho, wo, self.c_out)
+                );
+            }
+        }
         let mut out = uninit(b * ho * wo * self.c_out);
         let threads = candle_core::utils::get_num_threads().max(1);
+        let shape = Shape::from((b, ho, wo, self.c_out));
         #[cfg(target_arch = "x86_64")]
         if let Some(packed) = &self.avx512 {
             if self.is_pointwise() && input.rows_are_uniform() {
-                self.pointwise(packed, &[input], threads, &mut out);
+                self.pointwise(
+                    packed,
+                    std::slice::from_ref(input),
+                    residual,
+                    threads,
+                    &mut out,
+                );
             } else {
-                self.direct(packed, &input, (ho, wo), threads, &mut out);
+                self.direct(packed, input, residual, (ho, wo), threads, &mut out);
             }
-            return Ok((
-                CpuStorage::F32(assume_init(out)),
-                Shape::from((b, ho, wo, self.c_out)),
-            ));
+            return Ok((assume_init(out), shape));
         }
-        self.gathered(&input, (ho, wo), threads, &mut out);
-        Ok((
-            CpuStorage::F32(assume_init(out)),
-            Shape::from((b, ho, wo, self.c_out)),
-        ))
+        self.gathered(input, residual, (ho, wo), threads, &mut out);
+        Ok((assume_init(out), shape))
     }
 }
 
@@ -344,6 +438,7 @@ impl Conv2dNhwc {
         &self,
         packed: &PackedWeights,
         parts: &[InputMap],
+        residual: Option<&InputMap>,
         threads: usize,
         out: &mut [MaybeUninit<f32>],
     ) {
@@ -370,6 +465,7 @@ impl Conv2dNhwc {
                         dst.len() / self.c_out,
                         dst.as_mut_ptr().cast(),
                         self.c_out,
+                        residual.map(|r| (r.data[first * r.strides[2]..].as_ptr(), r.strides[2])),
                         &self.bias,
                         self.act,
                     )
@@ -387,6 +483,7 @@ impl Conv2dNhwc {
         &self,
         packed: &PackedWeights,
         input: &InputMap,
+        residual: Option<&InputMap>,
         (ho, wo): (usize, usize),
         threads: usize,
         out: &mut [MaybeUninit<f32>],
@@ -426,21 +523,33 @@ impl Conv2dNhwc {
                                 len: c,
                             })
                             .collect();
-                        let mut run = |at: usize, lda: usize, out_rows: &[*mut f32; MR]| {
-                            for (segment, tap) in segments.iter_mut().zip(&taps) {
-                                segment.ptr = window[at + tap..].as_ptr();
-                                segment.lda = lda;
-                            }
-                            for panel in 0..packed.panel_count() {
-                                // SAFETY: every tap of every one of the MR rows lies within
-                                // the window or the slack after it (`fill_window`), and each
-                                // non-null row is an output pixel with `c_out` values; the
-                                // blocks write every pixel of these rows.
-                                unsafe {
-                                    packed.block(panel, &segments, out_rows, &self.bias, self.act)
-                                };
-                            }
+                        // The residual of output pixel (oy, ox) of this tile.
+                        let res = |oy: usize, ox: usize| match residual {
+                            Some(r) => r.pixel(bi, first_row + oy, ox).as_ptr(),
+                            None => std::ptr::null(),
                         };
+                        let mut run =
+                            |at: usize,
+                             lda: usize,
+                             out_rows: &[*mut f32; MR],
+                             res_rows: &[*const f32; MR]| {
+                                for (segment, tap) in segments.iter_mut().zip(&taps) {
+                                    segment.ptr = window[at + tap..].as_ptr();
+                                    segment.lda = lda;
+                                }
+                                for panel in 0..packed.panel_count() {
+                                    // SAFETY: every tap of every one of the MR rows lies within
+                                    // the window or the slack after it (`fill_window`), and each
+                                    // non-null row is an output pixel with `c_out` values; the
+                                    // blocks write every pixel of these rows.
+                                    unsafe {
+                                        packed.block(
+                                            panel, &segments, out_rows, res_rows, &self.bias,
+                                            self.act,
+                                        )
+                                    };
+                                }
+                            };
                         // Blocks of MR output pixels: with stride 1 they run on across output
                         // rows (the pixels in between, over the padding, are computed and not
                         // stored), so narrow maps waste little on partial blocks; with a
@@ -449,28 +558,31 @@ impl Conv2dNhwc {
                             let end = (rows - 1) * wp + wo;
                             for q in (0..end).step_by(MR) {
                                 let mut out_rows = [std::ptr::null_mut(); MR];
-                                for (i, out_row) in out_rows.iter_mut().enumerate() {
+                                let mut res_rows = [std::ptr::null(); MR];
+                                for i in 0..MR {
                                     let (oy, ox) = ((q + i) / wp, (q + i) % wp);
                                     if q + i < end && ox < wo {
                                         // SAFETY: (oy, ox) is an output pixel of this tile.
-                                        *out_row = unsafe { dst.add((oy * wo + ox) * self.c_out) };
+                                        out_rows[i] =
+                                            unsafe { dst.add((oy * wo + ox) * self.c_out) };
+                                        res_rows[i] = res(oy, ox);
                                     }
                                 }
-                                run(q * c, c, &out_rows);
+                                run(q * c, c, &out_rows, &res_rows);
                             }
                         } else {
                             for oy in 0..rows {
                                 for ox in (0..wo).step_by(MR) {
                                     let mut out_rows = [std::ptr::null_mut(); MR];
-                                    for (i, out_row) in
-                                        out_rows.iter_mut().enumerate().take(wo - ox)
-                                    {
+                                    let mut res_rows = [std::ptr::null(); MR];
+                                    for i in 0..MR.min(wo - ox) {
                                         // SAFETY: (oy, ox + i) is an output pixel of this tile.
-                                        *out_row =
+                                        out_rows[i] =
                                             unsafe { dst.add((oy * wo + ox + i) * self.c_out) };
+                                        res_rows[i] = res(oy, ox + i);
                                     }
                                     let at = (oy * stride * wp + ox * stride) * c;
-                                    run(at, stride * c, &out_rows);
+                                    run(at, stride * c, &out_rows, &res_rows);
                                 }
                             }
                         }
@@ -484,6 +596,7 @@ impl Conv2dNhwc {
     fn gathered(
         &self,
         input: &InputMap,
+        residual: Option<&InputMap>,
         (ho, wo): (usize, usize),
         threads: usize,
         out: &mut [MaybeUninit<f32>],
@@ -517,6 +630,15 @@ impl Conv2dNhwc {
                     std::slice::from_raw_parts_mut(dst, rows * self.c_out)
                 };
                 bias_act(dst, &self.bias, self.act);
+                if let Some(r) = residual {
+                    for (i, row) in dst.chunks_exact_mut(self.c_out).enumerate() {
+                        let p = first + i;
+                        let src = r.pixel(p / (ho * wo), (p / wo) % ho, p % wo);
+                        for (y, &v) in row.iter_mut().zip(src) {
+                            *y += v;
+                        }
+                    }
+                }
             });
     }
 
@@ -718,6 +840,46 @@ mod tests {
                 assert!(d < 1e-5, "12->{c_out}: {d:e}");
             }
         }
+    }
+
+    #[test]
+    fn a_fused_residual_equals_the_convolution_plus_the_residual() {
+        let dev = Device::Cpu;
+        // (c_in, c_out, k, stride, h, w): the direct path with stride 1 (blocks running across
+        // rows) and 2, the pointwise path, a partial last block.
+        for (c_in, c_out, k, stride, h, w) in [
+            (8, 8, 3, 1, 9, 7),
+            (6, 40, 3, 2, 11, 13),
+            (12, 20, 1, 1, 5, 7),
+        ] {
+            let x = Tensor::randn(0f32, 1., (2, h, w, c_in), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.5, (c_out, c_in, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.5, c_out, &dev).unwrap();
+            let op = Conv2dNhwc::new(&wt, Some(&b), stride, k / 2, 1, Activation::Silu).unwrap();
+            let (ho, wo) = op.out_size(h, w).unwrap();
+            // The residual as a channel slice of a wider map, as C3k2's split makes it.
+            let wide = Tensor::randn(0f32, 1., (2, ho, wo, 2 * c_out), &dev).unwrap();
+            let residual = wide.narrow(3, c_out, c_out).unwrap();
+            for op in [op.clone(), op.without_avx512()] {
+                let want = (op.forward(&x).unwrap() + &residual).unwrap();
+                let got = op.forward_add(&x, &residual).unwrap();
+                assert_eq!(
+                    max_rel_diff(&got, &want),
+                    0.0,
+                    "{c_in}->{c_out} k{k} s{stride}"
+                );
+            }
+        }
+        // The pointwise convolution of a concatenation, with a residual (YOLO26's SPPF).
+        let parts = Tensor::randn(0f32, 1., (1, 4, 6, 10), &dev).unwrap();
+        let parts = parts.chunk(2, 3).unwrap();
+        let wt = Tensor::randn(0f32, 0.5, (16, 10, 1, 1), &dev).unwrap();
+        let op = Conv2dNhwc::new(&wt, None, 1, 0, 1, Activation::Silu).unwrap();
+        let residual = Tensor::randn(0f32, 1., (1, 4, 6, 16), &dev).unwrap();
+        let parts = [&parts[0], &parts[1]];
+        let want = (op.forward_cat(&parts).unwrap() + &residual).unwrap();
+        let got = op.forward_cat_add(&parts, &residual).unwrap();
+        assert_eq!(max_rel_diff(&got, &want), 0.0);
     }
 
     /// Every convolution shape of a torchvision/HF ResNet-50 (v1.5: stride on the 3×3), on

@@ -105,6 +105,69 @@ fn nchw_to_nhwc(x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, (b, h, w, c), x.device())
 }
 
+/// Runs `f` on a thread of rayon's pool, which then takes its share of every parallel layer
+/// itself. Called from outside the pool, each layer's parallel loop would hand its work over to
+/// the pool and put the calling thread to sleep until it is done: a sleep and a wake-up per
+/// layer, and one thread more than there are cores contending for them.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
+/// The concatenation along the last dimension of `(B, C, N_i)` head outputs (the levels of a
+/// detection head). Where each is the transposed view of a contiguous channels-last `(B, N_i,
+/// C)` map, as the fused path makes them, the transpose and the concatenation are one parallel
+/// pass; Candle's strided copy made them one value at a time on one thread.
+pub fn cat_levels(levels: &[Tensor]) -> candle_core::Result<Tensor> {
+    const ROWS: usize = 8;
+    let transposed = |t: &Tensor| -> Option<(usize, usize, usize)> {
+        let (b, c, n) = t.dims3().ok()?;
+        let layout = t.layout();
+        let f32_cpu = t.device().is_cpu() && t.dtype() == DType::F32;
+        (f32_cpu && layout.stride() == [n * c, 1, c]).then_some((b, c, n))
+    };
+    let dims: Option<Vec<_>> = levels.iter().map(transposed).collect();
+    let same = |d: &Vec<(usize, usize, usize)>| {
+        !d.is_empty() && d.iter().all(|&(b, c, _)| (b, c) == (d[0].0, d[0].1))
+    };
+    let Some(dims) = dims.filter(same) else {
+        return Tensor::cat(levels, 2);
+    };
+    let (b, c) = (dims[0].0, dims[0].1);
+    let total: usize = dims.iter().map(|d| d.2).sum();
+    let guards: Vec<_> = levels.iter().map(Tensor::storage_and_layout).collect();
+    let mut sources = Vec::with_capacity(levels.len());
+    for ((storage, layout), &(_, _, n)) in guards.iter().zip(&dims) {
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &**storage else {
+            candle_core::bail!("cat_levels: expected f32 CPU tensors");
+        };
+        sources.push((&data[layout.start_offset()..][..b * n * c], n));
+    }
+    let mut out = vec![0f32; b * c * total];
+    // Groups of up to ROWS output rows (channels of one image): each pixel's channels of a
+    // group are one short contiguous read.
+    out.par_chunks_mut(c * total)
+        .enumerate()
+        .for_each(|(image, image_out)| {
+            image_out
+                .par_chunks_mut(ROWS * total)
+                .enumerate()
+                .for_each(|(g, rows)| {
+                    let (c0, count) = (g * ROWS, rows.len() / total);
+                    let mut at = 0;
+                    for &(src, n) in &sources {
+                        let src = &src[image * n * c..][..n * c];
+                        for (p, px) in src.chunks_exact(c).enumerate() {
+                            for (r, &v) in px[c0..c0 + count].iter().enumerate() {
+                                rows[r * total + at + p] = v;
+                            }
+                        }
+                        at += n;
+                    }
+                });
+        });
+    Tensor::from_vec(out, (b, c, total), levels[0].device())
+}
+
 /// A convolution with bias (BatchNorm already folded in) and its activation, in both layouts.
 #[derive(Debug, Clone)]
 pub struct FusedConv {
@@ -173,6 +236,36 @@ impl FusedConv {
         }
     }
 
+    /// `self.forward_cat(parts) + residual`, the residual added as in [`Self::forward_add`].
+    pub fn forward_cat_add(
+        &self,
+        parts: &[&Tensor],
+        residual: &Tensor,
+        layout: MapLayout,
+    ) -> candle_core::Result<Tensor> {
+        match (layout, &self.fused) {
+            (MapLayout::Nhwc, Some(ChannelsLast::Dense(fused))) => {
+                fused.forward_cat_add(parts, residual)
+            }
+            _ => self.forward_cat(parts, layout)? + residual,
+        }
+    }
+
+    /// `self.forward(x) + residual`; on the fused path the residual is added as the output is
+    /// stored, with no pass (nor thread pool) of its own.
+    pub fn forward_add(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        layout: MapLayout,
+    ) -> candle_core::Result<Tensor> {
+        match (layout, &self.fused) {
+            (MapLayout::Nhwc, Some(ChannelsLast::Dense(fused))) => fused.forward_add(x, residual),
+            (MapLayout::Nhwc, Some(ChannelsLast::Depthwise(dw))) => dw.forward_add(x, residual),
+            _ => self.forward(x, layout)? + residual,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
         match (layout, &self.fused) {
             (MapLayout::Nhwc, Some(ChannelsLast::Dense(fused))) => fused.forward(x),
@@ -196,6 +289,25 @@ impl FusedConv {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn cat_levels_matches_candle_cat_of_transposed_maps() {
+        // Channel counts below, at and above the group of 8 rows, two images.
+        for c in [4, 8, 19] {
+            let levels: Vec<Tensor> = [36, 9, 4]
+                .into_iter()
+                .map(|n| {
+                    let nhwc = Tensor::randn(0f32, 1., (2, n, c), &Device::Cpu).unwrap();
+                    nhwc.transpose(1, 2).unwrap()
+                })
+                .collect();
+            let got = cat_levels(&levels).unwrap();
+            let want = Tensor::cat(&levels, 2).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{c} channels");
+        }
+    }
 
     #[test]
     fn nchw_to_nhwc_matches_candle_across_image_boundaries() {

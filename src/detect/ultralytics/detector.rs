@@ -226,7 +226,7 @@ impl Stages for YoloDetector {
     }
 
     fn forward(&self, (input, _, keep): &Self::Input) -> Result<YoloOutput> {
-        self.network.forward_keeping(input, self.nms_free, keep)
+        crate::nn::on_pool(|| self.network.forward_keeping(input, self.nms_free, keep))
     }
 
     fn device(&self) -> &Device {
@@ -299,9 +299,9 @@ impl YoloDetector {
             return Ok(Vec::new());
         };
         let tensors: Vec<&Tensor> = inputs.iter().map(|(t, _, _)| t).collect();
+        let batch = Tensor::cat(&tensors, 0)?;
         let output =
-            self.network
-                .forward_keeping(&Tensor::cat(&tensors, 0)?, self.nms_free, keep)?;
+            crate::nn::on_pool(|| self.network.forward_keeping(&batch, self.nms_free, keep))?;
         (0..inputs.len())
             .map(|i| self.postprocess(output.item(i)?, &inputs[i], options))
             .collect()

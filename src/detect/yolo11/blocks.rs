@@ -128,6 +128,11 @@ impl ConvBlock {
     pub fn forward_cat(&self, parts: &[&Tensor], l: MapLayout) -> CResult<Tensor> {
         self.conv.forward_cat(parts, l)
     }
+
+    /// `forward(x) + residual`, fused on the channels-last path.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor, l: MapLayout) -> CResult<Tensor> {
+        self.conv.forward_add(x, residual, l)
+    }
 }
 
 /// `Bottleneck`: two convolutions (3×3 in every YOLO11/26 use), a residual when widths agree.
@@ -149,11 +154,11 @@ impl Bottleneck {
     }
 
     pub fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x, l)?, l)?;
+        let y = self.cv1.forward(x, l)?;
         if self.add {
-            y + x
+            self.cv2.forward_add(&y, x, l)
         } else {
-            Ok(y)
+            self.cv2.forward(&y, l)
         }
     }
 }
@@ -216,10 +221,11 @@ impl Attention {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
+    /// `x + attention(x)`: PSABlock's residual, added as `proj` stores its output.
+    pub fn forward_add(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
         let (b, h, w) = match l {
             MapLayout::Nchw => (x.dim(0)?, x.dim(2)?, x.dim(3)?),
-            MapLayout::Nhwc => (x.dim(0)?, x.dim(1)?, x.dim(2)?),
+            MapLayout::Nhwc => return self.forward_add_nhwc(x),
         };
         let (nh, kd, hd) = (self.heads, self.key_dim, self.head_dim);
         let n = h * w;
@@ -236,7 +242,31 @@ impl Attention {
         let y = v.matmul(&attn.transpose(2, 3)?.contiguous()?)?;
         let y = l.from_nchw(&y.reshape((b, nh * hd, h, w))?)?;
         let v = l.from_nchw(&v.reshape((b, nh * hd, h, w))?)?;
-        self.proj.forward(&(y + self.pe.forward(&v, l)?)?, l)
+        self.proj
+            .forward_add(&self.pe.forward_add(&v, &y, l)?, x, l)
+    }
+
+    /// [`Self::forward_add`] on a channels-last map, in the orientation that layout wants:
+    /// each head's `y` comes out pixels × channels as `attn · v`, so neither the qkv map nor
+    /// the N × N attention matrix is transposed (copies made on one thread).
+    fn forward_add_nhwc(&self, x: &Tensor) -> CResult<Tensor> {
+        let l = MapLayout::Nhwc;
+        let (b, h, w, _) = x.dims4()?;
+        let (nh, kd, hd) = (self.heads, self.key_dim, self.head_dim);
+        // (B, heads, N, 2·kd + hd): each pixel's channels, head by head.
+        let qkv = self
+            .qkv
+            .forward(x, l)?
+            .reshape((b, h * w, nh, 2 * kd + hd))?
+            .transpose(1, 2)?;
+        let q = (qkv.narrow(3, 0, kd)? * (kd as f64).powf(-0.5))?.contiguous()?;
+        let k = qkv.narrow(3, kd, kd)?.contiguous()?;
+        let v = qkv.narrow(3, 2 * kd, hd)?.contiguous()?;
+        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let to_map = |t: &Tensor| t.transpose(1, 2)?.contiguous()?.reshape((b, h, w, nh * hd));
+        let (y, v) = (to_map(&attn.matmul(&v)?)?, to_map(&v)?);
+        self.proj
+            .forward_add(&self.pe.forward_add(&v, &y, l)?, x, l)
     }
 }
 
@@ -258,8 +288,8 @@ impl PsaBlock {
     }
 
     pub fn forward(&self, x: &Tensor, l: MapLayout) -> CResult<Tensor> {
-        let x = (x + self.attn.forward(x, l)?)?;
-        &x + self.ffn1.forward(&self.ffn0.forward(&x, l)?, l)?
+        let x = self.attn.forward_add(x, l)?;
+        self.ffn1.forward_add(&self.ffn0.forward(&x, l)?, &x, l)
     }
 }
 
@@ -390,11 +420,11 @@ impl Sppf {
             };
             ys.push(pooled);
         }
-        let y = self.cv2.forward_cat(&ys.iter().collect::<Vec<_>>(), l)?;
+        let parts: Vec<_> = ys.iter().collect();
         if self.residual {
-            y + x
+            self.cv2.conv.forward_cat_add(&parts, x, l)
         } else {
-            Ok(y)
+            self.cv2.forward_cat(&parts, l)
         }
     }
 }

@@ -215,8 +215,8 @@ impl Head {
             cls_features.push(l.to_nhwc(&features)?);
         }
         Ok(HeadOutput {
-            box_logits: Tensor::cat(&box_logits, 2)?,
-            cls_logits: Tensor::cat(&cls_logits, 2)?,
+            box_logits: crate::nn::cat_levels(&box_logits)?,
+            cls_logits: crate::nn::cat_levels(&cls_logits)?,
             cls_features,
         })
     }

@@ -72,11 +72,11 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x, layout)?, layout)?;
+        let y = self.cv1.forward(x, layout)?;
         if self.shortcut {
-            y + x
+            self.cv2.conv.forward_add(&y, x, layout)
         } else {
-            Ok(y)
+            self.cv2.forward(&y, layout)
         }
     }
 }
@@ -410,8 +410,8 @@ impl YoloV8 {
             level_shapes.push(l.spatial(x)?);
         }
         Ok(YoloOutput {
-            box_logits: Tensor::cat(&box_logits, 2)?,
-            cls_logits: Tensor::cat(&cls_logits, 2)?,
+            box_logits: crate::nn::cat_levels(&box_logits)?,
+            cls_logits: crate::nn::cat_levels(&cls_logits)?,
             cls_features,
             neck: neck
                 .iter()
