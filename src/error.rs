@@ -30,8 +30,8 @@ pub enum Error {
     #[error("{path}: this is {found}, not {expected}")]
     WrongKind {
         path: PathBuf,
-        found: crate::data::kind::FileKind,
-        expected: crate::data::kind::FileKind,
+        found: crate::core::kind::FileKind,
+        expected: crate::core::kind::FileKind,
     },
     /// A data.yaml without the split asked for; `available` lists the splits it has.
     #[error(

@@ -67,7 +67,32 @@
 //! The calibration holds for boxes detected the way the fit and calibration boxes were: same
 //! input size and thresholds. Box sets and scorer files record those settings, and
 //! [`OodDetector`] starts from them.
+//!
+//! # Modules and their walls
+//!
+//! Each module uses only the modules listed for it (and itself); [`error`] and [`limits`] are
+//! open to all. A unit test (`src/core/walls.rs`) reads the sources and names any import that
+//! crosses a wall.
+//!
+//! | module | what it holds | may use |
+//! |---|---|---|
+//! | [`core`] | what every part shares: box geometry, [`BoxRecord`], class heads, feature sources, file kinds, atomic writes, safetensors helpers | nothing |
+//! | [`nn`] | CPU kernels (convolutions, pooling) | nothing |
+//! | [`data`] | box sets, datasets, input paths | core |
+//! | [`detect`] | the detector families | core, nn |
+//! | [`ood`] | scorers, calibration, fitted scorer files | core, data |
+//! | [`eval`] | metrics, open-set matching, plots | core, data, ood |
+//! | [`render`] | annotated images | all but pipeline and video |
+//! | [`pipeline`] | [`OodDetector`], and extraction (a detector over a dataset into a box set) | all but video |
+//! | [`video`] | streams, tracking, track evidence | core, data, detect, ood, pipeline, render |
+//! | `synth` | test fixtures | core |
+//!
+//! Test code (`#[cfg(test)]`) is not part of the library and may use any module. Two exceptions
+//! remain: [`error`]'s unsupported-model message lists the families of [`detect::supported`],
+//! and `data` and `ood` use [`DetectOptions`], the detection settings that box sets and scorer
+//! files record, until it moves to `core`. The CLI (`src/cli`, in the binary) may use anything.
 
+pub mod core;
 pub mod data;
 pub mod detect;
 pub mod error;
@@ -81,11 +106,12 @@ pub mod render;
 pub mod synth;
 pub mod video;
 
+pub use crate::core::{BoxRecord, ClassHead, LinearHead};
 pub use candle_core;
 pub use candle_core::Device;
 pub use data::boxset::BoxSet;
 pub use detect::image_io::{decode_rgb, load_rgb, rgb_from_image};
-pub use detect::{load_detector, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead};
+pub use detect::{load_detector, DetectOptions, Detector};
 pub use error::{Error, Result};
 pub use image;
 pub use image::RgbImage;

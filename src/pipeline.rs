@@ -6,9 +6,12 @@ use image::RgbImage;
 use serde::Serialize;
 use std::path::Path;
 
+pub mod extraction;
+
+use crate::core::sources::missing_message;
+use crate::core::BoxRecord;
 use crate::data::boxset::BoxSet;
-use crate::detect::sources::missing_message;
-use crate::detect::{load_detector, BoxRecord, DetectOptions, Detector};
+use crate::detect::{load_detector, DetectOptions, Detector};
 use crate::error::{Error, Result};
 use crate::ood::fitted::{BoxOod, FittedScorer};
 

@@ -1,11 +1,11 @@
 //! `oodbox demo` and `detect --scorer`: what a person meets first, and its bad inputs.
 
-use oodbox::data::boxset::BoxSet;
+use oodbox::data::boxset::{BoxSet, LABEL_UNKNOWN};
 use oodbox::data::dataset;
-use oodbox::data::extraction::{labels_from_ground_truth, LABEL_UNKNOWN};
-use oodbox::detect::BoxRecord;
 use oodbox::eval::GtBox;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::pipeline::extraction::labels_from_ground_truth;
+use oodbox::BoxRecord;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

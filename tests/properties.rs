@@ -5,8 +5,9 @@
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
+use oodbox::core::geometry::iou;
 use oodbox::detect::letterbox::{letterbox, LetterboxGeometry};
-use oodbox::detect::nms::{iou, non_max_suppression, Candidate};
+use oodbox::detect::nms::{non_max_suppression, Candidate};
 use oodbox::eval::metrics::{fpr_at_tpr, ood_metrics, roc_curve};
 use oodbox::ood::calibration::{conformal_p_value, Calibrator};
 

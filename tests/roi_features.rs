@@ -3,9 +3,9 @@
 //! records the sources it reads (a model without them is refused, naming them).
 
 use candle_core::Device;
+use oodbox::core::sources::{FeatureSources, RoiSource};
 use oodbox::data::boxset::BoxSet;
 use oodbox::detect::roi_align::{roi_align, FeatureMap, Sampling};
-use oodbox::detect::sources::{FeatureSources, RoiSource};
 use oodbox::detect::{load_detector, DetectOptions, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::OodDetector;

@@ -156,8 +156,8 @@ fn other_tasks_and_families_are_refused_by_name() {
 /// family and both YOLO26 heads, over inputs of several sizes and more than one full batch.
 #[test]
 fn a_batch_gives_each_image_its_own_boxes() {
+    use oodbox::core::sources::RoiSource;
     use oodbox::detect::image_io::load_rgb;
-    use oodbox::detect::sources::RoiSource;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let names = ["mixed_test_id_00008", "wide_640x360", "mixed_test_id_00026"];
     let mut images: Vec<image::RgbImage> = names

@@ -5,7 +5,7 @@
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
 use oodbox::data::boxset::BoxSet;
-use oodbox::detect::{ClassHead, LinearHead};
+use oodbox::{ClassHead, LinearHead};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;

@@ -5,10 +5,11 @@ use numpy::{
 };
 use oodbox::data::boxset::BoxSet;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector};
+use oodbox::detect::{load_detector, DetectOptions, Detector};
 use oodbox::error::Result;
 use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::OodDetector;
+use oodbox::BoxRecord;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::common::{check_sources, device, parse_features};
-use oodbox::detect::sources::FeatureSources;
+use oodbox::core::sources::FeatureSources;
 
 /// Time each stage of detection (median, min and max over --iters runs, after warm-up).
 ///
@@ -196,7 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     print_stats(&report);
     if let Some(path) = &args.json {
-        oodbox::data::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        oodbox::core::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

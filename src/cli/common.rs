@@ -4,14 +4,15 @@ use anyhow::Context;
 use candle_core::Device;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use oodbox::core::kind::FileKind;
+use oodbox::core::sources::{missing_message, FeatureSources, RoiSource};
 use oodbox::data::boxset::BoxSet;
 use oodbox::data::dataset::Dataset;
-use oodbox::data::extraction::{extract, Extraction};
-use oodbox::data::kind::FileKind;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::sources::{missing_message, FeatureSources, RoiSource};
-use oodbox::detect::{load_detector, BoxRecord, DetectOptions, Detector};
+use oodbox::detect::{load_detector, DetectOptions, Detector};
 use oodbox::ood::fitted::FittedScorer;
+use oodbox::pipeline::extraction::{extract, Extraction};
+use oodbox::BoxRecord;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -371,7 +372,7 @@ impl OutputFolder {
                 image::ImageFormat::Png,
             )
             .with_context(|| format!("encoding {}", path.display()))?;
-        oodbox::data::write_atomically(&path, &bytes)
+        oodbox::core::write_atomically(&path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
         self.used.insert(path.clone());
         Ok(path)

@@ -1,6 +1,6 @@
 use anyhow::Context;
+use oodbox::core::write_atomically;
 use oodbox::data::inputs::collect_images;
-use oodbox::data::write_atomically;
 use oodbox::detect::{DetectOptions, Detector};
 use oodbox::pipeline::OodDetector;
 use oodbox::render::{annotate, verdict_text, Annotation};
@@ -12,7 +12,7 @@ use super::common::{
     check_output_file, check_sources, load_scorer, parse_features, run_images, DetectorArgs,
     OutputFolder, RunSummary,
 };
-use oodbox::detect::sources::{FeatureSource, FeatureSources};
+use oodbox::core::sources::{FeatureSource, FeatureSources};
 
 /// Detect objects and keep, for every box, its raw logits (and optionally its feature vector);
 /// with --scorer, also its OOD score, p-value, confidence and verdict.

@@ -1,11 +1,11 @@
 use anyhow::Context;
-use oodbox::data::boxset::BoxSet;
-use oodbox::data::extraction::{ExtractedImage, LABEL_UNKNOWN};
+use oodbox::data::boxset::{BoxSet, LABEL_UNKNOWN};
 use oodbox::detect::DetectOptions;
 use oodbox::eval::map::{coco_map, without_unknown};
 use oodbox::eval::openset::{open_set_metrics, OpenSetMetrics};
 use oodbox::eval::{ood_metrics, plots, roc_curve, ImagePreds, PredBox, CONVENTION};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::pipeline::extraction::ExtractedImage;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ use super::common::{
     check_output_file, create_output_folder, extract_dataset, load_boxes, load_scorer,
     open_dataset, parse_features, DetectFlags,
 };
-use oodbox::detect::sources::FeatureSources;
+use oodbox::core::sources::FeatureSources;
 
 /// Evaluate OOD scorers: AUROC, FPR95, AUPR-In and AUPR-Out, with the convention stated.
 ///
@@ -393,7 +393,7 @@ fn write_report(dir: &Path, results: &Results) -> anyhow::Result<()> {
     if !results.open_sets.is_empty() {
         plots::open_set_png(&dir.join("open_set.png"), &results.open_sets)?;
     }
-    oodbox::data::write_atomically(&dir.join("metrics.md"), markdown(&results.rows).as_bytes())?;
+    oodbox::core::write_atomically(&dir.join("metrics.md"), markdown(&results.rows).as_bytes())?;
     Ok(())
 }
 
@@ -413,7 +413,7 @@ fn write_json(path: &Path, rows: &[Value]) -> anyhow::Result<()> {
     } else {
         json!({"convention": CONVENTION, "scorers": rows})
     };
-    oodbox::data::write_atomically(
+    oodbox::core::write_atomically(
         path,
         (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
     )

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::common::{check_sources, extract_dataset, parse_features, DetectorArgs};
-use oodbox::detect::sources::FeatureSources;
+use oodbox::core::sources::FeatureSources;
 
 /// Run the detector and write every kept box's feature, logits and class as a box set
 /// (.safetensors), with the model's class heads, for fitting, scoring and evaluation.

@@ -10,7 +10,7 @@ use super::common::{
     check_output_file, check_sources, extract_dataset, load_boxes, open_dataset, parse_features,
     parse_param, DetectFlags,
 };
-use oodbox::detect::sources::FeatureSources;
+use oodbox::core::sources::FeatureSources;
 
 /// Fit an OOD scorer on in-distribution boxes and calibrate it on held-out ID boxes.
 ///

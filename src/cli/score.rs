@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(tail) = super::common::tail_json(&scorer) {
         doc["p_value_tail"] = tail;
     }
-    oodbox::data::write_atomically(
+    oodbox::core::write_atomically(
         &args.json,
         (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
     )

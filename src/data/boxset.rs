@@ -6,7 +6,7 @@
 //! / `head.bias` f32 `[C]`, or `head.<level>.weight` / `head.<level>.bias` per level. The
 //! metadata holds the class names, the model fingerprint and the source, as JSON strings.
 //!
-//! Feature sources ([`crate::detect::sources`]): metadata `feature_sources` names what
+//! Feature sources ([`crate::core::sources`]): metadata `feature_sources` names what
 //! `features` holds (`cls` when absent, as in files written before sources existed); every ROI
 //! source recorded beside it is a tensor named after it, f32 `[N, D_s]` (e.g. `roi:6@2`),
 //! listed in order in metadata `roi_sources`.
@@ -16,12 +16,18 @@ use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::data::extraction::LABEL_BACKGROUND;
-use crate::data::kind::FileKind;
-use crate::data::tensor_file::{self, f32_bytes, i64_bytes, Entry, TensorFile, Values};
-use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
-use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
+use crate::core::kind::FileKind;
+use crate::core::sources::{FeatureSource, FeatureSources, RoiSource};
+use crate::core::tensor_file::{self, f32_bytes, i64_bytes, Entry, TensorFile, Values};
+use crate::core::{BoxRecord, ClassHead, LinearHead};
+// Moves to core with the detection settings (branch `settings`).
+use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
+
+/// `label` of a box that matched an unknown (OOD) object.
+pub const LABEL_UNKNOWN: i64 = -1;
+/// `label` of a box that matched no ground-truth object (a background detection).
+pub const LABEL_BACKGROUND: i64 = -2;
 
 /// One ROI source's features recorded beside `features`.
 #[derive(Clone, Debug, PartialEq)]
@@ -542,7 +548,7 @@ impl BoxSet {
 /// A box tensor the file lacks: the file is named as a scorer file or a model when its
 /// metadata says it is one, else the tensor is named.
 fn missing(file: &TensorFile, name: &str) -> Error {
-    let found = match crate::data::kind::of_metadata(file.metadata()) {
+    let found = match crate::core::kind::of_metadata(file.metadata()) {
         FileKind::Model if file.names().iter().any(|n| n.starts_with("model.")) => {
             Some(FileKind::Model)
         }
@@ -625,7 +631,7 @@ fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::RoiFeature;
+    use crate::core::RoiFeature;
     use safetensors::tensor::TensorView;
 
     fn record(class_id: usize, level: u8) -> BoxRecord {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::detect::image_io::is_image_path;
+use crate::core::kind::{is_image_path, IMAGE_EXTENSIONS};
 use crate::error::{Error, Result};
 
 /// Expands each argument: a folder is searched recursively for image extensions, a pattern with
@@ -39,10 +39,7 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             };
             return Err(bad(
                 arg,
-                format!(
-                    "{what} (extensions: {})",
-                    crate::detect::image_io::IMAGE_EXTENSIONS.join(", ")
-                ),
+                format!("{what} (extensions: {})", IMAGE_EXTENSIONS.join(", ")),
             ));
         }
         found.sort();

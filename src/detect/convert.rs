@@ -60,7 +60,7 @@ pub fn checkpoint_to_safetensors(input: &Path, out: &Path) -> Result<Converted> 
         path: out.to_path_buf(),
         reason: format!("cannot serialise: {e}"),
     })?;
-    crate::data::write_atomically(out, &bytes)?;
+    crate::core::write_atomically(out, &bytes)?;
     Ok(Converted {
         family: detector.family(),
         tensors: count,

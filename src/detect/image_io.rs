@@ -9,17 +9,6 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 
-/// The file extensions treated as images when a folder is searched.
-pub const IMAGE_EXTENSIONS: [&str; 9] = [
-    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "pgm", "ppm",
-];
-
-pub fn is_image_path(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 /// Reads an image file within the [`Limits`] of the environment.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     load_rgb_within(path, &Limits::from_env()?)

@@ -13,7 +13,8 @@ use candle_nn::VarBuilder;
 use super::checkpoint::{self, Checkpoint};
 use super::safetensors_file::{self, Rename, Store, WeightIndex};
 use super::{detr, ultralytics, yolo11, yolo26, yolov8, Detector};
-use crate::data::kind::{self, FileKind};
+use crate::core::kind::{self, FileKind};
+use crate::core::tensor_file;
 use crate::error::{Error, Result};
 
 /// A detector family: how to recognise its files and how to load them.
@@ -59,7 +60,7 @@ impl WeightFile {
         Ok(WeightFile {
             path: path.to_path_buf(),
             shapes,
-            metadata: safetensors_file::metadata(path)?,
+            metadata: tensor_file::metadata(path)?,
             store,
         })
     }

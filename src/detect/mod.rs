@@ -9,7 +9,6 @@ mod load;
 pub mod nms;
 pub mod roi_align;
 mod safetensors_file;
-pub mod sources;
 mod stages;
 pub mod ultralytics;
 pub mod yolo11;
@@ -19,68 +18,16 @@ pub mod yolov8;
 pub use load::{load_detector, supported, Family, ModelSource, WeightFile, FAMILIES};
 pub use stages::{run_stages, StageTimes, Stages};
 
+// What a `Detector` returns, also here for detect's users (the parity tests import it from here).
+pub use crate::core::BoxRecord;
+
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::core::sources::{FeatureLayer, RoiSource};
+use crate::core::ClassHead;
 use crate::error::Result;
 use crate::nn::MapLayout;
-use sources::{FeatureLayer, RoiSource};
-
-/// One detection with everything an OOD scorer needs.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct BoxRecord {
-    /// x1, y1, x2, y2 in original image pixels.
-    pub bbox: [f32; 4],
-    pub class_id: usize,
-    pub confidence: f32,
-    /// Raw logits of every class, as the head produced them (pre-sigmoid for YOLO; for DETR
-    /// pre-softmax, no-object last).
-    pub logits: Vec<f32>,
-    /// The input of the final linear classifier at this box (YOLO: the class-branch feature at
-    /// the box's anchor cell; DETR: the query's last decoder hidden state).
-    pub feature: Vec<f32>,
-    /// Pyramid level (YOLO: 0, 1, 2 for strides 8, 16, 32).
-    pub level: u8,
-    /// Anchor index over all levels (YOLO) or query index (DETR).
-    pub anchor: u32,
-    /// The layer maps ROI-aligned on the box, one per [`DetectOptions::roi`] source, in order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub roi_features: Vec<RoiFeature>,
-}
-
-/// One ROI feature of a box: a layer's map ROI-aligned on it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RoiFeature {
-    pub source: RoiSource,
-    /// `channels · k · k` values, channel-major.
-    pub values: Vec<f32>,
-}
-
-/// A linear classifier `logits = weight · feature + bias`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LinearHead {
-    /// Row-major `(classes, dim)`.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-    pub classes: usize,
-    pub dim: usize,
-}
-
-impl LinearHead {
-    pub fn logits(&self, feature: &[f32]) -> Vec<f32> {
-        self.weight
-            .chunks_exact(self.dim)
-            .zip(&self.bias)
-            .map(|(row, b)| row.iter().zip(feature).map(|(w, f)| w * f).sum::<f32>() + b)
-            .collect()
-    }
-}
-
-/// The final classifier(s) of a detector: one per pyramid level for YOLO, one for DETR.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClassHead {
-    pub levels: Vec<LinearHead>,
-}
 
 /// Post-processing settings; the defaults are ultralytics `predict`'s.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]

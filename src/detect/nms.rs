@@ -1,6 +1,8 @@
 //! Greedy non-maximum suppression as torchvision's `nms` computes it inside ultralytics:
 //! 0-based IoU, suppression of IoU strictly above the threshold, class-aware unless agnostic.
 
+use crate::core::geometry::iou;
+
 /// One candidate: its xyxy box, confidence and class.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
@@ -9,23 +11,6 @@ pub struct Candidate {
     pub class_id: usize,
     /// Where the candidate came from (the anchor index for YOLO).
     pub source: usize,
-}
-
-/// Area of an xyxy box.
-pub fn area(r: &[f32; 4]) -> f32 {
-    (r[2] - r[0]) * (r[3] - r[1])
-}
-
-/// Area of the overlap of two xyxy boxes.
-pub fn intersection(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    iw * ih
-}
-
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let inter = intersection(a, b);
-    inter / (area(a) + area(b) - inter)
 }
 
 /// Keeps candidates by descending confidence (ties keep their input order, as torch's stable
@@ -66,15 +51,6 @@ mod tests {
             class_id,
             source: 0,
         }
-    }
-
-    #[test]
-    fn iou_is_zero_based() {
-        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0]), 1.0);
-        assert!(
-            (iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 50.0 / 150.0).abs() < 1e-6
-        );
-        assert_eq!(iou(&[0.0, 0.0, 1.0, 1.0], &[1.0, 1.0, 2.0, 2.0]), 0.0);
     }
 
     #[test]

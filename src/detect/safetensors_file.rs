@@ -7,8 +7,6 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -249,26 +247,4 @@ fn checked_weight(stored: Tensor, dtype: DType) -> std::result::Result<Tensor, S
         ));
     }
     as_f32.to_dtype(dtype).map_err(|e| e.to_string())
-}
-
-/// Reads the safetensors `__metadata__` map (empty when absent).
-pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: HashMap<String, String>,
-    }
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    // The header length was validated when the file was mapped.
-    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice::<Header>(&header)
-        .map(|h| h.metadata)
-        .map_err(|e| Error::NotSafetensors {
-            path: path.to_path_buf(),
-            reason: format!("__metadata__ is not a map of strings: {e}"),
-        })
 }

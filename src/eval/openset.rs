@@ -13,12 +13,12 @@
 //!   (strictly), it tries only the best-overlapping GT box, and a second detection of a taken GT
 //!   box is a false positive.
 //!
-//! IoU is 0-based (`crate::detect::nms::iou`, no VOC "+1" pixel), like the rest of the crate.
+//! IoU is 0-based (`crate::core::geometry::iou`, no VOC "+1" pixel), like the rest of the crate.
 
 use serde::Serialize;
 
 use super::{check_same_images, GtBox, ImageGt, ImagePreds, PredBox};
-use crate::detect::nms::iou;
+use crate::core::geometry::iou;
 use crate::error::{Error, Result};
 
 /// IoU a prediction needs with a GT box to match it (≥) in [`match_image`]; the open-set

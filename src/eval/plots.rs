@@ -144,7 +144,7 @@ fn render(
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&buf, w, h, image::ExtendedColorType::Rgb8)
         .map_err(|e| fail(e.to_string()))?;
-    crate::data::write_atomically(path, &png)
+    crate::core::write_atomically(path, &png)
 }
 
 /// Registers the bundled font as plotters' "sans-serif" once per process.

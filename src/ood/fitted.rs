@@ -19,10 +19,11 @@ use std::path::Path;
 use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration, PValue, Tails};
 use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
+use crate::core::kind::FileKind;
+use crate::core::sources::FeatureSources;
+use crate::core::tensor_file::{self, f64_bytes, Entry, TensorFile};
 use crate::data::boxset::BoxSet;
-use crate::data::kind::FileKind;
-use crate::data::tensor_file::{self, f64_bytes, Entry, TensorFile};
-use crate::detect::sources::FeatureSources;
+// Moves to core with the detection settings (branch `settings`).
 use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
@@ -416,7 +417,7 @@ impl FittedScorer {
         let json =
             file.metadata()
                 .get("oodbox")
-                .ok_or_else(|| match crate::data::kind::sniff(path) {
+                .ok_or_else(|| match crate::core::kind::sniff(path) {
                     Some(found) if found != FileKind::Scorer => Error::WrongKind {
                         path: path.to_path_buf(),
                         found,

@@ -5,8 +5,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
+use crate::core::{ClassHead, LinearHead};
 use crate::data::boxset::BoxSet;
-use crate::detect::{ClassHead, LinearHead};
 
 const D: usize = 40;
 const C: usize = 4;

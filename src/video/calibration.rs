@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use crate::data::kind::FileKind;
+use crate::core::kind::FileKind;
 use crate::error::{Error, Result};
 use crate::ood::calibration::conformal_p_value;
 use crate::pipeline::OodDetector;
@@ -96,7 +96,7 @@ impl TrackCalibration {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("a calibration serialises");
-        crate::data::write_atomically(path, &json)
+        crate::core::write_atomically(path, &json)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -106,7 +106,7 @@ impl TrackCalibration {
         };
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let calibration: TrackCalibration =
-            serde_json::from_slice(&bytes).map_err(|e| match crate::data::kind::sniff(path) {
+            serde_json::from_slice(&bytes).map_err(|e| match crate::core::kind::sniff(path) {
                 Some(found) if found != FileKind::TrackCalibration => Error::WrongKind {
                     path: path.to_path_buf(),
                     found,

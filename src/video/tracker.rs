@@ -14,7 +14,7 @@
 //! Matching ignores the class: an unknown object's predicted class often flickers between
 //! known classes, and it must stay one track for its OOD evidence to add up.
 
-use crate::detect::nms::iou;
+use crate::core::geometry::iou;
 
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {

@@ -11,12 +11,10 @@ use super::config::DetrConfig;
 use super::model::{DetrModel, DetrOutput};
 use super::preprocess::DetrImageProcessor;
 use super::weights;
+use crate::core::sources::{missing_message, FeatureLayer, FeatureSources};
+use crate::core::{BoxRecord, ClassHead, LinearHead, RoiFeature};
 use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
-use crate::detect::sources::{missing_message, FeatureLayer, FeatureSources};
-use crate::detect::{
-    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, RoiFeature, StageTimes,
-    Stages,
-};
+use crate::detect::{run_stages, DetectOptions, Detector, StageTimes, Stages};
 use crate::error::{Error, Result};
 
 /// The name of the extra class that DETR's head scores last.

@@ -8,7 +8,7 @@ use super::config::DetrConfig;
 use super::resnet::ResNet;
 use super::transformer::{sine_position_embedding, Transformer};
 use super::weights::WeightIndex;
-use crate::detect::sources::FeatureLayer;
+use crate::core::sources::FeatureLayer;
 use crate::error::{Error, Result};
 
 /// Per query outputs, batch first.

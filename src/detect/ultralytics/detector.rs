@@ -9,14 +9,12 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 
 use super::{YoloNetwork, YoloOutput};
+use crate::core::sources::{missing_message, FeatureLayer, FeatureSources};
+use crate::core::{BoxRecord, ClassHead, LinearHead, RoiFeature};
 use crate::detect::letterbox::{letterbox, LetterboxGeometry};
 use crate::detect::nms::{non_max_suppression, Candidate};
 use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
-use crate::detect::sources::{missing_message, FeatureLayer, FeatureSources};
-use crate::detect::{
-    run_stages, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead, RoiFeature, StageTimes,
-    Stages, INPUT_STRIDE,
-};
+use crate::detect::{run_stages, DetectOptions, Detector, StageTimes, Stages, INPUT_STRIDE};
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
 

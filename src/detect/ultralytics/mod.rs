@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::detect::sources::FeatureLayer;
+use crate::core::sources::FeatureLayer;
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
 

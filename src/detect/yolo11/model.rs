@@ -9,7 +9,7 @@ use candle_nn::init::DEFAULT_KAIMING_NORMAL;
 use candle_nn::{Conv2d, Conv2dConfig};
 
 use super::blocks::{C2Psa, C3k2, ConvBlock, Sppf, Weights};
-use crate::detect::sources::FeatureLayer;
+use crate::core::sources::FeatureLayer;
 use crate::detect::ultralytics::{layer_list, Taps, YoloNetwork, YoloOutput};
 use crate::error::Result;
 use crate::nn::{Activation, FusedConv, MapLayout};

@@ -9,7 +9,7 @@ use candle_nn::init::DEFAULT_KAIMING_NORMAL;
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::arch::{Arch, C2fArch, SppfArch};
-use crate::detect::sources::FeatureLayer;
+use crate::core::sources::FeatureLayer;
 use crate::detect::ultralytics::{layer_list, Taps, YoloNetwork, YoloOutput};
 use crate::detect::WeightFile;
 use crate::error::Result;

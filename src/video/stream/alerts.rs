@@ -147,7 +147,7 @@ fn save_crop(image: &RgbImage, path: &Path) -> Result<PathBuf> {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    crate::data::write_atomically(path, &bytes)?;
+    crate::core::write_atomically(path, &bytes)?;
     Ok(path.to_path_buf())
 }
 

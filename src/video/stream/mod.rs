@@ -374,7 +374,7 @@ mod tests {
     use super::encode::{render, shows_unknown, TrackedBox};
     use super::tracks::{group_duplicates, overlaps_another};
     use super::*;
-    use crate::detect::BoxRecord;
+    use crate::core::BoxRecord;
     use crate::ood::fitted::BoxOod;
     use image::{Rgb, RgbImage};
     use std::collections::HashSet;

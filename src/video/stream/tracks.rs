@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::alerts::{self, Closed};
 use super::{Output, StreamOptions, UnknownAlert};
-use crate::detect::nms::{area, intersection, iou};
+use crate::core::geometry::{area, intersection, iou};
 use crate::error::Result;
 use crate::pipeline::Detection;
 use crate::video::evidence::{TrackEvidence, TrackRule};

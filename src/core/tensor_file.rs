@@ -1,10 +1,12 @@
 //! The safetensors files oodbox writes itself (box sets, scorers): one reader, whose typed
 //! getters check dtypes and shapes and name the file and the tensor in their errors, and one
-//! writer.
+//! writer; and the metadata of a model's safetensors file.
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::{SafeTensorError, SafeTensors};
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use super::kind::FileKind;
@@ -146,6 +148,29 @@ impl<'a> TensorFile<'a> {
             want.join(", ")
         )))
     }
+}
+
+/// Reads the safetensors `__metadata__` map (empty when absent) of a file already mapped as
+/// safetensors (a model's weights).
+pub(crate) fn metadata(path: &Path) -> Result<HashMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    // The header length was validated when the file was mapped.
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice::<Header>(&header)
+        .map(|h| h.metadata)
+        .map_err(|e| Error::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: format!("__metadata__ is not a map of strings: {e}"),
+        })
 }
 
 /// Little-endian values of `N` bytes each.

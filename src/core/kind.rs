@@ -34,6 +34,17 @@ impl std::fmt::Display for FileKind {
     }
 }
 
+/// The file extensions treated as images when a folder is searched.
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "pgm", "ppm",
+];
+
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Safetensors headers above this are not read here: no oodbox file comes near it.
 const MAX_HEADER: u64 = 100 << 20;
 

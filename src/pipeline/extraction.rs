@@ -2,18 +2,14 @@
 
 use std::path::PathBuf;
 
-use crate::data::boxset::BoxSet;
+use crate::core::BoxRecord;
+use crate::data::boxset::{BoxSet, LABEL_BACKGROUND, LABEL_UNKNOWN};
 use crate::data::dataset::Dataset;
 use crate::detect::image_io::load_rgb;
-use crate::detect::{BoxRecord, DetectOptions, Detector};
+use crate::detect::{DetectOptions, Detector};
 use crate::error::Error;
 use crate::eval::openset::match_image;
 use crate::eval::{GtBox, PredBox};
-
-/// `label` of a box that matched an unknown (OOD) object.
-pub const LABEL_UNKNOWN: i64 = -1;
-/// `label` of a box that matched no ground-truth object (a background detection).
-pub const LABEL_BACKGROUND: i64 = -2;
 
 /// One processed image.
 pub struct ExtractedImage {
