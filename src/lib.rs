@@ -11,7 +11,7 @@
 //! image (a path, encoded bytes or an image::DynamicImage)
 //!   │  load_rgb / decode_rgb / rgb_from_image: 8-bit RGB, EXIF orientation applied
 //!   ▼
-//! Detector (detect/: YOLOv8, YOLO11, YOLO26, DETR)    ── DetectOptions: size, thresholds
+//! Detector (detect/: YOLOv8, YOLO11, YOLO26, DETR)    ── DetectOptions: thresholds, NMS, size
 //!   │  detect / detect_batch
 //!   ▼
 //! BoxRecord per box: bbox, class, confidence, logits, feature (+ ROI features)
@@ -68,6 +68,7 @@
 //! input size and thresholds. Box sets and scorer files record those settings, and
 //! [`OodDetector`] starts from them.
 
+pub mod core;
 pub mod data;
 pub mod detect;
 pub mod error;
@@ -81,11 +82,12 @@ pub mod render;
 pub mod synth;
 pub mod video;
 
+pub use crate::core::settings::{DetectOptions, InputSize, Nms, UsedOptions};
 pub use candle_core;
 pub use candle_core::Device;
 pub use data::boxset::BoxSet;
 pub use detect::image_io::{decode_rgb, load_rgb, rgb_from_image};
-pub use detect::{load_detector, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead};
+pub use detect::{load_detector, BoxRecord, ClassHead, Detector, LinearHead};
 pub use error::{Error, Result};
 pub use image;
 pub use image::RgbImage;

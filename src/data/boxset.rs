@@ -16,11 +16,12 @@ use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::core::settings::UsedOptions;
 use crate::data::extraction::LABEL_BACKGROUND;
 use crate::data::kind::FileKind;
 use crate::data::tensor_file::{self, f32_bytes, i64_bytes, Entry, TensorFile, Values};
 use crate::detect::sources::{FeatureSource, FeatureSources, RoiSource};
-use crate::detect::{BoxRecord, ClassHead, DetectOptions, LinearHead};
+use crate::detect::{BoxRecord, ClassHead, LinearHead};
 use crate::error::{Error, Result};
 
 /// One ROI source's features recorded beside `features`.
@@ -56,9 +57,9 @@ pub struct BoxSet {
     pub class_names: Vec<String>,
     pub fingerprint: String,
     pub source: String,
-    /// How the boxes were detected, when a detector made them here: a scorer fitted on them
-    /// is calibrated for boxes detected the same way.
-    pub detect_options: Option<DetectOptions>,
+    /// How the boxes were detected (the settings their detector read), when a detector made
+    /// them here: a scorer fitted on them is calibrated for boxes detected the same way.
+    pub detect_options: Option<UsedOptions>,
     /// What `features` holds.
     pub feature_sources: FeatureSources,
     /// ROI features recorded beside `features`, one entry per source.
@@ -625,6 +626,7 @@ fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::settings::{DetectOptions, InputSize, SettingsUse};
     use crate::detect::RoiFeature;
     use safetensors::tensor::TensorView;
 
@@ -665,10 +667,16 @@ mod tests {
             "sha256:x",
             "test",
         );
-        set.detect_options = Some(DetectOptions {
-            imgsz: (256, 320),
-            ..DetectOptions::default()
-        });
+        set.detect_options = Some(
+            DetectOptions {
+                imgsz: InputSize {
+                    width: 256,
+                    height: 320,
+                },
+                ..DetectOptions::default()
+            }
+            .used_by(&SettingsUse::ALL),
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("boxes.safetensors");
         set.save(&path).unwrap();
@@ -786,10 +794,11 @@ mod tests {
             ),
             (
                 Box::new(|s| {
-                    s.detect_options = Some(DetectOptions {
+                    let options = DetectOptions {
                         conf: 2.0,
                         ..Default::default()
-                    })
+                    };
+                    s.detect_options = Some(options.used_by(&SettingsUse::ALL))
                 }),
                 "conf = 2 is outside [0, 1]",
             ),

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
+use crate::core::settings::DetectOptions;
 use crate::data::boxset::BoxSet;
 use crate::data::dataset::Dataset;
 use crate::detect::image_io::load_rgb;
-use crate::detect::{BoxRecord, DetectOptions, Detector};
+use crate::detect::{BoxRecord, Detector};
 use crate::error::Error;
 use crate::eval::openset::match_image;
 use crate::eval::{GtBox, PredBox};
@@ -110,7 +111,7 @@ pub fn extract(
         source,
     );
     boxes.label = labels;
-    boxes.detect_options = Some(options.clone());
+    boxes.detect_options = Some(options.used_by(&detector.settings_use()));
     Extraction {
         boxes,
         images,

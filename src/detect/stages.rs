@@ -5,7 +5,8 @@ use candle_core::Device;
 use image::RgbImage;
 use std::time::Instant;
 
-use super::{BoxRecord, DetectOptions};
+use super::BoxRecord;
+use crate::core::settings::DetectOptions;
 use crate::error::Result;
 
 /// Milliseconds spent in each stage of one detection.

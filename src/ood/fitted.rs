@@ -19,11 +19,11 @@ use std::path::Path;
 use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration, PValue, Tails};
 use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
+use crate::core::settings::UsedOptions;
 use crate::data::boxset::BoxSet;
 use crate::data::kind::FileKind;
 use crate::data::tensor_file::{self, f64_bytes, Entry, TensorFile};
 use crate::detect::sources::FeatureSources;
-use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "oodbox-scorer";
@@ -74,7 +74,7 @@ struct Header {
     source: String,
     /// How the fit boxes were detected, when known.
     #[serde(default)]
-    detect_options: Option<DetectOptions>,
+    detect_options: Option<UsedOptions>,
     /// What the scorer's features are made of.
     #[serde(default)]
     feature_sources: FeatureSources,
@@ -270,7 +270,7 @@ impl FittedScorer {
     }
 
     /// How the fit boxes were detected: detect the same way for the p-values to hold.
-    pub fn detect_options(&self) -> Option<&DetectOptions> {
+    pub fn detect_options(&self) -> Option<&UsedOptions> {
         self.header.detect_options.as_ref()
     }
 

@@ -1,0 +1,3 @@
+//! What every part of the crate shares.
+
+pub mod settings;
