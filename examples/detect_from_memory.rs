@@ -30,7 +30,7 @@ pub fn detect_from_memory(model: &str, input: &str) -> oodbox::Result<[Vec<oodbo
     let detector = load_detector(model.as_ref(), &Device::Cpu)?;
     // The shapes model was trained at 256×256.
     let options = DetectOptions {
-        imgsz: (256, 256),
+        imgsz: oodbox::InputSize::square(256),
         ..DetectOptions::default()
     };
     let bytes = std::fs::read(input).map_err(|e| oodbox::Error::io(input, e))?;

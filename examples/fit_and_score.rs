@@ -8,9 +8,10 @@
 //! scenes of shapes the model never saw (near-OOD), on which it still reports boxes.
 
 use oodbox::data::boxset::BoxSet;
-use oodbox::detect::{load_detector, DetectOptions, Detector};
+use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::synth::world::{render_scene, Split};
+use oodbox::{DetectOptions, InputSize};
 
 /// Shapes-world scenes are 256×256, the size the fixture model was trained at.
 const SIZE: u32 = 256;
@@ -40,7 +41,7 @@ pub fn fit_and_score(
 ) -> oodbox::error::Result<Vec<(&'static str, usize, usize)>> {
     let detector = load_detector(model, &candle_core::Device::Cpu)?;
     let options = DetectOptions {
-        imgsz: (SIZE, SIZE),
+        imgsz: InputSize::square(SIZE),
         ..DetectOptions::default()
     };
     let (fit, calibration) =

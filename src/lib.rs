@@ -11,7 +11,7 @@
 //! image (a path, encoded bytes or an image::DynamicImage)
 //!   │  load_rgb / decode_rgb / rgb_from_image: 8-bit RGB, EXIF orientation applied
 //!   ▼
-//! Detector (detect/: YOLOv8, YOLO11, YOLO26, DETR)    ── DetectOptions: size, thresholds
+//! Detector (detect/: YOLOv8, YOLO11, YOLO26, DETR)    ── DetectOptions: thresholds, NMS, size
 //!   │  detect / detect_batch
 //!   ▼
 //! BoxRecord per box: bbox, class, confidence, logits, feature (+ ROI features)
@@ -76,7 +76,7 @@
 //!
 //! | module | what it holds | may use |
 //! |---|---|---|
-//! | [`core`] | what every part shares: box geometry, [`BoxRecord`], class heads, feature sources, file kinds, atomic writes, safetensors helpers | nothing |
+//! | [`core`] | what every part shares: box geometry, [`BoxRecord`], class heads, detection settings ([`DetectOptions`]), feature sources, file kinds, atomic writes, safetensors helpers | nothing |
 //! | [`nn`] | CPU kernels (convolutions, pooling) | nothing |
 //! | [`data`] | box sets, datasets, input paths | core |
 //! | [`detect`] | the detector families | core, nn |
@@ -87,10 +87,9 @@
 //! | [`video`] | streams, tracking, track evidence | core, data, detect, ood, pipeline, render |
 //! | `synth` | test fixtures | core |
 //!
-//! Test code (`#[cfg(test)]`) is not part of the library and may use any module. Two exceptions
-//! remain: [`error`]'s unsupported-model message lists the families of [`detect::supported`],
-//! and `data` and `ood` use [`DetectOptions`], the detection settings that box sets and scorer
-//! files record, until it moves to `core`. The CLI (`src/cli`, in the binary) may use anything.
+//! Test code (`#[cfg(test)]`) is not part of the library and may use any module. One exception
+//! remains: [`error`]'s unsupported-model message lists the families of [`detect::supported`].
+//! The CLI (`src/cli`, in the binary) may use anything.
 
 pub mod core;
 pub mod data;
@@ -106,12 +105,13 @@ pub mod render;
 pub mod synth;
 pub mod video;
 
+pub use crate::core::settings::{DetectOptions, InputSize, Nms, UsedOptions};
 pub use crate::core::{BoxRecord, ClassHead, LinearHead};
 pub use candle_core;
 pub use candle_core::Device;
 pub use data::boxset::BoxSet;
 pub use detect::image_io::{decode_rgb, load_rgb, rgb_from_image};
-pub use detect::{load_detector, DetectOptions, Detector};
+pub use detect::{load_detector, Detector};
 pub use error::{Error, Result};
 pub use image;
 pub use image::RgbImage;

@@ -8,10 +8,11 @@ use std::path::Path;
 
 pub mod extraction;
 
+use crate::core::settings::DetectOptions;
 use crate::core::sources::missing_message;
 use crate::core::BoxRecord;
 use crate::data::boxset::BoxSet;
-use crate::detect::{load_detector, DetectOptions, Detector};
+use crate::detect::{load_detector, Detector};
 use crate::error::{Error, Result};
 use crate::ood::fitted::{BoxOod, FittedScorer};
 
@@ -29,8 +30,9 @@ pub struct OodDetector {
     detector: Box<dyn Detector>,
     scorer: FittedScorer,
     /// How to detect: by default as the scorer's fit boxes were detected (when the scorer file
-    /// records it), since the p-values hold for boxes detected that way. Its `roi` must include
-    /// the scorer's ROI sources.
+    /// records it), since the p-values hold for boxes detected that way; see
+    /// [`OodDetector::settings_warning`] after changing it. Its `roi` must include the scorer's
+    /// ROI sources.
     pub options: DetectOptions,
     /// Significance level for `is_ood`; the scorer file's unless changed.
     pub alpha: f64,
@@ -58,7 +60,10 @@ impl OodDetector {
             });
         }
         let alpha = scorer.alpha();
-        let mut options = scorer.detect_options().cloned().unwrap_or_default();
+        let mut options = scorer
+            .detect_options()
+            .map(|used| used.options())
+            .unwrap_or_default();
         // Only the maps the scorer reads are ROI-aligned: they cost time.
         options.roi = scorer.feature_sources().roi();
         Ok(OodDetector {
@@ -81,6 +86,23 @@ impl OodDetector {
 
     pub fn scorer(&self) -> &FittedScorer {
         &self.scorer
+    }
+
+    /// Why the p-values may not hold for boxes detected with [`OodDetector::options`]: the
+    /// settings that differ from those the scorer's fit boxes were detected with, among those
+    /// this detector reads. `None` when they agree, or when the scorer file does not record
+    /// them.
+    pub fn settings_warning(&self) -> Option<String> {
+        let fitted = self.scorer.detect_options()?;
+        let now = self.options.used_by(&self.detector.settings_use());
+        let differences = fitted.differences(&now);
+        (!differences.is_empty()).then(|| {
+            format!(
+                "the scorer was calibrated on boxes detected otherwise: {}; its p-values may \
+                 not hold",
+                differences.join(", ")
+            )
+        })
     }
 
     /// Detects, then scores every box.

@@ -4,8 +4,9 @@
 
 use candle_core::Device;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{checkpoint, convert, load_detector, DetectOptions};
+use oodbox::detect::{checkpoint, convert, load_detector};
 use oodbox::error::Error;
+use oodbox::DetectOptions;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -166,7 +166,17 @@ fn the_scorer_file_sets_how_to_detect() {
     )
     .unwrap();
     // The bundled scorer's boxes were extracted at imgsz 256 (tests/fixtures/make_shapes_boxsets.sh).
-    assert_eq!(detector.options.imgsz, (256, 256));
+    // Its file records the settings as they were written before the family-specific ones were
+    // split out (flat, `imgsz` as `[width, height]`): it reads unchanged.
+    let bytes = std::fs::read(root.join("models/shapes-scorer.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let header = &meta.metadata().as_ref().unwrap()["oodbox"];
+    assert!(header.contains(r#""imgsz":[256,256]"#), "{header:.2000}");
+    assert_eq!(detector.options.imgsz, oodbox::InputSize::square(256));
+    assert_eq!(detector.options.nms, oodbox::Nms::default());
+    let recorded = detector.scorer().detect_options().unwrap();
+    assert_eq!((recorded.iou, recorded.agnostic), (Some(0.7), Some(false)));
+    assert_eq!(detector.settings_warning(), None);
     assert_eq!(detector.alpha, 0.05);
 }
 

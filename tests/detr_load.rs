@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use oodbox::detect::detr::DetrDetector;
-use oodbox::detect::{load_detector, DetectOptions, Stages};
+use oodbox::detect::{load_detector, Stages};
+use oodbox::DetectOptions;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

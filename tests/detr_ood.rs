@@ -5,9 +5,10 @@ use candle_core::Device;
 use oodbox::data::boxset::BoxSet;
 use oodbox::detect::detr::DetrDetector;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{DetectOptions, Detector};
+use oodbox::detect::Detector;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::ood::kinds;
+use oodbox::DetectOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -126,6 +127,13 @@ fn the_cli_detects_extracts_fits_and_evaluates_with_detr() {
         set.class_names.last().map(String::as_str),
         Some("no-object")
     );
+    // The box set records the settings DETR read, not NMS or an input size it never used.
+    let recorded = set.detect_options.as_ref().unwrap();
+    assert_eq!((recorded.conf, recorded.max_det), (0.3, 300));
+    assert_eq!(
+        (recorded.iou, recorded.agnostic, recorded.imgsz),
+        (None, None, None)
+    );
 
     let scorer = out("vim.safetensors");
     run(vec![
@@ -166,4 +174,46 @@ fn the_cli_detects_extracts_fits_and_evaluates_with_detr() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let text = detections.to_string();
     assert!(text.contains("p_value"), "{text:.300}");
+}
+
+/// `--iou`, `--agnostic-nms` and `--imgsz` set what DETR does not read: refused, saying why
+/// and which settings apply, rather than ignored.
+#[test]
+fn the_cli_refuses_settings_detr_does_not_read() {
+    let (model, scenes) = (model(), root().join("assets/images"));
+    let cases = [
+        (
+            &["--iou", "0.5"][..],
+            "--iou does not apply to a detr model (DETR has no NMS",
+        ),
+        (
+            &["--agnostic-nms"][..],
+            "--agnostic-nms does not apply to a detr model (DETR has no NMS",
+        ),
+        (
+            &["--imgsz", "320"][..],
+            "--imgsz does not apply to a detr model (DETR sizes its input with its image processor",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let args = [
+            &[
+                "detect",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                scenes.to_str().unwrap(),
+            ][..],
+            flags,
+        ]
+        .concat();
+        let o = oodbox(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        assert!(
+            err.contains("the detection settings that apply to it are --conf, --max-det\n"),
+            "{flags:?}: {err}"
+        );
+    }
 }

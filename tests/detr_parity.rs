@@ -6,7 +6,8 @@
 use candle_core::{Device, Tensor};
 use oodbox::detect::detr::{DetrDetector, DetrImageProcessor};
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{DetectOptions, Stages};
+use oodbox::detect::Stages;
+use oodbox::DetectOptions;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -484,7 +484,7 @@ fn the_detect_from_memory_example_matches_the_file() {
         detect_from_memory_example::detect_from_memory(&model, &input).unwrap();
     let detector = oodbox::load_detector(model.as_ref(), &oodbox::Device::Cpu).unwrap();
     let options = oodbox::DetectOptions {
-        imgsz: (256, 256),
+        imgsz: oodbox::InputSize::square(256),
         ..Default::default()
     };
     let image = oodbox::load_rgb(input.as_ref()).unwrap();

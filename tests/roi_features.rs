@@ -6,10 +6,11 @@ use candle_core::Device;
 use oodbox::core::sources::{FeatureSources, RoiSource};
 use oodbox::data::boxset::BoxSet;
 use oodbox::detect::roi_align::{roi_align, FeatureMap, Sampling};
-use oodbox::detect::{load_detector, DetectOptions, Detector};
+use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::OodDetector;
 use oodbox::synth::world::{render_scene, Split};
+use oodbox::{DetectOptions, InputSize};
 use std::path::Path;
 
 fn root() -> &'static Path {
@@ -27,7 +28,7 @@ fn roi(text: &str) -> RoiSource {
 
 fn options(roi: Vec<RoiSource>, imgsz: u32) -> DetectOptions {
     DetectOptions {
-        imgsz: (imgsz, imgsz),
+        imgsz: InputSize::square(imgsz),
         conf: 0.05,
         roi,
         ..DetectOptions::default()
@@ -178,7 +179,7 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     let mut fit = box_set(&detector, 1..13, &sources.roi())
         .select(&sources)
         .unwrap();
-    fit.detect_options = Some(options(vec![], 256));
+    fit.detect_options = Some(options(vec![], 256).used_by(&detector.settings_use()));
     let calibration = box_set(&detector, 13..25, &sources.roi())
         .select(&sources)
         .unwrap();

@@ -3,8 +3,9 @@
 //! tensor names it, and other tasks and families are refused by name.
 
 use candle_core::{DType, Device, Tensor};
-use oodbox::detect::{load_detector, DetectOptions};
+use oodbox::detect::load_detector;
 use oodbox::error::Error;
+use oodbox::{DetectOptions, InputSize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +65,10 @@ fn every_scale_of_every_family_loads() {
             if scale == "n" {
                 let image = image::RgbImage::from_pixel(96, 64, image::Rgb([90, 120, 200]));
                 let options = DetectOptions {
-                    imgsz: (96, 64),
+                    imgsz: InputSize {
+                        width: 96,
+                        height: 64,
+                    },
                     ..DetectOptions::default()
                 };
                 detector.detect(&image, &options).unwrap();
@@ -170,7 +174,7 @@ fn a_batch_gives_each_image_its_own_boxes() {
     let same = images[0].clone();
     images.extend(std::iter::repeat_n(same, 9));
     let options = DetectOptions {
-        imgsz: (320, 320),
+        imgsz: InputSize::square(320),
         roi: vec![RoiSource {
             layer: "4".into(),
             pool: 2,

@@ -6,7 +6,8 @@
 use candle_core::{Device, Tensor};
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::ultralytics::{YoloNetwork, YoloOutput};
-use oodbox::detect::{load_detector, yolo11, BoxRecord, DetectOptions, Detector, ModelSource};
+use oodbox::detect::{load_detector, yolo11, BoxRecord, Detector, ModelSource};
+use oodbox::{DetectOptions, InputSize, Nms};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -72,9 +73,12 @@ fn parity(run: &str, family: &str, nms_free: bool) {
         let meta = &reference["meta"];
         let options = DetectOptions {
             conf: meta["conf"].as_f64().unwrap() as f32,
-            iou: meta["iou"].as_f64().unwrap_or(0.7) as f32,
+            nms: Nms {
+                iou: meta["iou"].as_f64().unwrap_or(0.7) as f32,
+                ..Nms::default()
+            },
             max_det: meta["max_det"].as_u64().unwrap() as usize,
-            imgsz: (imgsz, imgsz),
+            imgsz: InputSize::square(imgsz),
             ..DetectOptions::default()
         };
         for image in reference["images"].as_array().unwrap() {

@@ -5,7 +5,8 @@
 use candle_core::Device;
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::letterbox::{letterbox, LetterboxGeometry};
-use oodbox::detect::{DetectOptions, Detector};
+use oodbox::detect::Detector;
+use oodbox::DetectOptions;
 use serde_json::Value;
 use std::path::Path;
 

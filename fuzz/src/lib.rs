@@ -134,7 +134,7 @@ pub fn track_calibration(data: &[u8]) -> Result<()> {
     let setting = TrackSetting {
         model: "sha256:m".into(),
         scorer: "sha256:s".into(),
-        imgsz: (640, 640),
+        imgsz: oodbox::InputSize::square(640),
         conf: 0.25,
         fps: 30.0,
         block: 8,

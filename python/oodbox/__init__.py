@@ -42,7 +42,7 @@ _INT_ARRAYS = ("class_id", "label", "level", "image_index")
 
 
 def _imgsz(imgsz: Union[None, int, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
-    """`n` or `(height, width)` as the library's `(width, height)`."""
+    """`n` or `(height, width)`, as `(height, width)`."""
     if imgsz is None:
         return None
     if isinstance(imgsz, (int, np.integer)):
@@ -51,7 +51,7 @@ def _imgsz(imgsz: Union[None, int, Tuple[int, int]]) -> Optional[Tuple[int, int]
         h, w = (int(v) for v in imgsz)
     if h < 32 or w < 32:
         raise ValueError(f"imgsz must be at least 32, got {imgsz}")
-    return (w, h)
+    return (h, w)
 
 
 def _settings(conf, iou, imgsz, max_det, agnostic_nms) -> Dict[str, Any]:
@@ -104,7 +104,9 @@ class Detector(_Native):
         """Loads any model the CLI takes: an ultralytics best.pt / last.pt or .safetensors, or a
         Hugging Face DETR folder. Defaults follow ultralytics ``predict`` (conf 0.25, iou 0.7,
         imgsz: the checkpoint's training size, else 640); ``imgsz`` is ``n`` or
-        ``(height, width)``. ``names`` replaces the class names."""
+        ``(height, width)``, as in ultralytics and the CLI. ``iou`` and ``agnostic_nms`` (NMS)
+        and ``imgsz`` apply to YOLO only: for DETR they raise ``ValueError``. ``names`` replaces
+        the class names."""
         native = _oodbox.NativeDetector.load(
             os.fspath(model),
             _settings(conf, iou, imgsz, max_det, agnostic_nms),
@@ -151,7 +153,8 @@ class Detector(_Native):
 
     @property
     def options(self) -> Dict[str, Any]:
-        """The detection settings in use (``imgsz`` is ``[width, height]``)."""
+        """The detection settings in use, those this family reads only (DETR: ``conf``,
+        ``max_det``, ``roi``); ``imgsz`` is ``{"width": w, "height": h}``."""
         return self._native.options
 
     def __repr__(self) -> str:

@@ -3,13 +3,15 @@
 use numpy::{
     PyArray1, PyArrayDescrMethods, PyReadonlyArray3, PyUntypedArray, PyUntypedArrayMethods,
 };
+use oodbox::core::settings::{Applies, InputSize};
 use oodbox::data::boxset::BoxSet;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{load_detector, DetectOptions, Detector};
+use oodbox::detect::{load_detector, Detector};
 use oodbox::error::Result;
 use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::OodDetector;
 use oodbox::BoxRecord;
+use oodbox::DetectOptions;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -37,18 +39,37 @@ pub struct NativeDetector {
 pub struct Settings {
     conf: Option<f32>,
     iou: Option<f32>,
+    /// (height, width), as ultralytics and the command line take it.
     imgsz: Option<(u32, u32)>,
     max_det: Option<usize>,
     agnostic_nms: Option<bool>,
 }
 
 impl Settings {
-    fn apply(&self, options: &mut DetectOptions) {
+    /// Sets what was given, refusing a setting the detector does not read (as the CLI does).
+    fn apply(&self, options: &mut DetectOptions, detector: &dyn Detector) -> PyResult<()> {
+        let uses = detector.settings_use();
+        let given = [
+            ("iou", self.iou.is_some(), uses.iou),
+            ("agnostic_nms", self.agnostic_nms.is_some(), uses.agnostic),
+            ("imgsz", self.imgsz.is_some(), uses.imgsz),
+        ];
+        for (name, set, applies) in given {
+            if let (true, Applies::No { why }) = (set, applies) {
+                return Err(PyValueError::new_err(format!(
+                    "{name} does not apply to a {} model ({why})",
+                    detector.family()
+                )));
+            }
+        }
         options.conf = self.conf.unwrap_or(options.conf);
-        options.iou = self.iou.unwrap_or(options.iou);
-        options.imgsz = self.imgsz.unwrap_or(options.imgsz);
+        options.nms.iou = self.iou.unwrap_or(options.nms.iou);
+        if let Some((height, width)) = self.imgsz {
+            options.imgsz = InputSize { width, height };
+        }
         options.max_det = self.max_det.unwrap_or(options.max_det);
-        options.agnostic = self.agnostic_nms.unwrap_or(options.agnostic);
+        options.nms.agnostic = self.agnostic_nms.unwrap_or(options.nms.agnostic);
+        Ok(())
     }
 }
 
@@ -128,6 +149,12 @@ impl NativeDetector {
         }
     }
 
+    /// The settings the detector reads, as box sets record them.
+    fn used_options(&self) -> oodbox::UsedOptions {
+        let uses = self.detector().settings_use();
+        self.detect_options().used_by(&uses)
+    }
+
     /// Loads every input in order, then detects on them in one [`Detector::detect_batch`] call
     /// (the YOLO families run images of one input size through the network together). An input
     /// that fails to load stops the batch, or with `skip` is recorded as (index, message) and
@@ -197,27 +224,29 @@ impl NativeDetector {
         scorer: Option<PathBuf>,
         alpha: Option<f64>,
     ) -> PyResult<Self> {
-        let inner = py.detach(|| -> Result<Inner> {
-            let detector = new_detector(model, nms_free, names)?;
+        let inner = py.detach(|| -> PyResult<Inner> {
+            let detector = new_detector(model, nms_free, names).map_err(to_py)?;
             match scorer {
                 None => {
-                    let trained = detector.trained_imgsz().map(|s| (s, s));
                     let mut options = DetectOptions::default();
-                    options.imgsz = trained.unwrap_or(options.imgsz);
-                    settings.apply(&mut options);
+                    if let Some(side) = detector.trained_imgsz() {
+                        options.imgsz = InputSize::square(side);
+                    }
+                    settings.apply(&mut options, detector.as_ref())?;
                     Ok(Inner::Plain(detector, options))
                 }
                 Some(path) => {
-                    let mut o = OodDetector::new(detector, FittedScorer::load(&path)?)?;
-                    settings.apply(&mut o.options);
+                    let scorer = FittedScorer::load(&path).map_err(to_py)?;
+                    let mut o = OodDetector::new(detector, scorer).map_err(to_py)?;
+                    let mut options = o.options.clone();
+                    settings.apply(&mut options, o.detector())?;
+                    o.options = options;
                     o.alpha = alpha.unwrap_or(o.alpha);
                     Ok(Inner::Ood(Box::new(o)))
                 }
             }
         });
-        Ok(NativeDetector {
-            inner: inner.map_err(to_py)?,
-        })
+        Ok(NativeDetector { inner: inner? })
     }
 
     /// Detects on a list of images (arrays or paths); returns (detections dict, failed).
@@ -255,7 +284,7 @@ impl NativeDetector {
             d.fingerprint(),
             "",
         );
-        set.detect_options = Some(self.detect_options().clone());
+        set.detect_options = Some(self.used_options());
         let out = boxes::to_dict(py, set, false)?;
         out.set_item("anchor", PyArray1::from_vec(py, anchors))?;
         if let Some(verdicts) = verdicts {
@@ -309,7 +338,7 @@ impl NativeDetector {
 
     #[getter]
     fn options<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        boxes::json_to_py(py, self.detect_options())
+        boxes::json_to_py(py, &self.used_options())
     }
 
     #[getter]

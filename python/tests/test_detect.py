@@ -35,7 +35,7 @@ def assert_same_as_cli(out, cli):
 
 
 def test_paths_give_the_cli_rows(ood, cli_detections):
-    assert ood.options["imgsz"] == [256, 256], "the scorer's detection size"
+    assert ood.options["imgsz"] == {"width": 256, "height": 256}, "the scorer's detection size"
     total = 0
     for path in IMAGES:
         out = ood.detect(path)

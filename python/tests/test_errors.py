@@ -75,3 +75,16 @@ def test_a_scorer_fitted_for_another_model(tmp_path):
         oodbox.Scorer.load(SCORER).score(narrow)
     with pytest.raises(ValueError, match="alpha"):
         oodbox.OodDetector.load(MODEL, SCORER, alpha=1.5)
+
+
+def test_settings_a_family_does_not_read_are_refused():
+    detr = ROOT / "tests" / "fixtures" / "detr" / "hf_r50"
+    for keyword in ({"iou": 0.5}, {"agnostic_nms": True}, {"imgsz": 320}):
+        with pytest.raises(ValueError, match=f"{next(iter(keyword))} does not apply to a detr"):
+            oodbox.Detector.load(detr, **keyword)
+    options = oodbox.Detector.load(detr, conf=0.5).options
+    assert options == {"conf": 0.5, "max_det": 300, "roi": []}
+    # imgsz is (height, width), as in ultralytics and the CLI.
+    yolo = oodbox.Detector.load(MODEL, imgsz=(256, 320)).options
+    assert yolo["imgsz"] == {"width": 320, "height": 256}
+    assert (yolo["iou"], yolo["agnostic"]) == (0.7, False)

@@ -1,10 +1,11 @@
 use anyhow::Context;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{DetectOptions, Detector};
+use oodbox::detect::Detector;
 use oodbox::nn::MapLayout;
 use oodbox::pipeline::OodDetector;
 use oodbox::synth::world::{render_scene, Split};
 use oodbox::RgbImage;
+use oodbox::{DetectOptions, InputSize};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,7 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // Checked before a scene of that size is drawn.
     let options = super::common::checked(DetectOptions {
-        imgsz: (args.imgsz, args.imgsz),
+        imgsz: InputSize::square(args.imgsz),
         ..DetectOptions::default()
     })?;
     let image = match &args.image {

@@ -5,14 +5,16 @@ use candle_core::Device;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::core::kind::FileKind;
+use oodbox::core::settings::{Applies, InputSize, Nms};
 use oodbox::core::sources::{missing_message, FeatureSources, RoiSource};
 use oodbox::data::boxset::BoxSet;
 use oodbox::data::dataset::Dataset;
 use oodbox::detect::image_io::load_rgb;
-use oodbox::detect::{load_detector, DetectOptions, Detector};
+use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::FittedScorer;
 use oodbox::pipeline::extraction::{extract, Extraction};
 use oodbox::BoxRecord;
+use oodbox::DetectOptions;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,19 +39,20 @@ pub struct DetectFlags {
     /// Keep boxes whose confidence is above this.
     #[arg(long, default_value_t = 0.25)]
     pub conf: f32,
-    /// NMS IoU threshold.
-    #[arg(long, default_value_t = 0.7)]
-    pub iou: f32,
-    /// Input size: one number for a square target, or HEIGHT,WIDTH (rounded up to multiples of
-    /// 32, as ultralytics does; at most 4096, or OODBOX_MAX_IMGSZ).
-    /// Default: the size the model was trained at when its file records it (a best.pt does),
-    /// else 640; with a scorer, the size its fit boxes were detected at.
+    /// NMS IoU threshold [default: 0.7] (YOLO with NMS; refused for DETR and --nms-free).
+    #[arg(long)]
+    pub iou: Option<f32>,
+    /// Input size: one number for a square target, or HEIGHT,WIDTH, height first as in
+    /// ultralytics (rounded up to multiples of 32, as ultralytics does; at most 4096, or
+    /// OODBOX_MAX_IMGSZ). Default: the size the model was trained at when its file records it
+    /// (a best.pt does), else 640; with a scorer, the size its fit boxes were detected at.
+    /// YOLO only: DETR sizes its input with its image processor.
     #[arg(long, value_parser = parse_imgsz)]
-    pub imgsz: Option<(u32, u32)>,
+    pub imgsz: Option<InputSize>,
     /// At most this many boxes per image.
     #[arg(long, default_value_t = 300)]
     pub max_det: usize,
-    /// Class-agnostic NMS.
+    /// Class-agnostic NMS (YOLO only).
     #[arg(long)]
     pub agnostic_nms: bool,
     /// YOLO26: run the NMS-free one-to-one head with top-k, as ultralytics' `nms=False` does
@@ -81,21 +84,9 @@ pub fn check_sources(detector: &dyn Detector, sources: &FeatureSources) -> anyho
     Ok(())
 }
 
-fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
-    let parts: Vec<u32> = s
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{p}` is not a whole number of pixels"))
-        })
-        .collect::<Result<_, _>>()?;
-    // The range is checked with the other detection settings.
-    match parts[..] {
-        [n] => Ok((n, n)),
-        [h, w] => Ok((w, h)),
-        _ => Err("expected N or HEIGHT,WIDTH".into()),
-    }
+/// `N` or `HEIGHT,WIDTH`; the range is checked with the other detection settings.
+fn parse_imgsz(s: &str) -> Result<InputSize, String> {
+    s.parse().map_err(|e: oodbox::error::Error| e.to_string())
 }
 
 /// Refuses settings out of range, and prints the library's warnings about them.
@@ -142,7 +133,9 @@ impl DetectFlags {
         detector: Option<&dyn Detector>,
         roi: Vec<RoiSource>,
     ) -> anyhow::Result<DetectOptions> {
-        let trained = detector.and_then(|d| d.trained_imgsz()).map(|s| (s, s));
+        let trained = detector
+            .and_then(|d| d.trained_imgsz())
+            .map(InputSize::square);
         self.options_or(trained, roi)
     }
 
@@ -150,21 +143,45 @@ impl DetectFlags {
     /// used when --imgsz is not given.
     pub fn options_or(
         &self,
-        imgsz: Option<(u32, u32)>,
+        imgsz: Option<InputSize>,
         roi: Vec<RoiSource>,
     ) -> anyhow::Result<DetectOptions> {
+        let default = DetectOptions::default();
         let options = DetectOptions {
             conf: self.conf,
-            iou: self.iou,
             max_det: self.max_det,
-            agnostic: self.agnostic_nms,
-            imgsz: self
-                .imgsz
-                .or(imgsz)
-                .unwrap_or(DetectOptions::default().imgsz),
             roi,
+            nms: Nms {
+                iou: self.iou.unwrap_or(default.nms.iou),
+                agnostic: self.agnostic_nms,
+            },
+            imgsz: self.imgsz.or(imgsz).unwrap_or(default.imgsz),
         };
         checked(options)
+    }
+
+    /// Refuses a flag for a setting that `detector` does not read (--iou for DETR, say), with
+    /// the family's reason and the flags that do apply, rather than ignoring it.
+    fn refuse_unread(&self, detector: &dyn Detector) -> anyhow::Result<()> {
+        let uses = detector.settings_use();
+        let flags = [
+            ("--iou", self.iou.is_some(), uses.iou),
+            ("--agnostic-nms", self.agnostic_nms, uses.agnostic),
+            ("--imgsz", self.imgsz.is_some(), uses.imgsz),
+        ];
+        for (flag, given, applies) in flags {
+            if let (true, Applies::No { why }) = (given, applies) {
+                let read = flags.iter().filter(|f| f.2 == Applies::Yes).map(|f| f.0);
+                let read: Vec<&str> = ["--conf", "--max-det"].into_iter().chain(read).collect();
+                anyhow::bail!(
+                    "{flag} does not apply to a {} model ({why}); the detection settings that \
+                     apply to it are {}",
+                    detector.family(),
+                    read.join(", ")
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn load(&self, model: &Path) -> anyhow::Result<Box<dyn Detector>> {
@@ -175,6 +192,7 @@ impl DetectFlags {
         if self.nms_free {
             detector.set_nms_free(true).context("--nms-free")?;
         }
+        self.refuse_unread(detector.as_ref())?;
         if let Some(path) = &self.names {
             let names = oodbox::data::read_class_names(path)?;
             detector

@@ -1,9 +1,10 @@
 use anyhow::Context;
 use oodbox::core::write_atomically;
 use oodbox::data::inputs::collect_images;
-use oodbox::detect::{DetectOptions, Detector};
+use oodbox::detect::Detector;
 use oodbox::pipeline::OodDetector;
 use oodbox::render::{annotate, verdict_text, Annotation};
+use oodbox::DetectOptions;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -173,17 +174,9 @@ pub fn pair_with_scorer(
             args.model.display()
         )
     })?;
-    if let (Some(fitted), None) = (o.scorer().detect_options(), args.flags.imgsz) {
-        options.imgsz = fitted.imgsz;
-    }
-    if let Some(fitted) = o.scorer().detect_options() {
-        if fitted.imgsz != options.imgsz || fitted.conf != options.conf {
-            eprintln!(
-                "warning: the scorer was calibrated on boxes detected at imgsz {:?}, conf {}; \
-                 detecting at imgsz {:?}, conf {}: its p-values may not hold",
-                fitted.imgsz, fitted.conf, options.imgsz, options.conf
-            );
-        }
+    let fitted_imgsz = o.scorer().detect_options().and_then(|f| f.imgsz);
+    if let (Some(imgsz), None) = (fitted_imgsz, args.flags.imgsz) {
+        options.imgsz = imgsz;
     }
     if let Some(alpha) = alpha {
         anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha must lie in (0, 1)");
@@ -196,6 +189,9 @@ pub fn pair_with_scorer(
         }
     }
     o.options = options.clone();
+    if let Some(warning) = o.settings_warning() {
+        eprintln!("warning: {warning}");
+    }
     Ok(o)
 }
 

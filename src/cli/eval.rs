@@ -1,11 +1,11 @@
 use anyhow::Context;
 use oodbox::data::boxset::{BoxSet, LABEL_UNKNOWN};
-use oodbox::detect::DetectOptions;
 use oodbox::eval::map::{coco_map, without_unknown};
 use oodbox::eval::openset::{open_set_metrics, OpenSetMetrics};
 use oodbox::eval::{ood_metrics, plots, roc_curve, ImagePreds, PredBox, CONVENTION};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::extraction::ExtractedImage;
+use oodbox::DetectOptions;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -339,7 +339,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ => args.features.roi(),
     };
     let recorded = scorers.first().and_then(|(s, _)| s.detect_options());
-    let options = args.flags.options_or(recorded.map(|r| r.imgsz), roi)?;
+    let options = args.flags.options_or(recorded.and_then(|r| r.imgsz), roi)?;
     let vos = match (&args.id, &args.ood) {
         (Some(id), Some(ood)) => Some((
             load_set(id, &args, &options, "--id")?,

@@ -184,11 +184,10 @@ fn progress_line(p: &Progress) -> String {
 
 /// The flags that detect as a track calibration's footage was detected.
 fn setting_hint(fitted: &TrackSetting) -> String {
-    let (w, h) = fitted.imgsz;
     format!(
-        "`--imgsz {h},{w} --conf {}` detects as it did; `oodbox video --fit-tracks` on footage of \
+        "`--imgsz {} --conf {}` detects as it did; `oodbox video --fit-tracks` on footage of \
          known objects fits one for this setting",
-        fitted.conf
+        fitted.imgsz, fitted.conf
     )
 }
 

@@ -1,5 +1,5 @@
 //! What every part of the crate shares: box geometry, the per-box record a detector hands over,
-//! class heads, feature sources, file kinds, atomic writes and the safetensors helpers. It uses
+//! class heads, detection settings, feature sources, file kinds, atomic writes and the safetensors helpers. It uses
 //! nothing of the crate but [`crate::error`] and [`crate::limits`]; see "Modules and their
 //! walls" in the crate docs.
 
@@ -8,6 +8,7 @@ pub mod geometry;
 mod head;
 pub mod kind;
 mod record;
+pub mod settings;
 pub mod sources;
 pub(crate) mod tensor_file;
 #[cfg(test)]

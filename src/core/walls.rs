@@ -32,10 +32,6 @@ const RULES: &[(&str, &[&str])] = &[
 const EXCEPTIONS: &[(&str, &str)] = &[
     // The unsupported-model message lists the families that detect runs.
     ("error", "detect::supported"),
-    // The detection settings that box sets and scorer files record; they move to core (as
-    // core/settings.rs) in the `settings` branch, and these two lines go with them.
-    ("data", "detect::DetectOptions"),
-    ("ood", "detect::DetectOptions"),
 ];
 
 /// `text` with comments and the contents of string and char literals blanked (newlines kept),

@@ -17,11 +17,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::core::kind::FileKind;
+use crate::core::settings::UsedOptions;
 use crate::core::sources::{FeatureSource, FeatureSources, RoiSource};
 use crate::core::tensor_file::{self, f32_bytes, i64_bytes, Entry, TensorFile, Values};
 use crate::core::{BoxRecord, ClassHead, LinearHead};
-// Moves to core with the detection settings (branch `settings`).
-use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
 /// `label` of a box that matched an unknown (OOD) object.
@@ -62,9 +61,9 @@ pub struct BoxSet {
     pub class_names: Vec<String>,
     pub fingerprint: String,
     pub source: String,
-    /// How the boxes were detected, when a detector made them here: a scorer fitted on them
-    /// is calibrated for boxes detected the same way.
-    pub detect_options: Option<DetectOptions>,
+    /// How the boxes were detected (the settings their detector read), when a detector made
+    /// them here: a scorer fitted on them is calibrated for boxes detected the same way.
+    pub detect_options: Option<UsedOptions>,
     /// What `features` holds.
     pub feature_sources: FeatureSources,
     /// ROI features recorded beside `features`, one entry per source.
@@ -631,6 +630,7 @@ fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::settings::{DetectOptions, InputSize, SettingsUse};
     use crate::core::RoiFeature;
     use safetensors::tensor::TensorView;
 
@@ -671,10 +671,16 @@ mod tests {
             "sha256:x",
             "test",
         );
-        set.detect_options = Some(DetectOptions {
-            imgsz: (256, 320),
-            ..DetectOptions::default()
-        });
+        set.detect_options = Some(
+            DetectOptions {
+                imgsz: InputSize {
+                    width: 256,
+                    height: 320,
+                },
+                ..DetectOptions::default()
+            }
+            .used_by(&SettingsUse::ALL),
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("boxes.safetensors");
         set.save(&path).unwrap();
@@ -792,10 +798,11 @@ mod tests {
             ),
             (
                 Box::new(|s| {
-                    s.detect_options = Some(DetectOptions {
+                    let options = DetectOptions {
                         conf: 2.0,
                         ..Default::default()
-                    })
+                    };
+                    s.detect_options = Some(options.used_by(&SettingsUse::ALL))
                 }),
                 "conf = 2 is outside [0, 1]",
             ),

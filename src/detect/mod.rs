@@ -22,116 +22,12 @@ pub use stages::{run_stages, StageTimes, Stages};
 pub use crate::core::BoxRecord;
 
 use image::RgbImage;
-use serde::Serialize;
 
-use crate::core::sources::{FeatureLayer, RoiSource};
+use crate::core::settings::{DetectOptions, SettingsUse};
+use crate::core::sources::FeatureLayer;
 use crate::core::ClassHead;
 use crate::error::Result;
 use crate::nn::MapLayout;
-
-/// Post-processing settings; the defaults are ultralytics `predict`'s.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct DetectOptions {
-    /// Keep boxes whose confidence is strictly above this.
-    pub conf: f32,
-    /// NMS suppresses boxes whose IoU with a kept box is strictly above this.
-    pub iou: f32,
-    pub max_det: usize,
-    /// Suppress across classes.
-    pub agnostic: bool,
-    /// Target input size (width, height) before rect padding.
-    pub imgsz: (u32, u32),
-    /// Layer maps to ROI-align on every box (none by default: they cost time).
-    #[serde(default)]
-    pub roi: Vec<RoiSource>,
-}
-
-impl Default for DetectOptions {
-    fn default() -> Self {
-        DetectOptions {
-            conf: 0.25,
-            iou: 0.7,
-            max_det: 300,
-            agnostic: false,
-            imgsz: (640, 640),
-            roi: Vec::new(),
-        }
-    }
-}
-
-/// YOLO input sides are multiples of this (the largest stride of the network).
-pub const INPUT_STRIDE: u32 = 32;
-
-/// `side` rounded up to a multiple of [`INPUT_STRIDE`], as ultralytics' `check_imgsz` does.
-fn round_to_stride(side: u32) -> u32 {
-    side.div_ceil(INPUT_STRIDE).max(1) * INPUT_STRIDE
-}
-
-/// `HEIGHT,WIDTH`, or one number for a square.
-fn size_text((w, h): (u32, u32)) -> String {
-    if w == h {
-        w.to_string()
-    } else {
-        format!("{h},{w}")
-    }
-}
-
-fn check_fraction(item: &str, value: f32) -> Result<()> {
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(crate::error::Error::OutOfRange {
-            item: item.into(),
-            value: value.to_string(),
-            range: "[0, 1]".into(),
-        })
-    }
-}
-
-impl DetectOptions {
-    /// Checks every setting against its range and the input size against the
-    /// [`crate::limits::Limits`] of the environment. Returns the warnings to show: an input
-    /// side that is not a multiple of [`INPUT_STRIDE`] is rounded up (see [`Self::input_size`]).
-    pub fn check(&self) -> Result<Vec<String>> {
-        check_fraction("conf", self.conf)?;
-        check_fraction("iou", self.iou)?;
-        if self.max_det == 0 {
-            return Err(crate::error::Error::OutOfRange {
-                item: "max_det".into(),
-                value: "0".into(),
-                range: "[1, ∞)".into(),
-            });
-        }
-        let limit = crate::limits::Limits::from_env()?.max_imgsz;
-        let (w, h) = self.imgsz;
-        if [w, h].iter().any(|&side| side == 0 || side > limit) {
-            return Err(crate::error::Error::OutOfRange {
-                item: "imgsz".into(),
-                value: size_text(self.imgsz),
-                range: format!(
-                    "[1, {limit}] (set {} to raise the limit)",
-                    crate::limits::MAX_IMGSZ_VAR
-                ),
-            });
-        }
-        let input = self.input_size();
-        Ok(if input == self.imgsz {
-            Vec::new()
-        } else {
-            vec![format!(
-                "imgsz {} is not a multiple of the stride {INPUT_STRIDE}: updated to {}",
-                size_text(self.imgsz),
-                size_text(input)
-            )]
-        })
-    }
-
-    /// The input size the network runs at: `imgsz` with each side rounded up to a multiple of
-    /// [`INPUT_STRIDE`], as ultralytics does.
-    pub fn input_size(&self) -> (u32, u32) {
-        (round_to_stride(self.imgsz.0), round_to_stride(self.imgsz.1))
-    }
-}
 
 /// A detector that keeps, for every box, its logits and feature.
 pub trait Detector: Send + Sync {
@@ -169,6 +65,12 @@ pub trait Detector: Send + Sync {
     /// The layers whose maps [`DetectOptions::roi`] can ROI-align on the boxes.
     fn feature_layers(&self) -> Vec<FeatureLayer> {
         Vec::new()
+    }
+    /// Which of the settings that not every family reads (NMS, the input size) this detector
+    /// reads; it ignores the others. Box sets record only these, and only these are compared
+    /// with a scorer's.
+    fn settings_use(&self) -> SettingsUse {
+        SettingsUse::ALL
     }
     /// Runs the network in `layout` (Candle's channels-first ops are the reference path); a
     /// family with one path only refuses.
@@ -235,6 +137,9 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
     }
     fn feature_layers(&self) -> Vec<FeatureLayer> {
         (**self).feature_layers()
+    }
+    fn settings_use(&self) -> SettingsUse {
+        (**self).settings_use()
     }
     fn set_layout(&mut self, layout: MapLayout) -> Result<()> {
         (**self).set_layout(layout)

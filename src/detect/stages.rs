@@ -5,7 +5,7 @@ use candle_core::Device;
 use image::RgbImage;
 use std::time::Instant;
 
-use super::DetectOptions;
+use crate::core::settings::DetectOptions;
 use crate::core::BoxRecord;
 use crate::error::Result;
 

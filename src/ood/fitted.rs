@@ -20,11 +20,10 @@ use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration,
 use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::core::kind::FileKind;
+use crate::core::settings::UsedOptions;
 use crate::core::sources::FeatureSources;
 use crate::core::tensor_file::{self, f64_bytes, Entry, TensorFile};
 use crate::data::boxset::BoxSet;
-// Moves to core with the detection settings (branch `settings`).
-use crate::detect::DetectOptions;
 use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "oodbox-scorer";
@@ -75,7 +74,7 @@ struct Header {
     source: String,
     /// How the fit boxes were detected, when known.
     #[serde(default)]
-    detect_options: Option<DetectOptions>,
+    detect_options: Option<UsedOptions>,
     /// What the scorer's features are made of.
     #[serde(default)]
     feature_sources: FeatureSources,
@@ -271,7 +270,7 @@ impl FittedScorer {
     }
 
     /// How the fit boxes were detected: detect the same way for the p-values to hold.
-    pub fn detect_options(&self) -> Option<&DetectOptions> {
+    pub fn detect_options(&self) -> Option<&UsedOptions> {
         self.header.detect_options.as_ref()
     }
 

@@ -922,10 +922,11 @@ fn scorer_files_with_settings_out_of_range_are_refused_naming_the_file() {
     let bytes = std::fs::read(&path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let bad_options = crate::detect::DetectOptions {
+    let bad_options = crate::core::settings::DetectOptions {
         conf: 5.0,
         ..Default::default()
-    };
+    }
+    .used_by(&crate::core::settings::SettingsUse::ALL);
     let cases = [
         (
             "alpha",

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
+use crate::core::settings::DetectOptions;
 use crate::core::BoxRecord;
 use crate::data::boxset::{BoxSet, LABEL_BACKGROUND, LABEL_UNKNOWN};
 use crate::data::dataset::Dataset;
 use crate::detect::image_io::load_rgb;
-use crate::detect::{DetectOptions, Detector};
+use crate::detect::Detector;
 use crate::error::Error;
 use crate::eval::openset::match_image;
 use crate::eval::{GtBox, PredBox};
@@ -106,7 +107,7 @@ pub fn extract(
         source,
     );
     boxes.label = labels;
-    boxes.detect_options = Some(options.clone());
+    boxes.detect_options = Some(options.used_by(&detector.settings_use()));
     Extraction {
         boxes,
         images,

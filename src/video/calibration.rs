@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::core::kind::FileKind;
+use crate::core::settings::InputSize;
 use crate::error::{Error, Result};
 use crate::ood::calibration::conformal_p_value;
 use crate::pipeline::OodDetector;
@@ -25,8 +26,8 @@ pub struct TrackSetting {
     pub model: String,
     /// sha256 of the scorer file.
     pub scorer: String,
-    /// Detection input size (width, height) and confidence threshold.
-    pub imgsz: (u32, u32),
+    /// Detection input size and confidence threshold.
+    pub imgsz: InputSize,
     pub conf: f32,
     pub fps: f64,
     /// Boxes per block, the minimum duration in frames.
@@ -155,7 +156,7 @@ impl TrackCalibration {
         }
         if (fitted.imgsz, fitted.conf) != (setting.imgsz, setting.conf) {
             differences.push(format!(
-                "imgsz {:?}, conf {} (here {:?}, {})",
+                "imgsz {}, conf {} (here {}, {})",
                 fitted.imgsz, fitted.conf, setting.imgsz, setting.conf
             ));
         }
@@ -187,7 +188,7 @@ mod tests {
         TrackSetting {
             model: "sha256:m".into(),
             scorer: "sha256:s".into(),
-            imgsz: (256, 256),
+            imgsz: InputSize::square(256),
             conf: 0.25,
             fps: 10.0,
             block: 10,
@@ -258,8 +259,27 @@ mod tests {
         let c = TrackCalibration::fit(other, "c.mkv", vec![2.0]).unwrap();
         let e = a.merge(c, Path::new("c.json")).unwrap_err().to_string();
         assert!(
-            e.starts_with("c.json") && e.contains("conf 0.1 (here (256, 256), 0.25)"),
+            e.starts_with("c.json") && e.contains("conf 0.1 (here 256, 0.25)"),
             "{e}"
+        );
+    }
+
+    /// Calibrations written when the size was a `(width, height)` pair read unchanged.
+    #[test]
+    fn the_old_size_pair_reads() {
+        let mut json = serde_json::to_value(setting()).unwrap();
+        assert_eq!(
+            json["imgsz"],
+            serde_json::json!({"width": 256, "height": 256})
+        );
+        json["imgsz"] = serde_json::json!([320, 256]);
+        let old: TrackSetting = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            old.imgsz,
+            InputSize {
+                width: 320,
+                height: 256
+            }
         );
     }
 

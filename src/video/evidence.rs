@@ -250,7 +250,7 @@ mod tests {
             let setting = crate::video::calibration::TrackSetting {
                 model: String::new(),
                 scorer: String::new(),
-                imgsz: (256, 256),
+                imgsz: crate::core::settings::InputSize::square(256),
                 conf: 0.25,
                 fps,
                 block: plain.block,

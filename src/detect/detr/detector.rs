@@ -11,10 +11,11 @@ use super::config::DetrConfig;
 use super::model::{DetrModel, DetrOutput};
 use super::preprocess::DetrImageProcessor;
 use super::weights;
+use crate::core::settings::{Applies, DetectOptions, SettingsUse};
 use crate::core::sources::{missing_message, FeatureLayer, FeatureSources};
 use crate::core::{BoxRecord, ClassHead, LinearHead, RoiFeature};
 use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
-use crate::detect::{run_stages, DetectOptions, Detector, StageTimes, Stages};
+use crate::detect::{run_stages, Detector, StageTimes, Stages};
 use crate::error::{Error, Result};
 
 /// The name of the extra class that DETR's head scores last.
@@ -260,9 +261,10 @@ fn add_roi_features(
     Ok(())
 }
 
+/// Why DETR reads neither NMS setting.
+const NO_NMS: &str = "DETR has no NMS: each query gives at most one box, of its most likely class";
+
 impl Detector for DetrDetector {
-    /// DETR sizes its input with its processor: `options.imgsz`, `iou` and `agnostic` (NMS) do
-    /// not apply.
     fn detect_timed(
         &self,
         image: &RgbImage,
@@ -303,5 +305,19 @@ impl Detector for DetrDetector {
 
     fn feature_layers(&self) -> Vec<FeatureLayer> {
         self.model.feature_layers()
+    }
+
+    /// Only `conf`, `max_det` and `roi`. Its input size is its processor's (shortest and
+    /// longest edge, from `preprocessor_config.json`), which is not an `imgsz`: mapping one onto
+    /// the other would detect otherwise than transformers does.
+    fn settings_use(&self) -> SettingsUse {
+        SettingsUse {
+            iou: Applies::No { why: NO_NMS },
+            agnostic: Applies::No { why: NO_NMS },
+            imgsz: Applies::No {
+                why: "DETR sizes its input with its image processor (preprocessor_config.json: \
+                      shortest and longest edge)",
+            },
+        }
     }
 }

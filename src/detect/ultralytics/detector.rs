@@ -9,12 +9,13 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 
 use super::{YoloNetwork, YoloOutput};
+use crate::core::settings::{Applies, DetectOptions, InputSize, SettingsUse, INPUT_STRIDE};
 use crate::core::sources::{missing_message, FeatureLayer, FeatureSources};
 use crate::core::{BoxRecord, ClassHead, LinearHead, RoiFeature};
 use crate::detect::letterbox::{letterbox, LetterboxGeometry};
 use crate::detect::nms::{non_max_suppression, Candidate};
 use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
-use crate::detect::{run_stages, DetectOptions, Detector, StageTimes, Stages, INPUT_STRIDE};
+use crate::detect::{run_stages, Detector, StageTimes, Stages};
 use crate::error::{Error, Result};
 use crate::nn::MapLayout;
 
@@ -179,7 +180,7 @@ fn topk_candidates(logits: &[f32], nc: usize, options: &DetectOptions) -> Vec<Ca
     let mut order: Vec<usize> = (0..anchors).collect();
     order.sort_by(|&a, &b| best[b].1.total_cmp(&best[a].1));
     order.truncate(k);
-    let mut pairs: Vec<(usize, usize, f32)> = if options.agnostic {
+    let mut pairs: Vec<(usize, usize, f32)> = if options.nms.agnostic {
         order.iter().map(|&a| (a, best[a].0, best[a].1)).collect()
     } else {
         order
@@ -209,8 +210,9 @@ impl Stages for YoloDetector {
     type Output = YoloOutput;
 
     fn preprocess(&self, image: &RgbImage, options: &DetectOptions) -> Result<Self::Input> {
+        let InputSize { width, height } = options.input_size();
         let geometry =
-            LetterboxGeometry::new(image.dimensions(), options.input_size(), INPUT_STRIDE, true);
+            LetterboxGeometry::new(image.dimensions(), (width, height), INPUT_STRIDE, true);
         let boxed = letterbox(image, &geometry);
         let (w, h) = (boxed.width() as usize, boxed.height() as usize);
         let mut chw = vec![0f32; 3 * h * w];
@@ -259,8 +261,8 @@ impl Stages for YoloDetector {
         } else {
             non_max_suppression(
                 candidates,
-                options.iou,
-                options.agnostic,
+                options.nms.iou,
+                options.nms.agnostic,
                 MAX_NMS,
                 options.max_det,
             )
@@ -473,6 +475,21 @@ impl Detector for YoloDetector {
 
     fn trained_imgsz(&self) -> Option<u32> {
         self.trained_imgsz
+    }
+
+    /// Every setting, except the IoU threshold on the NMS-free head (`agnostic` still keeps
+    /// one class per anchor there).
+    fn settings_use(&self) -> SettingsUse {
+        let iou = match self.nms_free {
+            false => Applies::Yes,
+            true => Applies::No {
+                why: "the NMS-free one-to-one head keeps the top-k boxes without NMS",
+            },
+        };
+        SettingsUse {
+            iou,
+            ..SettingsUse::ALL
+        }
     }
 
     fn set_nms_free(&mut self, on: bool) -> Result<()> {
