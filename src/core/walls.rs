@@ -305,6 +305,7 @@ fn a_forbidden_import_is_reported_with_its_file_and_tests_may_use_anything() {
         violations("data", file, text),
         vec![
             "src/data/x.rs: crate::detect::nms::iou (data may use: core)",
+            "src/data/x.rs: crate::detect::DetectOptions (data may use: core)",
             "src/data/x.rs: crate::synth::world::Scene (data may use: core)",
         ]
     );
