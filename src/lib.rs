@@ -65,8 +65,9 @@
 //! [`OodDetector`] is `Send + Sync`: one instance can serve several threads.
 //!
 //! The calibration holds for boxes detected the way the fit and calibration boxes were: same
-//! input size and thresholds. Box sets and scorer files record those settings, and
-//! [`OodDetector`] starts from them.
+//! input size and thresholds. Box sets and scorer files record those settings (those the
+//! detector's family reads: [`Detector::settings_use`]), [`OodDetector`] starts from them, and
+//! [`OodDetector::settings_warning`] says which differ after a change.
 //!
 //! # Modules and their walls
 //!
