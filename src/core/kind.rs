@@ -13,7 +13,7 @@ pub enum FileKind {
     BoxSet,
     /// A fitted scorer with its calibration (`oodbox fit`).
     Scorer,
-    /// A track calibration (`oodbox video --fit-track-calibration`).
+    /// A track calibration (fitted on footage of known objects).
     TrackCalibration,
     /// A dataset description: an ultralytics data.yaml or a COCO annotation file.
     Dataset,

@@ -1,5 +1,5 @@
-//! The three stages every detector family runs, defined once so that timing (`bench`,
-//! `--timings`) works for all of them.
+//! The three stages every detector family runs, defined once so that stage timing (the CLI's
+//! `bench` and per-image timings) works for all of them.
 
 use candle_core::Device;
 use image::RgbImage;

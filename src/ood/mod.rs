@@ -67,7 +67,7 @@ pub use registry::{build, entries, from_state, kinds, markdown, param_names, sha
 macro_rules! kind_table {
     ($($module:ident => [$($entry:ident),+ $(,)?]),+ $(,)?) => {
         $(pub mod $module;)+
-        /// The table of scorer kinds: `--scorer`, `--scorer all`, [`build`], [`from_state`], the
+        /// The table of scorer kinds: the CLI's scorer lists, [`build`], [`from_state`], the
         /// contract tests and docs/scorers.md all read it.
         pub(crate) const KINDS: &[KindEntry] = &[$($($module::$entry),+),+];
     };

@@ -42,7 +42,7 @@ pub fn entries() -> &'static [KindEntry] {
     KINDS
 }
 
-/// All registry names, for `--scorer all` and error messages.
+/// All registry names, for fitting every kind at once and for error messages.
 pub fn kinds() -> Vec<&'static str> {
     KINDS.iter().map(|k| k.name).collect()
 }

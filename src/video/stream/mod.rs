@@ -137,7 +137,7 @@ pub struct UnknownEvent {
     /// The track's most unusual box (smallest p-value), and its frame.
     pub bbox: [f32; 4],
     pub bbox_frame: u64,
-    /// A crop of that box, with --crops.
+    /// A crop of that box, when crops are asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crop: Option<PathBuf>,
 }
@@ -153,8 +153,8 @@ pub enum Output<'a> {
     Alert(&'a UnknownAlert),
     /// An unknown track that ended.
     Event(&'a UnknownEvent),
-    /// Any track that ended, known or not, with its evidence: what `--fit-tracks` calibrates
-    /// on.
+    /// Any track that ended, known or not, with its evidence: what a track calibration is
+    /// fitted on.
     TrackEnded(&'a EndedTrackEvidence),
 }
 
@@ -178,7 +178,7 @@ pub struct UnknownAlert {
     pub boxes: usize,
     /// The track's box in the decision frame.
     pub bbox: [f32; 4],
-    /// With --crops: a crop of the track's most unusual box so far
+    /// When crops are asked for: a crop of the track's most unusual box so far
     /// (`track_NNNNNN_decided.png`; its event's crop may be another box).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crop: Option<PathBuf>,
