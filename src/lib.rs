@@ -86,7 +86,7 @@ pub use candle_core::Device;
 pub use data::boxset::BoxSet;
 pub use detect::image_io::{decode_rgb, load_rgb, rgb_from_image};
 pub use detect::{load_detector, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead};
-pub use error::{Error, Result};
+pub use error::{Error, Result, ScorerFault};
 pub use image;
 pub use image::RgbImage;
 pub use limits::Limits;

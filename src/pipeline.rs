@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::data::boxset::BoxSet;
 use crate::detect::sources::missing_message;
 use crate::detect::{load_detector, BoxRecord, DetectOptions, Detector};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ScorerFault};
 use crate::ood::fitted::{BoxOod, FittedScorer};
 
 /// One detection with its OOD verdict.
@@ -39,6 +39,7 @@ impl OodDetector {
         if !scorer.fingerprint().is_empty() && scorer.fingerprint() != detector.fingerprint() {
             return Err(Error::Scorer {
                 scorer: scorer.name(),
+                fault: ScorerFault::Mismatch,
                 reason: format!(
                     "fitted for model {}, not for this model ({})",
                     scorer.fingerprint(),
@@ -51,6 +52,7 @@ impl OodDetector {
         if !missing.is_empty() {
             return Err(Error::Scorer {
                 scorer: scorer.name(),
+                fault: ScorerFault::Mismatch,
                 reason: missing_message(&missing, detector.family(), &layers),
             });
         }

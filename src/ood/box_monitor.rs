@@ -47,7 +47,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const BOX_MONITOR: KindEntry = KindEntry {
     name: "box_monitor",
@@ -510,7 +510,7 @@ impl Scorer for BoxMonitor {
                 let (points, width) = self.vectors(boxes, idx);
                 if width != group.pooled.width {
                     return Err(err(
-                        kind,
+                        kind, ScorerFault::Mismatch,
                         format!(
                             "{}: the monitor has {}-d boxes, these boxes give {width}-d vectors",
                             info.name(),

@@ -24,7 +24,7 @@ use crate::data::kind::FileKind;
 use crate::data::tensor_file::{self, f64_bytes, Entry, TensorFile};
 use crate::detect::sources::FeatureSources;
 use crate::detect::DetectOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ScorerFault};
 
 pub const FORMAT: &str = "oodbox-scorer";
 pub const VERSION: u32 = 1;
@@ -288,6 +288,7 @@ impl FittedScorer {
         let selected = boxes.clone().select(&self.header.feature_sources);
         selected.map(Cow::Owned).map_err(|e| Error::Scorer {
             scorer: self.name(),
+            fault: ScorerFault::Mismatch,
             reason: e.to_string(),
         })
     }
@@ -321,6 +322,7 @@ impl FittedScorer {
         let h = &self.header;
         let mismatch = |reason: String| Error::Scorer {
             scorer: self.name(),
+            fault: ScorerFault::Mismatch,
             reason,
         };
         if boxes.feature_dim != h.feature_dim || boxes.num_classes != h.num_classes {

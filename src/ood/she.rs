@@ -28,7 +28,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const SHE: KindEntry = KindEntry {
     name: "she",
@@ -125,7 +125,7 @@ impl She {
         let classes = distinct(correct.iter().map(|&i| labels[i]));
         if classes.is_empty() {
             return Err(err(
-                self.kind(),
+                self.kind(), ScorerFault::CannotFit,
                 format!(
                     "{}: no correctly classified fit box (label = class_id), so no class pattern",
                     info.name()

@@ -7,6 +7,16 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::data::boxset::BoxSet;
 use crate::detect::{ClassHead, LinearHead};
+use crate::error::{Error, ScorerFault};
+
+/// The message of a scorer error of kind `expected`; any other error fails the test.
+fn message_of(err: Error, expected: ScorerFault) -> String {
+    match &err {
+        Error::Scorer { fault, .. } => assert_eq!(*fault, expected, "{err}"),
+        _ => panic!("not a scorer error: {err}"),
+    }
+    err.to_string()
+}
 
 const D: usize = 40;
 const C: usize = 4;
@@ -201,10 +211,10 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
     odd.level.as_mut().unwrap()[2] = 5;
     odd.head = None;
     for kind in grouped_kinds() {
-        let err = fitted(kind, None, &[], &fit)
-            .score(&odd)
-            .unwrap_err()
-            .to_string();
+        let err = message_of(
+            fitted(kind, None, &[], &fit).score(&odd).unwrap_err(),
+            ScorerFault::Mismatch,
+        );
         assert!(
             err.contains("box 2") && err.contains("level 5"),
             "{kind}: {err}"
@@ -214,10 +224,10 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
     let mut flat = test.clone();
     flat.level = None;
     flat.head = None;
-    let err = fitted("knn", None, &[], &fit)
-        .score(&flat)
-        .unwrap_err()
-        .to_string();
+    let err = message_of(
+        fitted("knn", None, &[], &fit).score(&flat).unwrap_err(),
+        ScorerFault::MissingInput,
+    );
     assert!(err.contains("no `level`"), "{err}");
 }
 
@@ -250,13 +260,13 @@ fn non_finite_values_are_errors_naming_the_box() {
                 11
             };
             let mut s = build(kind, shaping, &[]).unwrap();
-            let err = s.fit(bad).unwrap_err().to_string();
+            let err = message_of(s.fit(bad).unwrap_err(), ScorerFault::NonFinite);
             assert!(
                 err.contains(&format!("box {box_index} ")) && err.contains(what),
                 "{kind} {shaping:?} fit: {err}"
             );
             let s = fitted(kind, shaping, &[], &fit);
-            let err = s.score(bad).unwrap_err().to_string();
+            let err = message_of(s.score(bad).unwrap_err(), ScorerFault::NonFinite);
             assert!(
                 err.contains(&format!("box {box_index} ")),
                 "{kind} {shaping:?} score: {err}"
@@ -277,7 +287,7 @@ fn empty_fit_set_is_an_error() {
     };
     for (kind, shaping) in all_configs() {
         let mut s = build(kind, shaping, &[]).unwrap();
-        let err = s.fit(&empty).unwrap_err().to_string();
+        let err = message_of(s.fit(&empty).unwrap_err(), ScorerFault::MissingInput);
         assert!(err.contains("empty"), "{kind} {shaping:?}: {err}");
     }
 }
@@ -287,7 +297,7 @@ fn scoring_before_fit_is_an_error() {
     let test = id_set(6, 5, None);
     for (kind, shaping) in all_configs() {
         let s = build(kind, shaping, &[]).unwrap();
-        let err = s.score(&test).unwrap_err().to_string();
+        let err = message_of(s.score(&test).unwrap_err(), ScorerFault::NotFitted);
         assert!(err.contains("not fitted"), "{kind}: {err}");
     }
 }
@@ -369,14 +379,14 @@ fn dimension_mismatch_between_fit_and_score_is_an_error() {
         let s = fitted(kind, shaping, &[], &fit);
         let inputs = entry(kind).inputs;
         if inputs.features || shaping.is_some() {
-            let err = s.score(&narrow).unwrap_err().to_string();
+            let err = message_of(s.score(&narrow).unwrap_err(), ScorerFault::Mismatch);
             assert!(
                 err.contains("feature dimension"),
                 "{kind} {shaping:?}: {err}"
             );
         }
         if inputs.logits {
-            let err = s.score(&fewer_classes).unwrap_err().to_string();
+            let err = message_of(s.score(&fewer_classes).unwrap_err(), ScorerFault::Mismatch);
             assert!(err.contains("class count"), "{kind} {shaping:?}: {err}");
         }
     }
@@ -384,32 +394,38 @@ fn dimension_mismatch_between_fit_and_score_is_an_error() {
 
 #[test]
 fn unknown_names_are_errors_listing_the_valid_ones() {
-    let err = build("foo", None, &[]).err().unwrap().to_string();
+    let build_err = |kind, shaping, params: &[(String, String)], fault| {
+        message_of(build(kind, shaping, params).err().unwrap(), fault)
+    };
+    let err = build_err("foo", None, &[], ScorerFault::UnknownKind);
     assert!(
         err.contains("mahalanobis") && err.contains("joint_energy"),
         "{err}"
     );
-    let err = build("knn", None, &[("k".into(), "5".into())])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err(
+        "knn",
+        None,
+        &[("k".into(), "5".into())],
+        ScorerFault::BadParameter,
+    );
     assert!(err.contains("`k`") && err.contains("nearest"), "{err}");
-    let err = build("energy", Some("clip"), &[])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err("energy", Some("clip"), &[], ScorerFault::UnknownKind);
     assert!(err.contains("react") && err.contains("dice"), "{err}");
-    let err = build("knn", Some("react"), &[]).err().unwrap().to_string();
+    let err = build_err("knn", Some("react"), &[], ScorerFault::BadParameter);
     assert!(err.contains("only to logit scorers"), "{err}");
-    let err = build("energy", None, &[("react_quantile".into(), "0.9".into())])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err(
+        "energy",
+        None,
+        &[("react_quantile".into(), "0.9".into())],
+        ScorerFault::BadParameter,
+    );
     assert!(err.contains("valid parameters: none"), "{err}");
-    let err = build("gen", None, &[("gamma".into(), "0".into())])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err(
+        "gen",
+        None,
+        &[("gamma".into(), "0".into())],
+        ScorerFault::BadParameter,
+    );
     assert!(err.contains("gamma"), "{err}");
     assert!(build("gen", None, &[("gamma".into(), "1.5".into())]).is_err());
     assert!(build("vim", None, &[("princ_dims".into(), "1.0".into())]).is_err());
@@ -477,11 +493,10 @@ fn she_and_mahalanobis_skip_classes_without_fit_boxes() {
         *c = 99;
     }
     let mut s = build("she", None, &[]).unwrap();
-    assert!(s
-        .fit(&none)
-        .unwrap_err()
-        .to_string()
-        .contains("no correctly classified"));
+    assert!(
+        message_of(s.fit(&none).unwrap_err(), ScorerFault::CannotFit)
+            .contains("no correctly classified")
+    );
 }
 
 #[test]
@@ -656,10 +671,12 @@ fn ash_and_scale_reject_an_undefined_scale() {
         *v = -1.0;
     }
     for shaping in ["ash", "scale"] {
-        let err = fitted("energy", Some(shaping), &[], &fit)
-            .score(&bad)
-            .unwrap_err()
-            .to_string();
+        let err = message_of(
+            fitted("energy", Some(shaping), &[], &fit)
+                .score(&bad)
+                .unwrap_err(),
+            ScorerFault::Unscorable,
+        );
         assert!(err.contains("box 3"), "{err}");
     }
 }
@@ -721,10 +738,12 @@ fn shaping_head_must_match_the_fit_head() {
     let fit = id_set(25, 100, None);
     let mut other = id_set(26, 5, None);
     other.head.as_mut().unwrap().levels[0].bias[0] = 1.0;
-    let err = fitted("energy", Some("react"), &[], &fit)
-        .score(&other)
-        .unwrap_err()
-        .to_string();
+    let err = message_of(
+        fitted("energy", Some("react"), &[], &fit)
+            .score(&other)
+            .unwrap_err(),
+        ScorerFault::Mismatch,
+    );
     assert!(err.contains("differs"), "{err}");
     // Without a head in the scored set the fitted one is used.
     other.head = None;
@@ -830,17 +849,19 @@ fn every_parameter_reads_from_text_and_rejects_a_bad_value() {
         for (name, _) in &params {
             let err = build(kind, shaping, &[(name.clone(), "nonsense".into())])
                 .err()
-                .unwrap_or_else(|| panic!("{kind} {shaping:?}: {name}=nonsense accepted"))
-                .to_string();
+                .unwrap_or_else(|| panic!("{kind} {shaping:?}: {name}=nonsense accepted"));
+            let err = message_of(err, ScorerFault::BadParameter);
             assert!(
                 err.contains(&format!("`{name}=nonsense`: expected")),
                 "{kind} {shaping:?}: {err}"
             );
         }
-        let err = build(kind, shaping, &[("bogus".into(), "1".into())])
-            .err()
-            .unwrap()
-            .to_string();
+        let err = message_of(
+            build(kind, shaping, &[("bogus".into(), "1".into())])
+                .err()
+                .unwrap(),
+            ScorerFault::BadParameter,
+        );
         assert!(
             params.iter().all(|(name, _)| err.contains(name.as_str())),
             "{kind} {shaping:?}: {err}"
@@ -949,10 +970,9 @@ fn scorer_files_with_settings_out_of_range_are_refused_naming_the_file() {
             safetensors::serialize(file.tensors(), Some(metadata)).unwrap(),
         )
         .unwrap();
-        let err = fitted::FittedScorer::load(&edited)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = fitted::FittedScorer::load(&edited).err().unwrap();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("edited.safetensors") && err.contains(expected),
             "{err}"
@@ -1062,10 +1082,9 @@ fn a_scorer_file_with_a_tail_round_trips() {
     let edited = dir.path().join("edited.safetensors");
     let bytes = safetensors::serialize(file.tensors(), Some(metadata)).unwrap();
     std::fs::write(&edited, bytes).unwrap();
-    let err = fitted::FittedScorer::load(&edited)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = fitted::FittedScorer::load(&edited).err().unwrap();
+    assert!(matches!(err, Error::BadInput { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("edited.safetensors") && err.contains("no tail for class 1"),
         "{err}"

@@ -44,7 +44,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const FLOW: KindEntry = KindEntry {
     name: "flow",
@@ -248,7 +248,7 @@ impl Flow {
         let d = info.dim;
         if d < 2 {
             return Err(err(
-                self.kind(),
+                self.kind(), ScorerFault::CannotFit,
                 "a coupling needs at least 2 feature dimensions",
             ));
         }

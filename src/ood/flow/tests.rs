@@ -203,6 +203,17 @@ fn a_diverged_fit_is_an_error_not_a_nan_scorer() {
     let fit = gaussian_boxes(600, &m, &a, &mut rng);
     let p = params(&[("epochs", "2"), ("hidden", "8"), ("lr", "1e9")]);
     let mut s = crate::ood::build("flow", None, &p).unwrap();
-    let e = s.fit(&fit).unwrap_err().to_string();
+    let e = s.fit(&fit).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            crate::error::Error::Scorer {
+                fault: crate::error::ScorerFault::CannotFit,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = e.to_string();
     assert!(e.contains("training diverged"), "{e}");
 }
