@@ -119,8 +119,9 @@ mod tests {
             .is_ok());
         let err = limits
             .check_image(path, 50000, 50000, 50000 * 50000 * 3)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("big.png")
                 && err.contains("50000×50000")
@@ -129,8 +130,9 @@ mod tests {
         );
         let err = limits
             .check_image(path, 12000, 12000, 12000 * 12000 * 8)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains(MAX_IMAGE_BYTES_VAR), "{err}");
     }
 }

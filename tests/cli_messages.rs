@@ -2,6 +2,7 @@
 //! instead, with exit code 1 (issue 20). Small fixtures only: most cases fail before any work.
 
 use oodbox::data::boxset::BoxSet;
+use oodbox::Error;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -179,7 +180,9 @@ fn a_box_set_declaring_absurdly_many_classes_is_refused() {
     let meta =
         std::collections::HashMap::from([("format".to_string(), "oodbox-boxset-1".to_string())]);
     safetensors::serialize_to_file(tensors, Some(meta), &path).unwrap();
-    let err = BoxSet::load(&path).unwrap_err().to_string();
+    let err = BoxSet::load(&path).unwrap_err();
+    assert!(matches!(err, Error::BadInput { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("1000000000000 classes") && err.contains("at most"),
         "{err}"

@@ -3,6 +3,7 @@
 
 use oodbox::data::boxset::BoxSet;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::{Error, ScorerFault};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -107,7 +108,18 @@ fn boxes_of_another_model_are_refused() {
     .unwrap();
     let mut other = known("test_id");
     other.fingerprint = "sha256:another-model".into();
-    let err = scorer.score(&other, None).unwrap_err().to_string();
+    let err = scorer.score(&other, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(err.contains("another-model"), "{err}");
     let mut narrow = known("test_id");
     narrow.num_classes = 3;
@@ -116,7 +128,18 @@ fn boxes_of_another_model_are_refused() {
         .chunks(4)
         .flat_map(|r| r[..3].to_vec())
         .collect();
-    let err = scorer.score(&narrow, None).unwrap_err().to_string();
+    let err = scorer.score(&narrow, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(err.contains("3 classes"), "{err}");
 }
 

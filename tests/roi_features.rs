@@ -10,6 +10,7 @@ use oodbox::detect::{load_detector, DetectOptions, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::OodDetector;
 use oodbox::synth::world::{render_scene, Split};
+use oodbox::{Error, ScorerFault};
 use std::path::Path;
 
 fn root() -> &'static Path {
@@ -204,7 +205,18 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
             .unwrap()
     );
     let cls_only = box_set(&detector, 13..15, &[]);
-    let err = loaded.raw_scores(&cls_only).unwrap_err().to_string();
+    let err = loaded.raw_scores(&cls_only).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(err.contains("no feature source roi:4@2"), "{err}");
 
     let paired = OodDetector::new(detector, FittedScorer::load(&path).unwrap()).unwrap();
@@ -233,8 +245,18 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     let detr = load_detector(&root().join("tests/fixtures/detr/timm_r50"), &Device::Cpu).unwrap();
     let err = OodDetector::new(detr, FittedScorer::load(&path).unwrap())
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("roi:4@2") && err.contains("layer3") && err.contains("no layer"),
         "{err}"

@@ -687,18 +687,16 @@ mod tests {
         both.save(&path).unwrap();
         let loaded = BoxSet::load(&path).unwrap();
         assert_eq!(loaded, both);
-        let back = loaded
-            .select(&FeatureSources::default())
-            .unwrap_err()
-            .to_string();
+        let back = loaded.select(&FeatureSources::default()).unwrap_err();
+        assert!(matches!(back, Error::Unsupported(_)), "{back}");
+        let back = back.to_string();
         assert!(
             back.contains("no feature source cls") && back.contains("roi:4@2"),
             "{back}"
         );
-        let err = set
-            .select(&"roi:6".parse().unwrap())
-            .unwrap_err()
-            .to_string();
+        let err = set.select(&"roi:6".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, Error::Unsupported(_)), "{err}");
+        let err = err.to_string();
         assert!(err.contains("no feature source roi:6"), "{err}");
     }
 
@@ -737,10 +735,9 @@ mod tests {
         );
         assert!(set.check_finite(Path::new("x.safetensors")).is_ok());
         set.features[2 * 3 + 1] = f32::NAN;
-        let err = set
-            .check_finite(Path::new("x.safetensors"))
-            .unwrap_err()
-            .to_string();
+        let err = set.check_finite(Path::new("x.safetensors")).unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.starts_with("x.safetensors: box 2 ") && err.contains("NaN at position 1"),
             "{err}"
@@ -796,7 +793,9 @@ mod tests {
         ];
         for (edit, expected) in cases {
             let path = saved_with(dir.path(), edit);
-            let err = BoxSet::load(&path).unwrap_err().to_string();
+            let err = BoxSet::load(&path).unwrap_err();
+            assert!(matches!(err, Error::BadInput { .. }), "{err}");
+            let err = err.to_string();
             assert!(
                 err.contains("edited.safetensors") && err.contains(expected),
                 "{err}"
@@ -815,7 +814,9 @@ mod tests {
         bytes.extend(header.as_bytes());
         bytes.extend([0u8; 8]);
         std::fs::write(&path, bytes).unwrap();
-        let err = BoxSet::load(&path).unwrap_err().to_string();
+        let err = BoxSet::load(&path).unwrap_err();
+        assert!(matches!(err, Error::WrongKind { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("liar.safetensors"), "{err}");
     }
 
@@ -830,7 +831,9 @@ mod tests {
             safetensors::serialize([("features", view)], None).unwrap(),
         )
         .unwrap();
-        let err = BoxSet::load(&path).unwrap_err().to_string();
+        let err = BoxSet::load(&path).unwrap_err();
+        assert!(matches!(err, Error::MissingTensor { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("logits") && err.contains("partial.safetensors"),
             "{err}"
