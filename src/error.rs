@@ -111,6 +111,11 @@ pub enum Error {
     /// undecodable, empty, or over a limit of [`crate::limits::Limits`] (`reason` says which).
     #[error("image in memory: {reason}")]
     BadImageData { reason: String },
+    /// Box set parts that disagree ([`crate::data::boxset::BoxSet::new`]): a column of another
+    /// length, a class id or label outside the classes, a head of another shape; `reason`
+    /// names the field and the box.
+    #[error("box set: {reason}")]
+    BadBoxSet { reason: String },
 }
 
 /// Why a scorer failed ([`Error::Scorer`]): match on it to handle one failure and pass the

@@ -83,7 +83,7 @@ pub mod video;
 
 pub use candle_core;
 pub use candle_core::Device;
-pub use data::boxset::BoxSet;
+pub use data::boxset::{BoxParts, BoxSet};
 pub use detect::image_io::{decode_rgb, load_rgb, rgb_from_image};
 pub use detect::{load_detector, BoxRecord, ClassHead, DetectOptions, Detector, LinearHead};
 pub use error::{Error, Result, ScorerFault};

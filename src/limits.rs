@@ -26,7 +26,10 @@ pub const MAX_IMAGE_PIXELS_VAR: &str = "OODBOX_MAX_IMAGE_PIXELS";
 pub const MAX_IMAGE_BYTES_VAR: &str = "OODBOX_MAX_IMAGE_BYTES";
 pub const MAX_IMGSZ_VAR: &str = "OODBOX_MAX_IMGSZ";
 
+/// New limits may be added (hence `#[non_exhaustive]`): start from `Limits::default()` or
+/// [`Limits::from_env`] and set the fields to change.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Limits {
     pub max_image_pixels: u64,
     pub max_image_bytes: u64,

@@ -122,7 +122,7 @@ impl OodDetector {
             d.class_names(),
             d.fingerprint(),
             "",
-        );
+        )?;
         let verdicts = self.scorer.score(&set, Some(self.alpha))?;
         Ok(records
             .into_iter()

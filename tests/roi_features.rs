@@ -167,6 +167,7 @@ fn box_set(detector: &dyn Detector, images: std::ops::Range<usize>, roi: &[RoiSo
         detector.fingerprint(),
         "test",
     )
+    .unwrap()
 }
 
 /// A scorer fitted on `roi:4@2` records it, pairs with the model, and detects with it; the
@@ -179,7 +180,7 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     let mut fit = box_set(&detector, 1..13, &sources.roi())
         .select(&sources)
         .unwrap();
-    fit.detect_options = Some(options(vec![], 256));
+    fit.set_detect_options(Some(options(vec![], 256))).unwrap();
     let calibration = box_set(&detector, 13..25, &sources.roi())
         .select(&sources)
         .unwrap();
@@ -227,11 +228,9 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     // DETR has no layer 4: the pairing is refused, naming the source (the fingerprint check is
     // first, so the scorer is made model-agnostic the way a hand-written box set is).
     let mut agnostic = fit.clone();
-    agnostic.fingerprint.clear();
-    let agnostic_cal = BoxSet {
-        fingerprint: String::new(),
-        ..calibration
-    };
+    agnostic.set_fingerprint("");
+    let mut agnostic_cal = calibration;
+    agnostic_cal.set_fingerprint("");
     let fitted = FittedScorer::fit(
         "knn",
         None,

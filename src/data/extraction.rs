@@ -6,7 +6,7 @@ use crate::data::boxset::BoxSet;
 use crate::data::dataset::Dataset;
 use crate::detect::image_io::load_rgb;
 use crate::detect::{BoxRecord, DetectOptions, Detector};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::eval::openset::match_image;
 use crate::eval::{GtBox, PredBox};
 
@@ -56,14 +56,15 @@ pub fn labels_from_ground_truth(boxes: &[BoxRecord], ground_truth: &[GtBox]) -> 
 }
 
 /// Detects on every image of `dataset`; an image that fails is recorded in `failed` and the
-/// rest go on. `progress` is called after each image.
+/// rest go on. `progress` is called after each image. Errors when the boxes cannot form a set:
+/// a ground-truth class outside the detector's classes.
 pub fn extract(
     detector: &dyn Detector,
     dataset: &Dataset,
     options: &DetectOptions,
     source: &str,
     progress: &mut dyn FnMut(&std::path::Path, Option<&Error>),
-) -> Extraction {
+) -> Result<Extraction> {
     let mut records: Vec<(usize, BoxRecord)> = Vec::new();
     let mut labels: Option<Vec<i64>> = Some(Vec::new());
     let mut images = Vec::new();
@@ -108,14 +109,14 @@ pub fn extract(
         detector.class_names(),
         detector.fingerprint(),
         source,
-    );
-    boxes.label = labels;
-    boxes.detect_options = Some(options.clone());
-    Extraction {
+    )?;
+    boxes.set_labels(labels)?;
+    boxes.set_detect_options(Some(options.clone()))?;
+    Ok(Extraction {
         boxes,
         images,
         failed,
-    }
+    })
 }
 
 #[cfg(test)]

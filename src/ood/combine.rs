@@ -226,7 +226,7 @@ impl Scorer for Combine {
                 ),
             ));
         }
-        let classes: Vec<usize> = part_b.class_id.iter().map(|&c| c as usize).collect();
+        let classes: Vec<usize> = part_b.class_id.clone();
         for c in &mut self.components {
             c.scorer.fit(&part_a)?;
             let scores = c.scorer.score(&part_b)?;
@@ -250,7 +250,7 @@ impl Scorer for Combine {
         for c in &self.components {
             let reference = c.reference.as_ref().ok_or_else(|| not_fitted(kind))?;
             for (i, s) in c.scorer.score(boxes)?.into_iter().enumerate() {
-                let class = boxes.class_id[i] as usize;
+                let class = boxes.class_id[i];
                 p[i].push(open_p_value(reference.scores_for(class), s));
             }
         }

@@ -39,55 +39,9 @@ pub struct Uses {
     pub logits: bool,
 }
 
-/// Checks that the box set is internally consistent (so that row accessors cannot panic) and that
-/// every value the scorer reads is finite; a bad value is reported with its box index.
+/// Checks that every value the scorer reads is finite (a [`BoxSet`] is consistent by
+/// construction); a bad value is reported with its box index.
 pub(crate) fn check_boxes(scorer: &str, boxes: &BoxSet, uses: Uses) -> Result<()> {
-    let n = boxes.len();
-    if boxes.features.len() != n * boxes.feature_dim {
-        return Err(err(
-            scorer,
-            ScorerFault::Mismatch,
-            format!(
-                "box set is inconsistent: {} feature values for {n} boxes of dimension {}",
-                boxes.features.len(),
-                boxes.feature_dim
-            ),
-        ));
-    }
-    if boxes.logits.len() != n * boxes.num_classes {
-        return Err(err(
-            scorer,
-            ScorerFault::Mismatch,
-            format!(
-                "box set is inconsistent: {} logit values for {n} boxes of {} classes",
-                boxes.logits.len(),
-                boxes.num_classes
-            ),
-        ));
-    }
-    for (name, v) in [("label", &boxes.label), ("level", &boxes.level)] {
-        if let Some(v) = v {
-            if v.len() != n {
-                return Err(err(
-                    scorer,
-                    ScorerFault::Mismatch,
-                    format!(
-                        "box set is inconsistent: {} `{name}` values for {n} boxes",
-                        v.len()
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(levels) = &boxes.level {
-        if let Some(i) = levels.iter().position(|&l| l < 0) {
-            return Err(err(
-                scorer,
-                ScorerFault::Mismatch,
-                format!("box {i} has a negative level ({})", levels[i]),
-            ));
-        }
-    }
     if uses.features && boxes.feature_dim == 0 {
         return Err(err(
             scorer,
@@ -168,9 +122,9 @@ pub(crate) fn fit_labels(boxes: &BoxSet) -> Vec<i64> {
         Some(labels) => labels
             .iter()
             .zip(&boxes.class_id)
-            .map(|(&l, &c)| if l >= 0 { l } else { c })
+            .map(|(&l, &c)| if l >= 0 { l } else { c as i64 })
             .collect(),
-        None => boxes.class_id.clone(),
+        None => boxes.class_id.iter().map(|&c| c as i64).collect(),
     }
 }
 
@@ -212,10 +166,10 @@ impl Grouping {
     pub fn fit(boxes: &BoxSet, per_level: bool) -> (Grouping, Vec<Vec<usize>>) {
         match (&boxes.level, per_level) {
             (Some(levels), true) => {
-                let keys = distinct(levels.iter().copied());
+                let keys = distinct(levels.iter().map(|&l| l as i64));
                 let mut members = vec![Vec::new(); keys.len()];
-                for (i, l) in levels.iter().enumerate() {
-                    members[keys.binary_search(l).expect("key of a fit level")].push(i);
+                for (i, &l) in levels.iter().enumerate() {
+                    members[keys.binary_search(&(l as i64)).expect("key of a fit level")].push(i);
                 }
                 (Grouping { levels: Some(keys) }, members)
             }
@@ -251,8 +205,8 @@ impl Grouping {
         levels
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                keys.binary_search(l).map_err(|_| {
+            .map(|(i, &l)| {
+                keys.binary_search(&(l as i64)).map_err(|_| {
                     err(
                         scorer, ScorerFault::Mismatch,
                         format!(
@@ -405,8 +359,8 @@ impl Heads {
             .iter()
             .enumerate()
             .map(|(i, &l)| {
-                if (l as usize) < self.heads.len() {
-                    Ok(l as usize)
+                if l < self.heads.len() {
+                    Ok(l)
                 } else {
                     Err(err(
                         scorer,

@@ -83,8 +83,10 @@ struct Header {
     tail: Option<TailSummary>,
 }
 
-/// Settings of a fit.
+/// Settings of a fit. New settings may be added (hence `#[non_exhaustive]`): start from
+/// `FitOptions::default()` and set the fields to change.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct FitOptions {
     /// Default significance level for `is_ood`.
     pub alpha: f64,
@@ -199,7 +201,7 @@ impl FittedScorer {
             )));
         }
         let scores = scorer.score(calibration)?;
-        let classes: Vec<usize> = calibration.class_id.iter().map(|&c| c as usize).collect();
+        let classes: Vec<usize> = calibration.class_id.clone();
         let mut calibrator =
             Calibrator::fit(&scores, &classes, fit.num_classes, options.min_class_boxes)?;
         if let Some(tail) = options.tail {
@@ -355,7 +357,7 @@ impl FittedScorer {
             .iter()
             .zip(&boxes.class_id)
             .map(|(&score, &class)| {
-                let p = self.calibrator.p_value_with_source(score, class as usize);
+                let p = self.calibrator.p_value_with_source(score, class);
                 BoxOod {
                     score,
                     p_value: p.p,

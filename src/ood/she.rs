@@ -120,7 +120,7 @@ impl She {
         let correct: Vec<usize> = idx
             .iter()
             .copied()
-            .filter(|&i| labels[i] == boxes.class_id[i])
+            .filter(|&i| labels[i] == (boxes.class_id[i] as i64))
             .collect();
         let classes = distinct(correct.iter().map(|&i| labels[i]));
         if classes.is_empty() {
@@ -162,7 +162,7 @@ impl She {
                 .sum::<f64>()
         };
         let predicted = match self.params.class_select {
-            SheClassSelect::Predicted => group.classes.binary_search(&boxes.class_id[i]).ok(),
+            SheClassSelect::Predicted => group.classes.binary_search(&(boxes.class_id[i] as i64)).ok(),
             SheClassSelect::Max => None,
         };
         let best = match predicted {
@@ -186,7 +186,7 @@ impl Scorer for She {
             labels
                 .iter()
                 .zip(&boxes.class_id)
-                .map(|(&l, &c)| if l == c { l } else { -1 })
+                .map(|(&l, &c)| if l == c as i64 { l } else { -1 })
                 .collect(),
         )
     }

@@ -303,7 +303,7 @@ impl Scorer for Flow {
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
         self.groups
             .score(self.kind(), boxes, Self::USES, |group, idx, _| {
-                let predicted: Vec<i64> = idx.iter().map(|&i| boxes.class_id[i]).collect();
+                let predicted: Vec<i64> = idx.iter().map(|&i| boxes.class_id[i] as i64).collect();
                 group.nll(&gather_features(boxes, idx), &predicted)
             })
     }
