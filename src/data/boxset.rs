@@ -540,12 +540,11 @@ impl BoxSet {
             None => FeatureSources::default(),
         };
         let roi = read_roi(&file, n)?;
-        let class_names = match meta.get("class_names") {
+        let class_names: Vec<String> = match meta.get("class_names") {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| file.bad(format!("metadata `class_names`: {e}")))?,
-            None => (0..lshape[1]).map(|i| format!("class{i}")).collect(),
+            None => (0..classes).map(|i| format!("class{i}")).collect(),
         };
-        let class_names: Vec<String> = class_names;
         if class_names.len() != classes {
             return Err(file.bad(format!(
                 "{} class names in the metadata, but the logits have {classes} classes",
