@@ -5,13 +5,15 @@
 //!
 //! The in-distribution images are shapes-world scenes rendered in memory (the train split holds
 //! known shapes only). The scorer is then asked about test scenes of known shapes and about
-//! scenes of shapes the model never saw (near-OOD), on which it still reports boxes.
+//! scenes of shapes the model never saw (near-OOD), on which it still reports boxes. Last, it
+//! is given boxes of another feature dimension: it refuses them with an error whose kind
+//! (`ScorerFault::Mismatch`) a program can match, without reading the message.
 
 use oodbox::data::boxset::BoxSet;
 use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::synth::world::{render_scene, Split};
-use oodbox::{DetectOptions, InputSize};
+use oodbox::{DetectOptions, Error, InputSize, ScorerFault};
 
 /// Shapes-world scenes are 256×256, the size the fixture model was trained at.
 const SIZE: u32 = 256;
@@ -23,22 +25,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [model, method] => (model, method.as_str()),
         _ => return Err("usage: fit_and_score MODEL [METHOD]".into()),
     };
-    for (name, boxes, flagged) in fit_and_score(model.as_ref(), method)? {
+    let (report, refusal) = fit_and_score(model.as_ref(), method)?;
+    for (name, boxes, flagged) in report {
         println!(
             "{name}: {boxes} boxes, {flagged} flagged OOD ({:.1}%)",
             100.0 * flagged as f64 / boxes.max(1) as f64
         );
     }
+    match refusal {
+        ScorerFault::Mismatch => println!("boxes of another feature dimension: refused"),
+        other => println!("boxes of another feature dimension: refused, but as {other:?}"),
+    }
     Ok(())
 }
 
+/// Rows per scene kind (name, boxes, flagged), and why boxes of another dimension were refused.
+pub type Report = (Vec<(&'static str, usize, usize)>, ScorerFault);
+
 /// Fits `method` on the detections of 120 training scenes (a fifth of the scenes held out for
 /// calibration), then scores 40 scenes of known and 40 of unknown shapes: for each, the number of
-/// boxes and how many were flagged at alpha 0.05.
-pub fn fit_and_score(
-    model: &std::path::Path,
-    method: &str,
-) -> oodbox::error::Result<Vec<(&'static str, usize, usize)>> {
+/// boxes and how many were flagged at alpha 0.05. Then offers it boxes of another dimension.
+pub fn fit_and_score(model: &std::path::Path, method: &str) -> oodbox::error::Result<Report> {
     let detector = load_detector(model, &candle_core::Device::Cpu)?;
     let options = DetectOptions {
         imgsz: InputSize::square(SIZE),
@@ -63,7 +70,29 @@ pub fn fit_and_score(
         let flagged = verdicts.iter().filter(|v| v.is_ood).count();
         report.push((name, verdicts.len(), flagged));
     }
-    Ok(report)
+    Ok((report, refusal(&scorer, calibration)?))
+}
+
+/// Scores `boxes` with their last feature dimension cut off: the scorer refuses them, and the
+/// error's kind says why. Any other outcome is returned as an error.
+fn refusal(scorer: &FittedScorer, boxes: BoxSet) -> oodbox::error::Result<ScorerFault> {
+    // A box set checks its parts when built: the rows must have the new width.
+    let narrow = boxes.edit(|parts| {
+        let d = parts.feature_dim;
+        parts.features = (parts.features.chunks(d))
+            .flat_map(|row| &row[..d - 1])
+            .copied()
+            .collect();
+        parts.feature_dim = d - 1;
+        parts.head = None; // the class head reads the full feature
+    })?;
+    match scorer.score(&narrow, None) {
+        Err(Error::Scorer { fault, .. }) => Ok(fault),
+        Err(other) => Err(other),
+        Ok(_) => Err(Error::Unsupported(
+            "boxes of another dimension were scored".into(),
+        )),
+    }
 }
 
 /// The detections on `count` scenes of `split`, as a box set (logits, features, class head).
@@ -83,11 +112,11 @@ fn boxes(
                 .map(|r| (index, r)),
         );
     }
-    Ok(BoxSet::from_records(
+    BoxSet::from_records(
         records.iter().map(|(i, r)| (*i, r)),
         detector.head(),
         detector.class_names(),
         detector.fingerprint(),
         "fit_and_score example",
-    ))
+    )
 }

@@ -98,14 +98,61 @@ pub enum Error {
     Calibration(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    /// An OOD scorer could not be built, fitted, restored or applied: unknown name or
-    /// parameter, bad input box (non-finite value, dimension mismatch), not fitted, bad state.
+    /// An OOD scorer could not be built, fitted, restored or applied; `fault` says why (an
+    /// unknown name or parameter, a box of another dimension, a non-finite value, not fitted,
+    /// a bad state), `reason` says it in words.
     #[error("scorer `{scorer}`: {reason}")]
-    Scorer { scorer: String, reason: String },
+    Scorer {
+        scorer: String,
+        fault: ScorerFault,
+        reason: String,
+    },
     /// An image given in memory (encoded bytes or a decoded image) that cannot be used:
     /// undecodable, empty, or over a limit of [`crate::limits::Limits`] (`reason` says which).
     #[error("image in memory: {reason}")]
     BadImageData { reason: String },
+    /// Box set parts that disagree ([`crate::data::boxset::BoxSet::new`]): a column of another
+    /// length, a class id or label outside the classes, a head of another shape; `reason`
+    /// names the field and the box.
+    #[error("box set: {reason}")]
+    BadBoxSet { reason: String },
+}
+
+/// Why a scorer failed ([`Error::Scorer`]): match on it to handle one failure and pass the
+/// others on; new kinds may be added.
+///
+/// ```
+/// use oodbox::error::{Error, ScorerFault};
+/// let err = oodbox::ood::build("no-such-scorer", None, &[]).err().unwrap();
+/// assert!(matches!(err, Error::Scorer { fault: ScorerFault::UnknownKind, .. }));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScorerFault {
+    /// No scorer, shaping or combined component of that name.
+    UnknownKind,
+    /// A parameter the scorer does not have, one given twice, a value it cannot take, or a
+    /// combination it refuses (a shaping on a scorer that reads no logits).
+    BadParameter,
+    /// Scored before it was fitted.
+    NotFitted,
+    /// Boxes that differ from those the scorer was fitted on: another feature dimension,
+    /// class count, head, level, feature source or model.
+    Mismatch,
+    /// A NaN or ±inf in a value the scorer reads; `reason` names the box.
+    NonFinite,
+    /// Boxes that lack what the scorer reads: no box at fit, no features or logits, no class
+    /// head, no `level` for a per-level fit.
+    MissingInput,
+    /// Fit boxes from which this scorer cannot be made: degenerate statistics (no positive
+    /// ViM alpha, no correctly classified box, too few boxes to split) or training that
+    /// diverged.
+    CannotFit,
+    /// A box with finite values that the method still cannot score (ASH or SCALE shaping of
+    /// activations that are not non-negative); `reason` names the box.
+    Unscorable,
+    /// A saved scorer state that does not decode (a scorer file's tensors or parameters).
+    BadState,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -26,7 +26,10 @@ pub const MAX_IMAGE_PIXELS_VAR: &str = "OODBOX_MAX_IMAGE_PIXELS";
 pub const MAX_IMAGE_BYTES_VAR: &str = "OODBOX_MAX_IMAGE_BYTES";
 pub const MAX_IMGSZ_VAR: &str = "OODBOX_MAX_IMGSZ";
 
+/// New limits may be added (hence `#[non_exhaustive]`): start from `Limits::default()` or
+/// [`Limits::from_env`] and set the fields to change.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Limits {
     pub max_image_pixels: u64,
     pub max_image_bytes: u64,
@@ -119,8 +122,9 @@ mod tests {
             .is_ok());
         let err = limits
             .check_image(path, 50000, 50000, 50000 * 50000 * 3)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("big.png")
                 && err.contains("50000×50000")
@@ -129,8 +133,9 @@ mod tests {
         );
         let err = limits
             .check_image(path, 12000, 12000, 12000 * 12000 * 8)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains(MAX_IMAGE_BYTES_VAR), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use crate::core::sources::missing_message;
 use crate::core::BoxRecord;
 use crate::data::boxset::BoxSet;
 use crate::detect::{load_detector, Detector};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ScorerFault};
 use crate::ood::fitted::{BoxOod, FittedScorer};
 
 /// One detection with its OOD verdict.
@@ -44,6 +44,7 @@ impl OodDetector {
         if !scorer.fingerprint().is_empty() && scorer.fingerprint() != detector.fingerprint() {
             return Err(Error::Scorer {
                 scorer: scorer.name(),
+                fault: ScorerFault::Mismatch,
                 reason: format!(
                     "fitted for model {}, not for this model ({})",
                     scorer.fingerprint(),
@@ -56,6 +57,7 @@ impl OodDetector {
         if !missing.is_empty() {
             return Err(Error::Scorer {
                 scorer: scorer.name(),
+                fault: ScorerFault::Mismatch,
                 reason: missing_message(&missing, detector.family(), &layers),
             });
         }
@@ -145,7 +147,7 @@ impl OodDetector {
             d.class_names(),
             d.fingerprint(),
             "",
-        );
+        )?;
         let verdicts = self.scorer.score(&set, Some(self.alpha))?;
         Ok(records
             .into_iter()

@@ -2,6 +2,7 @@
 //! instead, with exit code 1 (issue 20). Small fixtures only: most cases fail before any work.
 
 use oodbox::data::boxset::BoxSet;
+use oodbox::Error;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,10 +43,12 @@ fn a_nan_in_fit_boxes_is_named_by_its_index_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let set = BoxSet::load(Path::new(&fixture("val"))).unwrap();
     let keep: Vec<usize> = (0..300).collect();
-    let mut set = set.subset(&keep);
     // Box 217 of the file; after the known-object filter and the shuffled hold-out split it
     // sits elsewhere, which is what the message used to report.
-    set.logits[217 * set.num_classes + 1] = f32::NAN;
+    let set = set
+        .subset(&keep)
+        .edit(|set| set.logits[217 * set.num_classes + 1] = f32::NAN)
+        .unwrap();
     let path = dir.path().join("nan_boxes.safetensors");
     set.save(&path).unwrap();
     let out = dir.path().join("s.safetensors");
@@ -179,7 +182,9 @@ fn a_box_set_declaring_absurdly_many_classes_is_refused() {
     let meta =
         std::collections::HashMap::from([("format".to_string(), "oodbox-boxset-1".to_string())]);
     safetensors::serialize_to_file(tensors, Some(meta), &path).unwrap();
-    let err = BoxSet::load(&path).unwrap_err().to_string();
+    let err = BoxSet::load(&path).unwrap_err();
+    assert!(matches!(err, Error::BadInput { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("1000000000000 classes") && err.contains("at most"),
         "{err}"

@@ -218,7 +218,7 @@ fn bad_inputs_to_detect_with_a_scorer() {
     // A scorer fitted on another model's boxes is refused before any image is processed.
     let mut boxes =
         BoxSet::load(&Path::new(ROOT).join("tests/fixtures/shapes_boxes/val.safetensors")).unwrap();
-    boxes.fingerprint = "sha256:some-other-model".into();
+    boxes.set_fingerprint("sha256:some-other-model");
     let other = dir.path().join("other.safetensors");
     FittedScorer::fit("energy", None, &[], &boxes, &boxes, &FitOptions::default())
         .unwrap()

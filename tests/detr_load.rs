@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use oodbox::detect::detr::DetrDetector;
 use oodbox::detect::{load_detector, Stages};
-use oodbox::DetectOptions;
+use oodbox::{DetectOptions, Error};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,10 +63,10 @@ fn edited_copy(
     out
 }
 
-fn load_error(folder: &Path) -> String {
+fn load_error(folder: &Path) -> Error {
     match DetrDetector::load(folder, &Device::Cpu) {
         Ok(_) => panic!("{} loaded", folder.display()),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     }
 }
 
@@ -110,14 +110,15 @@ fn a_missing_config_is_named() {
     )
     .unwrap();
     let err = load_error(dir.path());
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("config.json") && err.contains("missing"),
         "{err}"
     );
-    let err = load_detector(dir.path(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_detector(dir.path(), &Device::Cpu).err().unwrap();
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(err.contains("config.json"), "{err}");
 }
 
@@ -128,6 +129,8 @@ fn an_unknown_backbone_is_refused() {
         config["backbone_config"]["backbone"] = json!("resnet34");
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(err.contains("unknown backbone `resnet34`"), "{err}");
     assert!(err.contains("config.json"), "{err}");
 
@@ -135,6 +138,8 @@ fn an_unknown_backbone_is_refused() {
         config["backbone_config"]["model_type"] = json!("convnext");
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("unknown backbone") && err.contains("convnext"),
         "{err}"
@@ -149,6 +154,8 @@ fn a_missing_tensor_is_named() {
         tensors.remove(name).unwrap();
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::MissingTensor { .. }), "{err}");
+    let err = err.to_string();
     assert!(err.contains(name) && err.contains("missing"), "{err}");
     assert!(err.contains("model.safetensors"), "{err}");
 }
@@ -161,6 +168,8 @@ fn config_and_weights_that_disagree_are_refused() {
         config["d_model"] = json!(64);
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("has shape") && err.contains("expected"),
         "{err}"
@@ -171,6 +180,8 @@ fn config_and_weights_that_disagree_are_refused() {
         config["num_queries"] = json!(100);
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("model.query_position_embeddings.weight"),
         "{err}"
@@ -181,6 +192,8 @@ fn config_and_weights_that_disagree_are_refused() {
         config["backbone_config"]["backbone"] = json!("resnet101");
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("[3, 4, 23, 3]") && err.contains("[3, 4, 6, 3]"),
         "{err}"
@@ -191,6 +204,8 @@ fn config_and_weights_that_disagree_are_refused() {
         config["decoder_layers"] = json!(1);
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(err.contains("model.decoder.layers.1."), "{err}");
 
     // More labels than the class head has rows.
@@ -198,6 +213,8 @@ fn config_and_weights_that_disagree_are_refused() {
         config["id2label"]["7"] = json!("extra");
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("id2label") && err.contains("class_labels_classifier"),
         "{err}"
@@ -208,6 +225,8 @@ fn config_and_weights_that_disagree_are_refused() {
         config["id2label"]["18446744073709551615"] = json!("far");
     });
     let err = load_error(&folder);
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("id2label") && err.contains("class_labels_classifier"),
         "{err}"
@@ -260,10 +279,9 @@ fn a_file_that_is_no_model_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weights.bin");
     std::fs::write(&path, b"not a model").unwrap();
-    let err = load_detector(&path, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_detector(&path, &Device::Cpu).err().unwrap();
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("weights.bin") && err.contains("not a model"),
         "{err}"

@@ -60,7 +60,8 @@ fn every_scorer_works_on_detr_boxes() {
         detector.class_names(),
         detector.fingerprint(),
         "scenes",
-    );
+    )
+    .unwrap();
     let (fit, calibration) = set.split_holdout(0.3, 0);
     for kind in kinds() {
         let scorer = FittedScorer::fit(kind, None, &[], &fit, &calibration, &FitOptions::default())

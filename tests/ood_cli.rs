@@ -3,6 +3,7 @@
 
 use oodbox::data::boxset::BoxSet;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::{Error, ScorerFault};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,17 +107,51 @@ fn boxes_of_another_model_are_refused() {
     )
     .unwrap();
     let mut other = known("test_id");
-    other.fingerprint = "sha256:another-model".into();
-    let err = scorer.score(&other, None).unwrap_err().to_string();
+    other.set_fingerprint("sha256:another-model");
+    let err = scorer.score(&other, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(err.contains("another-model"), "{err}");
-    let mut narrow = known("test_id");
-    narrow.num_classes = 3;
-    narrow.logits = narrow
-        .logits
-        .chunks(4)
-        .flat_map(|r| r[..3].to_vec())
-        .collect();
-    let err = scorer.score(&narrow, None).unwrap_err().to_string();
+    let narrow = known("test_id")
+        .edit(|narrow| {
+            narrow.num_classes = 3;
+            narrow.logits = narrow
+                .logits
+                .chunks(4)
+                .flat_map(|r| r[..3].to_vec())
+                .collect();
+            // The dropped class's ids, labels, name and head row would fall outside the classes.
+            narrow
+                .class_id
+                .iter_mut()
+                .filter(|c| **c == 3)
+                .for_each(|c| *c = 0);
+            narrow.label = None;
+            narrow.class_names.truncate(3);
+            narrow.head = None;
+        })
+        .unwrap();
+    let err = scorer.score(&narrow, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(err.contains("3 classes"), "{err}");
 }
 
@@ -399,12 +434,14 @@ fn fit_and_eval_straight_from_a_dataset() {
 #[allow(dead_code)] // its `main` is the example's entry point
 mod fit_and_score_example;
 
-/// The library example fits and scores end to end: boxes on both kinds of scenes, and a larger
-/// share flagged among the shapes the model never saw.
+/// The library example fits and scores end to end: boxes on both kinds of scenes, a larger
+/// share flagged among the shapes the model never saw, and boxes of another dimension refused
+/// as a mismatch.
 #[test]
 fn the_fit_and_score_example_separates_unknown_shapes() {
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shapes.safetensors");
-    let report = fit_and_score_example::fit_and_score(model.as_ref(), "energy").unwrap();
+    let (report, refusal) = fit_and_score_example::fit_and_score(model.as_ref(), "energy").unwrap();
+    assert_eq!(refusal, ScorerFault::Mismatch);
     let [(_, known, known_flagged), (_, unknown, unknown_flagged)] = report[..] else {
         panic!("expected two rows, got {report:?}");
     };

@@ -10,7 +10,7 @@ use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::OodDetector;
 use oodbox::synth::world::{render_scene, Split};
-use oodbox::{DetectOptions, InputSize};
+use oodbox::{DetectOptions, Error, InputSize, ScorerFault};
 use std::path::Path;
 
 fn root() -> &'static Path {
@@ -167,6 +167,7 @@ fn box_set(detector: &dyn Detector, images: std::ops::Range<usize>, roi: &[RoiSo
         detector.fingerprint(),
         "test",
     )
+    .unwrap()
 }
 
 /// A scorer fitted on `roi:4@2` records it, pairs with the model, and detects with it; the
@@ -179,7 +180,8 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     let mut fit = box_set(&detector, 1..13, &sources.roi())
         .select(&sources)
         .unwrap();
-    fit.detect_options = Some(options(vec![], 256).used_by(&detector.settings_use()));
+    fit.set_detect_options(Some(options(vec![], 256).used_by(&detector.settings_use())))
+        .unwrap();
     let calibration = box_set(&detector, 13..25, &sources.roi())
         .select(&sources)
         .unwrap();
@@ -205,7 +207,18 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
             .unwrap()
     );
     let cls_only = box_set(&detector, 13..15, &[]);
-    let err = loaded.raw_scores(&cls_only).unwrap_err().to_string();
+    let err = loaded.raw_scores(&cls_only).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(err.contains("no feature source roi:4@2"), "{err}");
 
     let paired = OodDetector::new(detector, FittedScorer::load(&path).unwrap()).unwrap();
@@ -216,11 +229,9 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     // DETR has no layer 4: the pairing is refused, naming the source (the fingerprint check is
     // first, so the scorer is made model-agnostic the way a hand-written box set is).
     let mut agnostic = fit.clone();
-    agnostic.fingerprint.clear();
-    let agnostic_cal = BoxSet {
-        fingerprint: String::new(),
-        ..calibration
-    };
+    agnostic.set_fingerprint("");
+    let mut agnostic_cal = calibration;
+    agnostic_cal.set_fingerprint("");
     let fitted = FittedScorer::fit(
         "knn",
         None,
@@ -234,8 +245,18 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     let detr = load_detector(&root().join("tests/fixtures/detr/timm_r50"), &Device::Cpu).unwrap();
     let err = OodDetector::new(detr, FittedScorer::load(&path).unwrap())
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("roi:4@2") && err.contains("layer3") && err.contains("no layer"),
         "{err}"

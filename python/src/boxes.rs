@@ -4,7 +4,7 @@
 //! values (`class_names`, `fingerprint`, `source`, `detect_options`).
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
-use oodbox::data::boxset::BoxSet;
+use oodbox::data::boxset::{BoxParts, BoxSet};
 use oodbox::{ClassHead, LinearHead};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -39,14 +39,17 @@ pub(crate) fn to_dict<'py>(
     set: BoxSet,
     with_head: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let set = set.into_parts();
+    // Python sees ids as int64, as in the file.
+    let wide = |v: Vec<usize>| -> Vec<i64> { v.into_iter().map(|x| x as i64).collect() };
     let d = PyDict::new(py);
     d.set_item("features", matrix(py, set.features, set.feature_dim)?)?;
     d.set_item("logits", matrix(py, set.logits, set.num_classes)?)?;
-    d.set_item("class_id", PyArray1::from_vec(py, set.class_id))?;
+    d.set_item("class_id", PyArray1::from_vec(py, wide(set.class_id)))?;
     for (name, values) in [
         ("label", set.label),
-        ("level", set.level),
-        ("image_index", set.image_index),
+        ("level", set.level.map(wide)),
+        ("image_index", set.image_index.map(wide)),
     ] {
         if let Some(v) = values {
             d.set_item(name, PyArray1::from_vec(py, v))?;
@@ -161,10 +164,22 @@ pub(crate) fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<BoxSet> {
             "`class_id` holds {bad}, outside the {num_classes} classes of `logits`"
         )));
     }
+    let class_id = class_id.into_iter().map(|c| c as usize).collect();
     let ints = |key: &str| -> PyResult<Option<Vec<i64>>> {
         d.get_item(key)?
             .map(|v| read_vector(&v, key, n, "int64"))
             .transpose()
+    };
+    let indices = |key: &str| -> PyResult<Option<Vec<usize>>> {
+        let Some(values) = ints(key)? else {
+            return Ok(None);
+        };
+        match values.iter().find(|&&v| v < 0) {
+            Some(bad) => Err(PyValueError::new_err(format!(
+                "`{key}` holds {bad}; it must be 0 or more"
+            ))),
+            None => Ok(Some(values.into_iter().map(|v| v as usize).collect())),
+        }
     };
     let bbox = match d.get_item("bbox")? {
         Some(v) => {
@@ -212,20 +227,20 @@ pub(crate) fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<BoxSet> {
         }
         _ => None,
     };
-    Ok(BoxSet {
+    let parts = BoxParts {
         features,
         feature_dim,
         logits,
         num_classes,
         class_id,
         label: ints("label")?,
-        level: ints("level")?,
+        level: indices("level")?,
         confidence: d
             .get_item("confidence")?
             .map(|v| read_vector(&v, "confidence", n, "float32"))
             .transpose()?,
         bbox,
-        image_index: ints("image_index")?,
+        image_index: indices("image_index")?,
         head: read_head(d)?,
         class_names,
         fingerprint: text("fingerprint")?,
@@ -234,7 +249,8 @@ pub(crate) fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<BoxSet> {
         // A dict holds the class-branch feature only; ROI sources come from box set files.
         feature_sources: Default::default(),
         roi: Vec::new(),
-    })
+    };
+    BoxSet::new(parts).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// Reads a box set file (from `oodbox extract`) into a dict.

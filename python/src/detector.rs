@@ -283,8 +283,10 @@ impl NativeDetector {
             d.class_names(),
             d.fingerprint(),
             "",
-        );
-        set.detect_options = Some(self.used_options());
+        )
+        .map_err(to_py)?;
+        set.set_detect_options(Some(self.used_options()))
+            .map_err(to_py)?;
         let out = boxes::to_dict(py, set, false)?;
         out.set_item("anchor", PyArray1::from_vec(py, anchors))?;
         if let Some(verdicts) = verdicts {
@@ -325,7 +327,8 @@ impl NativeDetector {
     #[getter]
     fn head<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = self.detector();
-        let set = BoxSet::from_records([], d.head(), d.class_names(), d.fingerprint(), "");
+        let set = BoxSet::from_records([], d.head(), d.class_names(), d.fingerprint(), "")
+            .map_err(to_py)?;
         let all = boxes::to_dict(py, set, true)?;
         let head = PyDict::new(py);
         for (k, v) in all.iter() {

@@ -53,11 +53,9 @@ impl NativeScorer {
         if fit.is_empty() {
             return Err(PyValueError::new_err("no ID boxes to fit on"));
         }
-        let options = FitOptions {
-            alpha,
-            min_class_boxes: min_class_calibration,
-            ..Default::default()
-        };
+        let mut options = FitOptions::default();
+        options.alpha = alpha;
+        options.min_class_boxes = min_class_calibration;
         let inner = py
             .detach(|| {
                 threads::install(|| {

@@ -312,7 +312,7 @@ pub fn extract_dataset(
         bar.inc(1);
     });
     bar.finish_and_clear();
-    Ok(extraction)
+    Ok(extraction?)
 }
 
 fn detect_one(

@@ -161,7 +161,7 @@ fn mixed_groups(boxes: &BoxSet, path: &Path) -> anyhow::Result<(Vec<usize>, Vec<
         "--mixed needs labelled boxes: a dataset with ground truth, or a box set with `label`",
     )?;
     let id: Vec<usize> = (0..boxes.len())
-        .filter(|&i| labels[i] == boxes.class_id[i])
+        .filter(|&i| labels[i] == boxes.class_id[i] as i64)
         .collect();
     let ood: Vec<usize> = (0..boxes.len())
         .filter(|&i| labels[i] == LABEL_UNKNOWN)
@@ -295,13 +295,13 @@ fn eval_open_set(
         .as_ref()
         .context("extracted boxes carry their image")?;
     for i in 0..set.boxes.len() {
-        preds[image_index[i] as usize].push(PredBox {
+        preds[image_index[i]].push(PredBox {
             bbox: set
                 .boxes
                 .bbox
                 .as_ref()
                 .context("extracted boxes carry their bbox")?[i],
-            class_id: set.boxes.class_id[i] as usize,
+            class_id: set.boxes.class_id[i],
             confidence: set.boxes.confidence.as_ref().map_or(1.0, |c| c[i] as f64),
             is_unknown: verdicts[i].is_ood,
         });

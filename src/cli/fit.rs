@@ -216,15 +216,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");
-    let options = FitOptions {
-        alpha: args.alpha,
-        min_class_boxes: args.min_class_calibration,
-        tail: args.tail.then_some(TailOptions {
-            quantile: args.tail_quantile,
-            min_points: args.tail_min_points,
-            bounded: args.tail_bounded,
-        }),
-    };
+    let mut options = FitOptions::default();
+    options.alpha = args.alpha;
+    options.min_class_boxes = args.min_class_calibration;
+    options.tail = args.tail.then_some(TailOptions {
+        quantile: args.tail_quantile,
+        min_points: args.tail_min_points,
+        bounded: args.tail_bounded,
+    });
     let start = Instant::now();
     let fitted = FittedScorer::fit(
         &args.scorer,

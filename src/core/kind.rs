@@ -161,14 +161,15 @@ mod tests {
     fn tells_oodbox_files_apart() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = dir.path().join("boxes.safetensors");
-        crate::data::boxset::BoxSet {
+        crate::data::boxset::BoxSet::new(crate::data::boxset::BoxParts {
             class_id: vec![0],
             features: vec![1.0],
             feature_dim: 1,
             logits: vec![0.5],
             num_classes: 1,
             ..Default::default()
-        }
+        })
+        .unwrap()
         .save(&boxes)
         .unwrap();
         assert_eq!(sniff(&boxes), Some(FileKind::BoxSet));

@@ -241,7 +241,9 @@ mod tests {
             ("cls,cls", "named twice"),
             ("feat", "expected cls"),
         ] {
-            let err = text.parse::<FeatureSources>().unwrap_err().to_string();
+            let err = text.parse::<FeatureSources>().unwrap_err();
+            assert!(matches!(err, Error::Unsupported(_)), "{err}");
+            let err = err.to_string();
             assert!(err.contains(reason), "{text}: {err}");
         }
     }

@@ -249,13 +249,16 @@ mod tests {
         let err = file
             .check_shape("b", &[1, 2], &[Some(2), None])
             .unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
         let err = err.to_string();
         assert!(
             err.contains("t.safetensors")
                 && err.contains("tensor `b` has shape [1, 2]; expected [2, D]"),
             "{err}"
         );
-        let err = file.f32("b").unwrap_err().to_string();
+        let err = file.f32("b").unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("t.safetensors") && err.contains("tensor `b` is I32; expected F32"),
             "{err}"

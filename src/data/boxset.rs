@@ -11,6 +11,11 @@
 //! source recorded beside it is a tensor named after it, f32 `[N, D_s]` (e.g. `roi:6@2`),
 //! listed in order in metadata `roi_sources`.
 //! [`BoxSet::select`] makes a set whose `features` are chosen sources, concatenated.
+//!
+//! In memory, class ids, levels and image indices are `usize`; the file holds them as i64,
+//! checked when read. Labels stay i64: −1 and −2 mark unknown objects and background.
+//! A [`BoxSet`] is built from [`BoxParts`] by [`BoxSet::new`], which checks that the parts
+//! agree; its fields are then read-only, so a scorer can index any row without re-checking.
 
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
@@ -43,21 +48,29 @@ impl SourceFeatures {
     }
 }
 
+/// The fields of a box set, as a caller fills them; [`BoxSet::new`] checks that they agree.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct BoxSet {
+pub struct BoxParts {
     /// Row-major [N, D].
     pub features: Vec<f32>,
     pub feature_dim: usize,
     /// Row-major [N, C].
     pub logits: Vec<f32>,
     pub num_classes: usize,
-    pub class_id: Vec<i64>,
+    /// Predicted class of each box, below `num_classes`; N gives the number of boxes.
+    pub class_id: Vec<usize>,
+    /// Ground-truth class, −1 (an unknown object, [`crate::data::extraction::LABEL_UNKNOWN`])
+    /// or −2 (background, [`LABEL_BACKGROUND`]).
     pub label: Option<Vec<i64>>,
-    pub level: Option<Vec<i64>>,
+    /// Pyramid level of the head that detected each box.
+    pub level: Option<Vec<usize>>,
     pub confidence: Option<Vec<f32>>,
     pub bbox: Option<Vec<[f32; 4]>>,
-    pub image_index: Option<Vec<i64>>,
+    /// Index of the image each box came from.
+    pub image_index: Option<Vec<usize>>,
+    /// The class head, `[num_classes, feature_dim]` per level.
     pub head: Option<ClassHead>,
+    /// One name per class, or none when the classes are unnamed.
     pub class_names: Vec<String>,
     pub fingerprint: String,
     pub source: String,
@@ -70,7 +83,68 @@ pub struct BoxSet {
     pub roi: Vec<SourceFeatures>,
 }
 
+/// Boxes whose parts agree: every per-box column has one entry per box, every row its width,
+/// class ids and labels lie within the classes, the head has the boxes' shape, the detection
+/// settings are in range. Values may be non-finite: a scorer refuses those it reads.
+///
+/// The fields are read through [`BoxParts`] (`set.class_id`, `set.feature(i)`); to change
+/// them, take the parts ([`BoxSet::into_parts`]) and build a new set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BoxSet {
+    parts: BoxParts,
+}
+
+impl std::ops::Deref for BoxSet {
+    type Target = BoxParts;
+
+    fn deref(&self) -> &BoxParts {
+        &self.parts
+    }
+}
+
 impl BoxSet {
+    /// The set of `parts`, or [`Error::BadBoxSet`] naming the first field that disagrees.
+    pub fn new(parts: BoxParts) -> Result<BoxSet> {
+        check_parts(&parts).map_err(|reason| Error::BadBoxSet { reason })?;
+        Ok(BoxSet { parts })
+    }
+
+    /// The fields, to change and check again with [`BoxSet::new`].
+    pub fn into_parts(self) -> BoxParts {
+        self.parts
+    }
+
+    /// The set with its parts changed by `change`, checked again.
+    pub fn edit(self, change: impl FnOnce(&mut BoxParts)) -> Result<BoxSet> {
+        let mut parts = self.parts;
+        change(&mut parts);
+        BoxSet::new(parts)
+    }
+
+    /// Names the model the boxes came from (its weights fingerprint).
+    pub fn set_fingerprint(&mut self, fingerprint: impl Into<String>) {
+        self.parts.fingerprint = fingerprint.into();
+    }
+
+    /// Records how the boxes were detected; settings out of range are refused.
+    pub fn set_detect_options(&mut self, options: Option<UsedOptions>) -> Result<()> {
+        if let Some(options) = &options {
+            options.check()?;
+        }
+        self.parts.detect_options = options;
+        Ok(())
+    }
+
+    /// Sets the ground-truth labels, one per box (see [`BoxParts::label`]).
+    pub fn set_labels(&mut self, labels: Option<Vec<i64>>) -> Result<()> {
+        if let Some(labels) = &labels {
+            check_labels(labels, self.len(), self.num_classes)
+                .map_err(|reason| Error::BadBoxSet { reason })?;
+        }
+        self.parts.label = labels;
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.class_id.len()
     }
@@ -113,9 +187,10 @@ impl BoxSet {
 
     /// The boxes at `indices`, in that order, with the same head and metadata.
     pub fn subset(&self, indices: &[usize]) -> BoxSet {
-        let pick_i64 =
-            |v: &Option<Vec<i64>>| v.as_ref().map(|v| indices.iter().map(|&i| v[i]).collect());
-        BoxSet {
+        fn pick<T: Copy>(v: &Option<Vec<T>>, indices: &[usize]) -> Option<Vec<T>> {
+            v.as_ref().map(|v| indices.iter().map(|&i| v[i]).collect())
+        }
+        let parts = BoxParts {
             features: indices
                 .iter()
                 .flat_map(|&i| self.feature(i).iter().copied())
@@ -127,17 +202,11 @@ impl BoxSet {
                 .collect(),
             num_classes: self.num_classes,
             class_id: indices.iter().map(|&i| self.class_id[i]).collect(),
-            label: pick_i64(&self.label),
-            level: pick_i64(&self.level),
-            confidence: self
-                .confidence
-                .as_ref()
-                .map(|v| indices.iter().map(|&i| v[i]).collect()),
-            bbox: self
-                .bbox
-                .as_ref()
-                .map(|v| indices.iter().map(|&i| v[i]).collect()),
-            image_index: pick_i64(&self.image_index),
+            label: pick(&self.label, indices),
+            level: pick(&self.level, indices),
+            confidence: pick(&self.confidence, indices),
+            bbox: pick(&self.bbox, indices),
+            image_index: pick(&self.image_index, indices),
             head: self.head.clone(),
             class_names: self.class_names.clone(),
             fingerprint: self.fingerprint.clone(),
@@ -152,7 +221,9 @@ impl BoxSet {
                     ..r.clone()
                 })
                 .collect(),
-        }
+        };
+        // The rows of a consistent set, picked alike, stay consistent.
+        BoxSet { parts }
     }
 
     /// The rows of one source, when the set has it: `features` when it holds that source
@@ -210,12 +281,20 @@ impl BoxSet {
                 features.extend_from_slice(&rows[i * d..(i + 1) * d]);
             }
         }
+        let head = if sources.is_cls() {
+            self.parts.head
+        } else {
+            None
+        };
+        // Whole rows of sources the set holds: the lengths agree.
         Ok(BoxSet {
-            features,
-            feature_dim: dim,
-            head: if sources.is_cls() { self.head } else { None },
-            feature_sources: sources.clone(),
-            ..self
+            parts: BoxParts {
+                features,
+                feature_dim: dim,
+                head,
+                feature_sources: sources.clone(),
+                ..self.parts
+            },
         })
     }
 
@@ -237,16 +316,16 @@ impl BoxSet {
     pub fn split_holdout(&self, fraction: f64, seed: u64) -> (BoxSet, BoxSet) {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
-        let groups: Vec<i64> = match &self.image_index {
+        let groups: Vec<usize> = match &self.image_index {
             Some(v) => v.clone(),
-            None => (0..self.len() as i64).collect(),
+            None => (0..self.len()).collect(),
         };
-        let mut unique: Vec<i64> = groups.clone();
+        let mut unique: Vec<usize> = groups.clone();
         unique.sort_unstable();
         unique.dedup();
         unique.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
         let take = ((unique.len() as f64) * fraction).round() as usize;
-        let held: std::collections::HashSet<i64> = unique.into_iter().take(take).collect();
+        let held: std::collections::HashSet<usize> = unique.into_iter().take(take).collect();
         let (mut rest, mut out) = (Vec::new(), Vec::new());
         for (i, g) in groups.iter().enumerate() {
             if held.contains(g) {
@@ -258,15 +337,16 @@ impl BoxSet {
         (self.subset(&rest), self.subset(&out))
     }
 
-    /// A box set of detections, with the image each came from.
+    /// A box set of detections, with the image each came from; records of another shape than
+    /// the head's, or with ROI features of other sources, are refused.
     pub fn from_records<'a>(
         records: impl IntoIterator<Item = (usize, &'a BoxRecord)>,
         head: &ClassHead,
         class_names: &[String],
         fingerprint: &str,
         source: &str,
-    ) -> Self {
-        let mut set = BoxSet {
+    ) -> Result<Self> {
+        let mut set = BoxParts {
             feature_dim: head.levels.first().map_or(0, |l| l.dim),
             num_classes: class_names.len(),
             level: Some(Vec::new()),
@@ -297,13 +377,13 @@ impl BoxSet {
             }
             set.features.extend_from_slice(&r.feature);
             set.logits.extend_from_slice(&r.logits);
-            set.class_id.push(r.class_id as i64);
-            set.level.as_mut().unwrap().push(r.level as i64);
+            set.class_id.push(r.class_id);
+            set.level.as_mut().unwrap().push(r.level as usize);
             set.confidence.as_mut().unwrap().push(r.confidence);
             set.bbox.as_mut().unwrap().push(r.bbox);
-            set.image_index.as_mut().unwrap().push(image as i64);
+            set.image_index.as_mut().unwrap().push(image);
         }
-        set
+        BoxSet::new(set)
     }
 
     /// Writes the box set, atomically: a temporary file renamed into place.
@@ -326,17 +406,17 @@ impl BoxSet {
                 "class_id".into(),
                 Dtype::I64,
                 vec![n],
-                i64_bytes(&self.class_id),
+                i64_bytes(&wide(&self.class_id)),
             ),
         ];
         let optional_i64 = [
-            ("label", &self.label),
-            ("level", &self.level),
-            ("image_index", &self.image_index),
+            ("label", self.label.clone()),
+            ("level", self.level.as_deref().map(wide)),
+            ("image_index", self.image_index.as_deref().map(wide)),
         ];
         for (name, values) in optional_i64 {
             if let Some(v) = values {
-                tensors.push((name.into(), Dtype::I64, vec![n], i64_bytes(v)));
+                tensors.push((name.into(), Dtype::I64, vec![n], i64_bytes(&v)));
             }
         }
         if let Some(c) = &self.confidence {
@@ -435,6 +515,16 @@ impl BoxSet {
                 .map(|(shape, v)| file.check_shape(name, &shape, &[Some(n)]).map(|_| v))
                 .transpose()
         };
+        let classes = lshape[1];
+        let class_range = format!("a class in 0..={}", classes as i64 - 1);
+        let class_id = narrow("class_id", &class_id, classes, &class_range)
+            .map_err(|reason| file.bad(reason))?;
+        let index = |name: &str| -> Result<Option<Vec<usize>>> {
+            vector_i64(name)?
+                .map(|v| narrow(name, &v, usize::MAX >> 1, "0 or more"))
+                .transpose()
+                .map_err(|reason| file.bad(reason))
+        };
         let confidence = file.f32("confidence")?.map(|(_, v)| v);
         let bbox = file
             .f32("bbox")?
@@ -455,22 +545,28 @@ impl BoxSet {
             None => FeatureSources::default(),
         };
         let roi = read_roi(&file, n)?;
-        let class_names = match meta.get("class_names") {
+        let class_names: Vec<String> = match meta.get("class_names") {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| file.bad(format!("metadata `class_names`: {e}")))?,
-            None => (0..lshape[1]).map(|i| format!("class{i}")).collect(),
+            None => (0..classes).map(|i| format!("class{i}")).collect(),
         };
-        let set = BoxSet {
+        if class_names.len() != classes {
+            return Err(file.bad(format!(
+                "{} class names in the metadata, but the logits have {classes} classes",
+                class_names.len()
+            )));
+        }
+        let parts = BoxParts {
             features,
             feature_dim: fshape[1],
             logits,
-            num_classes: lshape[1],
+            num_classes: classes,
             class_id,
             label: vector_i64("label")?,
-            level: vector_i64("level")?,
+            level: index("level")?,
             confidence,
             bbox,
-            image_index: vector_i64("image_index")?,
+            image_index: index("image_index")?,
             head,
             class_names,
             fingerprint: meta.get("fingerprint").cloned().unwrap_or_default(),
@@ -485,63 +581,121 @@ impl BoxSet {
             feature_sources,
             roi,
         };
-        set.check_consistency().map_err(|reason| file.bad(reason))?;
-        Ok(set)
+        check_parts(&parts).map_err(|reason| file.bad(reason))?;
+        Ok(BoxSet { parts })
     }
+}
 
-    /// What a file can get wrong beyond its tensors' shapes: class ids outside the class list,
-    /// a head or class names of another size, detection settings out of range.
-    fn check_consistency(&self) -> std::result::Result<(), String> {
-        let (n, classes) = (self.len(), self.num_classes);
-        if let Some(c) = &self.confidence {
-            if c.len() != n {
-                return Err(format!("`confidence` has {} values for {n} boxes", c.len()));
-            }
-        }
-        if self.class_names.len() != classes {
+/// The ids of a file as i64.
+fn wide(values: &[usize]) -> Vec<i64> {
+    values.iter().map(|&v| v as i64).collect()
+}
+
+/// The ids of a file as indices, each below `end`; else names the first box outside.
+fn narrow(
+    tensor: &str,
+    values: &[i64],
+    end: usize,
+    allowed: &str,
+) -> std::result::Result<Vec<usize>, String> {
+    match values.iter().position(|&v| v < 0 || v >= end as i64) {
+        Some(i) => Err(format!(
+            "box {i}: `{tensor}` is {}, not {allowed}",
+            values[i]
+        )),
+        None => Ok(values.iter().map(|&v| v as usize).collect()),
+    }
+}
+
+/// Labels are a class, −1 (unknown) or −2 (background), one per box.
+fn check_labels(labels: &[i64], n: usize, classes: usize) -> std::result::Result<(), String> {
+    if labels.len() != n {
+        return Err(format!("`label` has {} values for {n} boxes", labels.len()));
+    }
+    match labels
+        .iter()
+        .position(|&v| v < LABEL_BACKGROUND || v >= classes as i64)
+    {
+        Some(i) => Err(format!(
+            "box {i}: `label` is {}, not a class in 0..={}, -1 (unknown) or -2 (background)",
+            labels[i],
+            classes as i64 - 1
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What parts can get wrong: columns of another length, class ids outside the class list, a
+/// head or class names of another size, ROI rows of another width, settings out of range.
+fn check_parts(p: &BoxParts) -> std::result::Result<(), String> {
+    let (n, classes) = (p.class_id.len(), p.num_classes);
+    let rows = [
+        ("features", p.features.len(), p.feature_dim),
+        ("logits", p.logits.len(), classes),
+    ];
+    for (name, len, width) in rows {
+        if Some(len) != n.checked_mul(width) {
             return Err(format!(
-                "{} class names in the metadata, but the logits have {classes} classes",
-                self.class_names.len()
+                "`{name}` has {len} values, not {n} boxes × {width}"
             ));
         }
-        let out_of =
-            |tensor: &str, values: &[i64], lowest: i64, end: usize, allowed: &str| match values
-                .iter()
-                .position(|&v| v < lowest || v >= end as i64)
-            {
-                Some(i) => Err(format!(
-                    "box {i}: `{tensor}` is {}, not {allowed}",
-                    values[i]
-                )),
-                None => Ok(()),
-            };
-        let class_range = format!("a class in 0..={}", classes as i64 - 1);
-        out_of("class_id", &self.class_id, 0, classes, &class_range)?;
-        if let Some(label) = &self.label {
-            let allowed = format!("{class_range}, -1 (unknown) or -2 (background)");
-            out_of("label", label, LABEL_BACKGROUND, classes, &allowed)?;
-        }
-        for (tensor, values) in [("level", &self.level), ("image_index", &self.image_index)] {
-            if let Some(values) = values {
-                out_of(tensor, values, 0, usize::MAX >> 1, "0 or more")?;
-            }
-        }
-        let head_levels = self.head.iter().flat_map(|h| &h.levels);
-        for (i, level) in head_levels.enumerate() {
-            if level.classes != classes || level.dim != self.feature_dim {
-                return Err(format!(
-                    "head {i} is [{}, {}]; the boxes have {classes} classes and {}-d features",
-                    level.classes, level.dim, self.feature_dim
-                ));
-            }
-        }
-        if let Some(options) = &self.detect_options {
-            options
-                .check()
-                .map_err(|e| format!("metadata `detect_options`: {e}"))?;
-        }
-        Ok(())
     }
+    let columns = [
+        ("level", p.level.as_ref().map(Vec::len)),
+        ("confidence", p.confidence.as_ref().map(Vec::len)),
+        ("bbox", p.bbox.as_ref().map(Vec::len)),
+        ("image_index", p.image_index.as_ref().map(Vec::len)),
+    ];
+    for (name, len) in columns {
+        if let Some(len) = len.filter(|&len| len != n) {
+            return Err(format!("`{name}` has {len} values for {n} boxes"));
+        }
+    }
+    if !p.class_names.is_empty() && p.class_names.len() != classes {
+        return Err(format!(
+            "{} class names, but the logits have {classes} classes",
+            p.class_names.len()
+        ));
+    }
+    if let Some(i) = p.class_id.iter().position(|&c| c >= classes) {
+        return Err(format!(
+            "box {i}: `class_id` is {}, not a class in 0..={}",
+            p.class_id[i],
+            classes as i64 - 1
+        ));
+    }
+    if let Some(labels) = &p.label {
+        check_labels(labels, n, classes)?;
+    }
+    let head_levels = p.head.iter().flat_map(|h| &h.levels);
+    for (i, level) in head_levels.enumerate() {
+        if level.classes != classes
+            || level.dim != p.feature_dim
+            || level.weight.len() != classes * p.feature_dim
+            || level.bias.len() != classes
+        {
+            return Err(format!(
+                "head {i} is [{}, {}]; the boxes have {classes} classes and {}-d features",
+                level.classes, level.dim, p.feature_dim
+            ));
+        }
+    }
+    for r in &p.roi {
+        if Some(r.values.len()) != n.checked_mul(r.dim) {
+            return Err(format!(
+                "`{}` has {} values, not {n} boxes × {}",
+                r.source,
+                r.values.len(),
+                r.dim
+            ));
+        }
+    }
+    if let Some(options) = &p.detect_options {
+        options
+            .check()
+            .map_err(|e| format!("metadata `detect_options`: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A box tensor the file lacks: the file is named as a scorer file or a model when its
@@ -670,8 +824,9 @@ mod tests {
             &names,
             "sha256:x",
             "test",
-        );
-        set.detect_options = Some(
+        )
+        .unwrap();
+        set.set_detect_options(Some(
             DetectOptions {
                 imgsz: InputSize {
                     width: 256,
@@ -680,7 +835,8 @@ mod tests {
                 ..DetectOptions::default()
             }
             .used_by(&SettingsUse::ALL),
-        );
+        ))
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("boxes.safetensors");
         set.save(&path).unwrap();
@@ -699,18 +855,16 @@ mod tests {
         both.save(&path).unwrap();
         let loaded = BoxSet::load(&path).unwrap();
         assert_eq!(loaded, both);
-        let back = loaded
-            .select(&FeatureSources::default())
-            .unwrap_err()
-            .to_string();
+        let back = loaded.select(&FeatureSources::default()).unwrap_err();
+        assert!(matches!(back, Error::Unsupported(_)), "{back}");
+        let back = back.to_string();
         assert!(
             back.contains("no feature source cls") && back.contains("roi:4@2"),
             "{back}"
         );
-        let err = set
-            .select(&"roi:6".parse().unwrap())
-            .unwrap_err()
-            .to_string();
+        let err = set.select(&"roi:6".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, Error::Unsupported(_)), "{err}");
+        let err = err.to_string();
         assert!(err.contains("no feature source roi:6"), "{err}");
     }
 
@@ -731,7 +885,7 @@ mod tests {
 
     #[test]
     fn a_non_finite_value_is_named_by_its_index_in_the_file() {
-        let mut set = BoxSet::from_records(
+        let set = BoxSet::from_records(
             [record(0, 0), record(1, 0), record(0, 1)]
                 .iter()
                 .enumerate(),
@@ -746,21 +900,25 @@ mod tests {
             &["a".into(), "b".into()],
             "sha256:x",
             "test",
-        );
+        )
+        .unwrap();
         assert!(set.check_finite(Path::new("x.safetensors")).is_ok());
-        set.features[2 * 3 + 1] = f32::NAN;
-        let err = set
-            .check_finite(Path::new("x.safetensors"))
-            .unwrap_err()
-            .to_string();
+        let set = set.edit(|s| s.features[2 * 3 + 1] = f32::NAN).unwrap();
+        let err = set.check_finite(Path::new("x.safetensors")).unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.starts_with("x.safetensors: box 2 ") && err.contains("NaN at position 1"),
             "{err}"
         );
     }
 
-    /// The round-trip set of `round_trips`, one box per class, changed by `edit` and saved.
-    fn saved_with(dir: &Path, edit: impl FnOnce(&mut BoxSet)) -> std::path::PathBuf {
+    /// A file's tensors by name, and its metadata.
+    type Contents = (HashMap<String, Entry>, HashMap<String, String>);
+
+    /// The round-trip set of `round_trips`, one box per class, saved, its file's tensors and
+    /// metadata changed by `edit` (in memory a set cannot disagree with itself).
+    fn saved_with(dir: &Path, edit: impl FnOnce(&mut Contents)) -> std::path::PathBuf {
         let head = ClassHead {
             levels: vec![LinearHead {
                 weight: vec![0.0; 6],
@@ -771,45 +929,77 @@ mod tests {
         };
         let names = vec!["a".to_string(), "b".to_string()];
         let records = [record(0, 0), record(1, 0)];
-        let mut set = BoxSet::from_records(records.iter().enumerate(), &head, &names, "x", "t");
-        edit(&mut set);
+        let set = BoxSet::from_records(records.iter().enumerate(), &head, &names, "x", "t");
         let path = dir.join("edited.safetensors");
-        set.save(&path).unwrap();
+        set.unwrap().save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let tensors = file.tensors().into_iter().map(|(name, t)| {
+            let entry = (
+                name.clone(),
+                t.dtype(),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            );
+            (name, entry)
+        });
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut contents = (tensors.collect(), meta.metadata().clone().unwrap());
+        edit(&mut contents);
+        let entries: Vec<Entry> = contents.0.into_values().collect();
+        tensor_file::write(&path, &entries, contents.1).unwrap();
         path
+    }
+
+    /// `values` as the i64 tensor `name` of a two-box file.
+    fn ids(contents: &mut Contents, name: &str, values: [i64; 2]) {
+        let entry = (name.to_string(), Dtype::I64, vec![2], i64_bytes(&values));
+        contents.0.insert(name.to_string(), entry);
     }
 
     #[test]
     fn inconsistent_fields_are_refused_naming_the_file_and_the_box() {
         let dir = tempfile::tempdir().unwrap();
-        type Edit = Box<dyn FnOnce(&mut BoxSet)>;
+        type Edit = Box<dyn FnOnce(&mut Contents)>;
+        let options = serde_json::to_string(
+            &DetectOptions {
+                conf: 2.0,
+                ..Default::default()
+            }
+            .used_by(&SettingsUse::ALL),
+        )
+        .unwrap();
         let cases: Vec<(Edit, &str)> = vec![
             (
-                Box::new(|s| s.class_id[1] = 9),
+                Box::new(|s| ids(s, "class_id", [0, 9])),
                 "box 1: `class_id` is 9, not a class in 0..=1",
             ),
-            (Box::new(|s| s.class_id[0] = -1), "box 0: `class_id` is -1"),
             (
-                Box::new(|s| s.label = Some(vec![-2, 2])),
+                Box::new(|s| ids(s, "class_id", [-1, 1])),
+                "box 0: `class_id` is -1",
+            ),
+            (
+                Box::new(|s| ids(s, "label", [-2, 2])),
                 "box 1: `label` is 2, not a class in 0..=1, -1 (unknown) or -2 (background)",
             ),
             (
-                Box::new(|s| s.class_names.push("c".into())),
+                Box::new(|s| {
+                    s.1.insert("class_names".into(), r#"["a","b","c"]"#.into());
+                }),
                 "3 class names in the metadata, but the logits have 2 classes",
             ),
             (
                 Box::new(|s| {
-                    let options = DetectOptions {
-                        conf: 2.0,
-                        ..Default::default()
-                    };
-                    s.detect_options = Some(options.used_by(&SettingsUse::ALL))
+                    s.1.insert("detect_options".into(), options);
                 }),
                 "conf = 2 is outside [0, 1]",
             ),
         ];
         for (edit, expected) in cases {
             let path = saved_with(dir.path(), edit);
-            let err = BoxSet::load(&path).unwrap_err().to_string();
+            let err = BoxSet::load(&path).unwrap_err();
+            assert!(matches!(err, Error::BadInput { .. }), "{err}");
+            let err = err.to_string();
             assert!(
                 err.contains("edited.safetensors") && err.contains(expected),
                 "{err}"
@@ -828,7 +1018,9 @@ mod tests {
         bytes.extend(header.as_bytes());
         bytes.extend([0u8; 8]);
         std::fs::write(&path, bytes).unwrap();
-        let err = BoxSet::load(&path).unwrap_err().to_string();
+        let err = BoxSet::load(&path).unwrap_err();
+        assert!(matches!(err, Error::WrongKind { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("liar.safetensors"), "{err}");
     }
 
@@ -843,7 +1035,9 @@ mod tests {
             safetensors::serialize([("features", view)], None).unwrap(),
         )
         .unwrap();
-        let err = BoxSet::load(&path).unwrap_err().to_string();
+        let err = BoxSet::load(&path).unwrap_err();
+        assert!(matches!(err, Error::MissingTensor { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("logits") && err.contains("partial.safetensors"),
             "{err}"

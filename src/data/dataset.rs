@@ -514,7 +514,9 @@ mod tests {
             .unwrap()
             .starts_with(&folder)));
         std::fs::rename(coco.join("val2017"), coco.join("elsewhere")).unwrap();
-        let err = open(&json, "val").unwrap_err().to_string();
+        let err = open(&json, "val").unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("none of its 4 images was found") && err.contains("val2017"),
             "{err}"
@@ -526,10 +528,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.txt");
         std::fs::write(&path, "0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n").unwrap();
-        let err = read_yolo_labels(&path, 4).unwrap_err().to_string();
+        let err = read_yolo_labels(&path, 4).unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("x.txt") && err.contains("line 2"), "{err}");
         assert!(err.contains("classes are 0 to 3"), "{err}");
-        let err = read_yolo_labels(&path, 0).unwrap_err().to_string();
+        let err = read_yolo_labels(&path, 0).unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("it has no classes"), "{err}");
         for (line, value) in [
             ("1 0.5 1.5 0.1 0.1", "1.5"),
@@ -538,7 +544,9 @@ mod tests {
             ("1 inf 0.5 0.1 0.1", "inf"),
         ] {
             std::fs::write(&path, format!("0 0.5 0.5 0.1 0.1\n\n{line}\n")).unwrap();
-            let err = read_yolo_labels(&path, 4).unwrap_err().to_string();
+            let err = read_yolo_labels(&path, 4).unwrap_err();
+            assert!(matches!(err, Error::BadInput { .. }), "{err}");
+            let err = err.to_string();
             assert!(
                 err.contains("x.txt")
                     && err.contains("line 3")
@@ -579,7 +587,9 @@ mod tests {
             ),
         ] {
             write(annotation);
-            let err = coco(&path).unwrap_err().to_string();
+            let err = coco(&path).unwrap_err();
+            assert!(matches!(err, Error::BadInput { .. }), "{err}");
+            let err = err.to_string();
             assert!(
                 err.contains("instances.json") && err.contains(expected),
                 "{err}"

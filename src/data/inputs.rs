@@ -80,11 +80,13 @@ mod tests {
 
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let err = collect_images(&[empty]).unwrap_err().to_string();
+        let err = collect_images(&[empty]).unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("empty") && err.contains("no image"), "{err}");
-        let err = collect_images(&[dir.path().join("missing.png")])
-            .unwrap_err()
-            .to_string();
+        let err = collect_images(&[dir.path().join("missing.png")]).unwrap_err();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("missing.png") && err.contains("no such file"),
             "{err}"

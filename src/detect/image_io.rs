@@ -247,12 +247,15 @@ mod tests {
         let err = decode_rgb(b"\x89PNG\r\n\x1a\nnot really").unwrap_err();
         assert!(matches!(err, Error::BadImageData { .. }), "{err}");
         assert!(err.to_string().contains("cannot decode image"), "{err}");
-        let err = decode_rgb(b"plain text").unwrap_err().to_string();
+        let err = decode_rgb(b"plain text").unwrap_err();
+        assert!(matches!(err, Error::BadImageData { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("format could not be determined"), "{err}");
         let err = decode_rgb(&png_declaring(50_000, 50_000)).unwrap_err();
         assert!(matches!(err, Error::BadImageData { .. }), "{err}");
         assert!(err.to_string().contains("50000×50000"), "{err}");
         let err = rgb_from_image(DynamicImage::new_rgb8(0, 4)).unwrap_err();
+        assert!(matches!(err, Error::BadImageData { .. }), "{err}");
         assert!(err.to_string().contains("empty"), "{err}");
     }
 
@@ -261,7 +264,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bomb.png");
         std::fs::write(&path, png_declaring(50_000, 50_000)).unwrap();
-        let err = load_rgb(&path).unwrap_err().to_string();
+        let err = load_rgb(&path).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("bomb.png") && err.contains("50000×50000"),
             "{err}"
@@ -273,7 +278,9 @@ mod tests {
         };
         let path = dir.path().join("wide.png");
         RgbImage::new(40, 10).save(&path).unwrap();
-        let err = load_rgb_within(&path, &small).unwrap_err().to_string();
+        let err = load_rgb_within(&path, &small).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("wide.png") && err.contains("1200 bytes"),
             "{err}"
@@ -286,7 +293,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.png");
         std::fs::write(&path, b"\x89PNG\r\n\x1a\nnot really").unwrap();
-        let err = load_rgb(&path).unwrap_err().to_string();
+        let err = load_rgb(&path).unwrap_err();
+        assert!(matches!(err, Error::BadImage { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("broken.png"), "{err}");
     }
 }

@@ -47,7 +47,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const BOX_MONITOR: KindEntry = KindEntry {
     name: "box_monitor",
@@ -449,7 +449,7 @@ impl BoxMonitor {
     fn fit_group(&self, boxes: &BoxSet, idx: &[usize], info: &GroupInfo) -> Group {
         let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for &i in idx {
-            by_class.entry(boxes.class_id[i]).or_default().push(i);
+            by_class.entry(boxes.class_id[i] as i64).or_default().push(i);
         }
         // One random stream per (group, class); the fallback pool takes the group's last one.
         let stream = |c: u64| ((info.g as u64) << 33) | c;
@@ -510,7 +510,7 @@ impl Scorer for BoxMonitor {
                 let (points, width) = self.vectors(boxes, idx);
                 if width != group.pooled.width {
                     return Err(err(
-                        kind,
+                        kind, ScorerFault::Mismatch,
                         format!(
                             "{}: the monitor has {}-d boxes, these boxes give {width}-d vectors",
                             info.name(),
@@ -521,7 +521,7 @@ impl Scorer for BoxMonitor {
                 Ok(points
                     .par_chunks_exact(width)
                     .zip(idx.par_iter())
-                    .map(|(x, &i)| group.monitor(boxes.class_id[i]).distance(x))
+                    .map(|(x, &i)| group.monitor(boxes.class_id[i] as i64).distance(x))
                     .collect())
             })
     }
@@ -534,7 +534,7 @@ impl Scorer for BoxMonitor {
         let mut out = vec![-1; boxes.len()];
         for (group, idx) in groups.iter().zip(&members) {
             for &i in idx {
-                let class = boxes.class_id[i];
+                let class = boxes.class_id[i] as i64;
                 if group.classes.binary_search(&class).is_ok() {
                     out[i] = class;
                 }
@@ -721,29 +721,30 @@ mod tests {
         assert_ne!(assign[0], assign[2]);
     }
 
-    /// Classes 0 and 1: 200 boxes each around different centres; class 2: 5 boxes.
+    /// Classes 0 and 1: 200 boxes each around different centres; class 2: 5 boxes; classes
+    /// 3 to 7 none.
     fn box_set(seed: u64) -> BoxSet {
-        let (d, c) = (6, 3);
+        let (d, c) = (6, 8);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut set = BoxSet {
+        let mut set = crate::data::boxset::BoxParts {
             feature_dim: d,
             num_classes: c,
             ..Default::default()
         };
-        for (class, n) in [(0i64, 200), (1, 200), (2, 5)] {
+        for (class, n) in [(0, 200), (1, 200), (2, 5)] {
             for _ in 0..n {
                 for j in 0..d {
-                    let centre = if j as i64 == class { 4.0 } else { 0.0 };
+                    let centre = if j == class { 4.0 } else { 0.0 };
                     set.features.push(centre + rng.random::<f32>());
                 }
                 for j in 0..c {
-                    let l = if j as i64 == class { 3.0 } else { -2.0 };
+                    let l = if j == class { 3.0 } else { -2.0 };
                     set.logits.push(l + rng.random::<f32>());
                 }
                 set.class_id.push(class);
             }
         }
-        set
+        BoxSet::new(set).unwrap()
     }
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -785,12 +786,13 @@ mod tests {
             // fit) is scored pooled too.
             let scores = s.score(&fit).unwrap();
             assert!(scores.iter().all(|&v| v == 0.0), "{input}");
-            let mut relabelled = fit.clone();
-            relabelled.class_id.iter_mut().for_each(|c| *c = 7);
+            let relabelled = fit
+                .clone()
+                .edit(|r| r.class_id.iter_mut().for_each(|c| *c = 7))
+                .unwrap();
             assert!(s.score(&relabelled).unwrap().iter().all(|&v| v == 0.0));
             // A class-0 vector called class 1 lies outside class 1's boxes.
-            let mut swapped = fit.clone();
-            swapped.class_id[0] = 1;
+            let swapped = fit.clone().edit(|s| s.class_id[0] = 1).unwrap();
             assert!(s.score(&swapped).unwrap()[0] > 1.0, "{input}");
             assert_eq!(
                 s.fit_classes(&fit).unwrap()[..],

@@ -27,12 +27,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::calibration::{conformal_p_value, Calibrator};
-use super::common::{check_boxes, check_fit_set, err, not_fitted, TensorMap, TensorsOut, Uses};
+use super::common::{
+    check_boxes, check_fit_set, err, not_fitted, within, TensorMap, TensorsOut, Uses,
+};
 use super::params::{infos, to_json, ParamDoc, ParamSet};
 use super::registry::{build_impl, entries, KindEntry};
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const COMBINE: KindEntry = KindEntry {
     name: "combine",
@@ -170,7 +172,7 @@ impl Combine {
             .map(|spec| {
                 let (kind, shaping, given) = parse_spec(spec);
                 let scorer = build_impl(&kind, shaping.as_deref(), &given)
-                    .map_err(|e| err(COMBINE.name, format!("component `{spec}`: {e}")))?;
+                    .map_err(|e| within(COMBINE.name, &format!("component `{spec}`"), e))?;
                 let inputs = entries()
                     .iter()
                     .find(|k| k.name == kind)
@@ -215,7 +217,7 @@ impl Scorer for Combine {
         let (part_a, part_b) = boxes.split_holdout(self.params.holdout, self.params.seed);
         if part_a.is_empty() || part_b.is_empty() {
             return Err(err(
-                kind,
+                kind, ScorerFault::CannotFit,
                 format!(
                     "{} fit boxes cannot be split into a fit part and a held-out part \
                      (holdout={}): give more fit images",
@@ -224,7 +226,7 @@ impl Scorer for Combine {
                 ),
             ));
         }
-        let classes: Vec<usize> = part_b.class_id.iter().map(|&c| c as usize).collect();
+        let classes: Vec<usize> = part_b.class_id.clone();
         for c in &mut self.components {
             c.scorer.fit(&part_a)?;
             let scores = c.scorer.score(&part_b)?;
@@ -235,7 +237,7 @@ impl Scorer for Combine {
                     boxes.num_classes,
                     REFERENCE_CLASS_BOXES,
                 )
-                .map_err(|e| err(kind, format!("component `{}`: {e}", c.spec)))?,
+                .map_err(|e| within(kind, &format!("component `{}`", c.spec), e))?,
             );
         }
         Ok(())
@@ -248,7 +250,7 @@ impl Scorer for Combine {
         for c in &self.components {
             let reference = c.reference.as_ref().ok_or_else(|| not_fitted(kind))?;
             for (i, s) in c.scorer.score(boxes)?.into_iter().enumerate() {
-                let class = boxes.class_id[i] as usize;
+                let class = boxes.class_id[i];
                 p[i].push(open_p_value(reference.scores_for(class), s));
             }
         }

@@ -4,17 +4,32 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::data::boxset::BoxSet;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ScorerFault};
 
-pub(crate) fn err(scorer: &str, reason: impl Into<String>) -> Error {
+pub(crate) fn err(scorer: &str, fault: ScorerFault, reason: impl Into<String>) -> Error {
     Error::Scorer {
         scorer: scorer.to_string(),
+        fault,
         reason: reason.into(),
     }
 }
 
+/// `inner` as an error of `scorer`, its message after `context`; a scorer error keeps its
+/// fault, any other is a failure to fit.
+pub(crate) fn within(scorer: &str, context: &str, inner: Error) -> Error {
+    let fault = match inner {
+        Error::Scorer { fault, .. } => fault,
+        _ => ScorerFault::CannotFit,
+    };
+    err(scorer, fault, format!("{context}: {inner}"))
+}
+
 pub(crate) fn not_fitted(scorer: &str) -> Error {
-    err(scorer, "not fitted: call fit on ID boxes first")
+    err(
+        scorer,
+        ScorerFault::NotFitted,
+        "not fitted: call fit on ID boxes first",
+    )
 }
 
 /// What of a box a scorer reads; decides which values are checked for NaN/Inf.
@@ -24,56 +39,22 @@ pub struct Uses {
     pub logits: bool,
 }
 
-/// Checks that the box set is internally consistent (so that row accessors cannot panic) and that
-/// every value the scorer reads is finite; a bad value is reported with its box index.
+/// Checks that every value the scorer reads is finite (a [`BoxSet`] is consistent by
+/// construction); a bad value is reported with its box index.
 pub(crate) fn check_boxes(scorer: &str, boxes: &BoxSet, uses: Uses) -> Result<()> {
-    let n = boxes.len();
-    if boxes.features.len() != n * boxes.feature_dim {
-        return Err(err(
-            scorer,
-            format!(
-                "box set is inconsistent: {} feature values for {n} boxes of dimension {}",
-                boxes.features.len(),
-                boxes.feature_dim
-            ),
-        ));
-    }
-    if boxes.logits.len() != n * boxes.num_classes {
-        return Err(err(
-            scorer,
-            format!(
-                "box set is inconsistent: {} logit values for {n} boxes of {} classes",
-                boxes.logits.len(),
-                boxes.num_classes
-            ),
-        ));
-    }
-    for (name, v) in [("label", &boxes.label), ("level", &boxes.level)] {
-        if let Some(v) = v {
-            if v.len() != n {
-                return Err(err(
-                    scorer,
-                    format!(
-                        "box set is inconsistent: {} `{name}` values for {n} boxes",
-                        v.len()
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(levels) = &boxes.level {
-        if let Some(i) = levels.iter().position(|&l| l < 0) {
-            return Err(err(
-                scorer,
-                format!("box {i} has a negative level ({})", levels[i]),
-            ));
-        }
-    }
     if uses.features && boxes.feature_dim == 0 {
-        return Err(err(scorer, "box set has no features (dimension 0)"));
+        return Err(err(
+            scorer,
+            ScorerFault::MissingInput,
+            "box set has no features (dimension 0)",
+        ));
     }
     if uses.logits && boxes.num_classes == 0 {
-        return Err(err(scorer, "box set has no logits (0 classes)"));
+        return Err(err(
+            scorer,
+            ScorerFault::MissingInput,
+            "box set has no logits (0 classes)",
+        ));
     }
     let non_finite = |what: &str, values: &[f32], width: usize| -> Result<()> {
         if width == 0 {
@@ -82,6 +63,7 @@ pub(crate) fn check_boxes(scorer: &str, boxes: &BoxSet, uses: Uses) -> Result<()
         if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
             return Err(err(
                 scorer,
+                ScorerFault::NonFinite,
                 format!(
                     "box {} has a non-finite {what} ({} at index {})",
                     pos / width,
@@ -104,7 +86,11 @@ pub(crate) fn check_boxes(scorer: &str, boxes: &BoxSet, uses: Uses) -> Result<()
 pub(crate) fn check_fit_set(scorer: &str, boxes: &BoxSet, uses: Uses) -> Result<()> {
     check_boxes(scorer, boxes, uses)?;
     if boxes.is_empty() {
-        return Err(err(scorer, "cannot fit on an empty box set"));
+        return Err(err(
+            scorer,
+            ScorerFault::MissingInput,
+            "cannot fit on an empty box set",
+        ));
     }
     Ok(())
 }
@@ -114,6 +100,7 @@ pub(crate) fn check_dim(scorer: &str, what: &str, fitted: usize, found: usize) -
     if fitted != found {
         return Err(err(
             scorer,
+            ScorerFault::Mismatch,
             format!("{what} mismatch: fitted on {fitted}, this box set has {found}"),
         ));
     }
@@ -135,9 +122,9 @@ pub(crate) fn fit_labels(boxes: &BoxSet) -> Vec<i64> {
         Some(labels) => labels
             .iter()
             .zip(&boxes.class_id)
-            .map(|(&l, &c)| if l >= 0 { l } else { c })
+            .map(|(&l, &c)| if l >= 0 { l } else { c as i64 })
             .collect(),
-        None => boxes.class_id.clone(),
+        None => boxes.class_id.iter().map(|&c| c as i64).collect(),
     }
 }
 
@@ -179,10 +166,10 @@ impl Grouping {
     pub fn fit(boxes: &BoxSet, per_level: bool) -> (Grouping, Vec<Vec<usize>>) {
         match (&boxes.level, per_level) {
             (Some(levels), true) => {
-                let keys = distinct(levels.iter().copied());
+                let keys = distinct(levels.iter().map(|&l| l as i64));
                 let mut members = vec![Vec::new(); keys.len()];
-                for (i, l) in levels.iter().enumerate() {
-                    members[keys.binary_search(l).expect("key of a fit level")].push(i);
+                for (i, &l) in levels.iter().enumerate() {
+                    members[keys.binary_search(&(l as i64)).expect("key of a fit level")].push(i);
                 }
                 (Grouping { levels: Some(keys) }, members)
             }
@@ -209,7 +196,7 @@ impl Grouping {
         };
         let Some(levels) = &boxes.level else {
             return Err(err(
-                scorer,
+                scorer, ScorerFault::MissingInput,
                 format!(
                     "fitted per level (levels {keys:?}) but this box set has no `level`; refit with per_level=false to pool"
                 ),
@@ -218,10 +205,10 @@ impl Grouping {
         levels
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                keys.binary_search(l).map_err(|_| {
+            .map(|(i, &l)| {
+                keys.binary_search(&(l as i64)).map_err(|_| {
                     err(
-                        scorer,
+                        scorer, ScorerFault::Mismatch,
                         format!(
                             "box {i} is on level {l}, which had no boxes at fit (fitted levels {keys:?}); refit with per_level=false to pool"
                         ),
@@ -305,12 +292,16 @@ impl Heads {
     pub fn from_boxes(scorer: &str, boxes: &BoxSet) -> Result<Heads> {
         let Some(head) = &boxes.head else {
             return Err(err(
-                scorer,
+                scorer, ScorerFault::MissingInput,
                 "needs the classifier head (W, b) but the box set has none (`head.weight`/`head.bias` or `head.<level>.*`)",
             ));
         };
         if head.levels.is_empty() {
-            return Err(err(scorer, "the box set's head has no levels"));
+            return Err(err(
+                scorer,
+                ScorerFault::MissingInput,
+                "the box set's head has no levels",
+            ));
         }
         let mut heads = Vec::with_capacity(head.levels.len());
         for (i, h) in head.levels.iter().enumerate() {
@@ -320,7 +311,7 @@ impl Heads {
                 || h.bias.len() != h.classes
             {
                 return Err(err(
-                    scorer,
+                    scorer, ScorerFault::Mismatch,
                     format!(
                         "head {i} is [{}, {}] with {} weights and {} biases; the boxes have {} classes and {}-d features",
                         h.classes,
@@ -335,6 +326,7 @@ impl Heads {
             if let Some(p) = h.weight.iter().chain(&h.bias).position(|v| !v.is_finite()) {
                 return Err(err(
                     scorer,
+                    ScorerFault::NonFinite,
                     format!("head {i} has a non-finite parameter (position {p})"),
                 ));
             }
@@ -356,6 +348,7 @@ impl Heads {
         let Some(levels) = &boxes.level else {
             return Err(err(
                 scorer,
+                ScorerFault::MissingInput,
                 format!(
                     "there are {} per-level heads but the box set has no `level`",
                     self.heads.len()
@@ -366,11 +359,12 @@ impl Heads {
             .iter()
             .enumerate()
             .map(|(i, &l)| {
-                if (l as usize) < self.heads.len() {
-                    Ok(l as usize)
+                if l < self.heads.len() {
+                    Ok(l)
                 } else {
                     Err(err(
                         scorer,
+                        ScorerFault::Mismatch,
                         format!(
                             "box {i} is on level {l} but there are only {} heads",
                             self.heads.len()
@@ -395,7 +389,7 @@ impl Heads {
                 });
             if !same {
                 return Err(err(
-                    scorer,
+                    scorer, ScorerFault::Mismatch,
                     "the box set's head differs from the head the scorer was fitted with (boxes from another model?)",
                 ));
             }
@@ -484,10 +478,17 @@ impl<'a> TensorMap<'a> {
             let expected = shape
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| err(scorer, format!("state tensor `{name}`: shape overflows")))?;
+                .ok_or_else(|| {
+                    err(
+                        scorer,
+                        ScorerFault::BadState,
+                        format!("state tensor `{name}`: shape overflows"),
+                    )
+                })?;
             if expected != data.len() {
                 return Err(err(
                     scorer,
+                    ScorerFault::BadState,
                     format!(
                         "state tensor `{name}` has shape {shape:?} but {} values",
                         data.len()
@@ -497,6 +498,7 @@ impl<'a> TensorMap<'a> {
             if let Some(p) = data.iter().position(|v| !v.is_finite()) {
                 return Err(err(
                     scorer,
+                    ScorerFault::BadState,
                     format!("state tensor `{name}` has a non-finite value at {p}"),
                 ));
             }
@@ -504,7 +506,11 @@ impl<'a> TensorMap<'a> {
                 .insert(name.as_str(), (shape.as_slice(), data.as_slice()))
                 .is_some()
             {
-                return Err(err(scorer, format!("state tensor `{name}` appears twice")));
+                return Err(err(
+                    scorer,
+                    ScorerFault::BadState,
+                    format!("state tensor `{name}` appears twice"),
+                ));
             }
         }
         Ok(TensorMap {
@@ -519,7 +525,11 @@ impl<'a> TensorMap<'a> {
     }
 
     pub fn bad(&self, reason: impl Into<String>) -> Error {
-        err(&self.scorer, format!("bad scorer state: {}", reason.into()))
+        err(
+            &self.scorer,
+            ScorerFault::BadState,
+            format!("bad scorer state: {}", reason.into()),
+        )
     }
 
     pub fn take_optional(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f64>)>> {
@@ -634,6 +644,7 @@ impl<'a> TensorMap<'a> {
         if !extra.is_empty() {
             return Err(err(
                 &self.scorer,
+                ScorerFault::BadState,
                 format!("bad scorer state: unexpected tensors {extra:?}"),
             ));
         }

@@ -24,7 +24,7 @@ use crate::core::settings::UsedOptions;
 use crate::core::sources::FeatureSources;
 use crate::core::tensor_file::{self, f64_bytes, Entry, TensorFile};
 use crate::data::boxset::BoxSet;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ScorerFault};
 
 pub const FORMAT: &str = "oodbox-scorer";
 pub const VERSION: u32 = 1;
@@ -83,8 +83,10 @@ struct Header {
     tail: Option<TailSummary>,
 }
 
-/// Settings of a fit.
+/// Settings of a fit. New settings may be added (hence `#[non_exhaustive]`): start from
+/// `FitOptions::default()` and set the fields to change.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct FitOptions {
     /// Default significance level for `is_ood`.
     pub alpha: f64,
@@ -199,7 +201,7 @@ impl FittedScorer {
             )));
         }
         let scores = scorer.score(calibration)?;
-        let classes: Vec<usize> = calibration.class_id.iter().map(|&c| c as usize).collect();
+        let classes: Vec<usize> = calibration.class_id.clone();
         let mut calibrator =
             Calibrator::fit(&scores, &classes, fit.num_classes, options.min_class_boxes)?;
         if let Some(tail) = options.tail {
@@ -288,6 +290,7 @@ impl FittedScorer {
         let selected = boxes.clone().select(&self.header.feature_sources);
         selected.map(Cow::Owned).map_err(|e| Error::Scorer {
             scorer: self.name(),
+            fault: ScorerFault::Mismatch,
             reason: e.to_string(),
         })
     }
@@ -321,6 +324,7 @@ impl FittedScorer {
         let h = &self.header;
         let mismatch = |reason: String| Error::Scorer {
             scorer: self.name(),
+            fault: ScorerFault::Mismatch,
             reason,
         };
         if boxes.feature_dim != h.feature_dim || boxes.num_classes != h.num_classes {
@@ -353,7 +357,7 @@ impl FittedScorer {
             .iter()
             .zip(&boxes.class_id)
             .map(|(&score, &class)| {
-                let p = self.calibrator.p_value_with_source(score, class as usize);
+                let p = self.calibrator.p_value_with_source(score, class);
                 BoxOod {
                     score,
                     p_value: p.p,

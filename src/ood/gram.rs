@@ -167,14 +167,14 @@ impl Gram {
 
     fn fit_group(&self, boxes: &BoxSet, idx: &[usize], width: usize) -> Group {
         let stats: Vec<Vec<f64>> = idx.iter().map(|&i| self.stats(boxes.feature(i))).collect();
-        let classes = distinct(idx.iter().map(|&i| boxes.class_id[i]));
+        let classes = distinct(idx.iter().map(|&i| boxes.class_id[i] as i64));
         let mut lower = Vec::with_capacity(classes.len() * width);
         let mut upper = Vec::with_capacity(classes.len() * width);
         for &c in &classes {
             let of_class: Vec<Vec<f64>> = idx
                 .iter()
                 .zip(&stats)
-                .filter(|(&i, _)| boxes.class_id[i] == c)
+                .filter(|(&i, _)| (boxes.class_id[i] as i64) == c)
                 .map(|(_, s)| s.clone())
                 .collect();
             let (lo, up) = self.bounds(&of_class, width);
@@ -192,7 +192,7 @@ impl Gram {
     }
 
     fn score_box(&self, group: &Group, boxes: &BoxSet, i: usize, width: usize) -> f64 {
-        let (lo, up) = match group.classes.binary_search(&boxes.class_id[i]) {
+        let (lo, up) = match group.classes.binary_search(&(boxes.class_id[i] as i64)) {
             Ok(c) => (
                 &group.lower[c * width..(c + 1) * width],
                 &group.upper[c * width..(c + 1) * width],
@@ -220,7 +220,7 @@ impl Scorer for Gram {
         GRAM.name
     }
     fn fit_classes(&self, boxes: &BoxSet) -> Option<Vec<i64>> {
-        Some(boxes.class_id.clone())
+        Some(boxes.class_id.iter().map(|&c| c as i64).collect())
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {

@@ -37,7 +37,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const KNN: KindEntry = KindEntry {
     name: "knn",
@@ -169,7 +169,7 @@ fn check_fit_set_group(
     let same = n == bank.n && queries.iter().zip(&bank.data).all(|(&q, &b)| q as f32 == b);
     if !same {
         return Err(err(
-            kind,
+            kind, ScorerFault::Mismatch,
             format!(
                 "score_in_sample: {} of these boxes are not the fit set ({n} boxes here, {} in the bank)",
                 info.name(),
@@ -179,7 +179,7 @@ fn check_fit_set_group(
     }
     if bank.n < 2 {
         return Err(err(
-            kind,
+            kind, ScorerFault::CannotFit,
             format!(
                 "score_in_sample: {} has a single fit box, which has no neighbour but itself",
                 info.name()

@@ -41,7 +41,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const MAHALANOBIS: KindEntry = KindEntry {
     name: "mahalanobis",
@@ -259,7 +259,7 @@ impl Mahalanobis {
             .collect();
         let cov = scaled_gram(&within, n, d, 1.0 / n as f64);
         let (whitening, rank) = pinv_whitening(&cov, d, rtol)
-            .map_err(|e| err(kind, format!("{}: {e}", info.name())))?;
+            .map_err(|e| err(kind, ScorerFault::CannotFit, format!("{}: {e}", info.name())))?;
         let (bg_whitening, bg_rank) = if self.relative {
             let centred: Vec<f64> = feats
                 .chunks_exact(d)
@@ -267,7 +267,7 @@ impl Mahalanobis {
                 .collect();
             let cov0 = scaled_gram(&centred, n, d, 1.0 / n as f64);
             pinv_whitening(&cov0, d, rtol)
-                .map_err(|e| err(kind, format!("{}: {e}", info.name())))?
+                .map_err(|e| err(kind, ScorerFault::CannotFit, format!("{}: {e}", info.name())))?
         } else {
             (Vec::new(), 0)
         };

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 use super::common::err;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ScorerFault};
 
 /// One parameter's documentation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,6 +100,7 @@ fn unknown(scorer: &str, name: &str, valid: &[ParamInfo]) -> Error {
     };
     err(
         scorer,
+        ScorerFault::BadParameter,
         format!("unknown parameter `{name}`; valid parameters: {list}"),
     )
 }
@@ -124,7 +125,11 @@ impl Given {
                 .insert(name.to_string(), (value, text.to_string()))
                 .is_some()
             {
-                return Err(err(scorer, format!("parameter `{name}` given twice")));
+                return Err(err(
+                    scorer,
+                    ScorerFault::BadParameter,
+                    format!("parameter `{name}` given twice"),
+                ));
             }
         }
         Ok(Given {
@@ -181,7 +186,11 @@ impl Given {
                     .find(|one| with(std::slice::from_ref(one)).is_err());
                 Err(match culprit {
                     Some((name, _)) => self.bad::<P>(name),
-                    None => err(&self.scorer, format!("bad parameters: {e}")),
+                    None => err(
+                        &self.scorer,
+                        ScorerFault::BadParameter,
+                        format!("bad parameters: {e}"),
+                    ),
                 })
             }
         }
@@ -195,6 +204,7 @@ impl Given {
         let written = self.values.get(name).map_or("", |(_, text)| text.as_str());
         err(
             &self.scorer,
+            ScorerFault::BadParameter,
             format!("parameter `{name}={written}`: expected {expected}"),
         )
     }

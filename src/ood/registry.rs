@@ -8,7 +8,7 @@ use super::common::{err, TensorMap, Uses};
 use super::params::{Given, ParamInfo};
 use super::shaping::{Shaping, ShapingEntry, SHAPINGS};
 use super::{Scorer, ScorerImpl, ScorerState, KINDS};
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 /// A kind's constructor: an unfitted scorer from its parameters (and shaping, for shapeable
 /// kinds).
@@ -57,6 +57,7 @@ fn entry(kind: &str) -> Result<&'static KindEntry> {
     KINDS.iter().find(|k| k.name == wanted).ok_or_else(|| {
         err(
             kind,
+            ScorerFault::UnknownKind,
             format!("unknown scorer; valid scorers: {}", kinds().join(", ")),
         )
     })
@@ -71,6 +72,7 @@ fn shaping_entry(kind: &KindEntry, shaping: Option<&str>) -> Result<Option<&'sta
     let Some(found) = SHAPINGS.iter().find(|s| s.name == wanted) else {
         return Err(err(
             kind.name,
+            ScorerFault::UnknownKind,
             format!(
                 "unknown shaping `{wanted}`; valid shapings: {} (or none)",
                 shapings().join(", ")
@@ -85,6 +87,7 @@ fn shaping_entry(kind: &KindEntry, shaping: Option<&str>) -> Result<Option<&'sta
             .collect();
         return Err(err(
             kind.name,
+            ScorerFault::BadParameter,
             format!(
                 "shaping `{}` applies only to logit scorers ({})",
                 found.name,

@@ -59,7 +59,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 pub use mlp::{Layer, Mlp, Training};
 pub use surrogate::{Surrogate, VOS_POOL};
 
@@ -299,7 +299,7 @@ impl Safe {
             let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
             let count = (total * idx.len()).div_ceil(n);
             let made = surrogate::generate(self.params.surrogate, &x, d, &group_labels, count, rng)
-                .map_err(|e| err(kind, format!("surrogates of {}: {e}", grouping.name(g))))?;
+                .map_err(|e| err(kind, ScorerFault::CannotFit, format!("surrogates of {}: {e}", grouping.name(g))))?;
             for (rows, out) in [(&x, &mut id), (&made, &mut outliers)] {
                 for row in rows.chunks(d) {
                     out.extend_from_slice(row);

@@ -32,7 +32,7 @@ use super::common::{err, feature_f64, Grouping, Heads, TensorMap, TensorsOut};
 use super::linalg::quantile_linear;
 use super::params::{infos, to_json, Given, ParamDoc, ParamInfo, ParamSet, PER_LEVEL};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 /// One shaping: its name, what it does, its typed parameters and its constructor.
 pub struct ShapingEntry {
@@ -302,7 +302,7 @@ impl Shaping {
                         let log_s = total / kept;
                         if kept <= 0.0 || !log_s.is_finite() || log_s > 700.0 {
                             return Err(err(
-                                scorer,
+                                scorer, ScorerFault::Unscorable,
                                 format!(
                                     "{}: box {i}: the activations above the {percentile} percentile sum to {kept} (all activations: {total}), so the scale exp({total}/{kept}) is undefined or overflows; {} assumes non-negative (post-ReLU) features",
                                     self.name(),

@@ -28,7 +28,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const SHE: KindEntry = KindEntry {
     name: "she",
@@ -120,12 +120,12 @@ impl She {
         let correct: Vec<usize> = idx
             .iter()
             .copied()
-            .filter(|&i| labels[i] == boxes.class_id[i])
+            .filter(|&i| labels[i] == (boxes.class_id[i] as i64))
             .collect();
         let classes = distinct(correct.iter().map(|&i| labels[i]));
         if classes.is_empty() {
             return Err(err(
-                self.kind(),
+                self.kind(), ScorerFault::CannotFit,
                 format!(
                     "{}: no correctly classified fit box (label = class_id), so no class pattern",
                     info.name()
@@ -162,7 +162,7 @@ impl She {
                 .sum::<f64>()
         };
         let predicted = match self.params.class_select {
-            SheClassSelect::Predicted => group.classes.binary_search(&boxes.class_id[i]).ok(),
+            SheClassSelect::Predicted => group.classes.binary_search(&(boxes.class_id[i] as i64)).ok(),
             SheClassSelect::Max => None,
         };
         let best = match predicted {
@@ -186,7 +186,7 @@ impl Scorer for She {
             labels
                 .iter()
                 .zip(&boxes.class_id)
-                .map(|(&l, &c)| if l == c { l } else { -1 })
+                .map(|(&l, &c)| if l == c as i64 { l } else { -1 })
                 .collect(),
         )
     }

@@ -6,7 +6,22 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::core::{ClassHead, LinearHead};
-use crate::data::boxset::BoxSet;
+use crate::data::boxset::{BoxParts, BoxSet};
+use crate::error::{Error, ScorerFault};
+
+/// `set` with its parts changed by `change`.
+fn edited(set: &BoxSet, change: impl FnOnce(&mut BoxParts)) -> BoxSet {
+    set.clone().edit(change).unwrap()
+}
+
+/// The message of a scorer error of kind `expected`; any other error fails the test.
+fn message_of(err: Error, expected: ScorerFault) -> String {
+    match &err {
+        Error::Scorer { fault, .. } => assert_eq!(*fault, expected, "{err}"),
+        _ => panic!("not a scorer error: {err}"),
+    }
+    err.to_string()
+}
 
 const D: usize = 40;
 const C: usize = 4;
@@ -31,12 +46,12 @@ fn head() -> LinearHead {
     }
 }
 
-fn from_rows(features: Vec<Vec<f32>>, labels: Vec<i64>, levels: Option<Vec<i64>>) -> BoxSet {
+fn from_rows(features: Vec<Vec<f32>>, labels: Vec<i64>, levels: Option<Vec<usize>>) -> BoxSet {
     let h = head();
     let n_heads = levels
         .as_ref()
-        .map_or(1, |l| l.iter().copied().max().unwrap_or(0) as usize + 1);
-    let mut set = BoxSet {
+        .map_or(1, |l| l.iter().copied().max().unwrap_or(0) + 1);
+    let mut set = BoxParts {
         feature_dim: D,
         num_classes: C,
         head: Some(ClassHead {
@@ -60,10 +75,10 @@ fn from_rows(features: Vec<Vec<f32>>, labels: Vec<i64>, levels: Option<Vec<i64>>
             .0;
         set.features.extend_from_slice(f);
         set.logits.extend_from_slice(&l);
-        set.class_id.push(pred as i64);
+        set.class_id.push(pred);
     }
     set.label = Some(labels);
-    set
+    BoxSet::new(set).unwrap()
 }
 
 /// ID boxes: class block at 3, other dims at 0.2, Gaussian noise 0.3.
@@ -83,7 +98,7 @@ fn id_set(seed: u64, n: usize, levels: Option<usize>) -> BoxSet {
         rows.push(f);
         labels.push(y as i64);
         if let Some(l) = levels {
-            lv.push((i % l) as i64);
+            lv.push(i % l);
         }
     }
     from_rows(rows, labels, levels.map(|_| lv))
@@ -97,19 +112,21 @@ fn ood_feature() -> Vec<f32> {
         .collect()
 }
 
-fn append(set: &BoxSet, f: Vec<f32>, level: Option<i64>) -> BoxSet {
-    let mut out = set.clone();
+fn append(set: &BoxSet, f: Vec<f32>, level: Option<usize>) -> BoxSet {
     let l = head().logits(&f);
-    out.features.extend_from_slice(&f);
-    out.logits.extend_from_slice(&l);
-    out.class_id.push(0);
-    if let Some(labels) = &mut out.label {
-        labels.push(-1);
-    }
-    if let Some(levels) = &mut out.level {
-        levels.push(level.unwrap_or(0));
-    }
-    out
+    set.clone()
+        .edit(|out| {
+            out.features.extend_from_slice(&f);
+            out.logits.extend_from_slice(&l);
+            out.class_id.push(0);
+            if let Some(labels) = &mut out.label {
+                labels.push(-1);
+            }
+            if let Some(levels) = &mut out.level {
+                levels.push(level.unwrap_or(0));
+            }
+        })
+        .unwrap()
 }
 
 /// The table's entry of a kind.
@@ -197,27 +214,29 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
         assert!(a.iter().chain(&b).all(|v| v.is_finite()), "{kind}");
     }
     // Level 5 was never seen at fit.
-    let mut odd = test.clone();
-    odd.level.as_mut().unwrap()[2] = 5;
-    odd.head = None;
+    let odd = edited(&test, |odd| {
+        odd.level.as_mut().unwrap()[2] = 5;
+        odd.head = None;
+    });
     for kind in grouped_kinds() {
-        let err = fitted(kind, None, &[], &fit)
-            .score(&odd)
-            .unwrap_err()
-            .to_string();
+        let err = message_of(
+            fitted(kind, None, &[], &fit).score(&odd).unwrap_err(),
+            ScorerFault::Mismatch,
+        );
         assert!(
             err.contains("box 2") && err.contains("level 5"),
             "{kind}: {err}"
         );
     }
     // A per-level fit cannot score a box set without levels.
-    let mut flat = test.clone();
-    flat.level = None;
-    flat.head = None;
-    let err = fitted("knn", None, &[], &fit)
-        .score(&flat)
-        .unwrap_err()
-        .to_string();
+    let flat = edited(&test, |flat| {
+        flat.level = None;
+        flat.head = None;
+    });
+    let err = message_of(
+        fitted("knn", None, &[], &fit).score(&flat).unwrap_err(),
+        ScorerFault::MissingInput,
+    );
     assert!(err.contains("no `level`"), "{err}");
 }
 
@@ -229,16 +248,13 @@ fn non_finite_values_are_errors_naming_the_box() {
         let uses_features = entry(kind).inputs.features || shaping.is_some();
         let mut cases = Vec::new();
         if uses_features {
-            let mut b = fit.clone();
-            b.features[7 * D + 3] = f32::NAN;
+            let b = edited(&fit, |b| b.features[7 * D + 3] = f32::NAN);
             cases.push(("feature", b));
-            let mut b = fit.clone();
-            b.features[11 * D] = f32::INFINITY;
+            let b = edited(&fit, |b| b.features[11 * D] = f32::INFINITY);
             cases.push(("feature", b));
         }
         if uses_logits {
-            let mut b = fit.clone();
-            b.logits[9 * C + 1] = f32::NEG_INFINITY;
+            let b = edited(&fit, |b| b.logits[9 * C + 1] = f32::NEG_INFINITY);
             cases.push(("logit", b));
         }
         for (what, bad) in &cases {
@@ -250,13 +266,13 @@ fn non_finite_values_are_errors_naming_the_box() {
                 11
             };
             let mut s = build(kind, shaping, &[]).unwrap();
-            let err = s.fit(bad).unwrap_err().to_string();
+            let err = message_of(s.fit(bad).unwrap_err(), ScorerFault::NonFinite);
             assert!(
                 err.contains(&format!("box {box_index} ")) && err.contains(what),
                 "{kind} {shaping:?} fit: {err}"
             );
             let s = fitted(kind, shaping, &[], &fit);
-            let err = s.score(bad).unwrap_err().to_string();
+            let err = message_of(s.score(bad).unwrap_err(), ScorerFault::NonFinite);
             assert!(
                 err.contains(&format!("box {box_index} ")),
                 "{kind} {shaping:?} score: {err}"
@@ -267,17 +283,18 @@ fn non_finite_values_are_errors_naming_the_box() {
 
 #[test]
 fn empty_fit_set_is_an_error() {
-    let empty = BoxSet {
+    let empty = BoxSet::new(BoxParts {
         feature_dim: D,
         num_classes: C,
         head: Some(ClassHead {
             levels: vec![head()],
         }),
         ..Default::default()
-    };
+    })
+    .unwrap();
     for (kind, shaping) in all_configs() {
         let mut s = build(kind, shaping, &[]).unwrap();
-        let err = s.fit(&empty).unwrap_err().to_string();
+        let err = message_of(s.fit(&empty).unwrap_err(), ScorerFault::MissingInput);
         assert!(err.contains("empty"), "{kind} {shaping:?}: {err}");
     }
 }
@@ -287,27 +304,28 @@ fn scoring_before_fit_is_an_error() {
     let test = id_set(6, 5, None);
     for (kind, shaping) in all_configs() {
         let s = build(kind, shaping, &[]).unwrap();
-        let err = s.score(&test).unwrap_err().to_string();
+        let err = message_of(s.score(&test).unwrap_err(), ScorerFault::NotFitted);
         assert!(err.contains("not fitted"), "{kind}: {err}");
     }
 }
 
 #[test]
 fn a_class_with_a_single_box_works() {
-    let mut fit = id_set(7, 300, None);
     // Relabel one box as class 3 and every other class-3 box as class 2.
-    let labels = fit.label.as_mut().unwrap();
     let mut first = true;
-    for (l, c) in labels.iter_mut().zip(fit.class_id.iter_mut()) {
-        if *l == 3 {
-            if first {
-                first = false;
-            } else {
-                *l = 2;
-                *c = 2;
+    let fit = edited(&id_set(7, 300, None), |fit| {
+        let labels = fit.label.as_mut().unwrap();
+        for (l, c) in labels.iter_mut().zip(fit.class_id.iter_mut()) {
+            if *l == 3 {
+                if first {
+                    first = false;
+                } else {
+                    *l = 2;
+                    *c = 2;
+                }
             }
         }
-    }
+    });
     assert!(!first);
     let test = append(&id_set(8, 20, None), ood_feature(), None);
     for kind in grouped_kinds() {
@@ -321,12 +339,12 @@ fn singular_covariances_work_through_the_cut_off() {
     // Fewer boxes than dimensions.
     let small = id_set(9, 12, None);
     // Collinear and constant features.
-    let mut collinear = id_set(10, 300, None);
-    for i in 0..collinear.len() {
-        let v = collinear.features[i * D];
-        collinear.features[i * D + 1] = 2.0 * v;
-        collinear.features[i * D + 2] = 0.5;
-    }
+    let collinear = edited(&id_set(10, 300, None), |collinear| {
+        for row in collinear.features.chunks_exact_mut(D) {
+            row[1] = 2.0 * row[0];
+            row[2] = 0.5;
+        }
+    });
     let test = append(&id_set(11, 20, None), ood_feature(), None);
     for fit in [&small, &collinear] {
         for kind in ["mahalanobis", "rmds"] {
@@ -349,34 +367,41 @@ fn singular_covariances_work_through_the_cut_off() {
 #[test]
 fn dimension_mismatch_between_fit_and_score_is_an_error() {
     let fit = id_set(12, 100, None);
-    let mut narrow = id_set(13, 5, None);
-    narrow.feature_dim = D - 1;
-    narrow.features = narrow
-        .features
-        .chunks(D)
-        .flat_map(|r| r[..D - 1].to_vec())
-        .collect();
-    narrow.head = None;
-    let mut fewer_classes = id_set(13, 5, None);
-    fewer_classes.num_classes = C - 1;
-    fewer_classes.logits = fewer_classes
-        .logits
-        .chunks(C)
-        .flat_map(|r| r[..C - 1].to_vec())
-        .collect();
-    fewer_classes.head = None;
+    let narrow = edited(&id_set(13, 5, None), |narrow| {
+        narrow.feature_dim = D - 1;
+        narrow.features = narrow
+            .features
+            .chunks(D)
+            .flat_map(|r| r[..D - 1].to_vec())
+            .collect();
+        narrow.head = None;
+    });
+    let fewer_classes = edited(&id_set(13, 5, None), |fewer_classes| {
+        fewer_classes.num_classes = C - 1;
+        fewer_classes.logits = fewer_classes
+            .logits
+            .chunks(C)
+            .flat_map(|r| r[..C - 1].to_vec())
+            .collect();
+        fewer_classes.head = None;
+        // Ids and labels of the dropped class would fall outside the classes.
+        for c in fewer_classes.class_id.iter_mut().filter(|c| **c == C - 1) {
+            *c = 0;
+        }
+        fewer_classes.label = None;
+    });
     for (kind, shaping) in all_configs() {
         let s = fitted(kind, shaping, &[], &fit);
         let inputs = entry(kind).inputs;
         if inputs.features || shaping.is_some() {
-            let err = s.score(&narrow).unwrap_err().to_string();
+            let err = message_of(s.score(&narrow).unwrap_err(), ScorerFault::Mismatch);
             assert!(
                 err.contains("feature dimension"),
                 "{kind} {shaping:?}: {err}"
             );
         }
         if inputs.logits {
-            let err = s.score(&fewer_classes).unwrap_err().to_string();
+            let err = message_of(s.score(&fewer_classes).unwrap_err(), ScorerFault::Mismatch);
             assert!(err.contains("class count"), "{kind} {shaping:?}: {err}");
         }
     }
@@ -384,32 +409,38 @@ fn dimension_mismatch_between_fit_and_score_is_an_error() {
 
 #[test]
 fn unknown_names_are_errors_listing_the_valid_ones() {
-    let err = build("foo", None, &[]).err().unwrap().to_string();
+    let build_err = |kind, shaping, params: &[(String, String)], fault| {
+        message_of(build(kind, shaping, params).err().unwrap(), fault)
+    };
+    let err = build_err("foo", None, &[], ScorerFault::UnknownKind);
     assert!(
         err.contains("mahalanobis") && err.contains("joint_energy"),
         "{err}"
     );
-    let err = build("knn", None, &[("k".into(), "5".into())])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err(
+        "knn",
+        None,
+        &[("k".into(), "5".into())],
+        ScorerFault::BadParameter,
+    );
     assert!(err.contains("`k`") && err.contains("nearest"), "{err}");
-    let err = build("energy", Some("clip"), &[])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err("energy", Some("clip"), &[], ScorerFault::UnknownKind);
     assert!(err.contains("react") && err.contains("dice"), "{err}");
-    let err = build("knn", Some("react"), &[]).err().unwrap().to_string();
+    let err = build_err("knn", Some("react"), &[], ScorerFault::BadParameter);
     assert!(err.contains("only to logit scorers"), "{err}");
-    let err = build("energy", None, &[("react_quantile".into(), "0.9".into())])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err(
+        "energy",
+        None,
+        &[("react_quantile".into(), "0.9".into())],
+        ScorerFault::BadParameter,
+    );
     assert!(err.contains("valid parameters: none"), "{err}");
-    let err = build("gen", None, &[("gamma".into(), "0".into())])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build_err(
+        "gen",
+        None,
+        &[("gamma".into(), "0".into())],
+        ScorerFault::BadParameter,
+    );
     assert!(err.contains("gamma"), "{err}");
     assert!(build("gen", None, &[("gamma".into(), "1.5".into())]).is_err());
     assert!(build("vim", None, &[("princ_dims".into(), "1.0".into())]).is_err());
@@ -426,19 +457,20 @@ fn unknown_names_are_errors_listing_the_valid_ones() {
 
 #[test]
 fn she_and_mahalanobis_skip_classes_without_fit_boxes() {
-    let mut fit = id_set(14, 300, None);
     // Every class-3 box misclassified: SHE has no pattern for class 3.
-    for (l, c) in fit
-        .label
-        .as_ref()
-        .unwrap()
-        .iter()
-        .zip(fit.class_id.iter_mut())
-    {
-        if *l == 3 {
-            *c = 0;
+    let fit = edited(&id_set(14, 300, None), |fit| {
+        for (l, c) in fit
+            .label
+            .as_ref()
+            .unwrap()
+            .iter()
+            .zip(fit.class_id.iter_mut())
+        {
+            if *l == 3 {
+                *c = 0;
+            }
         }
-    }
+    });
     let test = append(&id_set(15, 40, None), ood_feature(), None);
     let s = fitted("she", None, &[], &fit);
     let state = s.to_state();
@@ -455,33 +487,35 @@ fn she_and_mahalanobis_skip_classes_without_fit_boxes() {
     let keep: Vec<usize> = (0..fit.len())
         .filter(|&i| fit.label.as_ref().unwrap()[i] != 3)
         .collect();
-    let mut sub = fit.clone();
-    sub.features = keep.iter().flat_map(|&i| fit.feature(i).to_vec()).collect();
-    sub.logits = keep
-        .iter()
-        .flat_map(|&i| fit.logit_row(i).to_vec())
-        .collect();
-    sub.class_id = keep.iter().map(|&i| fit.class_id[i]).collect();
-    sub.label = Some(
-        keep.iter()
-            .map(|&i| fit.label.as_ref().unwrap()[i])
-            .collect(),
-    );
+    let sub = edited(&fit, |sub| {
+        sub.features = keep.iter().flat_map(|&i| fit.feature(i).to_vec()).collect();
+        sub.logits = keep
+            .iter()
+            .flat_map(|&i| fit.logit_row(i).to_vec())
+            .collect();
+        sub.class_id = keep.iter().map(|&i| fit.class_id[i]).collect();
+        sub.label = Some(
+            keep.iter()
+                .map(|&i| fit.label.as_ref().unwrap()[i])
+                .collect(),
+        );
+    });
     for kind in ["mahalanobis", "rmds", "gram"] {
         let scores = fitted(kind, None, &[], &sub).score(&test).unwrap();
         assert!(scores.iter().all(|v| v.is_finite()), "{kind}");
     }
     // SHE with no correctly classified box at all is a fit error, not NaN.
-    let mut none = fit.clone();
-    for c in none.class_id.iter_mut() {
-        *c = 99;
-    }
+    let none = edited(&fit, |none| {
+        let labels = none.label.as_ref().unwrap();
+        for (c, &l) in none.class_id.iter_mut().zip(labels) {
+            *c = (l as usize + 1) % C;
+        }
+    });
     let mut s = build("she", None, &[]).unwrap();
-    assert!(s
-        .fit(&none)
-        .unwrap_err()
-        .to_string()
-        .contains("no correctly classified"));
+    assert!(
+        message_of(s.fit(&none).unwrap_err(), ScorerFault::CannotFit)
+            .contains("no correctly classified")
+    );
 }
 
 #[test]
@@ -570,7 +604,7 @@ fn knn_is_exact_across_bank_blocks_and_leave_one_out_skips_only_self() {
     let mut rng = ChaCha8Rng::seed_from_u64(19);
     let d = 6;
     let make = |rng: &mut ChaCha8Rng, n: usize| {
-        let mut set = BoxSet {
+        let mut set = BoxParts {
             feature_dim: d,
             num_classes: 1,
             ..Default::default()
@@ -581,7 +615,7 @@ fn knn_is_exact_across_bank_blocks_and_leave_one_out_skips_only_self() {
             set.logits.push(0.0);
             set.class_id.push(0);
         }
-        set
+        BoxSet::new(set).unwrap()
     };
     let fit = make(&mut rng, 5000);
     let test = make(&mut rng, 300);
@@ -623,15 +657,15 @@ fn knn_is_exact_across_bank_blocks_and_leave_one_out_skips_only_self() {
 
 #[test]
 fn logit_scores_are_stable_on_saturated_logits() {
-    let mut set = BoxSet {
+    let set = BoxSet::new(BoxParts {
         feature_dim: 1,
         num_classes: 3,
         features: vec![0.0, 0.0],
         logits: vec![1000.0, 0.0, 0.0, -3.0, -3.0, -3.0],
         class_id: vec![0, 0],
         ..Default::default()
-    };
-    set.label = None;
+    })
+    .unwrap();
     for kind in entries().iter().filter(|k| k.shapeable).map(|k| k.name) {
         let s = fitted(kind, None, &[], &set);
         let v = s.score(&set).unwrap();
@@ -651,15 +685,18 @@ fn logit_scores_are_stable_on_saturated_logits() {
 #[test]
 fn ash_and_scale_reject_an_undefined_scale() {
     let fit = id_set(20, 100, None);
-    let mut bad = id_set(21, 5, None);
-    for v in bad.features[3 * D..4 * D].iter_mut() {
-        *v = -1.0;
-    }
+    let bad = edited(&id_set(21, 5, None), |bad| {
+        for v in bad.features[3 * D..4 * D].iter_mut() {
+            *v = -1.0;
+        }
+    });
     for shaping in ["ash", "scale"] {
-        let err = fitted("energy", Some(shaping), &[], &fit)
-            .score(&bad)
-            .unwrap_err()
-            .to_string();
+        let err = message_of(
+            fitted("energy", Some(shaping), &[], &fit)
+                .score(&bad)
+                .unwrap_err(),
+            ScorerFault::Unscorable,
+        );
         assert!(err.contains("box 3"), "{err}");
     }
 }
@@ -719,15 +756,18 @@ fn gram_orders_of_equal_parity_coincide_on_vectors() {
 #[test]
 fn shaping_head_must_match_the_fit_head() {
     let fit = id_set(25, 100, None);
-    let mut other = id_set(26, 5, None);
-    other.head.as_mut().unwrap().levels[0].bias[0] = 1.0;
-    let err = fitted("energy", Some("react"), &[], &fit)
-        .score(&other)
-        .unwrap_err()
-        .to_string();
+    let other = edited(&id_set(26, 5, None), |other| {
+        other.head.as_mut().unwrap().levels[0].bias[0] = 1.0;
+    });
+    let err = message_of(
+        fitted("energy", Some("react"), &[], &fit)
+            .score(&other)
+            .unwrap_err(),
+        ScorerFault::Mismatch,
+    );
     assert!(err.contains("differs"), "{err}");
     // Without a head in the scored set the fitted one is used.
-    other.head = None;
+    let other = edited(&other, |other| other.head = None);
     assert!(fitted("energy", Some("react"), &[], &fit)
         .score(&other)
         .is_ok());
@@ -739,15 +779,18 @@ fn shaping_head_must_match_the_fit_head() {
 fn knn_speed_100k_bank_256d() {
     let mut rng = ChaCha8Rng::seed_from_u64(27);
     let (d, n, m) = (256, 100_000, 10_000);
-    let make = |rng: &mut ChaCha8Rng, n: usize| BoxSet {
-        feature_dim: d,
-        num_classes: 1,
-        features: (0..n * d)
-            .map(|_| standard_normal(rng).abs() as f32)
-            .collect(),
-        logits: vec![0.0; n],
-        class_id: vec![0; n],
-        ..Default::default()
+    let make = |rng: &mut ChaCha8Rng, n: usize| {
+        BoxSet::new(BoxParts {
+            feature_dim: d,
+            num_classes: 1,
+            features: (0..n * d)
+                .map(|_| standard_normal(rng).abs() as f32)
+                .collect(),
+            logits: vec![0.0; n],
+            class_id: vec![0; n],
+            ..Default::default()
+        })
+        .unwrap()
     };
     let fit = make(&mut rng, n);
     let test = make(&mut rng, m);
@@ -830,17 +873,19 @@ fn every_parameter_reads_from_text_and_rejects_a_bad_value() {
         for (name, _) in &params {
             let err = build(kind, shaping, &[(name.clone(), "nonsense".into())])
                 .err()
-                .unwrap_or_else(|| panic!("{kind} {shaping:?}: {name}=nonsense accepted"))
-                .to_string();
+                .unwrap_or_else(|| panic!("{kind} {shaping:?}: {name}=nonsense accepted"));
+            let err = message_of(err, ScorerFault::BadParameter);
             assert!(
                 err.contains(&format!("`{name}=nonsense`: expected")),
                 "{kind} {shaping:?}: {err}"
             );
         }
-        let err = build(kind, shaping, &[("bogus".into(), "1".into())])
-            .err()
-            .unwrap()
-            .to_string();
+        let err = message_of(
+            build(kind, shaping, &[("bogus".into(), "1".into())])
+                .err()
+                .unwrap(),
+            ScorerFault::BadParameter,
+        );
         assert!(
             params.iter().all(|(name, _)| err.contains(name.as_str())),
             "{kind} {shaping:?}: {err}"
@@ -863,20 +908,21 @@ fn docs_table_matches_the_registry() {
 
 #[test]
 fn a_class_fitted_on_few_boxes_and_calibrated_pooled_is_reported() {
-    let mut fit = id_set(7, 300, None);
     // One box of class 3 is left in the fit set; the others become class 2.
     let mut first = true;
-    for (l, c) in fit
-        .label
-        .as_mut()
-        .unwrap()
-        .iter_mut()
-        .zip(&mut fit.class_id)
-    {
-        if *l == 3 && !std::mem::take(&mut first) {
-            (*l, *c) = (2, 2);
+    let fit = edited(&id_set(7, 300, None), |fit| {
+        for (l, c) in fit
+            .label
+            .as_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(&mut fit.class_id)
+        {
+            if *l == 3 && !std::mem::take(&mut first) {
+                (*l, *c) = (2, 2);
+            }
         }
-    }
+    });
     let calibration = id_set(9, 60, None);
     let fit_with = |kind: &str, min_class_boxes: usize| {
         let options = fitted::FitOptions {
@@ -950,10 +996,9 @@ fn scorer_files_with_settings_out_of_range_are_refused_naming_the_file() {
             safetensors::serialize(file.tensors(), Some(metadata)).unwrap(),
         )
         .unwrap();
-        let err = fitted::FittedScorer::load(&edited)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = fitted::FittedScorer::load(&edited).err().unwrap();
+        assert!(matches!(err, Error::BadInput { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("edited.safetensors") && err.contains(expected),
             "{err}"
@@ -1063,10 +1108,9 @@ fn a_scorer_file_with_a_tail_round_trips() {
     let edited = dir.path().join("edited.safetensors");
     let bytes = safetensors::serialize(file.tensors(), Some(metadata)).unwrap();
     std::fs::write(&edited, bytes).unwrap();
-    let err = fitted::FittedScorer::load(&edited)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = fitted::FittedScorer::load(&edited).err().unwrap();
+    assert!(matches!(err, Error::BadInput { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("edited.safetensors") && err.contains("no tail for class 1"),
         "{err}"

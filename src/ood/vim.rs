@@ -38,7 +38,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const VIM: KindEntry = KindEntry {
     name: "vim",
@@ -208,13 +208,13 @@ impl Vim {
         }
         let Some(level) = info.level() else {
             return Err(err(
-                self.kind(),
+                self.kind(), ScorerFault::MissingInput,
                 "pca_origin=pseudo with per-level heads needs per_level=true and a box set with `level`",
             ));
         };
         heads.heads.get(level as usize).ok_or_else(|| {
             err(
-                self.kind(),
+                self.kind(), ScorerFault::MissingInput,
                 format!("{}: no head for this level", info.name()),
             )
         })
@@ -225,7 +225,7 @@ impl Vim {
         let (c, d) = (h.classes, info.dim);
         let wwt = matmul_nt(&h.weight, c, d, &h.weight, c);
         let pinv = sym_pinv(&wwt, c, c.max(d) as f64 * f64::EPSILON)
-            .map_err(|e| err(self.kind(), format!("{}: {e}", info.name())))?;
+            .map_err(|e| err(self.kind(), ScorerFault::CannotFit, format!("{}: {e}", info.name())))?;
         let y: Vec<f64> = (0..c)
             .map(|i| (0..c).map(|j| pinv[i * c + j] * h.bias[j]).sum())
             .collect();
@@ -260,12 +260,12 @@ impl Vim {
             .flat_map(|row| row.iter().zip(&origin).map(|(v, u)| v - u))
             .collect();
         let cov = scaled_gram(&centred, n, d, 1.0 / n as f64);
-        let (values, vectors) = sym_eigh(&cov, d).map_err(|e| err(kind, format!("{name}: {e}")))?;
+        let (values, vectors) = sym_eigh(&cov, d).map_err(|e| err(kind, ScorerFault::CannotFit, format!("{name}: {e}")))?;
         let k = self
             .params
             .princ_dims
             .resolve(&values)
-            .map_err(|e| err(kind, format!("{name}: {e}")))?;
+            .map_err(|e| err(kind, ScorerFault::BadParameter, format!("{name}: {e}")))?;
         let residual = vectors[..(d - k) * d].to_vec();
         let mut group = Group {
             origin,
@@ -289,7 +289,7 @@ impl Vim {
         let alpha = mean_max_logit / mean_norm;
         if !(alpha.is_finite() && alpha > 0.0) {
             return Err(err(
-                kind,
+                kind, ScorerFault::CannotFit,
                 format!(
                     "{name}: alpha = mean max-logit {mean_max_logit} / mean residual norm {mean_norm} is not positive; ViM assumes positive max-logits on ID data and a non-zero residual"
                 ),
@@ -312,7 +312,7 @@ impl Scorer for Vim {
         groups.fit(kind, boxes, Self::USES, self.params.per_level, |idx, info| {
             if info.g == 0 {
                 if info.dim < 2 {
-                    return Err(err(kind, "needs features of dimension >= 2"));
+                    return Err(err(kind, ScorerFault::CannotFit, "needs features of dimension >= 2"));
                 }
                 if self.params.pca_origin == PcaOrigin::Pseudo {
                     heads = Some(Heads::from_boxes(kind, boxes)?);

@@ -8,7 +8,7 @@ use crate::data::boxset::{BoxSet, LABEL_BACKGROUND, LABEL_UNKNOWN};
 use crate::data::dataset::Dataset;
 use crate::detect::image_io::load_rgb;
 use crate::detect::Detector;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::eval::openset::match_image;
 use crate::eval::{GtBox, PredBox};
 
@@ -53,14 +53,15 @@ pub fn labels_from_ground_truth(boxes: &[BoxRecord], ground_truth: &[GtBox]) -> 
 }
 
 /// Detects on every image of `dataset`; an image that fails is recorded in `failed` and the
-/// rest go on. `progress` is called after each image.
+/// rest go on. `progress` is called after each image. Errors when the boxes cannot form a set:
+/// a ground-truth class outside the detector's classes.
 pub fn extract(
     detector: &dyn Detector,
     dataset: &Dataset,
     options: &DetectOptions,
     source: &str,
     progress: &mut dyn FnMut(&std::path::Path, Option<&Error>),
-) -> Extraction {
+) -> Result<Extraction> {
     let mut records: Vec<(usize, BoxRecord)> = Vec::new();
     let mut labels: Option<Vec<i64>> = Some(Vec::new());
     let mut images = Vec::new();
@@ -105,14 +106,14 @@ pub fn extract(
         detector.class_names(),
         detector.fingerprint(),
         source,
-    );
-    boxes.label = labels;
-    boxes.detect_options = Some(options.used_by(&detector.settings_use()));
-    Extraction {
+    )?;
+    boxes.set_labels(labels)?;
+    boxes.set_detect_options(Some(options.used_by(&detector.settings_use())))?;
+    Ok(Extraction {
         boxes,
         images,
         failed,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -221,22 +221,30 @@ mod tests {
             block: 25,
             ..setting()
         };
-        let e = c.check(&path, &other).unwrap_err().to_string();
+        let e = c.check(&path, &other).unwrap_err();
+        assert!(matches!(e, Error::BadInput { .. }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("tracks.json") && e.contains("10 fps"), "{e}");
         let other = TrackSetting {
             scorer: "sha256:t".into(),
             ..setting()
         };
-        let e = c.check(&path, &other).unwrap_err().to_string();
+        let e = c.check(&path, &other).unwrap_err();
+        assert!(matches!(e, Error::BadInput { .. }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("scorer file sha256:s"), "{e}");
         std::fs::write(&path, b"{}").unwrap();
-        let e = TrackCalibration::load(&path).unwrap_err().to_string();
+        let e = TrackCalibration::load(&path).unwrap_err();
+        assert!(matches!(e, Error::BadInput { .. }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("not a track calibration"), "{e}");
         let scorer = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/models/shapes-scorer.safetensors"
         ));
-        let e = TrackCalibration::load(scorer).unwrap_err().to_string();
+        let e = TrackCalibration::load(scorer).unwrap_err();
+        assert!(matches!(e, Error::WrongKind { .. }), "{e}");
+        let e = e.to_string();
         assert!(
             e.contains("this is an oodbox scorer file") && e.contains("not an oodbox track"),
             "{e}"
@@ -257,7 +265,9 @@ mod tests {
             ..setting()
         };
         let c = TrackCalibration::fit(other, "c.mkv", vec![2.0]).unwrap();
-        let e = a.merge(c, Path::new("c.json")).unwrap_err().to_string();
+        let e = a.merge(c, Path::new("c.json")).unwrap_err();
+        assert!(matches!(e, Error::BadInput { .. }), "{e}");
+        let e = e.to_string();
         assert!(
             e.starts_with("c.json") && e.contains("conf 0.1 (here 256, 0.25)"),
             "{e}"

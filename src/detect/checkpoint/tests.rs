@@ -174,7 +174,8 @@ fn a_call_hidden_in_metadata_or_spelled_with_stack_global_is_refused() {
         pickle.extend_from_slice(s.as_bytes());
     }
     pickle.extend_from_slice(&[0x93, 0x8c, 2, b'i', b'd', 0x85, b'R', b's', b'.']);
-    let (text, _) = error_text(read(&checkpoint(dir.path(), &pickle, &[])));
+    let (text, error) = error_text(read(&checkpoint(dir.path(), &pickle, &[])));
+    assert!(matches!(error, Error::UnsafeCheckpoint { .. }), "{text}");
     assert!(text.contains("`os.system`"), "{text}");
 }
 
@@ -235,7 +236,8 @@ fn an_unknown_opcode_is_named_with_its_offset() {
     assert!(text.contains("unknown opcode 0xff at byte 3"), "{text}");
     // A real opcode torch never writes (INST calls a class) is named.
     let pickle = P::new().op(b"(ios\nsystem\n").stop();
-    let (text, _) = error_text(read(&checkpoint(dir.path(), &pickle, &[])));
+    let (text, error) = error_text(read(&checkpoint(dir.path(), &pickle, &[])));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(text.contains("INST (0x69) at byte 3"), "{text}");
 }
 
@@ -247,14 +249,16 @@ fn broken_zips_and_pickles_get_clear_errors() {
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.path().join("cut.pt");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let (text, _) = error_text(read(&cut));
+    let (text, error) = error_text(read(&cut));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(
         text.contains("cut.pt") && text.contains("truncated or corrupt"),
         "{text}"
     );
 
     let no_pickle = zip_file(dir.path(), "nopkl.pt", &[("data/0", b"")]);
-    let (text, _) = error_text(read(&no_pickle));
+    let (text, error) = error_text(read(&no_pickle));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(text.contains("no `<archive>/data.pkl`"), "{text}");
 
     for (pickle, needle) in [
@@ -270,7 +274,8 @@ fn broken_zips_and_pickles_get_clear_errors() {
             "holds a int, not a dict or a module",
         ),
     ] {
-        let (text, _) = error_text(read(&checkpoint(dir.path(), &pickle, &[])));
+        let (text, error) = error_text(read(&checkpoint(dir.path(), &pickle, &[])));
+        assert!(matches!(error, Error::BadModel { .. }), "{text}");
         assert!(text.contains(needle), "{needle}: {text}");
     }
 }
@@ -291,7 +296,8 @@ fn storages_and_views_must_fit_what_the_file_holds() {
     let storage = f16_bytes(&[1.0, 2.0, 3.0, 4.0]);
     // A storage declaring 1000 halfs in an 8-byte entry.
     let path = checkpoint(dir.path(), &one_tensor(1000, &[4], &[1]), &storage);
-    let (text, _) = error_text(read(&path));
+    let (text, error) = error_text(read(&path));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(
         text.contains("storage `data/0` declares 2000 bytes, its entry holds 8"),
         "{text}"
@@ -302,14 +308,16 @@ fn storages_and_views_must_fit_what_the_file_holds() {
         &one_tensor(30000, &[100, 200], &[200, 1]),
         &storage,
     );
-    let (text, _) = error_text(read(&path));
+    let (text, error) = error_text(read(&path));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(
         text.contains("tensors declare 40000 bytes, more than the"),
         "{text}"
     );
     // A view reaching past its storage.
     let path = checkpoint(dir.path(), &one_tensor(4, &[3], &[2]), &storage);
-    let (text, _) = error_text(read(&path));
+    let (text, error) = error_text(read(&path));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(text.contains("larger than its storage"), "{text}");
     // An absurd shape is refused before anything is allocated.
     let path = checkpoint(
@@ -317,7 +325,8 @@ fn storages_and_views_must_fit_what_the_file_holds() {
         &one_tensor(4, &[255, 255, 255, 255, 255, 255, 255, 255, 255], &[0; 9]),
         &storage,
     );
-    let (text, _) = error_text(read(&path));
+    let (text, error) = error_text(read(&path));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(
         text.contains("is absurd") || text.contains("larger than its storage"),
         "{text}"
@@ -328,7 +337,8 @@ fn storages_and_views_must_fit_what_the_file_holds() {
         "nostorage.pt",
         &[("data.pkl", &one_tensor(4, &[4], &[1]))],
     );
-    let (text, _) = error_text(read(&path));
+    let (text, error) = error_text(read(&path));
+    assert!(matches!(error, Error::BadModel { .. }), "{text}");
     assert!(
         text.contains("storage `data/0` is absent from the zip"),
         "{text}"
@@ -375,7 +385,8 @@ fn deep_or_exponentially_shared_values_are_bounded() {
             .op(b"s")
             .op(b"s");
         let pickle = build(p.str("train_args")).op(b"s").stop();
-        let (text, _) = error_text(read(&checkpoint(dir.path(), &pickle, &storage)));
+        let (text, error) = error_text(read(&checkpoint(dir.path(), &pickle, &storage)));
+        assert!(matches!(error, Error::BadModel { .. }), "{text}");
         assert!(text.contains(needle), "{needle}: {text}");
     }
 }

@@ -354,7 +354,9 @@ mod tests {
             (r#"{"image_std": [0.2, 0, 0.2]}"#, "no std of 0"),
         ] {
             std::fs::write(&path, json).unwrap();
-            let err = DetrImageProcessor::load(&path).unwrap_err().to_string();
+            let err = DetrImageProcessor::load(&path).unwrap_err();
+            assert!(matches!(err, Error::BadModel { .. }), "{err}");
+            let err = err.to_string();
             assert!(
                 err.contains("preprocessor_config.json") && err.contains(expected),
                 "{err}"

@@ -44,7 +44,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const FLOW: KindEntry = KindEntry {
     name: "flow",
@@ -248,7 +248,7 @@ impl Flow {
         let d = info.dim;
         if d < 2 {
             return Err(err(
-                self.kind(),
+                self.kind(), ScorerFault::CannotFit,
                 "a coupling needs at least 2 feature dimensions",
             ));
         }
@@ -303,7 +303,7 @@ impl Scorer for Flow {
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
         self.groups
             .score(self.kind(), boxes, Self::USES, |group, idx, _| {
-                let predicted: Vec<i64> = idx.iter().map(|&i| boxes.class_id[i]).collect();
+                let predicted: Vec<i64> = idx.iter().map(|&i| boxes.class_id[i] as i64).collect();
                 group.nll(&gather_features(boxes, idx), &predicted)
             })
     }

@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 use crate::ood::common::err;
 
 /// Every coupling log-scale is `s = SCALE_BOUND · tanh(raw / SCALE_BOUND)`: at most a factor
@@ -346,7 +346,7 @@ fn train(
         let data: Vec<f64> = v.as_tensor().to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         if data.iter().any(|x| !x.is_finite()) {
             return Err(err(
-                "flow",
+                "flow", ScorerFault::CannotFit,
                 format!("training diverged (non-finite weights); refit with a smaller lr than {}", cfg.lr),
             ));
         }

@@ -78,14 +78,15 @@ fn gaussian_boxes(n: usize, mean: &[f64], a: &[f64], rng: &mut ChaCha8Rng) -> Bo
             features.push(v as f32);
         }
     }
-    BoxSet {
+    BoxSet::new(crate::data::boxset::BoxParts {
         features,
         feature_dim: d,
         logits: vec![0.0; n],
         num_classes: 1,
         class_id: vec![0; n],
         ..Default::default()
-    }
+    })
+    .unwrap()
 }
 
 /// A random lower-triangular `A` with strong off-diagonal terms (so `Σ = A Aᵀ` is far from
@@ -161,21 +162,25 @@ fn a_flow_fitted_to_a_gaussian_reaches_its_nll_on_fresh_samples() {
 fn the_fit_is_deterministic_and_the_scorer_file_round_trips() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (m, a) = random_gaussian(8, &mut rng);
-    let mut fit = gaussian_boxes(600, &m, &a, &mut rng);
     // Two classes, the second shifted.
-    fit.num_classes = 2;
-    fit.logits = vec![0.0; fit.len() * 2];
-    for i in (0..fit.len()).step_by(2) {
-        fit.class_id[i] = 1;
-        fit.features[i * 8] += 4.0;
-    }
+    let fit = gaussian_boxes(600, &m, &a, &mut rng)
+        .edit(|fit| {
+            fit.num_classes = 2;
+            fit.logits = vec![0.0; fit.class_id.len() * 2];
+            for i in (0..fit.class_id.len()).step_by(2) {
+                fit.class_id[i] = 1;
+                fit.features[i * 8] += 4.0;
+            }
+        })
+        .unwrap();
     let calibration = gaussian_boxes(100, &m, &a, &mut rng);
-    let mut calibration = BoxSet {
-        num_classes: 2,
-        logits: vec![0.0; 200],
-        ..calibration
-    };
-    calibration.class_id[0] = 1;
+    let calibration = calibration
+        .edit(|c| {
+            c.num_classes = 2;
+            c.logits = vec![0.0; 200];
+            c.class_id[0] = 1;
+        })
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let save = |seed: &str, name: &str| {
         let p = params(&[("epochs", "3"), ("hidden", "16"), ("seed", seed)]);
@@ -203,6 +208,17 @@ fn a_diverged_fit_is_an_error_not_a_nan_scorer() {
     let fit = gaussian_boxes(600, &m, &a, &mut rng);
     let p = params(&[("epochs", "2"), ("hidden", "8"), ("lr", "1e9")]);
     let mut s = crate::ood::build("flow", None, &p).unwrap();
-    let e = s.fit(&fit).unwrap_err().to_string();
+    let e = s.fit(&fit).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            crate::error::Error::Scorer {
+                fault: crate::error::ScorerFault::CannotFit,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = e.to_string();
     assert!(e.contains("training diverged"), "{e}");
 }

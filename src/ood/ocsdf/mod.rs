@@ -43,7 +43,7 @@ use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
-use crate::error::Result;
+use crate::error::{Result, ScorerFault};
 
 pub(crate) const OCSDF: KindEntry = KindEntry {
     name: "ocsdf",
@@ -274,7 +274,7 @@ impl Ocsdf {
         let classes = distinct(group_labels.iter().copied());
         // Each network has its own seed, fixed by the group and class.
         let seed = |k: usize| self.params.seed.wrapping_mul(1_000_003).wrapping_add((info.g * 4096 + k) as u64);
-        let fail = |e: candle_core::Error| err(OCSDF.name, format!("training on {}: {e}", info.name()));
+        let fail = |e: candle_core::Error| err(OCSDF.name, ScorerFault::CannotFit, format!("training on {}: {e}", info.name()));
         let models = if self.params.per_class {
             let mut nets = Vec::with_capacity(classes.len());
             for (k, &c) in classes.iter().enumerate() {
@@ -317,7 +317,7 @@ impl Ocsdf {
                     .iter()
                     .enumerate()
                     .map(|(row, &i)| {
-                        let f = match classes.binary_search(&boxes.class_id[i]) {
+                        let f = match classes.binary_search(&(boxes.class_id[i] as i64)) {
                             Ok(k) => all[k][row],
                             Err(_) => all.iter().map(|f| f[row]).fold(f64::NEG_INFINITY, f64::max),
                         };
@@ -329,14 +329,14 @@ impl Ocsdf {
                 let mut input = Vec::with_capacity(m * (d + classes));
                 for (row, &i) in z.chunks_exact(d).zip(idx) {
                     let c = boxes.class_id[i];
-                    if c < 0 || c as usize >= *classes {
+                    if c >= *classes {
                         return Err(err(
-                            OCSDF.name,
+                            OCSDF.name, ScorerFault::Mismatch,
                             format!("box {i} has class_id {c}, outside the {classes} fitted classes"),
                         ));
                     }
                     input.extend_from_slice(row);
-                    input.extend((0..*classes).map(|k| if k == c as usize { *scale } else { 0.0 }));
+                    input.extend((0..*classes).map(|k| if k == c { *scale } else { 0.0 }));
                 }
                 Ok(net.forward(&input, m).into_iter().map(|f| -f).collect())
             }

@@ -13,7 +13,7 @@ const D: usize = 8;
 /// Three Gaussian classes in 8-d, 60 boxes each, on one level.
 fn boxes(seed: u64) -> BoxSet {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut set = BoxSet {
+    let mut set = crate::data::boxset::BoxParts {
         feature_dim: D,
         num_classes: 3,
         ..Default::default()
@@ -23,9 +23,9 @@ fn boxes(seed: u64) -> BoxSet {
         set.features
             .extend((0..D).map(|j| (if j % 3 == c { 2.0 } else { 0.0 }) + rng.random::<f32>()));
         set.logits.extend([0.0f32; 3]);
-        set.class_id.push(c as i64);
+        set.class_id.push(c);
     }
-    set
+    BoxSet::new(set).unwrap()
 }
 
 fn small(extra: &[(&str, &str)]) -> Ocsdf {
@@ -110,8 +110,10 @@ fn the_score_is_certified_in_standardised_units_and_ranks_an_outlier_highest() {
     let s = fitted(&[]);
     let test = boxes(2);
     let scores = s.score(&test).unwrap();
-    let mut between = test.clone();
-    between.features.iter_mut().for_each(|v| *v = 1.5);
+    let between = test
+        .clone()
+        .edit(|b| b.features.iter_mut().for_each(|v| *v = 1.5))
+        .unwrap();
     let between_scores = s.score(&between).unwrap();
     let max_id = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     assert!(between_scores.iter().all(|&f| f > max_id), "{max_id} {between_scores:?}");
