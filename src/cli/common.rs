@@ -6,7 +6,7 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::data::boxset::BoxSet;
 use oodbox::data::dataset::Dataset;
-use oodbox::data::extraction::{extract, Extraction};
+use oodbox::data::extraction::{extract_with_fgsm, Extraction};
 use oodbox::data::kind::FileKind;
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::sources::{missing_message, FeatureSources, RoiSource};
@@ -277,6 +277,18 @@ pub fn extract_dataset(
     quiet: bool,
     source: &str,
 ) -> anyhow::Result<Extraction> {
+    extract_dataset_with_fgsm(detector, dataset, options, &[], quiet, source).map(|(e, _)| e)
+}
+
+/// [`extract_dataset`], also making the FGSM surrogate box set of every ε of `epsilons`.
+pub fn extract_dataset_with_fgsm(
+    detector: &dyn Detector,
+    dataset: &Dataset,
+    options: &DetectOptions,
+    epsilons: &[f32],
+    quiet: bool,
+    source: &str,
+) -> anyhow::Result<(Extraction, Vec<BoxSet>)> {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -285,13 +297,14 @@ pub fn extract_dataset(
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images {per_sec} {elapsed} (eta {eta}) {msg}",
     )?);
-    let extraction = extract(detector, dataset, options, source, &mut |path, error| {
+    let progress = &mut |path: &Path, error: Option<&oodbox::error::Error>| {
         if let Some(e) = error {
             bar.suspend(|| eprintln!("warning: {}", skipped(path, &e.to_string())));
         }
         bar.set_message(short_name(path));
         bar.inc(1);
-    });
+    };
+    let extraction = extract_with_fgsm(detector, dataset, options, epsilons, source, progress);
     bar.finish_and_clear();
     Ok(extraction)
 }
