@@ -10,7 +10,12 @@
 //! shared covariance, keeping the least likely 1 of [`VOS_POOL`]; `mix` mixes two boxes of
 //! different classes; `noise` adds unit Gaussian noise to an ID box), as many in all as
 //! `surrogates` (0 = one per fit box, so both targets weigh the same), shared among groups by
-//! size. The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
+//! size. With `fgsm` (SAFE's own) they are not made here: they are outlier boxes given to the fit
+//! ([`Scorer::fit_with_outliers`], [`crate::ood::fitted::FitOptions::outliers`]), the FGSM boxes
+//! of the fit images ([`crate::detect::fgsm`]: the input nudged by ε · sign of the gradient of
+//! the detector's classification loss, each box read again at its anchor), standardised with
+//! their level's ID statistics; all of them, or a seeded sample of `surrogates`. ε is chosen at
+//! extraction; the scorer file records the outlier set's source, which names it. The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
 //! ID = 0 and surrogate = 1, in mini-batches of 256, on the CPU in f32.
 //!
 //! **Score:** the MLP's output logit (higher = more OOD), evaluated in f64 from the stored f32
@@ -34,12 +39,7 @@
 //! | `seed` | 0 | |
 //!
 //! It reads the box set's feature, so SAFE's multi-layer ROI features reach it through the box
-//! set's feature sources (`fit --features`). Not done: SAFE's FGSM surrogates (a perturbed input
-//! image through the detector with autograd). What stands in the way on YOLOv8's plain (NCHW)
-//! path: candle 0.11 differentiates conv2d, SiLU, nearest upsampling (integer factors), cat,
-//! narrow and pad, but its `max_pool2d` backward refuses a kernel other than the stride, and
-//! SPPF pools 5×5 with stride 1 (the NHWC path pools outside the graph), so SPPF first needs a
-//! differentiable pool, e.g. the maximum of the 25 shifted narrows of the padded map.
+//! set's feature sources (`fit --features`); the FGSM boxes carry the same sources.
 
 mod mlp;
 mod surrogate;

@@ -43,7 +43,7 @@ impl YoloDetector {
         let mut perturbed = Vec::with_capacity(epsilons.len());
         for &eps in epsilons {
             let x = (&input.0 + (&sign * f64::from(eps))?)?.clamp(0f32, 1f32)?;
-            let moved = (x, input.1.clone(), input.2.clone());
+            let moved = (x, input.1, input.2.clone());
             let output = self.forward(&moved)?;
             perturbed.push(self.records(&output, &kept, &moved, options)?);
         }
