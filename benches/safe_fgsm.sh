@@ -6,7 +6,7 @@
 #   cargo build --release && bash benches/fgsm_boxes.sh data/shapes FGSMDIR
 #   bash benches/safe_fgsm.sh FGSMDIR [BOXDIR]   (BOXDIR default tests/fixtures/shapes_boxes)
 set -euo pipefail
-B=$(pwd)/target/release/oodbox
+B=${B:-$(pwd)/target/release/oodbox}
 source "$(dirname "$0")/fit_eval.sh"
 fgsm=$(realpath "$1")
 cd "${2:-tests/fixtures/shapes_boxes}"
