@@ -83,6 +83,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .detector
         .flags
         .options(Some(detector.as_ref()), args.features.roi())?;
+    if !epsilons.is_empty() {
+        // A family without FGSM refuses here, not once per image.
+        let blank = image::RgbImage::from_pixel(32, 32, image::Rgb([114, 114, 114]));
+        if let Err(e @ oodbox::error::Error::Unsupported(_)) =
+            detector.detect_fgsm(&blank, &options, &epsilons)
+        {
+            return Err(anyhow::Error::new(e).context("--fgsm-out"));
+        }
+    }
     let source = match &args.data {
         Some(d) => format!(
             "oodbox extract --model {} --data {} --split {}",
