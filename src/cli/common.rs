@@ -12,7 +12,7 @@ use oodbox::data::dataset::Dataset;
 use oodbox::detect::image_io::load_rgb;
 use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::FittedScorer;
-use oodbox::pipeline::extraction::{extract, Extraction};
+use oodbox::pipeline::extraction::{extract_with_fgsm, Extraction};
 use oodbox::BoxRecord;
 use oodbox::DetectOptions;
 use std::path::{Path, PathBuf};
@@ -296,6 +296,18 @@ pub fn extract_dataset(
     quiet: bool,
     source: &str,
 ) -> anyhow::Result<Extraction> {
+    extract_dataset_with_fgsm(detector, dataset, options, &[], quiet, source).map(|(e, _)| e)
+}
+
+/// [`extract_dataset`], also making the FGSM surrogate box set of every ε of `epsilons`.
+pub fn extract_dataset_with_fgsm(
+    detector: &dyn Detector,
+    dataset: &Dataset,
+    options: &DetectOptions,
+    epsilons: &[f32],
+    quiet: bool,
+    source: &str,
+) -> anyhow::Result<(Extraction, Vec<BoxSet>)> {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -304,13 +316,14 @@ pub fn extract_dataset(
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images {per_sec} {elapsed} (eta {eta}) {msg}",
     )?);
-    let extraction = extract(detector, dataset, options, source, &mut |path, error| {
+    let progress = &mut |path: &Path, error: Option<&oodbox::error::Error>| {
         if let Some(e) = error {
             bar.suspend(|| eprintln!("warning: {}", skipped(path, &e.to_string())));
         }
         bar.set_message(short_name(path));
         bar.inc(1);
-    });
+    };
+    let extraction = extract_with_fgsm(detector, dataset, options, epsilons, source, progress);
     bar.finish_and_clear();
     Ok(extraction?)
 }

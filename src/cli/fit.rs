@@ -75,6 +75,11 @@ pub struct Args {
     /// tail a negative ξ is often fitted too low, which gives ID boxes p-values near 0.
     #[arg(long, requires = "tail")]
     tail_bounded: bool,
+    /// Outlier boxes to train against, for `safe` with `--param surrogate=fgsm`: the FGSM box
+    /// set of the fit images (`extract --fgsm-out`). With --calibration-fraction, only those of
+    /// the fit images are used.
+    #[arg(long)]
+    outliers: Option<PathBuf>,
     /// The scorer file to write.
     #[arg(long)]
     out: PathBuf,
@@ -117,6 +122,19 @@ pub fn select(boxes: BoxSet, features: &FeatureSources, path: &Path) -> anyhow::
     boxes
         .select(features)
         .with_context(|| format!("reading the box set {}", path.display()))
+}
+
+/// The boxes of `boxes` from the images that `fit`'s boxes come from (all of them when either
+/// has no `image_index`).
+fn of_images_of(boxes: BoxSet, fit: &BoxSet) -> BoxSet {
+    let (Some(images), Some(fit_images)) = (&boxes.image_index, &fit.image_index) else {
+        return boxes;
+    };
+    let wanted: std::collections::HashSet<usize> = fit_images.iter().copied().collect();
+    let keep: Vec<usize> = (0..boxes.len())
+        .filter(|&i| wanted.contains(&images[i]))
+        .collect();
+    boxes.subset(&keep)
 }
 
 /// Names the classes whose own statistics rest on a few fit boxes but that are calibrated
@@ -216,6 +234,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");
+    let outliers = match &args.outliers {
+        Some(path) => {
+            let outliers = load_fit_boxes(path, &args.features)?.known_objects();
+            // Held-out images' outliers would let the calibration boxes shape the scorer.
+            let outliers = match args.calibration_boxes {
+                Some(_) => outliers,
+                None => of_images_of(outliers, &fit),
+            };
+            Some((path, outliers))
+        }
+        None => None,
+    };
     let mut options = FitOptions::default();
     options.alpha = args.alpha;
     options.min_class_boxes = args.min_class_calibration;
@@ -224,6 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         min_points: args.tail_min_points,
         bounded: args.tail_bounded,
     });
+    options.outliers = outliers.as_ref().map(|(_, o)| o.clone());
     let start = Instant::now();
     let fitted = FittedScorer::fit(
         &args.scorer,
@@ -233,7 +264,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &calibration,
         &options,
     )
-    .with_context(|| format!("fitting on the features {}", args.features))?;
+    .with_context(|| match &outliers {
+        Some((path, _)) => format!(
+            "fitting on the features {} against the outlier boxes {}",
+            args.features,
+            path.display()
+        ),
+        None => format!("fitting on the features {}", args.features),
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     fitted
         .save(&args.out)

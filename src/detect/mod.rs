@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod convert;
 pub mod detr;
+pub mod fgsm;
 pub mod image_io;
 pub mod letterbox;
 mod load;
@@ -86,6 +87,21 @@ pub trait Detector: Send + Sync {
     fn trained_imgsz(&self) -> Option<u32> {
         None
     }
+    /// The boxes of `image` and their FGSM surrogates, one set per `ε` of `epsilons` (in the
+    /// network's input units, [0, 1]; see [`fgsm`]). Families without a differentiable forward
+    /// pass refuse.
+    fn detect_fgsm(
+        &self,
+        image: &RgbImage,
+        options: &DetectOptions,
+        epsilons: &[f32],
+    ) -> Result<fgsm::FgsmBoxes> {
+        let _ = (image, options, epsilons);
+        Err(crate::error::Error::Unsupported(format!(
+            "{} has no differentiable forward pass: it makes no FGSM surrogates",
+            self.family()
+        )))
+    }
     /// Runs the NMS-free one-to-one head with top-k instead of the one-to-many head with NMS
     /// (ultralytics' `nms=False`); only families with both heads (YOLO26) accept it. The class
     /// head and the fingerprint follow the branch.
@@ -149,5 +165,13 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
     }
     fn trained_imgsz(&self) -> Option<u32> {
         (**self).trained_imgsz()
+    }
+    fn detect_fgsm(
+        &self,
+        image: &RgbImage,
+        options: &DetectOptions,
+        epsilons: &[f32],
+    ) -> Result<fgsm::FgsmBoxes> {
+        (**self).detect_fgsm(image, options, epsilons)
     }
 }

@@ -4,6 +4,7 @@
 pub mod activation;
 mod avx512;
 pub mod conv;
+mod conv_grad;
 pub mod depthwise;
 pub mod pool;
 
@@ -123,7 +124,10 @@ pub fn cat_levels(levels: &[Tensor]) -> candle_core::Result<Tensor> {
         let (b, c, n) = t.dims3().ok()?;
         let layout = t.layout();
         let f32_cpu = t.device().is_cpu() && t.dtype() == DType::F32;
-        (f32_cpu && layout.stride() == [n * c, 1, c]).then_some((b, c, n))
+        // A contiguous map (channels-first, or one channel) is Candle's to concatenate: its
+        // `cat` is as fast there and keeps the graph (this copy would cut the FGSM gradient).
+        let transposed = layout.stride() == [n * c, 1, c] && !layout.is_contiguous();
+        (f32_cpu && transposed).then_some((b, c, n))
     };
     let dims: Option<Vec<_>> = levels.iter().map(transposed).collect();
     let same = |d: &Vec<(usize, usize, usize)>| {
@@ -274,7 +278,12 @@ impl FusedConv {
                 candle_core::bail!("the channels-last convolution runs on the CPU only")
             }
             (MapLayout::Nchw, _) => {
-                let y = self.plain.forward(x)?;
+                // A gradient is wanted (FGSM): on the CPU, of the input only.
+                let y = if x.track_op() && x.device().is_cpu() {
+                    conv_grad::conv2d_input_grad(&self.plain, x)?
+                } else {
+                    self.plain.forward(x)?
+                };
                 match self.act {
                     Activation::Identity => Ok(y),
                     Activation::Relu => y.relu(),

@@ -4,6 +4,12 @@
 //! three times with a 5×5 window, stride 1; a max over a rectangle is a max over its rows of
 //! maxima over its columns, so two passes of 5 comparisons replace 25, and on NHWC each
 //! comparison covers a pixel's contiguous channels.
+//!
+//! The channels-first versions ([`max_pool_same_nchw`], [`upsample2_nchw`]) are built from
+//! Candle ops whose backward pass is right, for the gradient of the input image (FGSM): Candle's
+//! `max_pool2d` has no backward for a window other than the stride, and its nearest upsampling's
+//! backward overwrites the gradient its input already gathered from other consumers instead of
+//! adding to it (candle-core 0.11.1, `backprop.rs`).
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -70,6 +76,34 @@ pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (b, 2 * h, 2 * w, c), x.device())
 }
 
+/// [`max_pool_same`] on a `(B, C, H, W)` map, as the maximum of `k` column shifts and then of
+/// `k` row shifts of the edge-padded map (edge padding gives the maxima of −∞ padding: every
+/// window that reaches into the padding also holds the edge value it repeats), so that the
+/// result is differentiable.
+pub fn max_pool_same_nchw(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if k.is_multiple_of(2) {
+        candle_core::bail!("max_pool_same_nchw: window {k} is not odd");
+    }
+    let r = k / 2;
+    let shifted_max = |x: &Tensor, dim: usize, len: usize| -> Result<Tensor> {
+        let padded = x.pad_with_same(dim, r, r)?;
+        (1..k).try_fold(padded.narrow(dim, 0, len)?, |m, s| {
+            m.maximum(&padded.narrow(dim, s, len)?)
+        })
+    };
+    shifted_max(&shifted_max(x, 3, w)?, 2, h)
+}
+
+/// Nearest-neighbour 2× upsampling of a `(B, C, H, W)` map as a broadcast, whose backward sums
+/// each 2×2 block into its source (and adds to the source's other gradients).
+pub fn upsample2_nchw(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, 2, w, 2))?
+        .reshape((b, c, 2 * h, 2 * w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +152,68 @@ mod tests {
         assert_eq!(got.dims(), want.dims());
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn nchw_versions_match_candle_forward() {
+        let x = Tensor::randn(0f32, 1., (2, 3, 7, 9), &Device::Cpu).unwrap();
+        let pooled = max_pool_same_nchw(&x, 5).unwrap();
+        let want = x
+            .pad_with_same(2, 2, 2)
+            .unwrap()
+            .pad_with_same(3, 2, 2)
+            .unwrap()
+            .max_pool2d_with_stride(5, 1)
+            .unwrap();
+        let diff = (pooled - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let up = upsample2_nchw(&x).unwrap();
+        let want = x.upsample_nearest2d(14, 18).unwrap();
+        let diff = (up - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    /// `L = Σ w · f(x) + Σ x²` (the input also used beside `f`, as SPPF's and the neck's inputs
+    /// are): the autograd gradient equals central finite differences, in f64.
+    fn check_gradient(f: impl Fn(&Tensor) -> Result<Tensor>, shape: (usize, usize, usize, usize)) {
+        let dev = Device::Cpu;
+        let x =
+            candle_core::Var::from_tensor(&Tensor::randn(0f64, 1., shape, &dev).unwrap()).unwrap();
+        let out_shape = f(x.as_tensor()).unwrap().dims().to_vec();
+        let w = Tensor::randn(0f64, 1., out_shape, &dev).unwrap();
+        let loss = |x: &Tensor| -> Tensor {
+            let a = (f(x).unwrap() * &w).unwrap().sum_all().unwrap();
+            (a + x.sqr().unwrap().sum_all().unwrap()).unwrap()
+        };
+        let grads = loss(x.as_tensor()).backward().unwrap();
+        let grad: Vec<f64> = grads
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = x.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-6;
+        for (i, g) in grad.iter().enumerate() {
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[i] += d;
+                let t = Tensor::from_vec(v, shape, &dev).unwrap();
+                loss(&t).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (numeric - g).abs() < 1e-5,
+                "element {i}: autograd {g}, numeric {numeric}"
+            );
+        }
+    }
+
+    #[test]
+    fn nchw_versions_have_the_finite_difference_gradient() {
+        // Random values: no ties, so the max is differentiable at every element.
+        check_gradient(|x| max_pool_same_nchw(x, 5), (1, 2, 6, 7));
+        check_gradient(upsample2_nchw, (2, 2, 3, 4));
     }
 }

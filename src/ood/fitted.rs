@@ -81,6 +81,9 @@ struct Header {
     /// With a tail: its setting and the pooled fit (each class's is in `calibration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tail: Option<TailSummary>,
+    /// The `source` of the outlier boxes the scorer was trained against ([`FitOptions::outliers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outliers: Option<String>,
 }
 
 /// Settings of a fit. New settings may be added (hence `#[non_exhaustive]`): start from
@@ -95,6 +98,10 @@ pub struct FitOptions {
     /// Extrapolate p-values beyond the largest calibration score with a generalized Pareto
     /// tail ([`super::tail`]); `None`: plain conformal p-values.
     pub tail: Option<TailOptions>,
+    /// Outlier boxes to train against, for the scorers that take them (`safe` with
+    /// `surrogate=fgsm`: the FGSM boxes of the fit images, from
+    /// [`crate::pipeline::extraction::extract_with_fgsm`]); of the fit boxes' model and features.
+    pub outliers: Option<BoxSet>,
 }
 
 impl Default for FitOptions {
@@ -103,7 +110,38 @@ impl Default for FitOptions {
             alpha: 0.05,
             min_class_boxes: 100,
             tail: None,
+            outliers: None,
         }
+    }
+}
+
+/// Outlier boxes must come from the fit boxes' model, with their features and classes.
+fn check_outliers(kind: &str, fit: &BoxSet, outliers: &BoxSet) -> Result<()> {
+    let mismatch = if outliers.fingerprint != fit.fingerprint {
+        Some(format!(
+            "are of the model {}, the fit boxes of {}",
+            outliers.fingerprint, fit.fingerprint
+        ))
+    } else if outliers.feature_sources != fit.feature_sources {
+        Some(format!(
+            "hold features {}, the fit boxes {}",
+            outliers.feature_sources, fit.feature_sources
+        ))
+    } else if outliers.feature_dim != fit.feature_dim || outliers.num_classes != fit.num_classes {
+        Some(format!(
+            "are {}-d with {} classes, the fit boxes {}-d with {} classes",
+            outliers.feature_dim, outliers.num_classes, fit.feature_dim, fit.num_classes
+        ))
+    } else {
+        None
+    };
+    match mismatch {
+        Some(m) => Err(Error::Scorer {
+            scorer: kind.to_string(),
+            fault: ScorerFault::Mismatch,
+            reason: format!("the outlier boxes {m}"),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -178,7 +216,13 @@ impl FittedScorer {
     ) -> Result<Self> {
         check_alpha(options.alpha)?;
         let mut scorer = build(kind, shaping, params)?;
-        scorer.fit(fit)?;
+        match &options.outliers {
+            Some(outliers) => {
+                check_outliers(kind, fit, outliers)?;
+                scorer.fit_with_outliers(fit, outliers)?;
+            }
+            None => scorer.fit(fit)?,
+        }
         if calibration.len() < minimum_calibration_size(options.alpha) {
             return Err(Error::Calibration(format!(
                 "{} calibration boxes: at least {} are needed before any box can be flagged at alpha = {}",
@@ -239,6 +283,7 @@ impl FittedScorer {
                 options: t.options,
                 pooled: t.pooled.clone(),
             }),
+            outliers: options.outliers.as_ref().map(|o| o.source.clone()),
         };
         Ok(FittedScorer {
             scorer,
@@ -302,6 +347,11 @@ impl FittedScorer {
     /// With a tail: its setting and the pooled calibration set's fit.
     pub fn tail(&self) -> Option<&TailSummary> {
         self.header.tail.as_ref()
+    }
+
+    /// The `source` of the outlier boxes it was trained against, if any.
+    pub fn outliers_source(&self) -> Option<&str> {
+        self.header.outliers.as_deref()
     }
 
     /// Classes that a class-conditional scorer fitted on fewer than [`MIN_CLASS_FIT_BOXES`]

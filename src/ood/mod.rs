@@ -99,6 +99,16 @@ pub trait Scorer: Send + Sync {
     /// (per-level fits for YOLO: each level has its own head and feature statistics; a box set
     /// without `level` is one group) and `head` when the method needs W, b.
     fn fit(&mut self, boxes: &BoxSet) -> Result<()>;
+    /// Fit on ID boxes against outlier boxes of the same model and features (e.g. FGSM
+    /// surrogates, [`crate::detect::fgsm`]); only scorers trained on outliers take them.
+    fn fit_with_outliers(&mut self, boxes: &BoxSet, outliers: &BoxSet) -> Result<()> {
+        let _ = (boxes, outliers);
+        Err(crate::error::Error::Scorer {
+            scorer: self.kind().into(),
+            fault: crate::error::ScorerFault::BadParameter,
+            reason: "it is not trained against outlier boxes".into(),
+        })
+    }
     /// One score per box, input order; higher = more OOD. Errors if not fitted, or on dimension
     /// mismatch.
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>>;

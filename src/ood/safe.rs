@@ -10,7 +10,12 @@
 //! shared covariance, keeping the least likely 1 of [`VOS_POOL`]; `mix` mixes two boxes of
 //! different classes; `noise` adds unit Gaussian noise to an ID box), as many in all as
 //! `surrogates` (0 = one per fit box, so both targets weigh the same), shared among groups by
-//! size. The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
+//! size. With `fgsm` (SAFE's own) they are not made here: they are outlier boxes given to the fit
+//! ([`Scorer::fit_with_outliers`], [`crate::ood::fitted::FitOptions::outliers`]), the FGSM boxes
+//! of the fit images ([`crate::detect::fgsm`]: the input nudged by ε · sign of the gradient of
+//! the detector's classification loss, each box read again at its anchor), standardised with
+//! their level's ID statistics; all of them, or a seeded sample of `surrogates`. ε is chosen at
+//! extraction; the scorer file records the outlier set's source, which names it. The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
 //! ID = 0 and surrogate = 1, in mini-batches of 256, on the CPU in f32.
 //!
 //! **Score:** the MLP's output logit (higher = more OOD), evaluated in f64 from the stored f32
@@ -34,18 +39,14 @@
 //! | `seed` | 0 | |
 //!
 //! It reads the box set's feature, so SAFE's multi-layer ROI features reach it through the box
-//! set's feature sources (`fit --features`). Not done: SAFE's FGSM surrogates (a perturbed input
-//! image through the detector with autograd). What stands in the way on YOLOv8's plain (NCHW)
-//! path: candle 0.11 differentiates conv2d, SiLU, nearest upsampling (integer factors), cat,
-//! narrow and pad, but its `max_pool2d` backward refuses a kernel other than the stride, and
-//! SPPF pools 5×5 with stride 1 (the NHWC path pools outside the graph), so SPPF first needs a
-//! differentiable pool, e.g. the maximum of the 25 shifted narrows of the padded map.
+//! set's feature sources (`fit --features`); the FGSM boxes carry the same sources.
 
 mod mlp;
 mod surrogate;
 
 use std::collections::BTreeMap;
 
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -136,8 +137,8 @@ impl ParamSet for SafeParams {
         },
         ParamDoc {
             name: "surrogate",
-            expected: "vos, mix or noise",
-            doc: "how surrogate outliers are made: VOS low-likelihood Gaussian samples, mixes of two classes' boxes, or Gaussian noise",
+            expected: "vos, mix, noise or fgsm",
+            doc: "how surrogate outliers are made: VOS low-likelihood Gaussian samples, mixes of two classes' boxes, Gaussian noise, or FGSM boxes given to the fit (outlier boxes)",
         },
         ParamDoc {
             name: "use_logits",
@@ -267,9 +268,11 @@ impl Safe {
     }
 
     /// Standardised ID rows and surrogate rows (with level one-hots) of every group, stacked.
+    /// The surrogates are generated, or with `fgsm` are the `outliers` of the group.
     fn training_rows(
         &self,
         boxes: &BoxSet,
+        outliers: Option<&BoxSet>,
         grouping: &Grouping,
         members: &[Vec<usize>],
         rng: &mut ChaCha8Rng,
@@ -282,8 +285,12 @@ impl Safe {
         } else {
             self.params.surrogates
         };
+        let outlier_groups = match outliers {
+            Some(o) => Some(grouping.assign(kind, o)?),
+            None => None,
+        };
         let width = one_hot_dim(members.len());
-        let (mut id, mut outliers, mut standardise) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut id, mut made_all, mut standardise) = (Vec::new(), Vec::new(), Vec::new());
         for (g, idx) in members.iter().enumerate() {
             let mut x = Vec::new();
             for &i in idx {
@@ -291,16 +298,31 @@ impl Safe {
             }
             let d = x.len() / idx.len();
             let (mean, scale) = standardiser(&x, d);
-            for row in x.chunks_mut(d) {
-                for ((v, m), s) in row.iter_mut().zip(&mean).zip(&scale) {
-                    *v = (*v - m) / s;
-                }
-            }
-            let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
+            standardise_rows(&mut x, &mean, &scale);
             let count = (total * idx.len()).div_ceil(n);
-            let made = surrogate::generate(self.params.surrogate, &x, d, &group_labels, count, rng)
-                .map_err(|e| err(kind, ScorerFault::CannotFit, format!("surrogates of {}: {e}", grouping.name(g))))?;
-            for (rows, out) in [(&x, &mut id), (&made, &mut outliers)] {
+            let made = match (outliers, &outlier_groups) {
+                (Some(o), Some(groups)) => {
+                    let mut own: Vec<usize> = (0..o.len()).filter(|&i| groups[i] == g).collect();
+                    if self.params.surrogates > 0 && own.len() > count {
+                        own.shuffle(rng);
+                        own.truncate(count);
+                        own.sort_unstable();
+                    }
+                    let mut rows = Vec::new();
+                    for i in own {
+                        rows.extend(raw_row(o, i, self.params.use_logits));
+                    }
+                    standardise_rows(&mut rows, &mean, &scale);
+                    rows
+                }
+                _ => {
+                    let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
+                    let kind_of = self.params.surrogate;
+                    surrogate::generate(kind_of, &x, d, &group_labels, count, rng)
+                        .map_err(|e| err(kind, ScorerFault::CannotFit, format!("surrogates of {}: {e}", grouping.name(g))))?
+                }
+            };
+            for (rows, out) in [(&x, &mut id), (&made, &mut made_all)] {
                 for row in rows.chunks(d) {
                     out.extend_from_slice(row);
                     push_one_hot(out, g, width);
@@ -308,21 +330,50 @@ impl Safe {
             }
             standardise.push((mean, scale));
         }
-        Ok((id, outliers, standardise))
+        if made_all.is_empty() {
+            return Err(err(
+                kind,
+                ScorerFault::MissingInput,
+                "no outlier boxes to train against",
+            ));
+        }
+        Ok((id, made_all, standardise))
     }
-}
 
-impl Scorer for Safe {
-    fn kind(&self) -> &'static str {
-        SAFE.name
-    }
-
-    fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
-        check_fit_set(self.kind(), boxes, self.uses())?;
+    /// [`Scorer::fit`] against generated surrogates, or with `fgsm` against `outliers`.
+    fn fit_against(&mut self, boxes: &BoxSet, outliers: Option<&BoxSet>) -> Result<()> {
+        let kind = self.kind();
+        check_fit_set(kind, boxes, self.uses())?;
+        match (self.params.surrogate, outliers) {
+            (Surrogate::Fgsm, None) => {
+                return Err(err(
+                    kind,
+                    ScorerFault::MissingInput,
+                    "surrogate=fgsm trains against outlier boxes: the FGSM boxes of the fit \
+                     images, given beside the fit boxes",
+                ))
+            }
+            (Surrogate::Fgsm, Some(o)) => {
+                check_boxes(kind, o, self.uses())?;
+                check_dim(kind, "outlier feature dimension", boxes.feature_dim, o.feature_dim)?;
+                check_dim(kind, "outlier class count", boxes.num_classes, o.num_classes)?;
+            }
+            (other, Some(_)) => {
+                return Err(err(
+                    kind,
+                    ScorerFault::BadParameter,
+                    format!(
+                        "outlier boxes are for surrogate=fgsm; surrogate={} makes its own",
+                        serde_json::to_value(other).unwrap_or_default()
+                    ),
+                ))
+            }
+            (_, None) => {}
+        }
         let (grouping, members) = Grouping::fit(boxes, self.params.per_level);
         let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed);
         let (id, outliers, standardise) =
-            self.training_rows(boxes, &grouping, &members, &mut rng)?;
+            self.training_rows(boxes, outliers, &grouping, &members, &mut rng)?;
         let classes = if self.params.use_logits {
             boxes.num_classes
         } else {
@@ -338,6 +389,29 @@ impl Scorer for Safe {
             mlp,
         });
         Ok(())
+    }
+}
+
+/// `(v − mean) / scale` per column of the rows of `x`, in place.
+fn standardise_rows(x: &mut [f64], mean: &[f64], scale: &[f64]) {
+    for row in x.chunks_mut(mean.len()) {
+        for ((v, m), s) in row.iter_mut().zip(mean).zip(scale) {
+            *v = (*v - m) / s;
+        }
+    }
+}
+
+impl Scorer for Safe {
+    fn kind(&self) -> &'static str {
+        SAFE.name
+    }
+
+    fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
+        self.fit_against(boxes, None)
+    }
+
+    fn fit_with_outliers(&mut self, boxes: &BoxSet, outliers: &BoxSet) -> Result<()> {
+        self.fit_against(boxes, Some(outliers))
     }
 
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {

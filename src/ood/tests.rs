@@ -1224,6 +1224,89 @@ fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
     }
 }
 
+/// `safe` with `surrogate=fgsm` trains against given outlier boxes (here the fit boxes with
+/// their class activation damped, as an FGSM step does), round-trips through the file, which
+/// records their source, and refuses outliers that do not fit.
+#[test]
+fn safe_trains_against_fgsm_outlier_boxes_and_round_trips() {
+    use super::fitted::{FitOptions, FittedScorer};
+    let fit = id_set(30, 300, Some(2));
+    let calibration = id_set(31, 200, Some(2));
+    let outliers = edited(&id_set(33, 300, Some(2)), |p| {
+        p.features.iter_mut().for_each(|v| *v *= 0.4);
+        p.logits = p
+            .features
+            .chunks(D)
+            .flat_map(|f| head().logits(f))
+            .collect();
+        p.source = "fgsm test boxes".into();
+    });
+    let params = [
+        ("surrogate".to_string(), "fgsm".to_string()),
+        ("epochs".to_string(), "5".to_string()),
+    ];
+    let fit_with = |params: &[(String, String)], outliers: Option<&BoxSet>| {
+        let options = FitOptions {
+            outliers: outliers.cloned(),
+            ..FitOptions::default()
+        };
+        FittedScorer::fit("safe", None, params, &fit, &calibration, &options)
+    };
+    let scorer = fit_with(&params, Some(&outliers)).unwrap();
+    assert_eq!(scorer.outliers_source(), Some("fgsm test boxes"));
+    let test = id_set(32, 100, Some(2));
+    // The scorer learned the outliers: its AUROC between held-out ID and them.
+    let (id_scores, outlier_scores) = (
+        scorer.raw_scores(&test).unwrap(),
+        scorer.raw_scores(&outliers).unwrap(),
+    );
+    let above = outlier_scores
+        .iter()
+        .flat_map(|o| id_scores.iter().map(move |i| f64::from(u8::from(o > i))))
+        .sum::<f64>();
+    let auroc = above / (id_scores.len() * outlier_scores.len()) as f64;
+    assert!(auroc > 0.9, "AUROC {auroc}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fgsm.safetensors");
+    scorer.save(&path).unwrap();
+    let loaded = FittedScorer::load(&path).unwrap();
+    assert_eq!(loaded.outliers_source(), Some("fgsm test boxes"));
+    assert_eq!(
+        loaded.raw_scores(&test).unwrap(),
+        scorer.raw_scores(&test).unwrap()
+    );
+    let refused =
+        |params: &[(String, String)], outliers: Option<&BoxSet>, fault: ScorerFault, says: &str| {
+            let e = message_of(fit_with(params, outliers).err().expect("refused"), fault);
+            assert!(e.contains(says), "{e}");
+        };
+    refused(&params, None, ScorerFault::MissingInput, "outlier boxes");
+    refused(
+        &params[1..],
+        Some(&outliers),
+        ScorerFault::BadParameter,
+        "surrogate=fgsm",
+    );
+    let other = edited(&outliers, |p| p.fingerprint = "sha256:other".into());
+    refused(
+        &params,
+        Some(&other),
+        ScorerFault::Mismatch,
+        "of the model sha256:other",
+    );
+    let narrow = edited(&outliers.subset(&[0, 1]), |p| {
+        p.feature_dim = D / 2;
+        p.features.truncate(2 * (D / 2));
+        p.head = None;
+    });
+    refused(
+        &params,
+        Some(&narrow),
+        ScorerFault::Mismatch,
+        &format!("{}-d", D / 2),
+    );
+}
+
 #[test]
 fn combine_statistics_on_known_p_values() {
     use super::combine::Method;

@@ -6,6 +6,7 @@ use crate::core::settings::DetectOptions;
 use crate::core::BoxRecord;
 use crate::data::boxset::{BoxSet, LABEL_BACKGROUND, LABEL_UNKNOWN};
 use crate::data::dataset::Dataset;
+use crate::detect::fgsm::FgsmBoxes;
 use crate::detect::image_io::load_rgb;
 use crate::detect::Detector;
 use crate::error::{Error, Result};
@@ -62,13 +63,38 @@ pub fn extract(
     source: &str,
     progress: &mut dyn FnMut(&std::path::Path, Option<&Error>),
 ) -> Result<Extraction> {
+    Ok(extract_with_fgsm(detector, dataset, options, &[], source, progress)?.0)
+}
+
+/// [`extract`], also making each image's FGSM surrogate boxes ([`Detector::detect_fgsm`]) for
+/// every `ε` of `epsilons` (network input units, [0, 1]): one box set per `ε`, whose boxes are
+/// the clean set's in the same order (same image, class, label, box and anchor), their logits,
+/// features and ROI features read on the perturbed input.
+pub fn extract_with_fgsm(
+    detector: &dyn Detector,
+    dataset: &Dataset,
+    options: &DetectOptions,
+    epsilons: &[f32],
+    source: &str,
+    progress: &mut dyn FnMut(&std::path::Path, Option<&Error>),
+) -> Result<(Extraction, Vec<BoxSet>)> {
     let mut records: Vec<(usize, BoxRecord)> = Vec::new();
+    let mut perturbed: Vec<Vec<(usize, BoxRecord)>> = vec![Vec::new(); epsilons.len()];
     let mut labels: Option<Vec<i64>> = Some(Vec::new());
     let mut images = Vec::new();
     let mut failed = Vec::new();
     for item in &dataset.images {
-        let result = load_rgb(&item.path)
-            .and_then(|image| Ok((detector.detect(&image, options)?, image.dimensions())));
+        let result = load_rgb(&item.path).and_then(|image| {
+            let boxes = if epsilons.is_empty() {
+                FgsmBoxes {
+                    clean: detector.detect(&image, options)?,
+                    perturbed: Vec::new(),
+                }
+            } else {
+                detector.detect_fgsm(&image, options, epsilons)?
+            };
+            Ok((boxes, image.dimensions()))
+        });
         match result {
             Ok((boxes, (width, height))) => {
                 let ground_truth: Option<Vec<GtBox>> = item.objects.as_ref().map(|objects| {
@@ -81,11 +107,14 @@ pub fn extract(
                         .collect()
                 });
                 match (&ground_truth, labels.as_mut()) {
-                    (Some(gt), Some(l)) => l.extend(labels_from_ground_truth(&boxes, gt)),
+                    (Some(gt), Some(l)) => l.extend(labels_from_ground_truth(&boxes.clean, gt)),
                     _ => labels = None,
                 }
                 let index = images.len();
-                records.extend(boxes.into_iter().map(|b| (index, b)));
+                records.extend(boxes.clean.into_iter().map(|b| (index, b)));
+                for (all, one) in perturbed.iter_mut().zip(boxes.perturbed) {
+                    all.extend(one.into_iter().map(|b| (index, b)));
+                }
                 images.push(ExtractedImage {
                     path: item.path.clone(),
                     width,
@@ -100,20 +129,34 @@ pub fn extract(
             }
         }
     }
-    let mut boxes = BoxSet::from_records(
-        records.iter().map(|(i, r)| (*i, r)),
-        detector.head(),
-        detector.class_names(),
-        detector.fingerprint(),
-        source,
-    )?;
-    boxes.set_labels(labels)?;
-    boxes.set_detect_options(Some(options.used_by(&detector.settings_use())))?;
-    Ok(Extraction {
-        boxes,
+    let box_set = |records: &[(usize, BoxRecord)], source: &str| -> Result<BoxSet> {
+        let mut boxes = BoxSet::from_records(
+            records.iter().map(|(i, r)| (*i, r)),
+            detector.head(),
+            detector.class_names(),
+            detector.fingerprint(),
+            source,
+        )?;
+        boxes.set_labels(labels.clone())?;
+        boxes.set_detect_options(Some(options.used_by(&detector.settings_use())))?;
+        Ok(boxes)
+    };
+    let surrogates = perturbed
+        .iter()
+        .zip(epsilons)
+        .map(|(records, eps)| box_set(records, &fgsm_source(source, *eps)))
+        .collect::<Result<_>>()?;
+    let extraction = Extraction {
+        boxes: box_set(&records, source)?,
         images,
         failed,
-    })
+    };
+    Ok((extraction, surrogates))
+}
+
+/// The `source` of an FGSM box set: the clean set's, and ε (input units and 8-bit levels).
+pub fn fgsm_source(source: &str, eps: f32) -> String {
+    format!("{source}; FGSM eps={eps} ({} / 255)", eps * 255.0)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::{YoloNetwork, YoloOutput};
 use crate::core::settings::{Applies, DetectOptions, InputSize, SettingsUse, INPUT_STRIDE};
 use crate::core::sources::{missing_message, FeatureLayer, FeatureSources};
 use crate::core::{BoxRecord, ClassHead, LinearHead, RoiFeature};
+use crate::detect::fgsm::FgsmBoxes;
 use crate::detect::letterbox::{letterbox, LetterboxGeometry};
 use crate::detect::nms::{non_max_suppression, Candidate};
 use crate::detect::roi_align::{roi_align, FeatureMap, Sampling};
@@ -27,15 +28,15 @@ const MAX_NMS: usize = 30_000;
 pub const MAX_BATCH: usize = 8;
 
 pub struct YoloDetector {
-    network: Box<dyn YoloNetwork>,
-    family: &'static str,
+    pub(super) network: Box<dyn YoloNetwork>,
+    pub(super) family: &'static str,
     device: Device,
     names: Vec<String>,
     /// The class heads of both branches, one-to-many first.
     heads: Vec<ClassHead>,
     fingerprint: String,
     /// Runs the one-to-one head with top-k instead of the one-to-many head with NMS.
-    nms_free: bool,
+    pub(super) nms_free: bool,
     /// The training size its file records (metadata `imgsz`).
     trained_imgsz: Option<u32>,
 }
@@ -238,9 +239,21 @@ impl Stages for YoloDetector {
     fn postprocess(
         &self,
         output: YoloOutput,
-        (input, geometry, _): &Self::Input,
+        input: &Self::Input,
         options: &DetectOptions,
     ) -> Result<Vec<BoxRecord>> {
+        let kept = self.select(&output, options)?;
+        self.records(&output, &kept, input, options)
+    }
+}
+
+impl YoloDetector {
+    /// The anchors NMS (or the one-to-one top-k) keeps, their boxes in network-input pixels.
+    pub(super) fn select(
+        &self,
+        output: &YoloOutput,
+        options: &DetectOptions,
+    ) -> Result<Vec<Candidate>> {
         let logits: Vec<f32> = output.cls_logits.squeeze(0)?.flatten_all()?.to_vec1()?;
         let nc = self.network.nc();
         let mut candidates = if self.nms_free {
@@ -254,9 +267,9 @@ impl Stages for YoloDetector {
         // Only the candidates' boxes are decoded.
         let box_logits: Vec<f32> = output.box_logits.squeeze(0)?.flatten_all()?.to_vec1()?;
         for c in &mut candidates {
-            c.bbox = self.decode(&output, &box_logits, c.source);
+            c.bbox = self.decode(output, &box_logits, c.source);
         }
-        let kept = if self.nms_free {
+        Ok(if self.nms_free {
             candidates
         } else {
             non_max_suppression(
@@ -266,12 +279,29 @@ impl Stages for YoloDetector {
                 MAX_NMS,
                 options.max_det,
             )
-        };
-        let features = Self::features(&output, &kept)?;
-        let rois = Self::roi_features(&output, &kept, input.dim(3)?, options)?;
+        })
+    }
+
+    /// The records of the `kept` boxes, their logits, features and ROI features read from
+    /// `output` at their anchors (the pass that chose them, or another pass over the same
+    /// input size).
+    pub(super) fn records(
+        &self,
+        output: &YoloOutput,
+        kept: &[Candidate],
+        (input, geometry, _): &<Self as Stages>::Input,
+        options: &DetectOptions,
+    ) -> Result<Vec<BoxRecord>> {
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits: Vec<f32> = output.cls_logits.squeeze(0)?.flatten_all()?.to_vec1()?;
+        let nc = self.network.nc();
+        let features = Self::features(output, kept)?;
+        let rois = Self::roi_features(output, kept, input.dim(3)?, options)?;
         let anchors = logits.len() / nc;
         Ok(kept
-            .into_iter()
+            .iter()
             .zip(features)
             .zip(rois)
             .map(|((c, feature), roi_features)| BoxRecord {
@@ -280,7 +310,7 @@ impl Stages for YoloDetector {
                 confidence: c.confidence,
                 logits: (0..nc).map(|k| logits[k * anchors + c.source]).collect(),
                 feature,
-                level: Self::level_of(&output, c.source).0 as u8,
+                level: Self::level_of(output, c.source).0 as u8,
                 anchor: c.source as u32,
                 roi_features,
             })
@@ -490,6 +520,15 @@ impl Detector for YoloDetector {
             iou,
             ..SettingsUse::ALL
         }
+    }
+
+    fn detect_fgsm(
+        &self,
+        image: &RgbImage,
+        options: &DetectOptions,
+        epsilons: &[f32],
+    ) -> Result<FgsmBoxes> {
+        self.fgsm(image, options, epsilons)
     }
 
     fn set_nms_free(&mut self, on: bool) -> Result<()> {

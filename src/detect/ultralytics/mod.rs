@@ -2,6 +2,7 @@
 //! outputs, the interface every family's network offers, and the detector around it.
 
 mod detector;
+mod fgsm;
 
 pub use detector::{YoloDetector, MAX_BATCH};
 
@@ -122,6 +123,15 @@ pub trait YoloNetwork: Send + Sync {
     /// [`YoloNetwork::forward`], also keeping the maps of layers `keep` (YAML indices among
     /// [`YoloNetwork::feature_layers`]) in [`YoloOutput::kept`].
     fn forward_keeping(&self, x: &Tensor, one2one: bool, keep: &[usize]) -> Result<YoloOutput>;
+    /// [`YoloNetwork::forward`] through Candle's channels-first ops only, whatever the layout
+    /// set, with every op differentiable with respect to `x` (for FGSM); a network whose plain
+    /// path is not differentiable refuses.
+    fn forward_nchw(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput> {
+        let _ = (x, one2one);
+        Err(Error::Unsupported(
+            "this network has no differentiable forward pass (FGSM)".into(),
+        ))
+    }
     /// The layers whose maps can be kept: those the network materialises (no Upsample or
     /// Concat layer: the concatenations are folded into the convolutions that read them).
     fn feature_layers(&self) -> Vec<FeatureLayer>;

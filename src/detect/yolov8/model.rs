@@ -136,23 +136,16 @@ impl Sppf {
                 let y3 = crate::nn::pool::max_pool_same(&y2, 5)?;
                 self.cv2.forward_cat(&[&x, &y1, &y2, &y3], layout)
             }
+            // MaxPool2d(k=5, s=1, p=2), differentiable (the FGSM gradient runs this path).
             MapLayout::Nchw => {
-                let y1 = max_pool5(&x)?;
-                let y2 = max_pool5(&y1)?;
-                let y3 = max_pool5(&y2)?;
+                let y1 = crate::nn::pool::max_pool_same_nchw(&x, 5)?;
+                let y2 = crate::nn::pool::max_pool_same_nchw(&y1, 5)?;
+                let y3 = crate::nn::pool::max_pool_same_nchw(&y2, 5)?;
                 self.cv2
                     .forward(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?, layout)
             }
         }
     }
-}
-
-/// MaxPool2d(k=5, s=1, p=2) with PyTorch's −∞ padding. Replicating the edge gives the same
-/// maxima: every window that reaches into the padding also contains the edge value it copies.
-fn max_pool5(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.pad_with_same(2, 2, 2)?
-        .pad_with_same(3, 2, 2)?
-        .max_pool2d_with_stride(5, 1)
 }
 
 /// Layers 0–9 (`net.`).
@@ -222,10 +215,7 @@ struct Neck {
 /// Nearest-neighbour 2× upsampling.
 fn upsample2(x: &Tensor, layout: MapLayout) -> candle_core::Result<Tensor> {
     match layout {
-        MapLayout::Nchw => {
-            let (_, _, h, w) = x.dims4()?;
-            x.upsample_nearest2d(2 * h, 2 * w)
-        }
+        MapLayout::Nchw => crate::nn::pool::upsample2_nchw(x),
         MapLayout::Nhwc => crate::nn::pool::upsample2(x),
     }
 }
@@ -389,6 +379,10 @@ impl YoloV8 {
 
     /// [`YoloV8::forward`], also keeping the maps of layers `keep` (YAML indices).
     pub fn forward_keeping(&self, x: &Tensor, keep: &[usize]) -> Result<YoloOutput> {
+        self.forward_in(x, keep, self.layout)
+    }
+
+    fn forward_in(&self, x: &Tensor, keep: &[usize], l: MapLayout) -> Result<YoloOutput> {
         let (_, _, h, w) = x.dims4()?;
         if h % 32 != 0 || w % 32 != 0 {
             return Err(candle_core::Error::Msg(format!(
@@ -396,7 +390,6 @@ impl YoloV8 {
             ))
             .into());
         }
-        let l = self.layout;
         let mut taps = Taps::new(keep, l);
         let (p3, p4, p5) = self.backbone.forward(&l.from_nchw(x)?, l, &mut taps)?;
         let neck = self.neck.forward((&p3, &p4, &p5), l, &mut taps)?;
@@ -469,6 +462,10 @@ impl YoloNetwork for YoloV8 {
     /// YOLOv8 has the one-to-many head only; the detector never asks for another.
     fn forward_keeping(&self, x: &Tensor, _one2one: bool, keep: &[usize]) -> Result<YoloOutput> {
         YoloV8::forward_keeping(self, x, keep)
+    }
+
+    fn forward_nchw(&self, x: &Tensor, _one2one: bool) -> Result<YoloOutput> {
+        self.forward_in(x, &[], MapLayout::Nchw)
     }
 
     fn feature_layers(&self) -> Vec<FeatureLayer> {

@@ -19,6 +19,9 @@ pub enum Surrogate {
     /// Noise: an ID row plus isotropic Gaussian noise of standard deviation 1 per standardised
     /// dimension (about the spread of the ID data itself).
     Noise,
+    /// FGSM (SAFE): the fit images' boxes read on inputs perturbed by one signed gradient step
+    /// ([`crate::detect::fgsm`]); not generated here but given to the fit as outlier boxes.
+    Fgsm,
 }
 
 /// VOS keeps the least likely of this many samples per kept outlier (the paper keeps 1 of
@@ -46,6 +49,11 @@ pub fn generate(
         Surrogate::Vos => vos(x, d, labels, count, rng),
         Surrogate::Mix => Ok(mix(x, d, labels, count, rng)),
         Surrogate::Noise => Ok(noise(x, d, labels.len(), count, rng)),
+        Surrogate::Fgsm => Err(
+            "fgsm surrogates are outlier boxes made from the fit images (FGSM box sets), given \
+             to the fit beside the fit boxes"
+                .into(),
+        ),
     }
 }
 
