@@ -465,6 +465,25 @@ mod detect_from_memory_example;
 #[allow(dead_code)]
 mod detect_batch_example;
 
+#[path = "../examples/own_boxes.rs"]
+#[allow(dead_code)]
+mod own_boxes_example;
+
+/// Boxes built from plain arrays: a scorer fitted on them flags a far box and not one like the
+/// fit boxes, and parts that disagree are refused at construction as `BadBoxSet`.
+#[test]
+fn the_own_boxes_example_scores_arrays_and_refuses_parts_that_disagree() {
+    let report = own_boxes_example::own_boxes().unwrap();
+    assert!(report.far_flagged);
+    assert!(
+        report.far_confidence > report.known_confidence,
+        "{} vs {}",
+        report.far_confidence,
+        report.known_confidence
+    );
+    assert!(report.refused.contains("logits"), "{}", report.refused);
+}
+
 fn repo_path(relative: &str) -> String {
     format!("{}/{relative}", env!("CARGO_MANIFEST_DIR"))
 }
