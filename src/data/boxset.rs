@@ -59,7 +59,7 @@ pub struct BoxParts {
     pub num_classes: usize,
     /// Predicted class of each box, below `num_classes`; N gives the number of boxes.
     pub class_id: Vec<usize>,
-    /// Ground-truth class, −1 (an unknown object, [`crate::pipeline::extraction::LABEL_UNKNOWN`])
+    /// Ground-truth class, −1 (an unknown object, [`LABEL_UNKNOWN`])
     /// or −2 (background, [`LABEL_BACKGROUND`]).
     pub label: Option<Vec<i64>>,
     /// Pyramid level of the head that detected each box.
