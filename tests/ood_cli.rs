@@ -208,6 +208,24 @@ fn fit_score_and_eval_from_the_command_line() {
         assert_eq!(b["is_ood"].as_bool().unwrap(), p <= 0.05);
         assert!(b["score"].is_number());
     }
+    // The calibration check counts the flagged boxes of known objects (label >= 0) only.
+    let labels = BoxSet::load(&fixture("test_mixed"))
+        .unwrap()
+        .label
+        .clone()
+        .unwrap();
+    let on_known: Vec<&Value> = (labels.iter().zip(boxes))
+        .filter(|(&l, _)| l >= 0)
+        .map(|(_, b)| b)
+        .collect();
+    let flagged = on_known
+        .iter()
+        .filter(|b| b["is_ood"].as_bool().unwrap())
+        .count();
+    let known = &doc["known_objects"];
+    assert_eq!(known["boxes"].as_u64().unwrap() as usize, on_known.len());
+    assert_eq!(known["flagged"].as_u64().unwrap() as usize, flagged);
+    assert!(flagged > 0 && flagged < on_known.len());
 
     let metrics = dir.path().join("metrics.json");
     let report = dir.path().join("report");

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Score a box set with a fitted scorer: raw score, p-value, OOD confidence and verdict per box.
+///
+/// With a labelled box set (from `extract --data`) of images the scorer was not fitted or
+/// calibrated on, also reports the share of the boxes on known objects that are flagged: the
+/// calibration check, which should be close to alpha.
 #[derive(clap::Args)]
 pub struct Args {
     /// The scorer file from `oodbox fit`.
@@ -34,13 +38,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     let flagged = results.iter().filter(|r| r.is_ood).count();
+    let alpha = args.alpha.unwrap_or(scorer.alpha());
+    let known = boxes.label.as_ref().map(|labels| {
+        let on_known: Vec<bool> = (labels.iter().zip(&results))
+            .filter(|(&label, _)| label >= 0)
+            .map(|(_, r)| r.is_ood)
+            .collect();
+        KnownObjects::of(&on_known)
+    });
     let mut doc = json!({
         "scorer": scorer.name(),
-        "alpha": args.alpha.unwrap_or(scorer.alpha()),
+        "alpha": alpha,
         "boxes": results,
     });
     if let Some(tail) = super::common::tail_json(&scorer) {
         doc["p_value_tail"] = tail;
+    }
+    if let Some(known) = &known {
+        doc["known_objects"] = serde_json::to_value(known)?;
     }
     oodbox::core::write_atomically(
         &args.json,
@@ -52,5 +67,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         results.len(),
         args.json.display()
     );
+    if let Some(k) = known.filter(|k| k.boxes > 0) {
+        eprintln!(
+            "of the {} boxes on known objects, {} flagged: {:.4} (alpha {alpha}; close to alpha \
+             when these images were held out of the fit and calibration)",
+            k.boxes, k.flagged, k.share
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How many of the boxes matched to a known object were flagged OOD.
+#[derive(serde::Serialize)]
+struct KnownObjects {
+    boxes: usize,
+    flagged: usize,
+    /// `flagged / boxes`; 0 without boxes.
+    share: f64,
+}
+
+impl KnownObjects {
+    fn of(is_ood: &[bool]) -> Self {
+        let flagged = is_ood.iter().filter(|&&f| f).count();
+        KnownObjects {
+            boxes: is_ood.len(),
+            flagged,
+            share: flagged as f64 / is_ood.len().max(1) as f64,
+        }
+    }
 }
