@@ -75,9 +75,11 @@ pub struct Args {
     /// tail a negative ξ is often fitted too low, which gives ID boxes p-values near 0.
     #[arg(long, requires = "tail")]
     tail_bounded: bool,
-    /// Outlier boxes to train against, for `safe` with `--param surrogate=fgsm`: the FGSM box
-    /// set of the fit images (`extract --fgsm-out`). With --calibration-fraction, only those of
-    /// the fit images are used.
+    /// Outlier boxes to train against, for `safe`. With `--param surrogate=fgsm`: the FGSM box
+    /// set of the fit images (`extract --fgsm-out`; with --calibration-fraction, only those of
+    /// the fit images are used). With `--param surrogate=unknown` (outlier exposure): a box set
+    /// of other images with objects the detector should not know (`extract --data`, whose
+    /// boxes on unknown objects are used; every box of an unlabelled set).
     #[arg(long)]
     outliers: Option<PathBuf>,
     /// The scorer file to write.
@@ -122,19 +124,6 @@ pub fn select(boxes: BoxSet, features: &FeatureSources, path: &Path) -> anyhow::
     boxes
         .select(features)
         .with_context(|| format!("reading the box set {}", path.display()))
-}
-
-/// The boxes of `boxes` from the images that `fit`'s boxes come from (all of them when either
-/// has no `image_index`).
-fn of_images_of(boxes: BoxSet, fit: &BoxSet) -> BoxSet {
-    let (Some(images), Some(fit_images)) = (&boxes.image_index, &fit.image_index) else {
-        return boxes;
-    };
-    let wanted: std::collections::HashSet<usize> = fit_images.iter().copied().collect();
-    let keep: Vec<usize> = (0..boxes.len())
-        .filter(|&i| wanted.contains(&images[i]))
-        .collect();
-    boxes.subset(&keep)
 }
 
 /// Names the classes whose own statistics rest on a few fit boxes but that are calibrated
@@ -236,13 +225,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");
     let outliers = match &args.outliers {
         Some(path) => {
-            let outliers = load_fit_boxes(path, &args.features)?.known_objects();
-            // Held-out images' outliers would let the calibration boxes shape the scorer.
-            let outliers = match args.calibration_boxes {
-                Some(_) => outliers,
-                None => of_images_of(outliers, &fit),
-            };
-            Some((path, outliers))
+            // The scorer picks the boxes it trains against (see `safe`'s `surrogate`).
+            Some((path, load_fit_boxes(path, &args.features)?))
         }
         None => None,
     };

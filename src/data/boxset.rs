@@ -310,6 +310,20 @@ impl BoxSet {
         }
     }
 
+    /// The boxes from the images that `other`'s boxes come from (all of them when either set
+    /// has no `image_index`): for sets extracted from the same images, such as FGSM boxes and
+    /// the clean boxes of a part of those images.
+    pub fn of_images_of(self, other: &BoxSet) -> BoxSet {
+        let (Some(images), Some(wanted)) = (&self.image_index, &other.image_index) else {
+            return self;
+        };
+        let wanted: std::collections::HashSet<usize> = wanted.iter().copied().collect();
+        let keep: Vec<usize> = (0..self.len())
+            .filter(|&i| wanted.contains(&images[i]))
+            .collect();
+        self.subset(&keep)
+    }
+
     /// Splits off about `fraction` of the boxes for calibration, whole images at a time when
     /// `image_index` is known (boxes of one image are not exchangeable with each other), in a
     /// seeded random order. Returns (rest, held out).

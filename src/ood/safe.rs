@@ -15,7 +15,13 @@
 //! of the fit images ([`crate::detect::fgsm`]: the input nudged by ε · sign of the gradient of
 //! the detector's classification loss, each box read again at its anchor), standardised with
 //! their level's ID statistics; all of them, or a seeded sample of `surrogates`. ε is chosen at
-//! extraction; the scorer file records the outlier set's source, which names it. The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
+//! extraction; the scorer file records the outlier set's source, which names it. With `unknown`
+//! (outlier exposure, Hendrycks et al. ICLR'19) they are boxes of real objects the detector
+//! should not know, from other images: the boxes labelled unknown of a box set extracted with
+//! ground truth (every box of an unlabelled one). It learns the unknowns it is shown: on the
+//! shapes world it meets the learned-scorer goals when those are of the kinds met at test time,
+//! and does not carry over to unknowns of another kind (BENCHMARKS.md, "Outlier exposure").
+//! The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
 //! ID = 0 and surrogate = 1, in mini-batches of 256, on the CPU in f32.
 //!
 //! **Score:** the MLP's output logit (higher = more OOD), evaluated in f64 from the stored f32
@@ -137,8 +143,8 @@ impl ParamSet for SafeParams {
         },
         ParamDoc {
             name: "surrogate",
-            expected: "vos, mix, noise or fgsm",
-            doc: "how surrogate outliers are made: VOS low-likelihood Gaussian samples, mixes of two classes' boxes, Gaussian noise, or FGSM boxes given to the fit (outlier boxes)",
+            expected: "vos, mix, noise, fgsm or unknown",
+            doc: "how surrogate outliers are made: VOS low-likelihood Gaussian samples, mixes of two classes' boxes, Gaussian noise; or given to the fit as outlier boxes: FGSM boxes of the fit images, or boxes of real unknown objects (outlier exposure)",
         },
         ParamDoc {
             name: "use_logits",
@@ -268,7 +274,7 @@ impl Safe {
     }
 
     /// Standardised ID rows and surrogate rows (with level one-hots) of every group, stacked.
-    /// The surrogates are generated, or with `fgsm` are the `outliers` of the group.
+    /// The surrogates are generated, or with `fgsm` and `unknown` are the `outliers` of the group.
     fn training_rows(
         &self,
         boxes: &BoxSet,
@@ -340,36 +346,44 @@ impl Safe {
         Ok((id, made_all, standardise))
     }
 
-    /// [`Scorer::fit`] against generated surrogates, or with `fgsm` against `outliers`.
+    /// [`Scorer::fit`] against generated surrogates, or with `fgsm` and `unknown` against
+    /// `outliers`.
     fn fit_against(&mut self, boxes: &BoxSet, outliers: Option<&BoxSet>) -> Result<()> {
         let kind = self.kind();
         check_fit_set(kind, boxes, self.uses())?;
-        match (self.params.surrogate, outliers) {
-            (Surrogate::Fgsm, None) => {
+        let surrogate = self.params.surrogate;
+        let name = serde_json::to_value(surrogate).unwrap_or_default();
+        let outliers = match (surrogate.is_given(), outliers) {
+            (true, None) => {
                 return Err(err(
                     kind,
                     ScorerFault::MissingInput,
-                    "surrogate=fgsm trains against outlier boxes: the FGSM boxes of the fit \
-                     images, given beside the fit boxes",
+                    format!(
+                        "surrogate={name} trains against outlier boxes given beside the fit \
+                         boxes (fgsm: the FGSM boxes of the fit images; unknown: boxes of real \
+                         unknown objects)"
+                    ),
                 ))
             }
-            (Surrogate::Fgsm, Some(o)) => {
+            (true, Some(o)) => {
                 check_boxes(kind, o, self.uses())?;
                 check_dim(kind, "outlier feature dimension", boxes.feature_dim, o.feature_dim)?;
                 check_dim(kind, "outlier class count", boxes.num_classes, o.num_classes)?;
+                Some(surrogate.outliers_of(o, boxes))
             }
-            (other, Some(_)) => {
+            (false, Some(_)) => {
                 return Err(err(
                     kind,
                     ScorerFault::BadParameter,
                     format!(
-                        "outlier boxes are for surrogate=fgsm; surrogate={} makes its own",
-                        serde_json::to_value(other).unwrap_or_default()
+                        "outlier boxes are for surrogate=fgsm or surrogate=unknown; \
+                         surrogate={name} makes its own"
                     ),
                 ))
             }
-            (_, None) => {}
-        }
+            (false, None) => None,
+        };
+        let outliers = outliers.as_ref();
         let (grouping, members) = Grouping::fit(boxes, self.params.per_level);
         let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed);
         let (id, outliers, standardise) =

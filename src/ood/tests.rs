@@ -1224,6 +1224,74 @@ fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
     }
 }
 
+/// The logits of the set's features under the test head, after the features were edited.
+fn relogit(p: &mut BoxParts) {
+    p.logits = p
+        .features
+        .chunks(p.feature_dim)
+        .flat_map(|f| head().logits(f))
+        .collect();
+}
+
+/// The share of (ID, outlier) pairs that `scorer` ranks the right way round.
+fn auroc_of(scorer: &super::fitted::FittedScorer, id: &BoxSet, outliers: &BoxSet) -> f64 {
+    let (id, out) = (
+        scorer.raw_scores(id).unwrap(),
+        scorer.raw_scores(outliers).unwrap(),
+    );
+    let above = out
+        .iter()
+        .flat_map(|o| id.iter().map(move |i| f64::from(u8::from(o > i))))
+        .sum::<f64>();
+    above / (id.len() * out.len()) as f64
+}
+
+/// `safe` with `surrogate=unknown` (outlier exposure) trains against the boxes labelled
+/// unknown of the outlier set and ignores its boxes of known objects, which would otherwise
+/// teach it to flag ID boxes.
+#[test]
+fn safe_exposure_trains_on_the_unknown_boxes_of_the_outlier_set() {
+    use super::fitted::{FitOptions, FittedScorer};
+    use crate::data::boxset::LABEL_UNKNOWN;
+    let fit = id_set(40, 300, None);
+    let calibration = id_set(41, 200, None);
+    // Every other box is an unknown object: its feature damped, its label −1.
+    let outliers = edited(&id_set(42, 300, None), |p| {
+        let d = p.feature_dim;
+        let labels = p.label.as_mut().unwrap();
+        for (i, row) in p.features.chunks_mut(d).enumerate() {
+            if i % 2 == 1 {
+                row.iter_mut().for_each(|v| *v *= 0.3);
+                labels[i] = LABEL_UNKNOWN;
+            }
+        }
+        relogit(p);
+        p.source = "unknown test boxes".into();
+    });
+    let fit_with = |surrogate: &str, outliers: &BoxSet| {
+        let options = FitOptions {
+            outliers: Some(outliers.clone()),
+            ..FitOptions::default()
+        };
+        let params = [
+            ("surrogate".to_string(), surrogate.to_string()),
+            ("epochs".to_string(), "5".to_string()),
+        ];
+        FittedScorer::fit("safe", None, &params, &fit, &calibration, &options)
+    };
+    let scorer = fit_with("unknown", &outliers).unwrap();
+    assert_eq!(scorer.outliers_source(), Some("unknown test boxes"));
+    let unknown: Vec<usize> = (1..300).step_by(2).collect();
+    let auroc = auroc_of(&scorer, &id_set(43, 100, None), &outliers.subset(&unknown));
+    assert!(auroc > 0.9, "AUROC {auroc}");
+    // Trained on the known boxes too, it could not separate ID boxes from them.
+    let known: Vec<usize> = (0..300).step_by(2).collect();
+    let e = fit_with("unknown", &outliers.subset(&known))
+        .err()
+        .expect("refused");
+    assert!(message_of(e, ScorerFault::MissingInput).contains("no outlier boxes"));
+}
+
 /// `safe` with `surrogate=fgsm` trains against given outlier boxes (here the fit boxes with
 /// their class activation damped, as an FGSM step does), round-trips through the file, which
 /// records their source, and refuses outliers that do not fit.
@@ -1234,11 +1302,7 @@ fn safe_trains_against_fgsm_outlier_boxes_and_round_trips() {
     let calibration = id_set(31, 200, Some(2));
     let outliers = edited(&id_set(33, 300, Some(2)), |p| {
         p.features.iter_mut().for_each(|v| *v *= 0.4);
-        p.logits = p
-            .features
-            .chunks(D)
-            .flat_map(|f| head().logits(f))
-            .collect();
+        relogit(p);
         p.source = "fgsm test boxes".into();
     });
     let params = [
@@ -1256,15 +1320,7 @@ fn safe_trains_against_fgsm_outlier_boxes_and_round_trips() {
     assert_eq!(scorer.outliers_source(), Some("fgsm test boxes"));
     let test = id_set(32, 100, Some(2));
     // The scorer learned the outliers: its AUROC between held-out ID and them.
-    let (id_scores, outlier_scores) = (
-        scorer.raw_scores(&test).unwrap(),
-        scorer.raw_scores(&outliers).unwrap(),
-    );
-    let above = outlier_scores
-        .iter()
-        .flat_map(|o| id_scores.iter().map(move |i| f64::from(u8::from(o > i))))
-        .sum::<f64>();
-    let auroc = above / (id_scores.len() * outlier_scores.len()) as f64;
+    let auroc = auroc_of(&scorer, &test, &outliers);
     assert!(auroc > 0.9, "AUROC {auroc}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fgsm.safetensors");
@@ -1285,7 +1341,7 @@ fn safe_trains_against_fgsm_outlier_boxes_and_round_trips() {
         &params[1..],
         Some(&outliers),
         ScorerFault::BadParameter,
-        "surrogate=fgsm",
+        "surrogate=fgsm or surrogate=unknown",
     );
     let other = edited(&outliers, |p| p.fingerprint = "sha256:other".into());
     refused(

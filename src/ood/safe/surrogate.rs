@@ -4,6 +4,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::data::boxset::{BoxSet, LABEL_UNKNOWN};
 use crate::ood::linalg::sym_eigh;
 
 /// How the surrogate outliers are made.
@@ -22,6 +23,34 @@ pub enum Surrogate {
     /// FGSM (SAFE): the fit images' boxes read on inputs perturbed by one signed gradient step
     /// ([`crate::detect::fgsm`]); not generated here but given to the fit as outlier boxes.
     Fgsm,
+    /// Outlier exposure (Hendrycks et al., ICLR'19): boxes of real objects the detector should
+    /// not know, from other images (a box set extracted with ground truth, its boxes labelled
+    /// unknown), given to the fit as outlier boxes.
+    Unknown,
+}
+
+impl Surrogate {
+    /// Whether the outliers are given to the fit as boxes rather than made from the fit boxes.
+    pub fn is_given(self) -> bool {
+        matches!(self, Surrogate::Fgsm | Surrogate::Unknown)
+    }
+
+    /// The boxes of `outliers` to train against beside the fit boxes `fit`. FGSM boxes are the
+    /// fit images' own: those of known objects (as the fit keeps) on the fit's images (not the
+    /// calibration's, when it is held out of the same set). Outlier exposure takes the boxes
+    /// of unknown objects, or every box of an unlabelled set.
+    pub fn outliers_of(self, outliers: &BoxSet, fit: &BoxSet) -> BoxSet {
+        match (self, &outliers.label) {
+            (Surrogate::Unknown, Some(labels)) => {
+                let keep: Vec<usize> = (0..outliers.len())
+                    .filter(|&i| labels[i] == LABEL_UNKNOWN)
+                    .collect();
+                outliers.subset(&keep)
+            }
+            (Surrogate::Unknown, None) => outliers.clone(),
+            _ => outliers.clone().known_objects().of_images_of(fit),
+        }
+    }
 }
 
 /// VOS keeps the least likely of this many samples per kept outlier (the paper keeps 1 of
@@ -49,9 +78,8 @@ pub fn generate(
         Surrogate::Vos => vos(x, d, labels, count, rng),
         Surrogate::Mix => Ok(mix(x, d, labels, count, rng)),
         Surrogate::Noise => Ok(noise(x, d, labels.len(), count, rng)),
-        Surrogate::Fgsm => Err(
-            "fgsm surrogates are outlier boxes made from the fit images (FGSM box sets), given \
-             to the fit beside the fit boxes"
+        Surrogate::Fgsm | Surrogate::Unknown => Err(
+            "fgsm and unknown surrogates are outlier boxes given to the fit beside the fit boxes"
                 .into(),
         ),
     }
