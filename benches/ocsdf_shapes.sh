@@ -3,7 +3,9 @@
 # row per scorer, AUROC / FPR95 and fit time. Any arguments are ocsdf parameters (name=value).
 #   cargo build --release && bash benches/ocsdf_shapes.sh [DIR] [width=128 ...]
 # DIR holds train, val, test_id, test_ood_near, test_ood_far and test_mixed box sets (default
-# tests/fixtures/shapes_boxes); a missing split is skipped.
+# tests/fixtures/shapes_boxes); a missing split is skipped. KINDS lists the kinds (default
+# "energy knn ocsdf"); with POOLED=1 every kind but energy is fitted with per_level=false (for a
+# detector whose fit boxes leave a level empty that the test boxes use).
 set -euo pipefail
 B=$(pwd)/target/release/oodbox
 dir=tests/fixtures/shapes_boxes
@@ -17,6 +19,7 @@ echo "|---|---|---|---|---|"
 for kind in ${KINDS:-energy knn ocsdf}; do
   extra=()
   [[ $kind == ocsdf ]] && extra=("${params[@]}")
+  [[ ${POOLED:-0} == 1 && $kind != energy ]] && extra+=(--param per_level=false)
   start=$(date +%s.%N)
   $B fit --scorer $kind "${extra[@]}" --boxes "$dir/train.safetensors" \
     --calibration-boxes "$dir/val.safetensors" --out "$work/s.safetensors" --quiet

@@ -4,10 +4,14 @@
 # (other scenes, the same unknown classes), alone or by kind. Prints the markdown table of
 # BENCHMARKS.md "Outlier exposure".
 #   cargo build --release && bash benches/safe_exposure.sh [OUT]   (default /tmp/exposure)
+# MODEL (default models/shapes.safetensors) is the detector, WORLDS (default "shapes
+# shapes-s7-safe") the worlds under data/ to fit and evaluate on, SAFE_PARAMS extra `fit`
+# arguments for the safe rows (e.g. "--param per_level=false").
 set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
 out=${1:-/tmp/exposure}
+model=$root/${MODEL:-models/shapes.safetensors}
 roi=roi:4,roi:6,roi:9
 world() { # seed, folder: a shapes world; the outlier world needs only its test splits
   [ -f "$2/data.yaml" ] || $B synth --out "$2" --seed "$1" --quiet "${@:3}"
@@ -20,7 +24,7 @@ extract() { # world folder, box folder, splits...
       train|val) data=(--data "$1/data.yaml" --split $split) ;;
       *) data=(--data "$1/coco/$split.json") ;;
     esac
-    $B extract --model models/shapes.safetensors --imgsz 256 --quiet --features $roi "${data[@]}" --out "$2/$split.safetensors"
+    $B extract --model "$model" --imgsz 256 --quiet --features $roi "${data[@]}" --out "$2/$split.safetensors"
   done
 }
 world 0 data/shapes
@@ -28,16 +32,16 @@ world 7 data/shapes-s7-safe
 world 11 data/shapes-s11-oe --train 1 --val 1 --test 900
 extract data/shapes-s11-oe "$out/outliers" test_mixed test_ood_near test_ood_far
 source "$root/benches/fit_eval.sh"
-for name in shapes shapes-s7-safe; do
+for name in ${WORLDS:-shapes shapes-s7-safe}; do
   extract data/$name "$out/$name" train val test_id test_ood_near test_ood_far test_mixed
   echo "world $name"
   header
   cd "$out/$name"
   fit energy --scorer energy
-  fit "safe (default: mix)" --scorer safe
+  fit "safe (default: mix)" --scorer safe ${SAFE_PARAMS:-}
   for features in cls cls,$roi; do
     for kind in mixed ood_near ood_far; do
-      fit "safe unknown, $features, outliers: $kind" --scorer safe --param surrogate=unknown \
+      fit "safe unknown, $features, outliers: $kind" --scorer safe --param surrogate=unknown ${SAFE_PARAMS:-} \
         --features $features --outliers "$out/outliers/test_$kind.safetensors"
     done
   done
