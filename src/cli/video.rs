@@ -628,9 +628,9 @@ fn report_track_tail(calibration: &TrackCalibration) {
         .expect("calibrations are not empty");
     match &tail.fit {
         TailStatus::Fitted(g) => eprintln!(
-            "track tail over {:.4} (ξ = {:.3}, σ = {:.4}, {} tracks): track p-values beyond \
-             the largest calibration statistic {largest:.4} hold under this tail model, not \
-             by exchangeability alone",
+            "track tail over {:.4} (ξ = {:.3}, σ = {:.4}, fitted on {} statistics): track \
+             p-values beyond the largest calibration statistic {largest:.4} hold under this \
+             tail model, not by exchangeability alone",
             g.threshold, g.shape, g.scale, g.points
         ),
         TailStatus::Plain { reason } => {
