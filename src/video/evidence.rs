@@ -46,7 +46,7 @@
 //! ([`TrackCalibration::with_tail`]) extrapolates that p-value beyond its largest statistic.
 //!
 //! **What rests on a tail.** A track's p-value rests on a tail model when the value that gives
-//! it would change if every extrapolated p-value were replaced by its conformal counterpart
+//! it could change if every extrapolated p-value were replaced by its conformal counterpart
 //! (which is larger). For a block of the distribution-free rule that is when one of the box
 //! p-values at or below `p_(r)` came from a tail (the larger ones do not move `p_(r)`); for a
 //! track calibration, when a box p-value of the prefix whose mean surprisal is the statistic
