@@ -2,6 +2,7 @@
 //! (`.ci/run` installs it).
 
 use image::RgbImage;
+use oodbox::ood::calibration::PValue;
 use oodbox::synth::video::{SynthVideo, SynthVideoConfig, TruthObject, Visitors};
 use oodbox::synth::world::{Group, Kind};
 use oodbox::video::calibration::TrackCalibration;
@@ -199,7 +200,10 @@ fn oracle_p_value(
             .map(|b| b.p_value)
             .collect();
         if let Some(p_min) = on.iter().copied().min_by(f64::total_cmp) {
-            evidence.push((p_min * on.len() as f64).min(1.0), rule);
+            let p = (p_min * on.len() as f64).min(1.0);
+            // The demo scorer has no tail: every p-value is conformal.
+            let extrapolated = false;
+            evidence.push(PValue { p, extrapolated }, rule);
         }
     }
     evidence.p_value()
@@ -410,11 +414,24 @@ fn a_track_calibration_from_known_footage_holds_alpha_and_reports_more_unknowns(
         let events = path(&format!("far_{calibrated}.jsonl"));
         let mut extra = vec!["--events", &events, "--detections", &far_boxes];
         if calibrated {
-            extra.extend(["--track-calibration", &calibration]);
+            // At alpha 0.05 a track tail changes no decision, only p-values below 1/(N+1).
+            extra.extend(["--track-calibration", &calibration, "--track-tail"]);
         }
         let (out, stderr) = run(video_command(&path("far.mkv"), &far_out, &extra));
         assert!(out.status.success(), "{stderr}");
-        let objects: BTreeSet<usize> = read_events(Path::new(&events))
+        let events = read_events(Path::new(&events));
+        if calibrated {
+            let tail_said = ["track tail over", "track p-values stay plain conformal"];
+            assert!(tail_said.iter().any(|s| stderr.contains(s)), "{stderr}");
+            let floor = 1.0 / (statistics.len() + 1) as f64;
+            for e in events
+                .iter()
+                .filter(|e| e["p_value"].as_f64().unwrap() < floor)
+            {
+                assert_eq!(e["p_value_rests_on_tail"], true, "{e}");
+            }
+        }
+        let objects: BTreeSet<usize> = events
             .iter()
             .filter_map(|e| event_object(e, &truth).map(|(id, _)| id))
             .collect();
@@ -462,6 +479,14 @@ fn calibrations_for_other_settings_are_refused(dir: &Path, calibration: &str, fi
         "{stderr}"
     );
     assert!(!Path::new(&path("refused.mp4")).exists());
+    // A track tail needs a track calibration.
+    let (out, stderr) = run(video_command(
+        &path("far.mkv"),
+        &path("refused.mp4"),
+        &["--track-tail"],
+    ));
+    assert!(!out.status.success());
+    assert!(stderr.contains("--track-calibration"), "{stderr}");
     // Calibrations are merged only if they share the setting: one fitted at another conf is
     // refused, naming its file.
     let mut other = fitted.clone();

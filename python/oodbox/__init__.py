@@ -304,6 +304,10 @@ class Scorer(_Native):
         seed: int = 0,
         alpha: float = 0.05,
         min_class_calibration: int = 100,
+        tail: bool = False,
+        tail_quantile: Optional[float] = None,
+        tail_min_points: Optional[int] = None,
+        tail_bounded: Optional[bool] = None,
     ) -> "Scorer":
         """Fits ``kind`` (msp, energy, mahalanobis, knn, vim, ...) as ``oodbox fit`` does.
 
@@ -315,7 +319,15 @@ class Scorer(_Native):
         ``params`` takes Oodeel's names, e.g. ``{"nearest": 50}``.
 
         Calibration boxes: ``calibration`` (a box set dict, or ``(features, logits,
-        class_id)``), else a seeded hold-out of ``calibration_fraction`` of the images."""
+        class_id)``), else a seeded hold-out of ``calibration_fraction`` of the images.
+
+        ``tail=True`` extrapolates p-values beyond the largest calibration score with a
+        generalized Pareto tail, as ``oodbox fit --tail``; ``tail_quantile`` (0.95),
+        ``tail_min_points`` (10) and ``tail_bounded`` (False) are ``--tail-quantile``,
+        ``--tail-min-points`` and ``--tail-bounded``, and need ``tail=True``."""
+        knobs = (tail_quantile, tail_min_points, tail_bounded)
+        if not tail and any(k is not None for k in knobs):
+            raise ValueError("tail_quantile, tail_min_points and tail_bounded need tail=True")
         fit_set = _assemble(boxes, features, logits, class_id, head, image_index, class_names, fingerprint)
         if calibration is None:
             cal: Union[float, Dict[str, Any]] = float(calibration_fraction)
@@ -334,6 +346,7 @@ class Scorer(_Native):
             seed,
             alpha,
             min_class_calibration,
+            knobs if tail else None,
         )
         return cls(native)
 

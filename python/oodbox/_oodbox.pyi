@@ -43,6 +43,7 @@ class NativeScorer:
         seed: int,
         alpha: float,
         min_class_calibration: int,
+        tail: Optional[Tuple[Optional[float], Optional[int], Optional[bool]]],
     ) -> NativeScorer: ...
     @staticmethod
     def load(path: str) -> NativeScorer: ...

@@ -4,6 +4,7 @@ use numpy::PyArray1;
 use oodbox::data::boxset::BoxSet;
 use oodbox::error::Result;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
+use oodbox::ood::tail::TailOptions;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -23,6 +24,9 @@ pub enum Calibration<'py> {
     Fraction(f64),
 }
 
+/// A tail's quantile, fewest points and bounded flag, each `None` for `oodbox fit`'s default.
+type TailArgs = (Option<f64>, Option<usize>, Option<bool>);
+
 #[pymethods]
 impl NativeScorer {
     /// Fits as `oodbox fit` does: known objects only, calibration boxes given or a seeded
@@ -39,6 +43,7 @@ impl NativeScorer {
         seed: u64,
         alpha: f64,
         min_class_calibration: usize,
+        tail: Option<TailArgs>,
     ) -> PyResult<Self> {
         let all = boxes::from_dict(boxes)?.known_objects();
         let (fit, calibration) = match calibration {
@@ -56,6 +61,14 @@ impl NativeScorer {
         let mut options = FitOptions::default();
         options.alpha = alpha;
         options.min_class_boxes = min_class_calibration;
+        options.tail = tail.map(|(quantile, min_points, bounded)| {
+            let default = TailOptions::default();
+            TailOptions {
+                quantile: quantile.unwrap_or(default.quantile),
+                min_points: min_points.unwrap_or(default.min_points),
+                bounded: bounded.unwrap_or(default.bounded),
+            }
+        });
         let inner = py
             .detach(|| {
                 threads::install(|| {

@@ -59,3 +59,20 @@ def test_fit_from_arrays_with_a_holdout_and_box_sets_round_trip(tmp_path):
     test = BOXES / "test_mixed.safetensors"
     assert_same(fitted.score(oodbox.load_boxes(test)), cli_scores(cli_file, test, tmp_path))
     assert fitted.name == "energy" and fitted.alpha == 0.05
+
+
+def test_a_tail_fit_extrapolates_beyond_the_calibration_range_only():
+    train, val = (oodbox.load_boxes(BOXES / f"{n}.safetensors") for n in ("train", "val"))
+    far = oodbox.load_boxes(BOXES / "test_ood_far.safetensors")
+    plain = oodbox.Scorer.fit("energy", train, calibration=val).score(far)
+    tailed = oodbox.Scorer.fit("energy", train, calibration=val, tail=True).score(far)
+    beyond = tailed["p_value_extrapolated"]
+    assert beyond.any() and not plain["p_value_extrapolated"].any()
+    # Inside the range the p-values are the conformal ones; beyond it, below them.
+    np.testing.assert_array_equal(tailed["p_value"][~beyond], plain["p_value"][~beyond])
+    assert (tailed["p_value"][beyond] < plain["p_value"][beyond]).all()
+    assert tailed["p_value"][beyond].min() < 1 / (len(val["class_id"]) + 1)
+    with pytest.raises(ValueError, match="need tail=True"):
+        oodbox.Scorer.fit("energy", train, calibration=val, tail_quantile=0.9)
+    with pytest.raises(oodbox.OodboxError, match="tail quantile"):
+        oodbox.Scorer.fit("energy", train, calibration=val, tail=True, tail_quantile=1.5)

@@ -1,6 +1,7 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use oodbox::ood::calibration::minimum_calibration_size;
+use oodbox::ood::tail::{TailOptions, TailStatus};
 use oodbox::video::calibration::{TrackCalibration, TrackSetting};
 use oodbox::video::evidence::TrackRule;
 use oodbox::video::ffmpeg::{
@@ -52,6 +53,9 @@ enum KeepArg {
     .args(["output", "events", "alerts", "detections", "crops", "fit_tracks"])
     .multiple(true)
     .required(true))]
+#[command(group = clap::ArgGroup::new("track_calibrations")
+    .args(["track_calibration", "fit_tracks"])
+    .multiple(true))]
 pub struct Args {
     #[command(flatten)]
     detector: DetectorArgs,
@@ -116,6 +120,15 @@ pub struct Args {
     /// (for --track-calibration).
     #[arg(long, value_name = "FILE", conflicts_with = "track_calibration")]
     fit_tracks: Option<PathBuf>,
+    /// Extrapolate track p-values beyond the largest statistic of the track calibration with
+    /// a generalized Pareto tail fitted to its statistics (as `oodbox fit --tail` does for box
+    /// scores, with its defaults), so that a track can get a p-value below 1/(N+1) for N
+    /// calibration tracks. With --fit-tracks the tail is recorded in the file; with
+    /// --track-calibration it is (re)fitted on the files' tracks. A calibration with too few
+    /// tracks above the tail's threshold keeps plain conformal p-values. Events and alerts
+    /// whose p-value rests on a tail say so (`p_value_rests_on_tail`).
+    #[arg(long, requires = "track_calibrations")]
+    track_tail: bool,
     /// Frames a track survives without a box.
     #[arg(long, default_value_t = 5)]
     max_missed: u64,
@@ -324,8 +337,16 @@ fn load_track_calibration(
             }
         }
     }
+    if args.track_tail {
+        track_calibration = track_calibration
+            .map(|c| c.with_tail(TailOptions::default()))
+            .transpose()?;
+    }
     if let Some(calibration) = &track_calibration {
-        if calibration.statistics.len() < minimum_calibration_size(args.track_alpha) {
+        report_track_tail(calibration);
+        let reachable = calibration.gpd().is_some()
+            || calibration.statistics.len() >= minimum_calibration_size(args.track_alpha);
+        if !reachable {
             eprintln!(
                 "warning: the track calibration holds {} tracks, so its smallest p-value is \
                  {:.3}: no track can be called unknown at --track-alpha {}; fit it on longer \
@@ -578,18 +599,44 @@ fn fit_tracks(
     statistics: Vec<f64>,
 ) -> anyhow::Result<()> {
     let tracks = statistics.len();
-    let calibration = TrackCalibration::fit(setting, &args.input, statistics)
+    let mut calibration = TrackCalibration::fit(setting, &args.input, statistics)
         .with_context(|| format!("fitting {}", path.display()))?;
+    if args.track_tail {
+        calibration = calibration.with_tail(TailOptions::default())?;
+        report_track_tail(&calibration);
+    }
     calibration.save(path)?;
     eprintln!(
         "fitted a track calibration on {tracks} tracks ({} of them long enough to score, at \
-         least {} boxes): its smallest p-value is {:.4}; wrote {}",
+         least {} boxes): its smallest conformal p-value is {:.4}; wrote {}",
         calibration.statistics.iter().filter(|&&s| s > 0.0).count(),
         calibration.setting.block,
         calibration.smallest_p_value(),
         path.display()
     );
     Ok(())
+}
+
+/// Says whether track p-values beyond the calibration's largest statistic come from a tail.
+fn report_track_tail(calibration: &TrackCalibration) {
+    let Some(tail) = &calibration.tail else {
+        return;
+    };
+    let largest = calibration
+        .statistics
+        .last()
+        .expect("calibrations are not empty");
+    match &tail.fit {
+        TailStatus::Fitted(g) => eprintln!(
+            "track tail over {:.4} (ξ = {:.3}, σ = {:.4}, fitted on {} statistics): track \
+             p-values beyond the largest calibration statistic {largest:.4} hold under this \
+             tail model, not by exchangeability alone",
+            g.threshold, g.shape, g.scale, g.points
+        ),
+        TailStatus::Plain { reason } => {
+            eprintln!("track p-values stay plain conformal: {reason}")
+        }
+    }
 }
 
 /// Warns of input damage and of an input that stopped early; returns whether there was any.

@@ -15,7 +15,7 @@
 //! guarantee breaks under covariate shift (recalibrate on the new conditions), and it bounds
 //! false alarms on ID boxes only, saying nothing about how many OOD boxes are caught.
 
-use super::tail::{fit_tail, tail_p_value, TailOptions, TailStatus};
+use super::tail::{fit_tail, tail_p_value, Gpd, TailOptions, TailStatus};
 use crate::error::{Error, Result};
 
 /// Calibration scores, sorted ascending, pooled and per predicted class.
@@ -221,18 +221,8 @@ impl Calibrator {
     /// The p-value of a box and whether it was extrapolated by the tail: conformal up to the
     /// largest calibration score (and for NaN), the fitted tail beyond it.
     pub fn p_value_with_source(&self, score: f64, class_id: usize) -> PValue {
-        let sorted = self.scores_for(class_id);
-        let max = *sorted.last().expect("calibration sets are not empty");
-        match self.tail_for(class_id).and_then(TailStatus::gpd) {
-            Some(gpd) if score > max => PValue {
-                p: tail_p_value(gpd, sorted.len(), max, score),
-                extrapolated: true,
-            },
-            _ => PValue {
-                p: conformal_p_value(sorted, score),
-                extrapolated: false,
-            },
-        }
+        let tail = self.tail_for(class_id).and_then(TailStatus::gpd);
+        p_value_with_tail(self.scores_for(class_id), tail, score)
     }
 
     pub fn pooled(&self) -> &[f64] {
@@ -273,6 +263,23 @@ pub fn conformal_p_value(sorted: &[f64], score: f64) -> f64 {
         sorted.len() - sorted.partition_point(|&s| s < score)
     };
     (1 + at_least) as f64 / (sorted.len() + 1) as f64
+}
+
+/// The p-value of `score` among ascending, non-empty calibration scores, with their tail when
+/// one was fitted: conformal up to the largest calibration score (and for NaN), the tail beyond
+/// it.
+pub fn p_value_with_tail(sorted: &[f64], tail: Option<&Gpd>, score: f64) -> PValue {
+    let max = *sorted.last().expect("calibration sets are not empty");
+    match tail {
+        Some(gpd) if score > max => PValue {
+            p: tail_p_value(gpd, sorted.len(), max, score),
+            extrapolated: true,
+        },
+        _ => PValue {
+            p: conformal_p_value(sorted, score),
+            extrapolated: false,
+        },
+    }
 }
 
 /// The smallest number of calibration boxes for which `p ≤ alpha` can happen at all.

@@ -7,6 +7,12 @@
 //! scores are: a track's p-value is the share of the calibration's tracks whose statistic is at
 //! least as large (conformal, counting the track itself). If the new footage's tracks of known
 //! objects are exchangeable with the calibration's, at most `alpha` of them are called unknown.
+//!
+//! Those p-values are never below `1/(N+1)` for `N` calibration tracks. With a tail
+//! ([`TrackCalibration::with_tail`]), a statistic beyond the largest calibration statistic gets
+//! a smaller p-value from a generalized Pareto tail fitted to the calibration statistics, as
+//! [`crate::ood::tail`] does for box scores: every p-value inside the calibration range stays
+//! the conformal one, and the extrapolated ones hold under the tail model only.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -14,7 +20,8 @@ use std::path::Path;
 use crate::core::kind::FileKind;
 use crate::core::settings::InputSize;
 use crate::error::{Error, Result};
-use crate::ood::calibration::conformal_p_value;
+use crate::ood::calibration::{p_value_with_tail, PValue};
+use crate::ood::tail::{fit_tail, Gpd, TailOptions, TailStatus};
 use crate::pipeline::OodDetector;
 use sha2::{Digest, Sha256};
 
@@ -42,6 +49,17 @@ pub struct TrackCalibration {
     pub source: String,
     /// One statistic per track of the footage, ascending.
     pub statistics: Vec<f64>,
+    /// The tail of the statistics, when one is asked for; absent in files without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<TrackTail>,
+}
+
+/// The tail setting of a track calibration and what its fit gave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrackTail {
+    pub options: TailOptions,
+    /// The fitted tail, or why p-values stay plain conformal.
+    pub fit: TailStatus,
 }
 
 const FORMAT: &str = "oodbox track calibration 1";
@@ -81,16 +99,39 @@ impl TrackCalibration {
             setting,
             source: source.into(),
             statistics,
+            tail: None,
         })
     }
 
-    /// The conformal p-value of a track statistic: (1 + calibration tracks at least as
-    /// unusual) / (1 + calibration tracks).
-    pub fn p_value(&self, statistic: f64) -> f64 {
-        conformal_p_value(&self.statistics, statistic)
+    /// Fits a generalized Pareto tail to the statistics (peaks over threshold, see
+    /// [`crate::ood::tail`]); with too few statistics above the threshold, or a failed fit,
+    /// p-values stay plain conformal and the calibration says why.
+    pub fn with_tail(mut self, options: TailOptions) -> Result<Self> {
+        options.check()?;
+        self.fit_tail(options);
+        Ok(self)
     }
 
-    /// The smallest p-value it can give: a track-alpha below it calls no track unknown.
+    fn fit_tail(&mut self, options: TailOptions) {
+        self.tail = Some(TrackTail {
+            options,
+            fit: fit_tail(&self.statistics, &options),
+        });
+    }
+
+    /// The fitted tail, when there is one.
+    pub fn gpd(&self) -> Option<&Gpd> {
+        self.tail.as_ref().and_then(|t| t.fit.gpd())
+    }
+
+    /// The p-value of a track statistic: (1 + calibration tracks at least as unusual) /
+    /// (1 + calibration tracks), or beyond the largest statistic the tail's, when fitted.
+    pub fn p_value(&self, statistic: f64) -> PValue {
+        p_value_with_tail(&self.statistics, self.gpd(), statistic)
+    }
+
+    /// The smallest conformal p-value it can give: without a fitted tail, a track-alpha below
+    /// it calls no track unknown.
     pub fn smallest_p_value(&self) -> f64 {
         1.0 / (1 + self.statistics.len()) as f64
     }
@@ -125,16 +166,25 @@ impl TrackCalibration {
         if calibration.statistics.is_empty() || !sorted {
             return Err(bad("its statistics are empty or not in order".into()));
         }
+        if let Some(tail) = &calibration.tail {
+            tail.options.check().map_err(|e| bad(e.to_string()))?;
+            calibration.gpd().map(Gpd::check).transpose().map_err(bad)?;
+        }
         Ok(calibration)
     }
 
     /// Adds the tracks of `other` (loaded from `path`), fitted in the same setting: footage in
-    /// several clips calibrates as one.
+    /// several clips calibrates as one. A tail is refitted on all the statistics, with this
+    /// calibration's tail setting, or the other's when this one has none.
     pub fn merge(&mut self, other: TrackCalibration, path: &Path) -> Result<()> {
         other.check(path, &self.setting)?;
         self.source = format!("{} + {}", self.source, other.source);
         self.statistics.extend(other.statistics);
         self.statistics.sort_by(f64::total_cmp);
+        let tail = self.tail.take().or(other.tail);
+        if let Some(tail) = tail {
+            self.fit_tail(tail.options);
+        }
         Ok(())
     }
 
@@ -199,10 +249,11 @@ mod tests {
     fn p_values_count_the_calibration_tracks_at_least_as_unusual() {
         let c = TrackCalibration::fit(setting(), "test", vec![3.0, 1.0, 2.0, 2.0]).unwrap();
         assert_eq!(c.statistics, [1.0, 2.0, 2.0, 3.0]);
-        assert_eq!(c.p_value(0.0), 1.0);
-        assert_eq!(c.p_value(2.0), 4.0 / 5.0);
-        assert_eq!(c.p_value(2.5), 2.0 / 5.0);
-        assert_eq!(c.p_value(9.0), 1.0 / 5.0);
+        assert_eq!(c.p_value(0.0).p, 1.0);
+        assert_eq!(c.p_value(2.0).p, 4.0 / 5.0);
+        assert_eq!(c.p_value(2.5).p, 2.0 / 5.0);
+        assert_eq!(c.p_value(9.0).p, 1.0 / 5.0);
+        assert!(!c.p_value(9.0).extrapolated);
         assert_eq!(c.smallest_p_value(), 1.0 / 5.0);
     }
 
@@ -291,6 +342,88 @@ mod tests {
                 height: 256
             }
         );
+    }
+
+    /// Statistics like a calibration's: many tracks at 0 (shorter than a block), the rest
+    /// spread out with an exponential upper tail.
+    fn statistics(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let u = (i as f64 + 0.5) / n as f64;
+                (-(1.0 - u).ln() - 0.5).max(0.0)
+            })
+            .collect()
+    }
+
+    /// Inside the calibration range a track tail changes no p-value; beyond the largest
+    /// statistic p-values fall below 1/(n+1), decreasing, and say they come from the tail.
+    #[test]
+    fn a_track_tail_extrapolates_beyond_the_largest_statistic_only() {
+        let plain = TrackCalibration::fit(setting(), "test", statistics(400)).unwrap();
+        let tailed = plain.clone().with_tail(TailOptions::default()).unwrap();
+        let gpd = *tailed.gpd().expect("20 statistics above the threshold");
+        assert_eq!(gpd.points, 20);
+        let max = *plain.statistics.last().unwrap();
+        for i in 0..=1000 {
+            let s = max * i as f64 / 1000.0;
+            assert_eq!(tailed.p_value(s), plain.p_value(s), "statistic {s}");
+        }
+        let floor = plain.smallest_p_value();
+        let beyond: Vec<PValue> = (1..50)
+            .map(|i| tailed.p_value(max + 0.1 * i as f64))
+            .collect();
+        assert!(beyond.iter().all(|p| p.extrapolated && p.p < floor));
+        assert!(beyond.windows(2).all(|w| w[1].p < w[0].p), "{beyond:?}");
+        assert_eq!(plain.p_value(max + 1.0).p, floor);
+    }
+
+    #[test]
+    fn a_track_tail_with_too_few_points_stays_conformal() {
+        let few = TrackCalibration::fit(setting(), "test", statistics(150)).unwrap();
+        let tailed = few.clone().with_tail(TailOptions::default()).unwrap();
+        match &tailed.tail.as_ref().unwrap().fit {
+            TailStatus::Plain { reason } => assert!(reason.contains("7 of 150"), "{reason}"),
+            fit => panic!("{fit:?}"),
+        }
+        let beyond = tailed.p_value(100.0);
+        assert_eq!(beyond, few.p_value(100.0));
+        assert!(!beyond.extrapolated);
+    }
+
+    /// The tail is recorded in the file; a file without one (as written before tails) reads
+    /// as plain conformal; merging refits the tail on all the tracks.
+    #[test]
+    fn a_track_tail_is_saved_loaded_and_refitted_when_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (with, without) = (
+            dir.path().join("with.json"),
+            dir.path().join("without.json"),
+        );
+        let plain = TrackCalibration::fit(setting(), "a.mkv", statistics(300)).unwrap();
+        plain.save(&without).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&without).unwrap())
+            .expect("a track calibration is JSON");
+        assert!(json.get("tail").is_none());
+        assert!(TrackCalibration::load(&without).unwrap().tail.is_none());
+        let tailed = plain.with_tail(TailOptions::default()).unwrap();
+        tailed.save(&with).unwrap();
+        let loaded = TrackCalibration::load(&with).unwrap();
+        assert_eq!(loaded.tail, tailed.tail);
+        let mut merged = TrackCalibration::load(&without).unwrap();
+        merged.merge(loaded, &with).unwrap();
+        let refit = TrackCalibration::fit(setting(), "all", merged.statistics.clone())
+            .unwrap()
+            .with_tail(TailOptions::default())
+            .unwrap();
+        assert_eq!(merged.tail, refit.tail);
+        assert_eq!(merged.gpd().unwrap().points, 30);
+        // A damaged tail is refused on load.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&with).unwrap()).unwrap();
+        json["tail"]["fit"]["scale"] = serde_json::json!(-1.0);
+        std::fs::write(&with, json.to_string()).unwrap();
+        let e = TrackCalibration::load(&with).unwrap_err().to_string();
+        assert!(e.contains("with.json") && e.contains("invalid tail"), "{e}");
     }
 
     #[test]

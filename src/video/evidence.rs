@@ -42,11 +42,22 @@
 //! a persistent unknown with mildly small p-values adds up, while a known object that is
 //! hidden for a while falls back once it is seen whole. The track's p-value is that statistic's
 //! conformal p-value among the calibration's tracks; the statistic only grows, so the p-value
-//! only falls, and a track is unknown once it is `≤ alpha`.
+//! only falls, and a track is unknown once it is `≤ alpha`. A track calibration with a tail
+//! ([`TrackCalibration::with_tail`]) extrapolates that p-value beyond its largest statistic.
+//!
+//! **What rests on a tail.** A track's p-value rests on a tail model when the value that gives
+//! it could change if every extrapolated p-value were replaced by its conformal counterpart
+//! (which is larger). For a block of the distribution-free rule that is when one of the box
+//! p-values at or below `p_(r)` came from a tail (the larger ones do not move `p_(r)`); for a
+//! track calibration, when a box p-value of the prefix whose mean surprisal is the statistic
+//! came from a tail, or the statistic lies beyond the calibration's largest and its p-value
+//! comes from the calibration's own tail. [`TrackEvidence::rests_on_tail`] says so for the
+//! smallest p-value so far (on a tie, the value that rests on none wins).
 
 use std::sync::Arc;
 
 use super::calibration::TrackCalibration;
+use crate::ood::calibration::PValue;
 
 /// The track-level decision rule. See the module documentation.
 #[derive(Clone, Debug)]
@@ -75,31 +86,47 @@ impl TrackRule {
         self.block.div_ceil(2)
     }
 
-    /// The p-value of block `j` from its (partial or full) box p-values.
-    pub fn block_p_value(&self, j: usize, p_values: &[f64]) -> f64 {
+    /// The p-value of block `j` from its (partial or full) box p-values; it rests on a tail
+    /// when one of the box p-values at or below `p_(r)` does.
+    pub fn block_p_value(&self, j: usize, p_values: &[PValue]) -> PValue {
         let r = self.needed();
         if p_values.len() < r {
-            return 1.0;
+            return NO_EVIDENCE;
         }
-        let mut sorted = p_values.to_vec();
+        let mut sorted: Vec<f64> = p_values.iter().map(|b| b.p).collect();
         sorted.sort_by(f64::total_cmp);
+        let p_r = sorted[r - 1];
         let weight = match j {
             0 => 0.8,
             _ => 0.2 * 0.5f64.powi(j.min(1000) as i32),
         };
-        (sorted[r - 1] * self.block as f64 / (r as f64 * weight)).min(1.0)
+        PValue {
+            p: (p_r * self.block as f64 / (r as f64 * weight)).min(1.0),
+            extrapolated: p_values.iter().any(|b| b.extrapolated && b.p <= p_r),
+        }
     }
 }
+
+/// The p-value of a track without evidence.
+const NO_EVIDENCE: PValue = PValue {
+    p: 1.0,
+    extrapolated: false,
+};
 
 /// The evidence gathered on one track.
 #[derive(Clone, Debug)]
 pub struct TrackEvidence {
     block_index: usize,
-    block: Vec<f64>,
+    block: Vec<PValue>,
     boxes: usize,
     surprisal: f64,
     statistic: f64,
-    p_value: f64,
+    /// The boxes of the prefix whose mean surprisal is the statistic (0 before a block).
+    statistic_boxes: usize,
+    /// The number of boxes at the first box p-value from a tail.
+    first_tail_box: Option<usize>,
+    /// The smallest track p-value so far; `extrapolated` says it rests on a tail.
+    p_value: PValue,
 }
 
 impl Default for TrackEvidence {
@@ -110,23 +137,40 @@ impl Default for TrackEvidence {
             boxes: 0,
             surprisal: 0.0,
             statistic: 0.0,
-            p_value: 1.0,
+            statistic_boxes: 0,
+            first_tail_box: None,
+            p_value: NO_EVIDENCE,
         }
     }
 }
 
 impl TrackEvidence {
-    /// Adds one box's p-value.
-    pub fn push(&mut self, p_value: f64, rule: &TrackRule) {
+    /// Adds one box's p-value, and whether it came from a tail.
+    pub fn push(&mut self, p_value: PValue, rule: &TrackRule) {
         self.boxes += 1;
+        if p_value.extrapolated && self.first_tail_box.is_none() {
+            self.first_tail_box = Some(self.boxes);
+        }
         // A p-value of 0 cannot come from a conformal calibration, only from beyond the end of
         // a bounded tail; the floor keeps the surprisal finite.
-        self.surprisal -= p_value.max(f64::MIN_POSITIVE).ln();
-        if self.boxes >= rule.block {
-            self.statistic = self.statistic.max(self.surprisal / self.boxes as f64);
+        self.surprisal -= p_value.p.max(f64::MIN_POSITIVE).ln();
+        let mean = self.surprisal / self.boxes as f64;
+        // Strictly larger: on a tie the shorter prefix, which holds fewer boxes, decides.
+        if self.boxes >= rule.block && mean > self.statistic {
+            self.statistic = mean;
+            self.statistic_boxes = self.boxes;
         }
         let p = match &rule.calibration {
-            Some(calibration) => calibration.p_value(self.statistic),
+            Some(calibration) => {
+                let p = calibration.p_value(self.statistic);
+                let boxes_on_tail = self
+                    .first_tail_box
+                    .is_some_and(|b| b <= self.statistic_boxes);
+                PValue {
+                    extrapolated: p.extrapolated || boxes_on_tail,
+                    ..p
+                }
+            }
             None => {
                 self.block.push(p_value);
                 let p = rule.block_p_value(self.block_index, &self.block);
@@ -137,7 +181,9 @@ impl TrackEvidence {
                 p
             }
         };
-        self.p_value = self.p_value.min(p);
+        if p.p < self.p_value.p || (p.p == self.p_value.p && !p.extrapolated) {
+            self.p_value = p;
+        }
     }
 
     /// The largest running mean surprisal over at least a block of boxes (0 before): what a
@@ -148,11 +194,17 @@ impl TrackEvidence {
 
     /// The track's p-value: how plausible its boxes are for an in-distribution object.
     pub fn p_value(&self) -> f64 {
-        self.p_value
+        self.p_value.p
+    }
+
+    /// Whether the track's p-value rests on a tail model: on box p-values beyond their
+    /// calibration range, or on the track calibration's tail (see the module documentation).
+    pub fn rests_on_tail(&self) -> bool {
+        self.p_value.extrapolated
     }
 
     pub fn is_unknown(&self, rule: &TrackRule) -> bool {
-        self.p_value <= rule.alpha
+        self.p_value.p <= rule.alpha
     }
 }
 
@@ -161,18 +213,26 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// A conformal box p-value.
+    fn conformal_p(p: f64) -> PValue {
+        PValue {
+            p,
+            extrapolated: false,
+        }
+    }
+
     #[test]
     fn one_odd_frame_raises_no_alarm_and_a_persistent_unknown_does() {
         let rule = TrackRule::new(0.05, 1.0, 10.0);
         assert_eq!((rule.block, rule.needed()), (10, 5));
         let mut odd = TrackEvidence::default();
         for i in 0..30 {
-            odd.push(if i == 3 { 1e-6 } else { 0.5 }, &rule);
+            odd.push(conformal_p(if i == 3 { 1e-6 } else { 0.5 }), &rule);
         }
         assert!(!odd.is_unknown(&rule));
         let mut unknown = TrackEvidence::default();
         for i in 0..5 {
-            unknown.push(0.001, &rule);
+            unknown.push(conformal_p(0.001), &rule);
             // 0.001 · 10 / (5 · 0.8) = 0.0025 once five boxes are in.
             assert_eq!(unknown.is_unknown(&rule), i == 4, "box {i}");
         }
@@ -194,7 +254,7 @@ mod tests {
                 let mut evidence = TrackEvidence::default();
                 for _ in 0..length {
                     let p = if correlated { shared } else { rng.random() };
-                    evidence.push(p, &rule);
+                    evidence.push(conformal_p(p), &rule);
                 }
                 alarms += evidence.is_unknown(&rule) as usize;
             }
@@ -208,17 +268,121 @@ mod tests {
         let rule = TrackRule::new(0.05, 1.0, 3.0);
         let mut evidence = TrackEvidence::default();
         let surprisal = |p: f64| -p.ln();
-        evidence.push(1e-6, &rule);
-        evidence.push(1e-6, &rule);
+        evidence.push(conformal_p(1e-6), &rule);
+        evidence.push(conformal_p(1e-6), &rule);
         assert_eq!(evidence.statistic(), 0.0, "not before a block of boxes");
-        evidence.push(0.5, &rule);
+        evidence.push(conformal_p(0.5), &rule);
         let three = (2.0 * surprisal(1e-6) + surprisal(0.5)) / 3.0;
         assert!((evidence.statistic() - three).abs() < 1e-12);
-        evidence.push(1.0, &rule);
+        evidence.push(conformal_p(1.0), &rule);
         assert!(
             (evidence.statistic() - three).abs() < 1e-12,
             "it never falls"
         );
+    }
+
+    fn tail(p: f64) -> PValue {
+        PValue {
+            p,
+            extrapolated: true,
+        }
+    }
+
+    /// A block rests on a tail when a tail p-value lies at or below its `p_(r)`; one above it
+    /// does not move `p_(r)`.
+    #[test]
+    fn a_block_rests_on_a_tail_when_a_tail_p_value_is_among_its_smallest() {
+        let rule = TrackRule::new(0.05, 1.0, 10.0);
+        let conformal = [conformal_p(0.001); 5];
+        let above = [&conformal[..], &[tail(0.002)]].concat();
+        let p = rule.block_p_value(0, &above);
+        assert_eq!(
+            (p.p, p.extrapolated),
+            (rule.block_p_value(0, &conformal).p, false)
+        );
+        let among = [&conformal[..4], &[tail(1e-5)]].concat();
+        let p = rule.block_p_value(0, &among);
+        assert!((p.p - 0.0025).abs() < 1e-12 && p.extrapolated, "{p:?}");
+        let mut evidence = TrackEvidence::default();
+        for p in &among {
+            evidence.push(*p, &rule);
+        }
+        assert!(evidence.is_unknown(&rule) && evidence.rests_on_tail());
+        // The track keeps its smallest p-value's flag; an equal one resting on no tail wins.
+        // Blocks of 3 (r = 2): block 0 gives 3·2⁻¹⁰/(2·0.8), block 1 3·2⁻¹³/(2·0.1), equal.
+        let rule = TrackRule::new(0.05, 1.0, 3.0);
+        let first = [
+            tail(2f64.powi(-20)),
+            conformal_p(2f64.powi(-10)),
+            conformal_p(0.5),
+        ];
+        let mut evidence = TrackEvidence::default();
+        for p in first {
+            evidence.push(p, &rule);
+        }
+        let on_tail = evidence.p_value();
+        assert!(evidence.rests_on_tail());
+        for p in [
+            conformal_p(2f64.powi(-13)),
+            conformal_p(2f64.powi(-13)),
+            conformal_p(0.5),
+        ] {
+            evidence.push(p, &rule);
+        }
+        assert_eq!(evidence.p_value(), on_tail);
+        assert!(!evidence.rests_on_tail());
+    }
+
+    fn calibration(statistics: Vec<f64>) -> TrackCalibration {
+        let setting = crate::video::calibration::TrackSetting {
+            model: String::new(),
+            scorer: String::new(),
+            imgsz: crate::core::settings::InputSize::square(256),
+            conf: 0.25,
+            fps: 3.0,
+            block: 3,
+        };
+        TrackCalibration::fit(setting, "test", statistics).unwrap()
+    }
+
+    /// With a track calibration, the statistic rests on a tail when its prefix holds a tail
+    /// p-value, or when it lies beyond the calibration's statistics and their tail gives its
+    /// p-value.
+    #[test]
+    fn a_calibrated_track_rests_on_a_tail_through_its_statistic_or_the_track_tail() {
+        let base_rule = TrackRule::new(0.05, 1.0, 3.0);
+        let rule = |calibration| TrackRule {
+            calibration: Some(Arc::new(calibration)),
+            ..base_rule.clone()
+        };
+        let conformal = rule(calibration((0..400).map(|i| i as f64 / 40.0).collect()));
+        let run = |p_values: &[PValue], rule: &TrackRule| {
+            let mut evidence = TrackEvidence::default();
+            for p in p_values {
+                evidence.push(*p, rule);
+            }
+            evidence
+        };
+        let early = [tail(1e-6), conformal_p(1e-3), conformal_p(1e-3)];
+        assert!(run(&early, &conformal).rests_on_tail());
+        // A tail p-value after the prefix of the largest mean (its surprisal lowers the mean).
+        let late = [
+            conformal_p(1e-3),
+            conformal_p(1e-3),
+            conformal_p(1e-3),
+            tail(0.5),
+        ];
+        let evidence = run(&late, &conformal);
+        assert_eq!(evidence.statistic(), -(1e-3f64).ln());
+        assert!(!evidence.rests_on_tail());
+        // The same statistic beyond a calibration with a fitted tail rests on it.
+        let statistics = (0..400).map(|i| i as f64 / 400.0).collect();
+        let tailed = calibration(statistics)
+            .with_tail(crate::ood::tail::TailOptions::default())
+            .unwrap();
+        assert!(tailed.gpd().is_some());
+        let evidence = run(&late, &rule(tailed));
+        assert!(evidence.rests_on_tail() && evidence.p_value() < 1.0 / 401.0);
     }
 
     /// Known-object tracks in which a run of frames looks unusual (an occlusion) at a random
@@ -237,7 +401,10 @@ mod tests {
             let mut evidence = TrackEvidence::default();
             for i in 0..length {
                 let p: f64 = rng.random();
-                evidence.push(if run.contains(&i) { 0.05 * p } else { p }, rule);
+                evidence.push(
+                    conformal_p(if run.contains(&i) { 0.05 * p } else { p }),
+                    rule,
+                );
             }
             evidence
         };

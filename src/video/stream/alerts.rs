@@ -42,6 +42,7 @@ pub(super) fn alert(
         class_name: names[majority_class(&state.class_votes)].clone(),
         ood_confidence: 1.0 - p,
         p_value: p,
+        p_value_rests_on_tail: state.evidence.rests_on_tail(),
         boxes: state.boxes,
         bbox: leader.record.bbox,
         crop: None,
@@ -102,6 +103,7 @@ pub(super) fn close_track(
         boxes: state.boxes,
         statistic: state.evidence.statistic(),
         p_value: state.evidence.p_value(),
+        p_value_rests_on_tail: state.evidence.rests_on_tail(),
     });
     let Some(decided) = state.decided else {
         return Ok(());
@@ -126,6 +128,7 @@ pub(super) fn close_track(
         class_name: names[class_id].clone(),
         ood_confidence: 1.0 - p,
         p_value: p,
+        p_value_rests_on_tail: state.evidence.rests_on_tail(),
         boxes: state.boxes,
         decided_frame: decided,
         bbox: state.most_unusual.1,

@@ -131,6 +131,11 @@ pub struct UnknownEvent {
     /// 1 − the track's p-value.
     pub ood_confidence: f64,
     pub p_value: f64,
+    /// The p-value rests on a tail model (see [`crate::video::evidence`]): on box p-values
+    /// beyond their calibration range, or on the track calibration's tail. Written only when
+    /// true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub p_value_rests_on_tail: bool,
     /// Boxes on the track, and the frame by which it was known to be unknown.
     pub boxes: usize,
     pub decided_frame: u64,
@@ -174,6 +179,11 @@ pub struct UnknownAlert {
     /// 1 − the track's p-value when it was decided.
     pub ood_confidence: f64,
     pub p_value: f64,
+    /// The p-value rests on a tail model (see [`crate::video::evidence`]): on box p-values
+    /// beyond their calibration range, or on the track calibration's tail. Written only when
+    /// true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub p_value_rests_on_tail: bool,
     /// Boxes on the track so far.
     pub boxes: usize,
     /// The track's box in the decision frame.
@@ -194,6 +204,11 @@ pub struct EndedTrackEvidence {
     /// ([`TrackEvidence::statistic`](super::evidence::TrackEvidence::statistic)).
     pub statistic: f64,
     pub p_value: f64,
+    /// The p-value rests on a tail model (see [`crate::video::evidence`]): on box p-values
+    /// beyond their calibration range, or on the track calibration's tail. Written only when
+    /// true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub p_value_rests_on_tail: bool,
 }
 
 /// Time spent per stage, summed over frames.
@@ -372,11 +387,14 @@ pub fn filter_stream(
 #[cfg(test)]
 mod tests {
     use super::encode::{render, shows_unknown, TrackedBox};
+    use super::tracks::TrackBook;
     use super::tracks::{group_duplicates, overlaps_another};
     use super::*;
     use crate::core::BoxRecord;
     use crate::ood::fitted::BoxOod;
+    use crate::video::ffmpeg::Frame;
     use image::{Rgb, RgbImage};
+    use serde_json::Value;
     use std::collections::HashSet;
 
     fn detection(bbox: [f32; 4], class_id: usize, confidence: f32, p: f64) -> Detection {
@@ -399,6 +417,55 @@ mod tests {
                 is_ood: p <= 0.05,
                 p_value_extrapolated: false,
             },
+        }
+    }
+
+    /// One object seen in `frames` frames, its box p-value `p` from the scorer's tail or not:
+    /// the JSON of its alert, then of its event.
+    fn alert_and_event(p: f64, extrapolated: bool, frames: u64) -> (Value, Value) {
+        let options = StreamOptions::default();
+        let rule = TrackRule::new(0.05, 1.0, 3.0);
+        let mut book = TrackBook::new(&options, rule, vec!["circle".into(), "square".into()], 3.0);
+        let mut box_ = detection([10.0, 10.0, 50.0, 50.0], 0, 0.9, p);
+        box_.ood.p_value_extrapolated = extrapolated;
+        let mut reports = Vec::new();
+        let mut on_output = |output: Output| {
+            match output {
+                Output::Alert(a) => reports.push(serde_json::to_value(a).unwrap()),
+                Output::Event(e) => reports.push(serde_json::to_value(e).unwrap()),
+                _ => {}
+            }
+            Ok(())
+        };
+        for index in 0..frames {
+            let frame = Frame {
+                index,
+                image: RgbImage::new(64, 64),
+                read_at: std::time::SystemTime::now(),
+            };
+            let observed = book.observe(&frame, std::slice::from_ref(&box_));
+            let alerts = observed.alerts;
+            book.report(index, &[], &[], alerts, &mut on_output)
+                .unwrap();
+        }
+        book.finish(&mut on_output).unwrap();
+        let [alert, event] = reports.try_into().expect("one alert and one event");
+        (alert, event)
+    }
+
+    /// Alerts and events say when their p-value rests on the scorer's tail, and say nothing
+    /// otherwise.
+    #[test]
+    fn alerts_and_events_say_when_their_p_value_rests_on_a_tail() {
+        let (alert, event) = alert_and_event(1e-5, true, 4);
+        for report in [&alert, &event] {
+            assert_eq!(report["p_value_rests_on_tail"], true, "{report}");
+        }
+        // Blocks of 3, two boxes needed: 1e-5 · 3 / (2 · 0.8).
+        assert!((alert["p_value"].as_f64().unwrap() - 1.875e-5).abs() < 1e-15);
+        let (alert, event) = alert_and_event(1e-3, false, 4);
+        for report in [&alert, &event] {
+            assert!(report.get("p_value_rests_on_tail").is_none(), "{report}");
         }
     }
 

@@ -9,6 +9,7 @@ use super::alerts::{self, Closed};
 use super::{Output, StreamOptions, UnknownAlert};
 use crate::core::geometry::{area, intersection, iou};
 use crate::error::Result;
+use crate::ood::calibration::PValue;
 use crate::pipeline::Detection;
 use crate::video::evidence::{TrackEvidence, TrackRule};
 use crate::video::ffmpeg::Frame;
@@ -142,8 +143,13 @@ impl<'a> TrackBook<'a> {
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .expect("groups are not empty");
         let p = (p_min * group.len() as f64).min(1.0);
+        let extrapolated = group.iter().any(|&i| {
+            let ood = &detections[i].ood;
+            ood.p_value_extrapolated && ood.p_value <= p_min
+        });
         if !occluded {
-            state.evidence.push(p, &self.rule);
+            let evidence = PValue { p, extrapolated };
+            state.evidence.push(evidence, &self.rule);
         }
         state.class_votes[leader.record.class_id] += 1;
         state.boxes += 1;
