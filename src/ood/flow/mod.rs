@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use self::net::{block_shapes, Model, Training, BLOCK_TENSORS, HALF_LN_2PI};
+use self::plain::Forward;
 use super::common::{distinct, err, fit_labels, gather_features, TensorMap, TensorsOut, Uses};
 use super::grouped::{GroupInfo, PerLevel};
 use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
@@ -150,6 +151,8 @@ struct Group {
     /// The fit classes; row `k` of the base means is class `classes[k]`.
     classes: Vec<i64>,
     model: Model,
+    /// The model laid out for scoring.
+    forward: Forward,
 }
 
 impl Group {
@@ -171,7 +174,7 @@ impl Group {
                 .sum::<f64>()
         };
         let mut z = standardise(raw, &self.shift, &self.scale);
-        let logdet = m.transform(&mut z);
+        let logdet = self.forward.transform(&mut z);
         z.chunks_exact(d)
             .zip(logdet)
             .zip(predicted)
@@ -276,6 +279,7 @@ impl Flow {
             shift,
             scale,
             classes,
+            forward: Forward::new(&model),
             model,
         })
     }
@@ -396,6 +400,7 @@ impl ScorerImpl for Flow {
                 shift,
                 scale,
                 classes,
+                forward: Forward::new(&model),
                 model,
             })
         })?;
