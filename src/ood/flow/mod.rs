@@ -22,13 +22,16 @@
 //!
 //! **Score:** the negative log-likelihood of the raw feature given the predicted class
 //! (`class_id`): `−log p(f | c) = ½‖(z − μ_c)/σ‖² + Σ log σ + (d/2) log 2π − log|det ∂z/∂x| +
-//! Σ log s`, evaluated in f64 (the bounded log-scales keep every term finite). A predicted class
-//! with no fit boxes in the group scores against its best class (the smallest NLL).
+//! Σ log s`, evaluated in f64 (the bounded log-scales keep every term finite) by plain loops over
+//! the stored weights (plain.rs), not Candle, whose per-operation overhead would dominate the
+//! handful of boxes of one image. A predicted class with no fit boxes in the group scores against
+//! its best class (the smallest NLL).
 //!
 //! **Per level (YOLO):** `per_level=true` (default) fits one flow per level; `per_level=false`
 //! pools all boxes.
 
 mod net;
+mod plain;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use self::net::{block_shapes, Model, Training, BLOCK_TENSORS, HALF_LN_2PI};
+use self::plain::Forward;
 use super::common::{distinct, err, fit_labels, gather_features, TensorMap, TensorsOut, Uses};
 use super::grouped::{GroupInfo, PerLevel};
 use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
@@ -54,9 +58,6 @@ pub(crate) const FLOW: KindEntry = KindEntry {
     params: infos::<FlowParams>,
     build: |p, _| Ok(Box::new(Flow::with_params(p.typed()?))),
 };
-
-/// Rows scored per Candle call, to bound memory.
-const SCORE_CHUNK: usize = 4096;
 
 /// The flow's parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,11 +151,13 @@ struct Group {
     /// The fit classes; row `k` of the base means is class `classes[k]`.
     classes: Vec<i64>,
     model: Model,
+    /// The model laid out for scoring.
+    forward: Forward,
 }
 
 impl Group {
     /// The NLL of every row of `raw` ([n, d]) given its predicted class.
-    fn nll(&self, raw: &[f64], predicted: &[i64]) -> Result<Vec<f64>> {
+    fn nll(&self, raw: &[f64], predicted: &[i64]) -> Vec<f64> {
         let d = self.shift.len();
         let m = &self.model;
         let constant = m.base_log_scale.iter().sum::<f64>()
@@ -170,20 +173,21 @@ impl Group {
                 .map(|((z, mu), s)| ((z - mu) * s).powi(2))
                 .sum::<f64>()
         };
-        let mut out = Vec::with_capacity(predicted.len());
-        for (rows, classes) in raw.chunks(SCORE_CHUNK * d).zip(predicted.chunks(SCORE_CHUNK)) {
-            let (z, logdet) = m.transform(&standardise(rows, &self.shift, &self.scale))?;
-            for ((z, ld), c) in z.chunks_exact(d).zip(logdet).zip(classes) {
+        let mut z = standardise(raw, &self.shift, &self.scale);
+        let logdet = self.forward.transform(&mut z);
+        z.chunks_exact(d)
+            .zip(logdet)
+            .zip(predicted)
+            .map(|((z, ld), c)| {
                 let q = match self.classes.binary_search(c) {
                     Ok(k) => quad(z, k),
                     Err(_) => (0..self.classes.len())
                         .map(|k| quad(z, k))
                         .fold(f64::INFINITY, f64::min),
                 };
-                out.push(q + constant - ld);
-            }
-        }
-        Ok(out)
+                q + constant - ld
+            })
+            .collect()
     }
 }
 
@@ -275,6 +279,7 @@ impl Flow {
             shift,
             scale,
             classes,
+            forward: Forward::new(&model),
             model,
         })
     }
@@ -304,7 +309,7 @@ impl Scorer for Flow {
         self.groups
             .score(self.kind(), boxes, Self::USES, |group, idx, _| {
                 let predicted: Vec<i64> = idx.iter().map(|&i| boxes.class_id[i] as i64).collect();
-                group.nll(&gather_features(boxes, idx), &predicted)
+                Ok(group.nll(&gather_features(boxes, idx), &predicted))
             })
     }
 
@@ -395,6 +400,7 @@ impl ScorerImpl for Flow {
                 shift,
                 scale,
                 classes,
+                forward: Forward::new(&model),
                 model,
             })
         })?;

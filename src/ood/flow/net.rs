@@ -1,5 +1,6 @@
 //! The flow network: its parameters on the host (what a scorer file stores), the same network as
-//! Candle tensors (f32 to train, f64 to score), and the maximum-likelihood training loop.
+//! Candle tensors (to train, in f32), and the maximum-likelihood training loop. Scoring runs the
+//! host parameters through plain loops instead (plain.rs).
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -145,14 +146,6 @@ impl Model {
         self.base_log_scale = within.iter().map(|v| v.sqrt().max(MIN_STD).ln()).collect();
     }
 
-    /// `(z, log|det ∂z/∂x|)` for standardised rows `x` ([n, d], row-major), in f64.
-    pub fn transform(&self, x: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
-        let n = x.len() / self.dim;
-        let net = Net::new(self, DType::F64)?;
-        let x = Tensor::from_slice(x, (n, self.dim), &Device::Cpu)?;
-        let (z, logdet) = net.forward(&x)?;
-        Ok((z.flatten_all()?.to_vec1()?, logdet.to_vec1()?))
-    }
 }
 
 /// Reorders the coordinates of every row: `out[j] = row[perm[j]]`.
@@ -195,7 +188,7 @@ fn class_moments(x: &[f64], d: usize, labels: &[usize], k: usize) -> (Vec<f64>, 
 }
 
 /// The network as Candle tensors.
-struct Net {
+pub(super) struct Net {
     d: usize,
     blocks: Vec<NetBlock>,
     base_mean: Tensor,
@@ -209,7 +202,7 @@ struct NetBlock {
 }
 
 impl Net {
-    fn new(model: &Model, dtype: DType) -> Result<Net> {
+    pub fn new(model: &Model, dtype: DType) -> Result<Net> {
         let dev = Device::Cpu;
         let tensor = |data: &[f64], shape: &[usize]| -> Result<Tensor> {
             Ok(Tensor::from_slice(data, shape, &dev)?.to_dtype(dtype)?)
@@ -278,7 +271,7 @@ impl Net {
     }
 
     /// Mean negative log-likelihood per coordinate of rows `x` of classes `labels` (indices).
-    fn loss(&self, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    pub fn loss(&self, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let (z, logdet) = self.forward(x)?;
         let mu = self.base_mean.index_select(labels, 0)?;
         let u = (z - mu)?.broadcast_mul(&self.base_log_scale.neg()?.exp()?)?;

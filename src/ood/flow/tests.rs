@@ -1,11 +1,15 @@
-//! The flow's own tests: its log-determinant, its likelihood on Gaussian data, a deterministic
-//! scorer file. The table's contract tests (src/ood/tests.rs) cover the rest.
+//! The flow's own tests: its log-determinant, the plain scoring forward against Candle's, its
+//! likelihood on Gaussian data, a deterministic scorer file. The table's contract tests
+//! (src/ood/tests.rs) cover the rest.
 
 use crate::ood::common::standard_normal;
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::net::{Model, HALF_LN_2PI};
+use super::net::{fit, Model, Net, Training, HALF_LN_2PI};
+use super::plain::Forward;
+use super::{standardisation, standardise, Group};
 use crate::data::boxset::BoxSet;
 use crate::ood::fitted::{FitOptions, FittedScorer};
 
@@ -31,6 +35,13 @@ fn log_abs_det(mut m: Vec<f64>, d: usize) -> f64 {
     log
 }
 
+/// `(z, log|det ∂z/∂x|)` of rows `x` by the scoring forward.
+fn transform(model: &Model, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut z = x.to_vec();
+    let logdet = Forward::new(model).transform(&mut z);
+    (z, logdet)
+}
+
 #[test]
 fn log_determinant_equals_a_finite_difference_jacobians() {
     let (d, h) = (4, 1e-5);
@@ -43,14 +54,14 @@ fn log_determinant_equals_a_finite_difference_jacobians() {
     let mut spread = Vec::new();
     for _ in 0..5 {
         let x: Vec<f64> = (0..d).map(|_| standard_normal(&mut rng)).collect();
-        let (_, logdet) = model.transform(&x).unwrap();
+        let (_, logdet) = transform(&model, &x);
         let mut jac = vec![0.0; d * d];
         for j in 0..d {
             let (mut hi, mut lo) = (x.clone(), x.clone());
             hi[j] += h;
             lo[j] -= h;
-            let (zh, _) = model.transform(&hi).unwrap();
-            let (zl, _) = model.transform(&lo).unwrap();
+            let (zh, _) = transform(&model, &hi);
+            let (zl, _) = transform(&model, &lo);
             for i in 0..d {
                 jac[i * d + j] = (zh[i] - zl[i]) / (2.0 * h);
             }
@@ -65,6 +76,63 @@ fn log_determinant_equals_a_finite_difference_jacobians() {
     }
     // The model is far from volume-preserving, so the comparison is not trivially 0 = 0.
     assert!(spread.iter().any(|v| v.abs() > 0.5), "{spread:?}");
+}
+
+#[test]
+fn the_plain_forward_gives_the_nll_of_candles_forward() {
+    let (d, n) = (8, 400);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let raw: Vec<f64> = (0..n * d)
+        .map(|i| 2.0 * standard_normal(&mut rng) + (i % d) as f64)
+        .collect();
+    let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+    let (shift, scale) = standardisation(&raw, d);
+    let cfg = Training {
+        blocks: 3,
+        hidden: 16,
+        epochs: 3,
+        lr: 0.01,
+        batch: 64,
+    };
+    let x = standardise(&raw, &shift, &scale);
+    let model = fit(&x, d, &labels, 2, &cfg, &mut rng).unwrap();
+    // Trained couplings: no last layer is still its zero init.
+    assert!(model.weights.iter().all(|w| w[6].iter().any(|&v| v != 0.0)));
+    let group = Group {
+        shift,
+        scale,
+        classes: vec![3, 5],
+        forward: Forward::new(&model),
+        model,
+    };
+    // Rows near the fit data and far from it (where the log-scales' tanh saturates).
+    let rows = 60;
+    let x: Vec<f64> = (0..rows * d)
+        .map(|i| [0.5, 3.0, 30.0][i / d % 3] * standard_normal(&mut rng))
+        .collect();
+    let classes: Vec<usize> = (0..rows).map(|_| rng.random_range(0..2)).collect();
+    let predicted: Vec<i64> = classes.iter().map(|&k| group.classes[k]).collect();
+    let plain = group.nll(&x, &predicted);
+    // The loops compiled for AVX-512 (where the CPU has it) give the very same values.
+    let mut z = standardise(&x, &group.shift, &group.scale);
+    let mut portable = z.clone();
+    let logdet = group.forward.transform(&mut z);
+    assert_eq!(group.forward.transform_portable(&mut portable), logdet);
+    assert_eq!(portable, z);
+    let net = Net::new(&group.model, DType::F64).unwrap();
+    let log_scale: f64 = group.scale.iter().map(|s| s.ln()).sum();
+    for ((row, &k), plain) in x.chunks_exact(d).zip(&classes).zip(plain) {
+        let row = standardise(row, &group.shift, &group.scale);
+        let row = Tensor::from_vec(row, (1, d), &Device::Cpu).unwrap();
+        let label = Tensor::new(&[k as u32], &Device::Cpu).unwrap();
+        // The training loss: the mean NLL per coordinate of standardised rows.
+        let loss: f64 = net.loss(&row, &label).unwrap().to_scalar().unwrap();
+        let candle = loss * d as f64 + log_scale;
+        assert!(
+            ((plain - candle) / candle).abs() < 1e-9,
+            "plain {plain}, Candle {candle}"
+        );
+    }
 }
 
 /// `n` boxes of one class, `x = m + A ε` in `d` dimensions.
