@@ -308,6 +308,7 @@ class Scorer(_Native):
         tail_quantile: Optional[float] = None,
         tail_min_points: Optional[int] = None,
         tail_bounded: Optional[bool] = None,
+        outliers: Optional[Mapping[str, Any]] = None,
     ) -> "Scorer":
         """Fits ``kind`` (msp, energy, mahalanobis, knn, vim, ...) as ``oodbox fit`` does.
 
@@ -324,7 +325,12 @@ class Scorer(_Native):
         ``tail=True`` extrapolates p-values beyond the largest calibration score with a
         generalized Pareto tail, as ``oodbox fit --tail``; ``tail_quantile`` (0.95),
         ``tail_min_points`` (10) and ``tail_bounded`` (False) are ``--tail-quantile``,
-        ``--tail-min-points`` and ``--tail-bounded``, and need ``tail=True``."""
+        ``--tail-min-points`` and ``--tail-bounded``, and need ``tail=True``.
+
+        ``outliers`` (a box set dict) is ``oodbox fit --outliers``: for ``safe`` with
+        ``params={"surrogate": "unknown"}`` (outlier exposure) the boxes of real unknown objects,
+        those labelled -1 (every box without labels); with ``"fgsm"`` the FGSM boxes of the fit
+        images."""
         knobs = (tail_quantile, tail_min_points, tail_bounded)
         if not tail and any(k is not None for k in knobs):
             raise ValueError("tail_quantile, tail_min_points and tail_bounded need tail=True")
@@ -347,6 +353,7 @@ class Scorer(_Native):
             alpha,
             min_class_calibration,
             knobs if tail else None,
+            None if outliers is None else _box_arrays(outliers),
         )
         return cls(native)
 

@@ -44,6 +44,7 @@ class NativeScorer:
         alpha: float,
         min_class_calibration: int,
         tail: Optional[Tuple[Optional[float], Optional[int], Optional[bool]]],
+        outliers: Optional[Dict[str, Any]],
     ) -> NativeScorer: ...
     @staticmethod
     def load(path: str) -> NativeScorer: ...

@@ -44,6 +44,7 @@ impl NativeScorer {
         alpha: f64,
         min_class_calibration: usize,
         tail: Option<TailArgs>,
+        outliers: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let all = boxes::from_dict(boxes)?.known_objects();
         let (fit, calibration) = match calibration {
@@ -69,6 +70,8 @@ impl NativeScorer {
                 bounded: bounded.unwrap_or(default.bounded),
             }
         });
+        // The scorer picks the outlier boxes it trains against (`safe`'s `surrogate`).
+        options.outliers = outliers.map(|d| boxes::from_dict(&d)).transpose()?;
         let inner = py
             .detach(|| {
                 threads::install(|| {
