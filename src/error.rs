@@ -125,6 +125,7 @@ pub enum Error {
 /// use oodbox::error::{Error, ScorerFault};
 /// let err = oodbox::ood::build("no-such-scorer", None, &[]).err().unwrap();
 /// assert!(matches!(err, Error::Scorer { fault: ScorerFault::UnknownKind, .. }));
+/// assert_eq!(err.scorer_fault(), Some(ScorerFault::UnknownKind));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -162,6 +163,15 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// What is wrong, when a scorer refused: `Some(ScorerFault::Mismatch)` for boxes of another
+    /// dimension, say; `None` for every other error.
+    pub fn scorer_fault(&self) -> Option<ScorerFault> {
+        match self {
+            Error::Scorer { fault, .. } => Some(*fault),
+            _ => None,
         }
     }
 }

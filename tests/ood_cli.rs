@@ -3,7 +3,7 @@
 
 use oodbox::data::boxset::BoxSet;
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
-use oodbox::{Error, ScorerFault};
+use oodbox::ScorerFault;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,16 +109,7 @@ fn boxes_of_another_model_are_refused() {
     let mut other = known("test_id");
     other.set_fingerprint("sha256:another-model");
     let err = scorer.score(&other, None).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Scorer {
-                fault: ScorerFault::Mismatch,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(err.scorer_fault(), Some(ScorerFault::Mismatch), "{err}");
     let err = err.to_string();
     assert!(err.contains("another-model"), "{err}");
     let narrow = known("test_id")
@@ -141,16 +132,7 @@ fn boxes_of_another_model_are_refused() {
         })
         .unwrap();
     let err = scorer.score(&narrow, None).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Scorer {
-                fault: ScorerFault::Mismatch,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(err.scorer_fault(), Some(ScorerFault::Mismatch), "{err}");
     let err = err.to_string();
     assert!(err.contains("3 classes"), "{err}");
 }

@@ -10,7 +10,7 @@ use oodbox::detect::{load_detector, Detector};
 use oodbox::ood::fitted::{FitOptions, FittedScorer};
 use oodbox::pipeline::OodDetector;
 use oodbox::synth::world::{render_scene, Split};
-use oodbox::{DetectOptions, Error, InputSize, ScorerFault};
+use oodbox::{DetectOptions, InputSize, ScorerFault};
 use std::path::Path;
 
 fn root() -> &'static Path {
@@ -208,16 +208,7 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     );
     let cls_only = box_set(&detector, 13..15, &[]);
     let err = loaded.raw_scores(&cls_only).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Scorer {
-                fault: ScorerFault::Mismatch,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(err.scorer_fault(), Some(ScorerFault::Mismatch), "{err}");
     let err = err.to_string();
     assert!(err.contains("no feature source roi:4@2"), "{err}");
 
@@ -246,16 +237,7 @@ fn scorer_files_record_their_sources_and_refuse_models_without_them() {
     let err = OodDetector::new(detr, FittedScorer::load(&path).unwrap())
         .err()
         .unwrap();
-    assert!(
-        matches!(
-            err,
-            Error::Scorer {
-                fault: ScorerFault::Mismatch,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(err.scorer_fault(), Some(ScorerFault::Mismatch), "{err}");
     let err = err.to_string();
     assert!(
         err.contains("roi:4@2") && err.contains("layer3") && err.contains("no layer"),

@@ -14,6 +14,7 @@ the dict that :func:`load_boxes` reads and :meth:`Scorer.fit` takes. The files a
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -186,7 +187,9 @@ class OodDetector(Detector):
         names: Optional[Sequence[str]] = None,
     ) -> "OodDetector":
         """Loads a model and a scorer file (from ``oodbox fit`` or :meth:`Scorer.save`); refuses
-        a scorer fitted for another model. ``alpha`` defaults to the scorer file's."""
+        a scorer fitted for another model. ``alpha`` defaults to the scorer file's. Detection
+        settings other than those the scorer was calibrated on give a ``UserWarning`` (see
+        :attr:`settings_warning`)."""
         if alpha is not None and not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
         native = _oodbox.NativeDetector.load(
@@ -197,7 +200,15 @@ class OodDetector(Detector):
             os.fspath(scorer),
             alpha,
         )
+        if native.settings_warning is not None:
+            warnings.warn(native.settings_warning, UserWarning, stacklevel=2)
         return cls(native)
+
+    @property
+    def settings_warning(self) -> Optional[str]:
+        """Which detection settings differ from those the scorer's fit boxes were detected
+        with (its p-values may not hold then), or None."""
+        return self._native.settings_warning
 
     @property
     def scorer(self) -> str:

@@ -31,6 +31,7 @@ class NativeDetector:
     options: Dict[str, Any]
     scorer: Optional[str]
     alpha: Optional[float]
+    settings_warning: Optional[str]
 
 class NativeScorer:
     @staticmethod

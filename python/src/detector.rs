@@ -359,4 +359,13 @@ impl NativeDetector {
             Inner::Plain(..) => None,
         }
     }
+
+    /// Which detection settings differ from those the scorer was calibrated on, if any.
+    #[getter]
+    fn settings_warning(&self) -> Option<String> {
+        match &self.inner {
+            Inner::Ood(o) => o.settings_warning(),
+            Inner::Plain(..) => None,
+        }
+    }
 }

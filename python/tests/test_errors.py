@@ -91,3 +91,11 @@ def test_settings_a_family_does_not_read_are_refused():
     yolo = oodbox.Detector.load(MODEL, imgsz=(256, 320)).options
     assert yolo["imgsz"] == {"width": 320, "height": 256}
     assert (yolo["iou"], yolo["agnostic"]) == (0.7, False)
+
+
+def test_settings_other_than_the_scorers_warn_and_say_which(recwarn):
+    same = oodbox.OodDetector.load(MODEL, SCORER)
+    assert same.settings_warning is None and not recwarn.list
+    with pytest.warns(UserWarning, match="calibrated on boxes detected otherwise.*conf"):
+        other = oodbox.OodDetector.load(MODEL, SCORER, conf=0.1)
+    assert "conf" in other.settings_warning
