@@ -78,8 +78,9 @@ pub struct Args {
     /// Outlier boxes to train against, for `safe`. With `--param surrogate=fgsm`: the FGSM box
     /// set of the fit images (`extract --fgsm-out`; with --calibration-fraction, only those of
     /// the fit images are used). With `--param surrogate=unknown` (outlier exposure): a box set
-    /// of other images with objects the detector should not know (`extract --data`, whose
-    /// boxes on unknown objects are used; every box of an unlabelled set).
+    /// of other images with objects the detector should not know (`extract --data`: its boxes
+    /// on unknown objects are the outliers, those on known objects train as ID; every box of
+    /// an unlabelled set is an outlier).
     #[arg(long)]
     outliers: Option<PathBuf>,
     /// The scorer file to write.

@@ -18,7 +18,9 @@
 //! extraction; the scorer file records the outlier set's source, which names it. With `unknown`
 //! (outlier exposure, Hendrycks et al. ICLR'19) they are boxes of real objects the detector
 //! should not know, from other images: the boxes labelled unknown of a box set extracted with
-//! ground truth (every box of an unlabelled one). It learns the unknowns it is shown: on the
+//! ground truth (every box of an unlabelled one); the known objects of that set train as ID
+//! beside the fit boxes (repeated to weigh about as much), so that the scene around an unknown (which ROI features of deep layers
+//! see) is not what it learns. It learns the unknowns it is shown: on the
 //! shapes world it meets the learned-scorer goals when those are of the kinds met at test time,
 //! and does not carry over to unknowns of another kind (BENCHMARKS.md, "Outlier exposure").
 //! The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
@@ -68,7 +70,7 @@ use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::{Result, ScorerFault};
 pub use mlp::{Layer, Mlp, Training};
-pub use surrogate::{Surrogate, VOS_POOL};
+pub use surrogate::{Given, Surrogate, VOS_POOL};
 
 pub(crate) const SAFE: KindEntry = KindEntry {
     name: "safe",
@@ -274,11 +276,12 @@ impl Safe {
     }
 
     /// Standardised ID rows and surrogate rows (with level one-hots) of every group, stacked.
-    /// The surrogates are generated, or with `fgsm` and `unknown` are the `outliers` of the group.
+    /// The surrogates are generated, or with `fgsm` and `unknown` are the `given` outliers of
+    /// the group; the given inliers join the group's ID rows.
     fn training_rows(
         &self,
         boxes: &BoxSet,
-        outliers: Option<&BoxSet>,
+        given: Option<&Given>,
         grouping: &Grouping,
         members: &[Vec<usize>],
         rng: &mut ChaCha8Rng,
@@ -291,8 +294,14 @@ impl Safe {
         } else {
             self.params.surrogates
         };
+        let outliers = given.map(|g| &g.outliers);
+        let inliers = given.and_then(|g| g.inliers.as_ref());
         let outlier_groups = match outliers {
             Some(o) => Some(grouping.assign(kind, o)?),
+            None => None,
+        };
+        let inlier_groups = match inliers {
+            Some(b) => Some(grouping.assign(kind, b)?),
             None => None,
         };
         let width = one_hot_dim(members.len());
@@ -304,6 +313,17 @@ impl Safe {
             }
             let d = x.len() / idx.len();
             let (mean, scale) = standardiser(&x, d);
+            if let (Some(b), Some(groups)) = (inliers, &inlier_groups) {
+                let own: Vec<usize> = (0..b.len()).filter(|&i| groups[i] == g).collect();
+                // Repeated to weigh about as much as the group's fit boxes: the fewer ID rows
+                // share the outlier scenes' context, the more that context pulls scores up.
+                let repeats = (idx.len() / own.len().max(1)).max(1);
+                for _ in 0..repeats {
+                    for &i in &own {
+                        x.extend(raw_row(b, i, self.params.use_logits));
+                    }
+                }
+            }
             standardise_rows(&mut x, &mean, &scale);
             let count = (total * idx.len()).div_ceil(n);
             let made = match (outliers, &outlier_groups) {
@@ -353,7 +373,7 @@ impl Safe {
         check_fit_set(kind, boxes, self.uses())?;
         let surrogate = self.params.surrogate;
         let name = serde_json::to_value(surrogate).unwrap_or_default();
-        let outliers = match (surrogate.is_given(), outliers) {
+        let given = match (surrogate.is_given(), outliers) {
             (true, None) => {
                 return Err(err(
                     kind,
@@ -369,7 +389,7 @@ impl Safe {
                 check_boxes(kind, o, self.uses())?;
                 check_dim(kind, "outlier feature dimension", boxes.feature_dim, o.feature_dim)?;
                 check_dim(kind, "outlier class count", boxes.num_classes, o.num_classes)?;
-                Some(surrogate.outliers_of(o, boxes))
+                Some(surrogate.sort_given(o, boxes))
             }
             (false, Some(_)) => {
                 return Err(err(
@@ -383,11 +403,10 @@ impl Safe {
             }
             (false, None) => None,
         };
-        let outliers = outliers.as_ref();
         let (grouping, members) = Grouping::fit(boxes, self.params.per_level);
         let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed);
         let (id, outliers, standardise) =
-            self.training_rows(boxes, outliers, &grouping, &members, &mut rng)?;
+            self.training_rows(boxes, given.as_ref(), &grouping, &members, &mut rng)?;
         let classes = if self.params.use_logits {
             boxes.num_classes
         } else {

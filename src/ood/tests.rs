@@ -1247,27 +1247,33 @@ fn auroc_of(scorer: &super::fitted::FittedScorer, id: &BoxSet, outliers: &BoxSet
 }
 
 /// `safe` with `surrogate=unknown` (outlier exposure) trains against the boxes labelled
-/// unknown of the outlier set and ignores its boxes of known objects, which would otherwise
-/// teach it to flag ID boxes.
+/// unknown of the outlier set, and as ID on its known boxes: those share the outlier scenes'
+/// context (here one shifted dimension per block, as deep ROI features see a scene's other
+/// objects), and trained only against the unknowns it calls most known boxes of such scenes
+/// OOD (63 of 100 here).
 #[test]
 fn safe_exposure_trains_on_the_unknown_boxes_of_the_outlier_set() {
     use super::fitted::{FitOptions, FittedScorer};
     use crate::data::boxset::LABEL_UNKNOWN;
     let fit = id_set(40, 300, None);
     let calibration = id_set(41, 200, None);
-    // Every other box is an unknown object: its feature damped, its label −1.
-    let outliers = edited(&id_set(42, 300, None), |p| {
-        let d = p.feature_dim;
-        let labels = p.label.as_mut().unwrap();
-        for (i, row) in p.features.chunks_mut(d).enumerate() {
-            if i % 2 == 1 {
-                row.iter_mut().for_each(|v| *v *= 0.3);
-                labels[i] = LABEL_UNKNOWN;
+    let in_scene = |set: &BoxSet, unknown_every: usize, source: &str| {
+        edited(set, |p| {
+            let d = p.feature_dim;
+            let labels = p.label.as_mut().unwrap();
+            for (i, row) in p.features.chunks_mut(d).enumerate() {
+                if unknown_every > 0 && i % unknown_every == 1 {
+                    row.iter_mut().for_each(|v| *v *= 0.6);
+                    labels[i] = LABEL_UNKNOWN;
+                }
+                row.iter_mut().step_by(BLOCK).for_each(|v| *v += 3.0);
             }
-        }
-        relogit(p);
-        p.source = "unknown test boxes".into();
-    });
+            relogit(p);
+            p.source = source.into();
+        })
+    };
+    // Every other box is an unknown object: its feature damped, its label −1.
+    let outliers = in_scene(&id_set(42, 300, None), 2, "unknown test boxes");
     let fit_with = |surrogate: &str, outliers: &BoxSet| {
         let options = FitOptions {
             outliers: Some(outliers.clone()),
@@ -1275,18 +1281,31 @@ fn safe_exposure_trains_on_the_unknown_boxes_of_the_outlier_set() {
         };
         let params = [
             ("surrogate".to_string(), surrogate.to_string()),
-            ("epochs".to_string(), "5".to_string()),
+            ("epochs".to_string(), "20".to_string()),
         ];
         FittedScorer::fit("safe", None, &params, &fit, &calibration, &options)
     };
     let scorer = fit_with("unknown", &outliers).unwrap();
     assert_eq!(scorer.outliers_source(), Some("unknown test boxes"));
-    let unknown: Vec<usize> = (1..300).step_by(2).collect();
-    let auroc = auroc_of(&scorer, &id_set(43, 100, None), &outliers.subset(&unknown));
+    let fresh = in_scene(&id_set(43, 200, None), 2, "fresh outlier scenes");
+    let (unknown, known): (Vec<usize>, Vec<usize>) = (0..200).partition(|i| i % 2 == 1);
+    let id = id_set(44, 100, None);
+    let auroc = auroc_of(&scorer, &id, &fresh.subset(&unknown));
     assert!(auroc > 0.9, "AUROC {auroc}");
-    // Trained on the known boxes too, it could not separate ID boxes from them.
-    let known: Vec<usize> = (0..300).step_by(2).collect();
-    let e = fit_with("unknown", &outliers.subset(&known))
+    // The MLP calls the known objects of such scenes ID (a negative logit), not the scene OOD.
+    let called_id = scorer
+        .raw_scores(&fresh.subset(&known))
+        .unwrap()
+        .iter()
+        .filter(|&&s| s < 0.0)
+        .count();
+    assert!(
+        called_id >= 90,
+        "{called_id} of 100 known objects of outlier scenes called ID"
+    );
+    // An outlier set with no unknown box is refused.
+    let known_only: Vec<usize> = (0..300).step_by(2).collect();
+    let e = fit_with("unknown", &outliers.subset(&known_only))
         .err()
         .expect("refused");
     assert!(message_of(e, ScorerFault::MissingInput).contains("no outlier boxes"));
