@@ -1,12 +1,33 @@
 #!/usr/bin/env bash
-# The demo's scorer (models/shapes-scorer.safetensors) and images (assets/images): energy
-# fitted on the shapes model's ID train boxes, calibrated on its val boxes (both from
-# tests/fixtures/shapes_boxes, imgsz 256), and 12 mixed scenes of 256x256 with their COCO ground
-# truth (seed 7). Run from the repository root after `cargo build --release`.
+# The bundled scorers and the demo's images (assets/images). Run from the repository root after
+# `cargo build --release`.
+# - models/shapes-scorer.safetensors: energy fitted on the shapes model's ID train boxes,
+#   calibrated on its val boxes (both from tests/fixtures/shapes_boxes, imgsz 256). The tests,
+#   the Python package and the video benchmarks use it.
+# - models/shapes-scorer-exposure.safetensors, the demo's: `safe` with outlier exposure on the
+#   class-branch feature and ROI features of layers 4, 6 and 9, fitted on the ID train boxes of
+#   the standard world (seed 0) against the unknown objects of the mixed scenes of another
+#   world (seed 11, 900 scenes; its known objects train as ID), calibrated on the val boxes.
+#   BOXES (default: a temporary folder) keeps the extracted box sets.
+# - assets/images: 12 mixed scenes of 256x256 with their COCO ground truth (seed 7).
 set -euo pipefail
 B=target/release/oodbox
 $B fit --scorer energy --boxes tests/fixtures/shapes_boxes/train.safetensors \
   --calibration-boxes tests/fixtures/shapes_boxes/val.safetensors --out models/shapes-scorer.safetensors
+boxes=${BOXES:-$(mktemp -d)}
+roi=roi:4,roi:6,roi:9
+[ -f data/shapes/data.yaml ] || $B synth --out data/shapes --seed 0 --quiet
+[ -f data/shapes-s11-oe/data.yaml ] || $B synth --out data/shapes-s11-oe --seed 11 --train 1 --val 1 --test 900 --quiet
+extract() { # out, data arguments...
+  [ -f "$boxes/$1" ] || $B extract --model models/shapes.safetensors --imgsz 256 --features $roi \
+    --quiet "${@:2}" --out "$boxes/$1"
+}
+extract train.safetensors --data data/shapes/data.yaml --split train
+extract val.safetensors --data data/shapes/data.yaml --split val
+extract unknowns.safetensors --data data/shapes-s11-oe/coco/test_mixed.json
+$B fit --scorer safe --param surrogate=unknown --features cls,$roi --boxes "$boxes/train.safetensors" \
+  --calibration-boxes "$boxes/val.safetensors" --outliers "$boxes/unknowns.safetensors" \
+  --out models/shapes-scorer-exposure.safetensors
 work=$(mktemp -d)
 $B synth --out "$work" --seed 7 --width 256 --height 256 --train 0 --val 0 --test 12 --quiet
 rm -rf assets/images && mkdir -p assets/images

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use super::detect::{detect_images, Outputs};
 
-/// Zero configuration: the bundled shapes model and scorer on the bundled mixed scenes (known
-/// shapes next to unknown ones). Writes annotated images and detections.json into --out.
+/// Zero configuration: the bundled shapes model and its best measured scorer (`safe` with outlier
+/// exposure) on the bundled mixed scenes (known shapes next to unknown ones). Writes annotated
+/// images and detections.json into --out.
 #[derive(clap::Args)]
 pub struct Args {
     /// Output folder.
@@ -33,7 +34,7 @@ fn bundled(relative: &str) -> PathBuf {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (model, scorer) = (
         bundled("models/shapes.safetensors"),
-        bundled("models/shapes-scorer.safetensors"),
+        bundled("models/shapes-scorer-exposure.safetensors"),
     );
     // The scorer file says how its boxes were detected: at 256, the size of the bundled scenes.
     let ood = OodDetector::load(&model, &scorer, &Device::Cpu).with_context(|| {
