@@ -90,10 +90,22 @@ mod tests {
     use crate::detect::Detector;
     use crate::synth::world::{render_scene, Split};
 
-    fn detector() -> YoloDetector {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/shapes.safetensors");
-        crate::detect::yolov8::load_safetensors(&path, &candle_core::Device::Cpu).unwrap()
+    /// The shapes YOLOv8n and the YOLO11n and YOLO26n `best.pt` fixtures.
+    fn detectors() -> Vec<(&'static str, Box<dyn Detector>)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        [
+            "models/shapes.safetensors",
+            "tests/fixtures/yolo11/best.pt",
+            "tests/fixtures/yolo26/best.pt",
+        ]
+        .into_iter()
+        .map(|file| {
+            let path = root.join(file);
+            let detector = crate::detect::load::load_detector(&path, &candle_core::Device::Cpu)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            (file, detector)
+        })
+        .collect()
     }
 
     fn options() -> DetectOptions {
@@ -112,26 +124,40 @@ mod tests {
             .sum()
     }
 
+    /// Every family's differentiable pass: the gradient reaches the input, the boxes stay at
+    /// their anchors, their features move and the loss of their classes rises.
     #[test]
     fn fgsm_moves_the_features_of_the_same_anchors_and_raises_the_loss() {
-        let detector = detector();
+        for (file, detector) in detectors() {
+            fgsm_moves_features_and_raises_loss(file, detector.as_ref());
+        }
+    }
+
+    fn fgsm_moves_features_and_raises_loss(file: &str, detector: &dyn Detector) {
         let image = render_scene(0, Split::TestId, 1, 256, 256).image;
         let eps = [0.0, eps_from_levels(8.0)];
-        let out = detector.detect_fgsm(&image, &options(), &eps).unwrap();
-        assert_eq!(out.clean, detector.detect(&image, &options()).unwrap());
-        assert!(out.clean.len() >= 2, "{} boxes", out.clean.len());
+        let out = detector
+            .detect_fgsm(&image, &options(), &eps)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(
+            out.clean,
+            detector.detect(&image, &options()).unwrap(),
+            "{file}"
+        );
+        assert!(out.clean.len() >= 2, "{file}: {} boxes", out.clean.len());
         assert_eq!(out.perturbed.len(), 2);
         // ε = 0: the clean input again, through the same path.
         for (p, c) in out.perturbed[0].iter().zip(&out.clean) {
             let diff = p.feature.iter().zip(&c.feature).map(|(a, b)| (a - b).abs());
-            assert!(diff.fold(0f32, f32::max) <= 1e-5);
+            assert!(diff.fold(0f32, f32::max) <= 1e-5, "{file}");
         }
         let moved = &out.perturbed[1];
         assert_eq!(moved.len(), out.clean.len());
         for (p, c) in moved.iter().zip(&out.clean) {
             assert_eq!(
                 (p.level, p.anchor, p.class_id, p.bbox),
-                (c.level, c.anchor, c.class_id, c.bbox)
+                (c.level, c.anchor, c.class_id, c.bbox),
+                "{file}"
             );
             let change: f32 = p
                 .feature
@@ -141,13 +167,16 @@ mod tests {
                 .sum();
             assert!(
                 change > 1e-2 * c.feature.len() as f32,
-                "feature change {change}"
+                "{file}: feature change {change}"
             );
         }
         let (before, after) = (loss(&out.clean), loss(moved));
-
-        assert!(after > before + 0.1, "loss {before} → {after}");
+        assert!(after > before + 0.1, "{file}: loss {before} → {after}");
         // Deterministic: the same image gives the same surrogates.
-        assert_eq!(detector.detect_fgsm(&image, &options(), &eps).unwrap(), out);
+        assert_eq!(
+            detector.detect_fgsm(&image, &options(), &eps).unwrap(),
+            out,
+            "{file}"
+        );
     }
 }

@@ -124,14 +124,8 @@ pub trait YoloNetwork: Send + Sync {
     /// [`YoloNetwork::feature_layers`]) in [`YoloOutput::kept`].
     fn forward_keeping(&self, x: &Tensor, one2one: bool, keep: &[usize]) -> Result<YoloOutput>;
     /// [`YoloNetwork::forward`] through Candle's channels-first ops only, whatever the layout
-    /// set, with every op differentiable with respect to `x` (for FGSM); a network whose plain
-    /// path is not differentiable refuses.
-    fn forward_nchw(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput> {
-        let _ = (x, one2one);
-        Err(Error::Unsupported(
-            "this network has no differentiable forward pass (FGSM)".into(),
-        ))
-    }
+    /// set, with every op differentiable with respect to `x` (for FGSM).
+    fn forward_nchw(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput>;
     /// The layers whose maps can be kept: those the network materialises (no Upsample or
     /// Concat layer: the concatenations are folded into the convolutions that read them).
     fn feature_layers(&self) -> Vec<FeatureLayer>;

@@ -238,7 +238,11 @@ impl Attention {
         let v = qkv.narrow(2, 2 * kd, hd)?.contiguous()?;
         let scale = (kd as f64).powf(-0.5);
         let attn = (q * scale)?.transpose(2, 3)?.contiguous()?.matmul(&k)?;
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        // Candle 0.11 has no backward for its fused softmax; the FGSM gradient runs this path.
+        let attn = match attn.track_op() {
+            true => candle_nn::ops::softmax(&attn, candle_core::D::Minus1)?,
+            false => candle_nn::ops::softmax_last_dim(&attn)?,
+        };
         let y = v.matmul(&attn.transpose(2, 3)?.contiguous()?)?;
         let y = l.from_nchw(&y.reshape((b, nh * hd, h, w))?)?;
         let v = l.from_nchw(&v.reshape((b, nh * hd, h, w))?)?;
@@ -413,10 +417,8 @@ impl Sppf {
             let last = &ys[ys.len() - 1];
             let pooled = match l {
                 MapLayout::Nhwc => crate::nn::pool::max_pool_same(last, 5)?,
-                MapLayout::Nchw => last
-                    .pad_with_same(2, 2, 2)?
-                    .pad_with_same(3, 2, 2)?
-                    .max_pool2d_with_stride(5, 1)?,
+                // Differentiable, unlike Candle's max_pool2d (the FGSM gradient runs this path).
+                MapLayout::Nchw => crate::nn::pool::max_pool_same_nchw(last, 5)?,
             };
             ys.push(pooled);
         }

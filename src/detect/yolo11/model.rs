@@ -69,10 +69,8 @@ struct Neck {
 
 fn upsample2(x: &Tensor, l: MapLayout) -> CResult<Tensor> {
     match l {
-        MapLayout::Nchw => {
-            let (_, _, h, w) = x.dims4()?;
-            x.upsample_nearest2d(2 * h, 2 * w)
-        }
+        // A broadcast, whose backward Candle gets right (the FGSM gradient runs this path).
+        MapLayout::Nchw => crate::nn::pool::upsample2_nchw(x),
         MapLayout::Nhwc => crate::nn::pool::upsample2(x),
     }
 }
@@ -296,31 +294,11 @@ impl YoloNetwork for Yolo11 {
     }
 
     fn forward_keeping(&self, x: &Tensor, one2one: bool, keep: &[usize]) -> Result<YoloOutput> {
-        let (_, _, h, w) = x.dims4()?;
-        if h % 32 != 0 || w % 32 != 0 {
-            return Err(candle_core::Error::Msg(format!(
-                "network input is {h}×{w}; height and width must be multiples of 32"
-            ))
-            .into());
-        }
-        let l = self.layout;
-        let mut taps = Taps::new(keep, l);
-        let backbone = self.backbone.forward(&l.from_nchw(x)?, l, &mut taps)?;
-        let neck = self.neck.forward(&backbone, l, &mut taps)?;
-        let head = match (&self.one2one, one2one) {
-            (Some(head), true) => head,
-            _ => &self.one2many,
-        };
-        let out = head.forward(&neck, l)?;
-        Ok(YoloOutput {
-            box_logits: out.box_logits,
-            cls_logits: out.cls_logits,
-            cls_features: out.cls_features,
-            level_shapes: neck.iter().map(|n| l.spatial(n)).collect::<CResult<_>>()?,
-            neck: neck.iter().map(|n| l.to_nhwc(n)).collect::<CResult<_>>()?,
-            reg_max: self.reg_max,
-            kept: taps.into_kept(),
-        })
+        self.forward_in(x, one2one, keep, self.layout)
+    }
+
+    fn forward_nchw(&self, x: &Tensor, one2one: bool) -> Result<YoloOutput> {
+        self.forward_in(x, one2one, &[], MapLayout::Nchw)
     }
 
     fn nc(&self) -> usize {
@@ -340,5 +318,41 @@ impl YoloNetwork for Yolo11 {
 
     fn set_layout(&mut self, layout: MapLayout) {
         self.layout = layout;
+    }
+}
+
+impl Yolo11 {
+    /// The forward pass in layout `l`, keeping the maps of layers `keep`.
+    fn forward_in(
+        &self,
+        x: &Tensor,
+        one2one: bool,
+        keep: &[usize],
+        l: MapLayout,
+    ) -> Result<YoloOutput> {
+        let (_, _, h, w) = x.dims4()?;
+        if h % 32 != 0 || w % 32 != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "network input is {h}×{w}; height and width must be multiples of 32"
+            ))
+            .into());
+        }
+        let mut taps = Taps::new(keep, l);
+        let backbone = self.backbone.forward(&l.from_nchw(x)?, l, &mut taps)?;
+        let neck = self.neck.forward(&backbone, l, &mut taps)?;
+        let head = match (&self.one2one, one2one) {
+            (Some(head), true) => head,
+            _ => &self.one2many,
+        };
+        let out = head.forward(&neck, l)?;
+        Ok(YoloOutput {
+            box_logits: out.box_logits,
+            cls_logits: out.cls_logits,
+            cls_features: out.cls_features,
+            level_shapes: neck.iter().map(|n| l.spatial(n)).collect::<CResult<_>>()?,
+            neck: neck.iter().map(|n| l.to_nhwc(n)).collect::<CResult<_>>()?,
+            reg_max: self.reg_max,
+            kept: taps.into_kept(),
+        })
     }
 }
