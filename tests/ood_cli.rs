@@ -706,3 +706,55 @@ fn fit_with_a_tail_says_what_it_fitted_and_score_marks_extrapolated_p_values() {
         "{stderr}"
     );
 }
+
+/// `fit --outliers` repeated trains against the boxes of every set, and refuses sets of
+/// another detector, naming the files.
+#[test]
+fn fit_takes_several_outlier_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("safe.safetensors");
+    let (near, far) = (fixture("test_ood_near"), fixture("test_ood_far"));
+    let fit = |outliers: &[&Path]| {
+        let mut args = vec![
+            "fit",
+            "--scorer",
+            "safe",
+            "--param",
+            "surrogate=unknown",
+            "--param",
+            "epochs=2",
+        ];
+        let train = fixture("train");
+        let val = fixture("val");
+        let (train, val) = (train.to_str().unwrap(), val.to_str().unwrap());
+        args.extend(["--boxes", train, "--calibration-boxes", val, "--quiet"]);
+        for o in outliers {
+            args.extend(["--outliers", o.to_str().unwrap()]);
+        }
+        args.extend(["--out", out.to_str().unwrap()]);
+        oodbox(&args)
+    };
+    let run = fit(&[&near, &far]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let scorer = FittedScorer::load(&out).unwrap();
+    let (near_set, far_set) = (BoxSet::load(&near).unwrap(), BoxSet::load(&far).unwrap());
+    let both = format!("{} + {}", near_set.source, far_set.source);
+    assert_eq!(scorer.outliers_source(), Some(both.as_str()));
+    let mut other = far_set;
+    other.set_fingerprint("sha256:another-model");
+    let other_path = dir.path().join("other.safetensors");
+    other.save(&other_path).unwrap();
+    let run = fit(&[&near, &other_path]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("gathering the outlier box sets")
+            && err.contains("other.safetensors")
+            && err.contains("differ in detector"),
+        "{err}"
+    );
+}

@@ -80,9 +80,10 @@ pub struct Args {
     /// the fit images are used). With `--param surrogate=unknown` (outlier exposure): a box set
     /// of other images with objects the detector should not know (`extract --data`: its boxes
     /// on unknown objects are the outliers, those on known objects train as ID; every box of
-    /// an unlabelled set is an outlier).
+    /// an unlabelled set is an outlier). Repeat the flag to train against several box sets of
+    /// the same detector and feature sources.
     #[arg(long)]
-    outliers: Option<PathBuf>,
+    outliers: Vec<PathBuf>,
     /// The scorer file to write.
     #[arg(long)]
     out: PathBuf,
@@ -224,12 +225,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => all.split_holdout(args.calibration_fraction, args.seed),
     };
     anyhow::ensure!(!fit.is_empty(), "no ID boxes to fit on");
-    let outliers = match &args.outliers {
-        Some(path) => {
-            // The scorer picks the boxes it trains against (see `safe`'s `surrogate`).
-            Some((path, load_fit_boxes(path, &args.features)?))
+    // The scorer picks the boxes it trains against (see `safe`'s `surrogate`).
+    let outliers = match args.outliers.as_slice() {
+        [] => None,
+        paths => {
+            let sets = paths
+                .iter()
+                .map(|p| load_fit_boxes(p, &args.features))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let names = names.join(", ");
+            let set = BoxSet::concat(&sets)
+                .with_context(|| format!("gathering the outlier box sets {names}"))?;
+            Some((names, set))
         }
-        None => None,
     };
     let mut options = FitOptions::default();
     options.alpha = args.alpha;
@@ -250,10 +259,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &options,
     )
     .with_context(|| match &outliers {
-        Some((path, _)) => format!(
-            "fitting on the features {} against the outlier boxes {}",
-            args.features,
-            path.display()
+        Some((names, _)) => format!(
+            "fitting on the features {} against the outlier boxes {names}",
+            args.features
         ),
         None => format!("fitting on the features {}", args.features),
     })?;

@@ -298,6 +298,64 @@ impl BoxSet {
         })
     }
 
+    /// The boxes of all `sets`, in order: sets of one detector, with the same feature sources
+    /// and the same optional columns. Image indices are renumbered so that images stay apart;
+    /// the `source` names every set. For a fit's outliers gathered from several extractions.
+    pub fn concat(sets: &[BoxSet]) -> Result<BoxSet> {
+        let Some((first, rest)) = sets.split_first() else {
+            return Err(Error::BadBoxSet {
+                reason: "no box sets to concatenate".into(),
+            });
+        };
+        let mut out = first.parts.clone();
+        for set in rest {
+            let differ = |what: &str| Error::BadBoxSet {
+                reason: format!("{} and {} differ in {what}", first.source, set.source),
+            };
+            if set.fingerprint != out.fingerprint || set.class_names != out.class_names {
+                return Err(differ("detector (fingerprint or class names)"));
+            }
+            let same_roi = set.roi.len() == out.roi.len()
+                && set
+                    .roi
+                    .iter()
+                    .zip(&out.roi)
+                    .all(|(a, b)| (&a.source, a.dim) == (&b.source, b.dim));
+            if set.feature_sources != out.feature_sources
+                || set.feature_dim != out.feature_dim
+                || !same_roi
+            {
+                return Err(differ("feature sources"));
+            }
+            if set.num_classes != out.num_classes || set.detect_options != out.detect_options {
+                return Err(differ("detection settings"));
+            }
+            let offset = out
+                .image_index
+                .as_ref()
+                .and_then(|v| v.iter().max())
+                .map_or(0, |m| m + 1);
+            let images = set
+                .image_index
+                .as_ref()
+                .map(|v| v.iter().map(|i| i + offset).collect());
+            extend_column(&mut out.image_index, &images, "image_index").map_err(|w| differ(&w))?;
+            extend_column(&mut out.label, &set.label, "label").map_err(|w| differ(&w))?;
+            extend_column(&mut out.level, &set.level, "level").map_err(|w| differ(&w))?;
+            extend_column(&mut out.confidence, &set.confidence, "confidence")
+                .map_err(|w| differ(&w))?;
+            extend_column(&mut out.bbox, &set.bbox, "bbox").map_err(|w| differ(&w))?;
+            out.features.extend_from_slice(&set.features);
+            out.logits.extend_from_slice(&set.logits);
+            out.class_id.extend_from_slice(&set.class_id);
+            for (into, from) in out.roi.iter_mut().zip(&set.roi) {
+                into.values.extend_from_slice(&from.values);
+            }
+            out.source = format!("{} + {}", out.source, set.source);
+        }
+        BoxSet::new(out)
+    }
+
     /// The boxes matched to a known object (label ≥ 0) when the set has labels, else all: the
     /// boxes a scorer is fitted and calibrated on.
     pub fn known_objects(self) -> BoxSet {
@@ -795,6 +853,20 @@ fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
     Ok(roi)
 }
 
+/// Appends an optional column of one set to another's; `Err(what)` when only one has it.
+fn extend_column<T: Clone>(
+    into: &mut Option<Vec<T>>,
+    from: &Option<Vec<T>>,
+    name: &str,
+) -> std::result::Result<(), String> {
+    match (into, from) {
+        (Some(a), Some(b)) => a.extend_from_slice(b),
+        (None, None) => {}
+        _ => return Err(format!("which columns they have (`{name}`)")),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,6 +954,72 @@ mod tests {
         assert!(err.contains("no feature source roi:6"), "{err}");
     }
 
+    /// A zero head of one level for the records of [`record`], and two class names.
+    fn one_level_head() -> (ClassHead, Vec<String>) {
+        let head = ClassHead {
+            levels: vec![LinearHead {
+                weight: vec![0.0; 6],
+                bias: vec![0.0; 2],
+                classes: 2,
+                dim: 3,
+            }],
+        };
+        (head, vec!["a".to_string(), "b".to_string()])
+    }
+
+    /// Concatenated sets keep every column, renumber the images of the later sets after the
+    /// earlier ones', and refuse sets that differ in detector, sources or columns.
+    #[test]
+    fn concatenates_sets_of_one_detector_and_refuses_others() {
+        let (head, names) = one_level_head();
+        let set = |records: &[BoxRecord], source: &str| {
+            let mut s = BoxSet::from_records(
+                records.iter().enumerate(),
+                &head,
+                &names,
+                "sha256:x",
+                source,
+            )
+            .unwrap();
+            s.set_labels(Some((0..records.len() as i64).map(|i| i - 1).collect()))
+                .unwrap();
+            s
+        };
+        let a = set(&[record(0, 0), record(1, 0)], "a");
+        let b = set(&[record(1, 0), record(0, 0), record(1, 0)], "b");
+        let both = BoxSet::concat(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(both.len(), 5);
+        assert_eq!(both.source, "a + b");
+        assert_eq!(both.image_index.as_deref(), Some(&[0, 1, 2, 3, 4][..]));
+        assert_eq!(both.label.as_deref(), Some(&[-1, 0, -1, 0, 1][..]));
+        assert_eq!(both.class_id, [0, 1, 1, 0, 1]);
+        assert_eq!(both.roi[0].values.len(), 5 * 8);
+        assert_eq!(both.subset(&[2, 3, 4]).features, b.features);
+        let unlabelled = {
+            let mut s = b.clone();
+            s.set_labels(None).unwrap();
+            s
+        };
+        let err = BoxSet::concat(&[a.clone(), unlabelled])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a and b differ") && err.contains("`label`"),
+            "{err}"
+        );
+        let other = {
+            let mut s = b.clone();
+            s.set_fingerprint("sha256:y");
+            s
+        };
+        let err = BoxSet::concat(&[a.clone(), other]).unwrap_err().to_string();
+        assert!(err.contains("detector"), "{err}");
+        let roi_only = b.select(&"roi:4@2".parse().unwrap()).unwrap();
+        let err = BoxSet::concat(&[a, roi_only]).unwrap_err().to_string();
+        assert!(err.contains("feature sources"), "{err}");
+        assert!(BoxSet::concat(&[]).is_err());
+    }
+
     /// A box set written before feature sources existed (no `feature_sources` metadata, no ROI
     /// tensors) loads as the `cls` source.
     #[test]
@@ -933,15 +1071,7 @@ mod tests {
     /// The round-trip set of `round_trips`, one box per class, saved, its file's tensors and
     /// metadata changed by `edit` (in memory a set cannot disagree with itself).
     fn saved_with(dir: &Path, edit: impl FnOnce(&mut Contents)) -> std::path::PathBuf {
-        let head = ClassHead {
-            levels: vec![LinearHead {
-                weight: vec![0.0; 6],
-                bias: vec![0.0; 2],
-                classes: 2,
-                dim: 3,
-            }],
-        };
-        let names = vec!["a".to_string(), "b".to_string()];
+        let (head, names) = one_level_head();
         let records = [record(0, 0), record(1, 0)];
         let set = BoxSet::from_records(records.iter().enumerate(), &head, &names, "x", "t");
         let path = dir.join("edited.safetensors");
