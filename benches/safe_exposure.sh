@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # `safe` with outlier exposure (`--param surrogate=unknown`) beside energy and the default
-# `safe`, on two shapes worlds; the unknown objects it trains against come from a third world
+# `safe`, on two shapes worlds; the unknown objects it trains against come from other worlds
 # (other scenes, the same unknown classes), alone or by kind. Prints the markdown table of
 # BENCHMARKS.md "Outlier exposure".
 #   cargo build --release && bash benches/safe_exposure.sh [OUT]   (default /tmp/exposure)
 # MODEL (default models/shapes.safetensors) is the detector, WORLDS (default "shapes
 # shapes-s7-safe") the worlds under data/ to fit and evaluate on, SAFE_PARAMS extra `fit`
-# arguments for the safe rows (e.g. "--param per_level=false").
+# arguments for the safe rows (e.g. "--param per_level=false"), OUTLIER_WORLDS the outlier
+# worlds as SEED:SCENES (default "11:900"; each is data/shapes-s<SEED>-oe, made if missing, and
+# every one is given to the fit with its own --outliers).
 set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
 out=${1:-/tmp/exposure}
 model=$root/${MODEL:-models/shapes.safetensors}
 roi=roi:4,roi:6,roi:9
-world() { # seed, folder: a shapes world; the outlier world needs only its test splits
+world() { # seed, folder: a shapes world; the outlier worlds need only their test splits
   [ -f "$2/data.yaml" ] || $B synth --out "$2" --seed "$1" --quiet "${@:3}"
 }
 extract() { # world folder, box folder, splits...
@@ -29,8 +31,18 @@ extract() { # world folder, box folder, splits...
 }
 world 0 data/shapes
 world 7 data/shapes-s7-safe
-world 11 data/shapes-s11-oe --train 1 --val 1 --test 900
-extract data/shapes-s11-oe "$out/outliers" test_mixed test_ood_near test_ood_far
+outlier_dirs=()
+for spec in ${OUTLIER_WORLDS:-11:900}; do
+  seed=${spec%%:*}
+  world "$seed" "data/shapes-s$seed-oe" --train 1 --val 1 --test "${spec#*:}"
+  # The seed-11 boxes keep the folder name of the single-world runs.
+  dir=$out/outliers; [[ $seed == 11 ]] || dir=$out/outliers$seed
+  extract "data/shapes-s$seed-oe" "$dir" test_mixed test_ood_near test_ood_far
+  outlier_dirs+=("$dir")
+done
+outliers() { # split: one --outliers per outlier world
+  for d in "${outlier_dirs[@]}"; do printf -- '--outliers %s/test_%s.safetensors ' "$d" "$1"; done
+}
 source "$root/benches/fit_eval.sh"
 for name in ${WORLDS:-shapes shapes-s7-safe}; do
   extract data/$name "$out/$name" train val test_id test_ood_near test_ood_far test_mixed
@@ -41,8 +53,9 @@ for name in ${WORLDS:-shapes shapes-s7-safe}; do
   fit "safe (default: mix)" --scorer safe ${SAFE_PARAMS:-}
   for features in cls cls,$roi; do
     for kind in mixed ood_near ood_far; do
+      # shellcheck disable=SC2046
       fit "safe unknown, $features, outliers: $kind" --scorer safe --param surrogate=unknown ${SAFE_PARAMS:-} \
-        --features $features --outliers "$out/outliers/test_$kind.safetensors"
+        --features $features $(outliers $kind)
     done
   done
   cd "$root"
