@@ -6,8 +6,9 @@
 #   the Python package and the video benchmarks use it.
 # - models/shapes-scorer-exposure.safetensors, the demo's: `safe` with outlier exposure on the
 #   class-branch feature and ROI features of layers 4, 6 and 9, fitted on the ID train boxes of
-#   the standard world (seed 0) against the unknown objects of the mixed scenes of another
-#   world (seed 11, 900 scenes; its known objects train as ID), calibrated on the val boxes.
+#   the standard world (seed 0) against the unknown objects of the mixed scenes of four other
+#   worlds (seeds 11 to 14, 900 + 3 x 1800 scenes; their known objects train as ID), calibrated
+#   on the val boxes.
 #   BOXES (default: a temporary folder) keeps the extracted box sets.
 # - assets/images: 12 mixed scenes of 256x256 with their COCO ground truth (seed 7).
 set -euo pipefail
@@ -17,17 +18,22 @@ $B fit --scorer energy --boxes tests/fixtures/shapes_boxes/train.safetensors \
 boxes=${BOXES:-$(mktemp -d)}
 roi=roi:4,roi:6,roi:9
 [ -f data/shapes/data.yaml ] || $B synth --out data/shapes --seed 0 --quiet
-[ -f data/shapes-s11-oe/data.yaml ] || $B synth --out data/shapes-s11-oe --seed 11 --train 1 --val 1 --test 900 --quiet
 extract() { # out, data arguments...
   [ -f "$boxes/$1" ] || $B extract --model models/shapes.safetensors --imgsz 256 --features $roi \
     --quiet "${@:2}" --out "$boxes/$1"
 }
 extract train.safetensors --data data/shapes/data.yaml --split train
 extract val.safetensors --data data/shapes/data.yaml --split val
-extract unknowns.safetensors --data data/shapes-s11-oe/coco/test_mixed.json
+outliers=()
+for spec in 11:900 12:1800 13:1800 14:1800; do
+  seed=${spec%%:*}
+  world=data/shapes-s$seed-oe
+  [ -f $world/data.yaml ] || $B synth --out $world --seed $seed --train 1 --val 1 --test ${spec#*:} --quiet
+  extract unknowns$seed.safetensors --data $world/coco/test_mixed.json
+  outliers+=(--outliers "$boxes/unknowns$seed.safetensors")
+done
 $B fit --scorer safe --param surrogate=unknown --features cls,$roi --boxes "$boxes/train.safetensors" \
-  --calibration-boxes "$boxes/val.safetensors" --outliers "$boxes/unknowns.safetensors" \
-  --out models/shapes-scorer-exposure.safetensors
+  --calibration-boxes "$boxes/val.safetensors" "${outliers[@]}" --out models/shapes-scorer-exposure.safetensors
 work=$(mktemp -d)
 $B synth --out "$work" --seed 7 --width 256 --height 256 --train 0 --val 0 --test 12 --quiet
 rm -rf assets/images && mkdir -p assets/images
