@@ -137,6 +137,64 @@ fn boxes_of_another_model_are_refused() {
     assert!(err.contains("3 classes"), "{err}");
 }
 
+/// `recalibrate` gives the file that a fit with the new calibration boxes gives, byte for byte,
+/// from the library and from the command line (which also says how far the flagged share of ID
+/// boxes may stray with that many calibration boxes); boxes of another model are refused.
+#[test]
+fn recalibrating_equals_fitting_with_the_new_calibration_boxes() {
+    let (fit, val, test) = (known("train"), known("val"), known("test_id"));
+    let options = FitOptions::default();
+    let fitted = |cal: &BoxSet| FittedScorer::fit("knn", None, &[], &fit, cal, &options).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    let bytes = |name: &str| std::fs::read(file(name)).unwrap();
+    fitted(&test).save(&file("on_test.st")).unwrap();
+    let mut scorer = fitted(&val);
+    scorer.save(&file("on_val.st")).unwrap();
+    assert_ne!(bytes("on_val.st"), bytes("on_test.st"));
+    scorer.recalibrate(&test).unwrap();
+    scorer.save(&file("recalibrated.st")).unwrap();
+    assert_eq!(bytes("recalibrated.st"), bytes("on_test.st"));
+
+    let path = |name: &str| file(name).to_str().unwrap().to_string();
+    let out = oodbox(&[
+        "recalibrate",
+        "--scorer",
+        &path("on_val.st"),
+        "--calibration-boxes",
+        fixture("test_id").to_str().unwrap(),
+        "--out",
+        &path("cli.st"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(bytes("cli.st"), bytes("on_test.st"));
+    let spread = scorer.flagged_share_spread();
+    assert!(spread > 0.001 && spread < 0.02, "{spread}");
+    assert!(stderr.contains(&format!("±{spread:.4}")), "{stderr}");
+
+    let mut other = known("test_id");
+    other.set_fingerprint("sha256:another-model");
+    let err = scorer.recalibrate(&other).unwrap_err();
+    assert_eq!(err.scorer_fault(), Some(ScorerFault::Mismatch), "{err}");
+    assert!(err.to_string().contains("another-model"), "{err}");
+    let out = oodbox(&[
+        "recalibrate",
+        "--scorer",
+        &path("on_val.st"),
+        "--calibration-boxes",
+        &path("missing.safetensors"),
+        "--out",
+        &path("never.st"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("missing.safetensors"),
+        "{stderr}"
+    );
+    assert!(!file("never.st").exists());
+}
+
 #[test]
 fn fit_score_and_eval_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

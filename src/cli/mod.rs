@@ -9,6 +9,7 @@ mod detect;
 mod eval;
 mod extract;
 mod fit;
+mod recalibrate;
 mod score;
 mod scorers;
 mod synth;
@@ -31,6 +32,7 @@ enum Command {
     Detect(detect::Args),
     Extract(extract::Args),
     Fit(fit::Args),
+    Recalibrate(recalibrate::Args),
     Score(score::Args),
     Scorers(scorers::Args),
     Eval(eval::Args),
@@ -56,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Detect(args) => detect::run(args),
         Command::Extract(args) => extract::run(args),
         Command::Fit(args) => fit::run(args),
+        Command::Recalibrate(args) => recalibrate::run(args),
         Command::Score(args) => score::run(args),
         Command::Scorers(args) => scorers::run(args),
         Command::Eval(args) => eval::run(args),

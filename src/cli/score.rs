@@ -1,6 +1,7 @@
 use anyhow::Context;
 
 use super::common::{check_output_file, load_boxes, load_scorer};
+use oodbox::ood::calibration::flagged_share_spread;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,8 +71,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(k) = known.filter(|k| k.boxes > 0) {
         eprintln!(
             "of the {} boxes on known objects, {} flagged: {:.4} (alpha {alpha}; close to alpha \
-             when these images were held out of the fit and calibration)",
-            k.boxes, k.flagged, k.share
+             when these images were held out of the fit and calibration: within ±{:.4}, two \
+             standard deviations of calibration sets of the scorer's sizes, for 19 calibration \
+             sets in 20, beside this set's own sampling error)",
+            k.boxes,
+            k.flagged,
+            k.share,
+            2.0 * flagged_share_spread(scorer.calibration_summary(), alpha)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -330,21 +330,7 @@ impl BoxSet {
             if set.num_classes != out.num_classes || set.detect_options != out.detect_options {
                 return Err(differ("detection settings"));
             }
-            let offset = out
-                .image_index
-                .as_ref()
-                .and_then(|v| v.iter().max())
-                .map_or(0, |m| m + 1);
-            let images = set
-                .image_index
-                .as_ref()
-                .map(|v| v.iter().map(|i| i + offset).collect());
-            extend_column(&mut out.image_index, &images, "image_index").map_err(|w| differ(&w))?;
-            extend_column(&mut out.label, &set.label, "label").map_err(|w| differ(&w))?;
-            extend_column(&mut out.level, &set.level, "level").map_err(|w| differ(&w))?;
-            extend_column(&mut out.confidence, &set.confidence, "confidence")
-                .map_err(|w| differ(&w))?;
-            extend_column(&mut out.bbox, &set.bbox, "bbox").map_err(|w| differ(&w))?;
+            extend_optional_columns(&mut out, set).map_err(|w| differ(&w))?;
             out.features.extend_from_slice(&set.features);
             out.logits.extend_from_slice(&set.logits);
             out.class_id.extend_from_slice(&set.class_id);
@@ -854,6 +840,25 @@ fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
 }
 
 /// Appends an optional column of one set to another's; `Err(what)` when only one has it.
+/// Appends `set`'s optional columns to `out`'s (image indices renumbered after `out`'s), or
+/// names the column that one of them lacks.
+fn extend_optional_columns(out: &mut BoxParts, set: &BoxParts) -> std::result::Result<(), String> {
+    let offset = out
+        .image_index
+        .as_ref()
+        .and_then(|v| v.iter().max())
+        .map_or(0, |m| m + 1);
+    let images = set
+        .image_index
+        .as_ref()
+        .map(|v| v.iter().map(|i| i + offset).collect());
+    extend_column(&mut out.image_index, &images, "image_index")?;
+    extend_column(&mut out.label, &set.label, "label")?;
+    extend_column(&mut out.level, &set.level, "level")?;
+    extend_column(&mut out.confidence, &set.confidence, "confidence")?;
+    extend_column(&mut out.bbox, &set.bbox, "bbox")
+}
+
 fn extend_column<T: Clone>(
     into: &mut Option<Vec<T>>,
     from: &Option<Vec<T>>,

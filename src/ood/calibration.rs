@@ -282,6 +282,40 @@ pub fn p_value_with_tail(sorted: &[f64], tail: Option<&Gpd>, score: f64) -> PVal
     }
 }
 
+/// How much the share of ID boxes flagged at `alpha` varies from one calibration set to another
+/// of the same size (one standard deviation), for the calibration `summary`. Given a class's n
+/// calibration scores, the share of its exchangeable ID boxes with `p ≤ alpha` is distributed
+/// Beta(l, n + 1 − l), l = ⌊alpha (n + 1)⌋ (Vovk 2012, *Conditional validity of inductive
+/// conformal predictors*); classes weigh by their share of the calibration boxes, and the classes
+/// calibrated pooled share the pooled set. The guarantee `≤ alpha` holds on average over
+/// calibration sets; this says how far one set's rate strays from it.
+pub fn flagged_share_spread(summary: &[ClassCalibration], alpha: f64) -> f64 {
+    let total: usize = summary.iter().map(|c| c.boxes).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let weight = |boxes: usize| boxes as f64 / total as f64;
+    let pooled_weight: f64 = summary
+        .iter()
+        .filter(|c| c.pooled_fallback)
+        .map(|c| weight(c.boxes))
+        .sum();
+    let own: f64 = summary
+        .iter()
+        .filter(|c| !c.pooled_fallback)
+        .map(|c| weight(c.boxes).powi(2) * beta_coverage_variance(c.boxes, alpha))
+        .sum();
+    (own + pooled_weight.powi(2) * beta_coverage_variance(total, alpha)).sqrt()
+}
+
+/// The variance of Beta(l, n + 1 − l), l = ⌊alpha (n + 1)⌋: the conditional false-alarm rate of
+/// a conformal test on n calibration scores.
+fn beta_coverage_variance(n: usize, alpha: f64) -> f64 {
+    let m = (n + 1) as f64;
+    let l = (alpha * m).floor();
+    l * (m - l) / (m * m * (m + 1.0))
+}
+
 /// The smallest number of calibration boxes for which `p ≤ alpha` can happen at all.
 pub fn minimum_calibration_size(alpha: f64) -> usize {
     (1.0 / alpha - 1.0).ceil().max(1.0) as usize
@@ -290,6 +324,48 @@ pub fn minimum_calibration_size(alpha: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spread of the flagged share over calibration draws, by simulation: uniform ID scores,
+    /// 2 000 calibration sets of 200 (one class) and of 120 + 80 (two classes, one pooled).
+    #[test]
+    fn flagged_share_spread_matches_simulated_calibration_draws() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let alpha = 0.05;
+        // For uniform scores the flagged share given a calibration set is exactly the
+        // probability mass above its conformal threshold.
+        let share = |cal: &mut Vec<f64>| {
+            cal.sort_by(f64::total_cmp);
+            let n = cal.len();
+            let l = (alpha * (n + 1) as f64).floor() as usize;
+            1.0 - cal[n - l]
+        };
+        let draws: Vec<f64> = (0..2000)
+            .map(|_| share(&mut (0..200).map(|_| rng.random::<f64>()).collect()))
+            .collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        let sd = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / 1999.0).sqrt();
+        let class = |boxes, pooled_fallback| ClassCalibration {
+            class_id: 0,
+            boxes,
+            pooled_fallback,
+            fit_boxes: 0,
+            tail: None,
+        };
+        let predicted = flagged_share_spread(&[class(200, false)], alpha);
+        assert!((predicted - 0.01530).abs() < 1e-5, "{predicted}");
+        assert!(
+            (sd / predicted - 1.0).abs() < 0.07,
+            "simulated {sd}, predicted {predicted}"
+        );
+        // Two classes with their own sets average two independent rates; pooled ones share one.
+        let two = flagged_share_spread(&[class(100, false), class(100, false)], alpha);
+        let own = flagged_share_spread(&[class(100, false)], alpha);
+        assert!((two - own / 2f64.sqrt()).abs() < 1e-12);
+        let pooled = flagged_share_spread(&[class(100, true), class(100, true)], alpha);
+        assert!((pooled - predicted).abs() < 1e-12);
+        assert_eq!(flagged_share_spread(&[], alpha), 0.0);
+    }
 
     #[test]
     fn p_values_count_ties_conservatively() {

@@ -16,7 +16,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::calibration::{minimum_calibration_size, Calibrator, ClassCalibration, PValue, Tails};
+use super::calibration::{
+    flagged_share_spread, minimum_calibration_size, Calibrator, ClassCalibration, PValue, Tails,
+};
 use super::tail::{TailOptions, TailStatus};
 use super::{build, from_state, Scorer, ScorerState};
 use crate::core::kind::FileKind;
@@ -203,6 +205,32 @@ impl Header {
     }
 }
 
+/// Scores `calibration` with a fitted `scorer` and builds its calibrator (with the tail of
+/// `options`) and the per-class summary.
+fn calibrate(
+    scorer: &dyn Scorer,
+    calibration: &BoxSet,
+    num_classes: usize,
+    options: &FitOptions,
+) -> Result<(Calibrator, Vec<ClassCalibration>)> {
+    if calibration.len() < minimum_calibration_size(options.alpha) {
+        return Err(Error::Calibration(format!(
+            "{} calibration boxes: at least {} are needed before any box can be flagged at alpha = {}",
+            calibration.len(),
+            minimum_calibration_size(options.alpha),
+            options.alpha
+        )));
+    }
+    let scores = scorer.score(calibration)?;
+    let classes = &calibration.class_id;
+    let mut calibrator = Calibrator::fit(&scores, classes, num_classes, options.min_class_boxes)?;
+    if let Some(tail) = options.tail {
+        calibrator = calibrator.with_tail(tail)?;
+    }
+    let summary = calibrator.summary(Some(classes));
+    Ok((calibrator, summary))
+}
+
 impl FittedScorer {
     /// Fits `kind` on `fit` and calibrates it on `calibration`; both must be ID boxes of the
     /// same model, and no box may be in both.
@@ -223,14 +251,6 @@ impl FittedScorer {
             }
             None => scorer.fit(fit)?,
         }
-        if calibration.len() < minimum_calibration_size(options.alpha) {
-            return Err(Error::Calibration(format!(
-                "{} calibration boxes: at least {} are needed before any box can be flagged at alpha = {}",
-                calibration.len(),
-                minimum_calibration_size(options.alpha),
-                options.alpha
-            )));
-        }
         if calibration.feature_sources != fit.feature_sources {
             return Err(Error::Calibration(format!(
                 "calibration boxes hold features {}, fit boxes {}",
@@ -244,14 +264,8 @@ impl FittedScorer {
                 calibration.feature_dim, calibration.num_classes, fit.feature_dim, fit.num_classes
             )));
         }
-        let scores = scorer.score(calibration)?;
-        let classes: Vec<usize> = calibration.class_id.clone();
-        let mut calibrator =
-            Calibrator::fit(&scores, &classes, fit.num_classes, options.min_class_boxes)?;
-        if let Some(tail) = options.tail {
-            calibrator = calibrator.with_tail(tail)?;
-        }
-        let mut calibration_summary = calibrator.summary(Some(&classes));
+        let (calibrator, mut calibration_summary) =
+            calibrate(scorer.as_ref(), calibration, fit.num_classes, options)?;
         for label in scorer.fit_classes(fit).unwrap_or_default() {
             if let Some(class) = usize::try_from(label)
                 .ok()
@@ -290,6 +304,40 @@ impl FittedScorer {
             calibrator,
             header,
         })
+    }
+
+    /// Calibrates the fitted scorer anew on `calibration`, ID boxes of its model and features
+    /// that it was not fitted on: for new conditions (another camera, lighting), or for more
+    /// calibration boxes. The fit, alpha, the per-class minimum and the tail setting stay.
+    pub fn recalibrate(&mut self, calibration: &BoxSet) -> Result<()> {
+        let calibration = self.with_sources(calibration)?;
+        self.check_compatible(&calibration)?;
+        let h = &self.header;
+        let options = FitOptions {
+            alpha: h.alpha,
+            min_class_boxes: h.min_class_boxes,
+            tail: h.tail.as_ref().map(|t| t.options),
+            outliers: None,
+        };
+        let (calibrator, mut summary) =
+            calibrate(self.scorer.as_ref(), &calibration, h.num_classes, &options)?;
+        for (class, old) in summary.iter_mut().zip(&h.calibration) {
+            class.fit_boxes = old.fit_boxes;
+        }
+        self.header.tail = calibrator.tails().map(|t| TailSummary {
+            options: t.options,
+            pooled: t.pooled.clone(),
+        });
+        self.header.calibration = summary;
+        self.header.calibration_boxes = calibration.len();
+        self.calibrator = calibrator;
+        Ok(())
+    }
+
+    /// One standard deviation of the share of ID boxes flagged at alpha from one calibration
+    /// set to another of this one's per-class sizes ([`flagged_share_spread`]).
+    pub fn flagged_share_spread(&self) -> f64 {
+        flagged_share_spread(&self.header.calibration, self.header.alpha)
     }
 
     pub fn kind(&self) -> &str {

@@ -296,14 +296,8 @@ impl Safe {
         };
         let outliers = given.map(|g| &g.outliers);
         let inliers = given.and_then(|g| g.inliers.as_ref());
-        let outlier_groups = match outliers {
-            Some(o) => Some(grouping.assign(kind, o)?),
-            None => None,
-        };
-        let inlier_groups = match inliers {
-            Some(b) => Some(grouping.assign(kind, b)?),
-            None => None,
-        };
+        let outlier_groups = outliers.map(|o| grouping.assign(kind, o)).transpose()?;
+        let inlier_groups = inliers.map(|b| grouping.assign(kind, b)).transpose()?;
         let width = one_hot_dim(members.len());
         let (mut id, mut made_all, mut standardise) = (Vec::new(), Vec::new(), Vec::new());
         for (g, idx) in members.iter().enumerate() {

@@ -239,9 +239,10 @@ impl Attention {
         let scale = (kd as f64).powf(-0.5);
         let attn = (q * scale)?.transpose(2, 3)?.contiguous()?.matmul(&k)?;
         // Candle 0.11 has no backward for its fused softmax; the FGSM gradient runs this path.
-        let attn = match attn.track_op() {
-            true => candle_nn::ops::softmax(&attn, candle_core::D::Minus1)?,
-            false => candle_nn::ops::softmax_last_dim(&attn)?,
+        let attn = if attn.track_op() {
+            candle_nn::ops::softmax(&attn, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&attn)?
         };
         let y = v.matmul(&attn.transpose(2, 3)?.contiguous()?)?;
         let y = l.from_nchw(&y.reshape((b, nh * hd, h, w))?)?;
