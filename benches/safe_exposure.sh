@@ -59,10 +59,21 @@ for name in ${WORLDS:-shapes shapes-s7-safe}; do
     # shellcheck disable=SC2046
     fit "safe unknown, cls,$roi, outliers: mixed" --scorer safe --param surrogate=unknown \
       ${SAFE_PARAMS:-} --features cls,$roi $(outliers mixed)
-    for split in test_id test_mixed; do
-      $B score --scorer "$w/s.safetensors" --boxes $split.safetensors --json "$w/k.json" 2>&1 | sed -n '2s/^/  /p'
-    done
+    # The calibration check, calibrated on the world's 300 val scenes and then on 1,000 (its
+    # seed's first 1,000 val scenes, of which those 300 are the first).
+    seed=$(sed -n 's/.*--seed \([0-9]*\).*/\1/p' "$root/data/$name/data.yaml" | head -n 1)
     cd "$root"
+    world "$seed" "data/shapes-s$seed-cal" --train 1 --val 1000 --test 1
+    extract "data/shapes-s$seed-cal" "$out/$name-cal" val
+    $B recalibrate --scorer "$w/s.safetensors" --calibration-boxes "$out/$name-cal/val.safetensors" \
+      --out "$w/r.safetensors" --quiet
+    for scorer in s r; do
+      for split in test_id test_mixed; do
+        echo "  calibrated on $([[ $scorer == s ]] && echo 300 || echo 1000) val scenes, $split: $(
+          $B score --scorer "$w/$scorer.safetensors" --boxes "$out/$name/$split.safetensors" \
+            --json "$w/k.json" 2>&1 | sed -n '2s/ (alpha.*//p')"
+      done
+    done
     continue
   fi
   fit "safe (default: mix)" --scorer safe ${SAFE_PARAMS:-}

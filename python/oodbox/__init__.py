@@ -395,6 +395,18 @@ class Scorer(_Native):
         box_set.setdefault("class_names", self.class_names)
         return self._native.score(box_set, alpha)
 
+    def recalibrate(self, calibration: Mapping[str, Any]) -> "Scorer":
+        """A copy calibrated anew on other ID boxes of its model (a box set dict; boxes with a
+        ``label`` < 0 are left out), keeping the fit, alpha and tail setting: ``oodbox
+        recalibrate``, for new conditions or more calibration boxes."""
+        return type(self)(self._native.recalibrate(_box_arrays(calibration)))
+
+    @property
+    def flagged_share_spread(self) -> float:
+        """One standard deviation of the share of ID boxes flagged at alpha from one calibration
+        set to another of this one's sizes (the note ``oodbox fit`` prints)."""
+        return self._native.flagged_share_spread
+
     @property
     def name(self) -> str:
         """The scorer with its shaping, e.g. ``energy+react``."""

@@ -119,6 +119,24 @@ impl NativeScorer {
         Ok(out)
     }
 
+    /// A copy calibrated anew on a box set dict, as `oodbox recalibrate` (known objects only).
+    fn recalibrate(&self, py: Python<'_>, calibration: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let set = boxes::from_dict(calibration)?.known_objects();
+        let inner = py
+            .detach(|| -> Result<_> {
+                let mut inner = self.inner.try_clone()?;
+                threads::install(|| inner.recalibrate(&set))?;
+                Ok(inner)
+            })
+            .map_err(to_py)?;
+        Ok(NativeScorer { inner })
+    }
+
+    #[getter]
+    fn flagged_share_spread(&self) -> f64 {
+        self.inner.flagged_share_spread()
+    }
+
     #[getter]
     fn name(&self) -> String {
         self.inner.name()

@@ -97,3 +97,22 @@ def test_outlier_exposure_trains_safe_against_the_unknown_boxes_given():
     assert shown > own + 0.03, (shown, own)
     with pytest.raises(oodbox.OodboxError, match="outlier boxes are for"):
         oodbox.Scorer.fit("safe", train, calibration=val, outliers=far, params=quick)
+
+
+def test_recalibrate_equals_a_fit_with_those_calibration_boxes(tmp_path):
+    train, val, test = (oodbox.load_boxes(BOXES / f"{n}.safetensors") for n in ("train", "val", "test_id"))
+    mixed = oodbox.load_boxes(BOXES / "test_mixed.safetensors")
+    on_val = oodbox.Scorer.fit("knn", train, calibration=val)
+    on_test = oodbox.Scorer.fit("knn", train, calibration=test)
+    again = on_val.recalibrate(test)
+    for key in ("score", "p_value", "is_ood"):
+        np.testing.assert_array_equal(again.score(mixed)[key], on_test.score(mixed)[key], err_msg=key)
+    assert not np.array_equal(on_val.score(mixed)["p_value"], on_test.score(mixed)["p_value"])
+    # The CLI's file, and the original left as it was.
+    again.save(tmp_path / "again.safetensors")
+    on_test.save(tmp_path / "on_test.safetensors")
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "on_test.safetensors").read_bytes()
+    assert 0.001 < again.flagged_share_spread < 0.02
+    other = dict(test, fingerprint="sha256:another-model")
+    with pytest.raises(oodbox.OodboxError, match="another-model"):
+        on_val.recalibrate(other)

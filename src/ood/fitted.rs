@@ -334,6 +334,15 @@ impl FittedScorer {
         Ok(())
     }
 
+    /// A copy, rebuilt from the scorer's state as loading its file would (kinds are not `Clone`).
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(FittedScorer {
+            scorer: from_state(&self.scorer.to_state())?,
+            calibrator: self.calibrator.clone(),
+            header: self.header.clone(),
+        })
+    }
+
     /// One standard deviation of the share of ID boxes flagged at alpha from one calibration
     /// set to another of this one's per-class sizes ([`flagged_share_spread`]).
     pub fn flagged_share_spread(&self) -> f64 {
