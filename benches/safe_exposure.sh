@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
 out=${1:-/tmp/exposure}
-model=$root/${MODEL:-models/shapes.safetensors}
+model=$(realpath "${MODEL:-models/shapes.safetensors}")
 roi=roi:4,roi:6,roi:9
 world() { # seed, folder: a shapes world; the outlier worlds need only their test splits
   [ -f "$2/data.yaml" ] || $B synth --out "$2" --seed "$1" --quiet "${@:3}"
@@ -59,12 +59,13 @@ for name in ${WORLDS:-shapes shapes-s7-safe}; do
     # shellcheck disable=SC2046
     fit "safe unknown, cls,$roi, outliers: mixed" --scorer safe --param surrogate=unknown \
       ${SAFE_PARAMS:-} --features cls,$roi $(outliers mixed)
-    # The calibration check, calibrated on the world's 300 val scenes and then on 1,000 (its
-    # seed's first 1,000 val scenes, of which those 300 are the first).
-    seed=$(sed -n 's/.*--seed \([0-9]*\).*/\1/p' "$root/data/$name/data.yaml" | head -n 1)
+    # The calibration check, calibrated on the world's 300 val scenes and then on 1,000 (the
+    # first 1,000 val scenes of the same synth command, of which those 300 are the first).
+    read -ra synth <<< "$(sed -n '1s/.*`oodbox synth \(.*\)`.*/\1/p' "$root/data/$name/data.yaml")"
     cd "$root"
-    world "$seed" "data/shapes-s$seed-cal" --train 1 --val 1000 --test 1
-    extract "data/shapes-s$seed-cal" "$out/$name-cal" val
+    [ -f "data/$name-cal/data.yaml" ] ||
+      $B synth --out "data/$name-cal" "${synth[@]}" --train 1 --val 1000 --test 1 --quiet
+    extract "data/$name-cal" "$out/$name-cal" val
     $B recalibrate --scorer "$w/s.safetensors" --calibration-boxes "$out/$name-cal/val.safetensors" \
       --out "$w/r.safetensors" --quiet
     for scorer in s r; do

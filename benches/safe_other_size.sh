@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `safe` with outlier exposure on a world of other object sizes than the detector's (BENCHMARKS.md,
+# "Another object size"): `benches/safe_exposure.sh` with ROWS=headline on it, then the same fit
+# with the unknowns of a small-object outlier world added, and alone.
+#   cargo build --release && bash benches/safe_other_size.sh [OUT]   (default /tmp/exposure)
+set -euo pipefail
+root=$(pwd)
+B=$root/target/release/oodbox
+out=${1:-/tmp/exposure}
+sizes=${OBJECT_SIZE:-0.08,0.3}
+[ -f data/shapes-small/data.yaml ] || $B synth --out data/shapes-small --seed 5 --object-size "$sizes" --quiet
+WORLDS=shapes-small ROWS=headline OUTLIER_WORLDS="11:900 12:1800 13:1800 14:1800" \
+  bash benches/safe_exposure.sh "$out"
+[ -f data/shapes-small-oe/data.yaml ] ||
+  $B synth --out data/shapes-small-oe --seed 15 --object-size "$sizes" --train 1 --val 1 --test 1800 --quiet
+small=$out/outliers-small/test_mixed.safetensors
+mkdir -p "$(dirname "$small")"
+[ -f "$small" ] || $B extract --model models/shapes.safetensors --imgsz 256 --quiet \
+  --features roi:4,roi:6,roi:9 --data data/shapes-small-oe/coco/test_mixed.json --out "$small"
+source "$root/benches/fit_eval.sh"
+standard=()
+for d in outliers outliers12 outliers13 outliers14; do standard+=(--outliers "$out/$d/test_mixed.safetensors"); done
+cd "$out/shapes-small"
+header
+safe=(--scorer safe --param surrogate=unknown --features cls,roi:4,roi:6,roi:9)
+fit "the same, plus one small-object outlier world (seed 15)" "${safe[@]}" "${standard[@]}" --outliers "$small"
+fit "the small-object outlier world alone" "${safe[@]}" --outliers "$small"
