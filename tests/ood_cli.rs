@@ -193,6 +193,17 @@ fn recalibrating_equals_fitting_with_the_new_calibration_boxes() {
         "{stderr}"
     );
     assert!(!file("never.st").exists());
+
+    // With a tail, the tail is fitted again on the new calibration boxes.
+    let mut options = FitOptions::default();
+    options.tail = Some(oodbox::ood::tail::TailOptions::default());
+    let fitted = |cal: &BoxSet| FittedScorer::fit("knn", None, &[], &fit, cal, &options).unwrap();
+    let mut scorer = fitted(&val);
+    scorer.recalibrate(&test).unwrap();
+    assert!(scorer.tail().is_some());
+    scorer.save(&file("tail_recalibrated.st")).unwrap();
+    fitted(&test).save(&file("tail_on_test.st")).unwrap();
+    assert_eq!(bytes("tail_recalibrated.st"), bytes("tail_on_test.st"));
 }
 
 #[test]
