@@ -14,6 +14,6 @@ pub(crate) mod tensor_file;
 #[cfg(test)]
 mod walls;
 
-pub use atomic::write_atomically;
+pub use atomic::{is_device_or_pipe, write_atomically};
 pub use head::{ClassHead, LinearHead};
 pub use record::{BoxRecord, RoiFeature};

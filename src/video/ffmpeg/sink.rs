@@ -7,6 +7,7 @@ use std::process::{ChildStdin, Command, Stdio};
 
 use super::process::{Killer, Process};
 use super::{program, video_error};
+use crate::core::is_device_or_pipe;
 use crate::error::{Error, Result};
 
 /// How a [`FrameSink`] encodes.
@@ -98,7 +99,8 @@ impl FrameSink {
     ) -> Result<Self> {
         check_output_folder(output)?;
         let args = codec_args(output, codec, size)?;
-        let rename = if is_single_file(output) {
+        // A device or pipe (/dev/null) is written in place: a rename would replace it.
+        let rename = if is_single_file(output) && !is_device_or_pipe(Path::new(output)) {
             let path = PathBuf::from(output);
             if let Some(input) = protect {
                 let canonical = |p: &Path| p.canonicalize().ok();
