@@ -839,7 +839,6 @@ fn read_roi(file: &TensorFile, n: usize) -> Result<Vec<SourceFeatures>> {
     Ok(roi)
 }
 
-/// Appends an optional column of one set to another's; `Err(what)` when only one has it.
 /// Appends `set`'s optional columns to `out`'s (image indices renumbered after `out`'s), or
 /// names the column that one of them lacks.
 fn extend_optional_columns(out: &mut BoxParts, set: &BoxParts) -> std::result::Result<(), String> {
@@ -859,6 +858,7 @@ fn extend_optional_columns(out: &mut BoxParts, set: &BoxParts) -> std::result::R
     extend_column(&mut out.bbox, &set.bbox, "bbox")
 }
 
+/// Appends an optional column of one set to another's; `Err(what)` when only one has it.
 fn extend_column<T: Clone>(
     into: &mut Option<Vec<T>>,
     from: &Option<Vec<T>>,

@@ -326,7 +326,7 @@ mod tests {
     use super::*;
 
     /// The spread of the flagged share over calibration draws, by simulation: uniform ID scores,
-    /// 2 000 calibration sets of 200 (one class) and of 120 + 80 (two classes, one pooled).
+    /// 2 000 calibration sets of 200 boxes of one class; then how classes combine.
     #[test]
     fn flagged_share_spread_matches_simulated_calibration_draws() {
         use rand::{Rng, SeedableRng};

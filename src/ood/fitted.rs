@@ -57,6 +57,16 @@ pub struct TailSummary {
     pub pooled: TailStatus,
 }
 
+impl TailSummary {
+    /// The calibrator's tail setting and pooled fit, when it has a tail.
+    fn of(calibrator: &Calibrator) -> Option<TailSummary> {
+        calibrator.tails().map(|t| TailSummary {
+            options: t.options,
+            pooled: t.pooled.clone(),
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Header {
     format: String,
@@ -293,10 +303,7 @@ impl FittedScorer {
             source: fit.source.clone(),
             detect_options: fit.detect_options.clone(),
             feature_sources: fit.feature_sources.clone(),
-            tail: calibrator.tails().map(|t| TailSummary {
-                options: t.options,
-                pooled: t.pooled.clone(),
-            }),
+            tail: TailSummary::of(&calibrator),
             outliers: options.outliers.as_ref().map(|o| o.source.clone()),
         };
         Ok(FittedScorer {
@@ -324,10 +331,7 @@ impl FittedScorer {
         for (class, old) in summary.iter_mut().zip(&h.calibration) {
             class.fit_boxes = old.fit_boxes;
         }
-        self.header.tail = calibrator.tails().map(|t| TailSummary {
-            options: t.options,
-            pooled: t.pooled.clone(),
-        });
+        self.header.tail = TailSummary::of(&calibrator);
         self.header.calibration = summary;
         self.header.calibration_boxes = calibration.len();
         self.calibrator = calibrator;
