@@ -565,3 +565,24 @@ fn a_video_queue_too_long_to_hold_in_memory_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_class_split_is_refused_naming_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = text(&dir.path().join("w"));
+    let err = fails(&["synth", "--out", &out, "--near", "pentagon,hexagon"]);
+    assert!(
+        err.contains("--near") && err.contains("\"hexagon\""),
+        "{err}"
+    );
+    assert!(err.contains("noise_patch"), "lists the kinds: {err}");
+    // The standard near list still holds pentagon.
+    let err = fails(&["synth", "--out", &out, "--known", "circle,pentagon"]);
+    assert!(
+        err.contains("pentagon is listed as known and as near-OOD"),
+        "{err}"
+    );
+    let err = fails(&["synth", "--out", &out, "--far", ","]);
+    assert!(err.contains("--far"), "{err}");
+    assert!(!dir.path().join("w").exists(), "nothing is written");
+}

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use oodbox::synth::world::{self, ObjectSizes, Split, SynthConfig};
+use oodbox::synth::world::{self, ClassSplit, Kind, ObjectSizes, Split, SynthConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +37,18 @@ pub struct Args {
     /// standard world: diameters uniform in 0.12–0.4, the same images as always.
     #[arg(long, value_name = "MIN,MAX", num_args = 1, value_delimiter = ',')]
     object_size: Option<Vec<f32>>,
+    /// The known kinds, the detector's classes in class-id order (default: circle, square,
+    /// triangle, star). Every kind: circle, square, triangle, star, pentagon, cross, crescent,
+    /// ring, blob, scribble, noise_patch.
+    #[arg(long, value_name = "KIND,...", value_delimiter = ',')]
+    known: Option<Vec<String>>,
+    /// The kinds drawn as near-OOD unknowns (default: pentagon, cross, crescent, ring).
+    #[arg(long, value_name = "KIND,...", value_delimiter = ',')]
+    near: Option<Vec<String>>,
+    /// The kinds drawn as far-OOD unknowns (default: blob, scribble, noise_patch). A kind in
+    /// none of the three lists never appears.
+    #[arg(long, value_name = "KIND,...", value_delimiter = ',')]
+    far: Option<Vec<String>>,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -61,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     object_sizes
         .validate()
         .map_err(|e| anyhow::anyhow!("--object-size: {e}"))?;
+    let classes = class_split(&args)?;
     let config = SynthConfig {
         seed: args.seed,
         width: args.width,
@@ -74,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (Split::TestMixed, args.test),
         ],
         object_sizes,
+        classes,
     };
     let total: usize = config.counts.iter().map(|(_, n)| n).sum();
     let bar = if args.quiet {
@@ -89,4 +103,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     eprintln!("wrote {total} images to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The class split from `--known`, `--near` and `--far`, each defaulting to the standard list.
+fn class_split(args: &Args) -> anyhow::Result<ClassSplit> {
+    let parse = |names: &Option<Vec<String>>, default: Vec<Kind>, flag: &str| match names {
+        None => Ok(default),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                Kind::from_name(name.trim()).ok_or_else(|| {
+                    let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                    anyhow::anyhow!(
+                        "{flag}: no kind named {name:?}; the kinds: {}",
+                        all.join(", ")
+                    )
+                })
+            })
+            .collect(),
+    };
+    let standard = ClassSplit::default();
+    let classes = ClassSplit {
+        known: parse(&args.known, standard.known, "--known")?,
+        near: parse(&args.near, standard.near, "--near")?,
+        far: parse(&args.far, standard.far, "--far")?,
+    };
+    classes.validate().map_err(|e| {
+        anyhow::anyhow!("--known, --near, --far: {e} (a list not given is the standard one)")
+    })?;
+    Ok(classes)
 }

@@ -58,6 +58,11 @@ impl Kind {
     pub const NEAR_OOD: [Kind; 4] = [Kind::Pentagon, Kind::Cross, Kind::Crescent, Kind::Ring];
     pub const FAR_OOD: [Kind; 3] = [Kind::Blob, Kind::Scribble, Kind::NoisePatch];
 
+    /// The kind of this name, as [`Kind::name`] writes it.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Circle => "circle",
@@ -74,6 +79,7 @@ impl Kind {
         }
     }
 
+    /// The kind's group in the standard class split.
     pub fn group(self) -> Group {
         if Self::ID.contains(&self) {
             Group::Id
@@ -89,15 +95,83 @@ impl Kind {
         Self::ALL.iter().position(|k| *k == self).unwrap()
     }
 
-    /// The YOLO class id, or `None` for an unknown (OOD) kind.
+    /// The YOLO class id in the standard class split, or `None` for an unknown (OOD) kind.
     pub fn class_id(self) -> Option<usize> {
         Self::ID.iter().position(|k| *k == self)
     }
 }
 
-/// The names of the ID classes, in class-id order.
-pub fn class_names() -> Vec<String> {
-    Kind::ID.iter().map(|k| k.name().to_string()).collect()
+/// Which kinds a world draws as known objects (the detector's classes, in class-id order) and
+/// which as near- and far-OOD unknowns. Kinds in none of the lists never appear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassSplit {
+    pub known: Vec<Kind>,
+    pub near: Vec<Kind>,
+    pub far: Vec<Kind>,
+}
+
+impl Default for ClassSplit {
+    /// The standard split: [`Kind::ID`], [`Kind::NEAR_OOD`] and [`Kind::FAR_OOD`].
+    fn default() -> Self {
+        ClassSplit {
+            known: Kind::ID.to_vec(),
+            near: Kind::NEAR_OOD.to_vec(),
+            far: Kind::FAR_OOD.to_vec(),
+        }
+    }
+}
+
+impl ClassSplit {
+    /// Checks that every list has a kind and that no kind is in two places.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (list, name) in self.lists() {
+            if list.is_empty() {
+                return Err(format!("the {name} kinds are empty"));
+            }
+        }
+        let mut seen: Vec<(Kind, &str)> = Vec::new();
+        for (list, name) in self.lists() {
+            for &kind in list {
+                if let Some((_, first)) = seen.iter().find(|(k, _)| *k == kind) {
+                    return Err(format!(
+                        "{} is listed as {first} and as {name}",
+                        kind.name()
+                    ));
+                }
+                seen.push((kind, name));
+            }
+        }
+        Ok(())
+    }
+
+    fn lists(&self) -> [(&[Kind], &'static str); 3] {
+        [
+            (&self.known, "known"),
+            (&self.near, "near-OOD"),
+            (&self.far, "far-OOD"),
+        ]
+    }
+
+    /// The group a kind is drawn in, `None` for a kind this split never draws.
+    pub fn group(&self, kind: Kind) -> Option<Group> {
+        let [known, near, far] = self.lists().map(|(list, _)| list.contains(&kind));
+        match (known, near, far) {
+            (true, _, _) => Some(Group::Id),
+            (_, true, _) => Some(Group::NearOod),
+            (_, _, true) => Some(Group::FarOod),
+            _ => None,
+        }
+    }
+
+    /// The YOLO class id of a known kind, `None` for the others.
+    pub fn class_id(&self, kind: Kind) -> Option<usize> {
+        self.known.iter().position(|k| *k == kind)
+    }
+
+    /// The names of the known classes, in class-id order.
+    pub fn class_names(&self) -> Vec<String> {
+        self.known.iter().map(|k| k.name().to_string()).collect()
+    }
 }
 
 /// The dataset splits, with what each contains.
@@ -207,7 +281,8 @@ impl ObjectSizes {
     }
 }
 
-/// How many images each split gets, their size, and the size of their objects.
+/// How many images each split gets, their size, the size of their objects and which kinds are
+/// known.
 #[derive(Clone, Debug)]
 pub struct SynthConfig {
     pub seed: u64,
@@ -215,6 +290,7 @@ pub struct SynthConfig {
     pub height: u32,
     pub counts: Vec<(Split, usize)>,
     pub object_sizes: ObjectSizes,
+    pub classes: ClassSplit,
 }
 
 impl Default for SynthConfig {
@@ -232,7 +308,16 @@ impl Default for SynthConfig {
                 (Split::TestMixed, 300),
             ],
             object_sizes: ObjectSizes::Standard,
+            classes: ClassSplit::default(),
         }
+    }
+}
+
+impl SynthConfig {
+    /// Checks the object sizes and the class split; the message says what is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.object_sizes.validate()?;
+        self.classes.validate()
     }
 }
 
@@ -627,30 +712,30 @@ fn object_fill(rng: &mut ChaCha8Rng, kind: Kind, background: [f32; 3], radius: f
 }
 
 /// Which kinds a scene of this split holds: a list of object kinds, in drawing order.
-fn scene_kinds(rng: &mut ChaCha8Rng, split: Split) -> Vec<Kind> {
+fn scene_kinds(rng: &mut ChaCha8Rng, split: Split, classes: &ClassSplit) -> Vec<Kind> {
     let pick = |rng: &mut ChaCha8Rng, from: &[Kind]| from[rng.random_range(0..from.len())];
     match split {
         Split::Train | Split::Val | Split::TestId => {
             let n = rng.random_range(1..=6);
-            (0..n).map(|_| pick(rng, &Kind::ID)).collect()
+            (0..n).map(|_| pick(rng, &classes.known)).collect()
         }
         Split::TestOodNear => {
             let n = rng.random_range(1..=4);
-            (0..n).map(|_| pick(rng, &Kind::NEAR_OOD)).collect()
+            (0..n).map(|_| pick(rng, &classes.near)).collect()
         }
         Split::TestOodFar => {
             let n = rng.random_range(1..=4);
-            (0..n).map(|_| pick(rng, &Kind::FAR_OOD)).collect()
+            (0..n).map(|_| pick(rng, &classes.far)).collect()
         }
         Split::TestMixed => {
             let n_id = rng.random_range(1..=3);
             let n_ood = rng.random_range(1..=3);
-            let mut kinds: Vec<Kind> = (0..n_id).map(|_| pick(rng, &Kind::ID)).collect();
+            let mut kinds: Vec<Kind> = (0..n_id).map(|_| pick(rng, &classes.known)).collect();
             for _ in 0..n_ood {
                 let pool: &[Kind] = if rng.random_bool(0.5) {
-                    &Kind::NEAR_OOD
+                    &classes.near
                 } else {
-                    &Kind::FAR_OOD
+                    &classes.far
                 };
                 kinds.push(pick(rng, pool));
             }
@@ -703,20 +788,20 @@ fn overlap_of_smaller(a: [f32; 4], b: [f32; 4]) -> f32 {
 /// Draws one scene of the standard world. The same (seed, split, index, size) always gives the
 /// same pixels and labels.
 pub fn render_scene(seed: u64, split: Split, index: usize, width: u32, height: u32) -> Scene {
-    render_scene_with(seed, split, index, width, height, ObjectSizes::Standard)
+    let config = SynthConfig {
+        seed,
+        width,
+        height,
+        ..SynthConfig::default()
+    };
+    render_scene_in(&config, split, index)
 }
 
-/// Draws one scene whose objects have the given sizes; with [`ObjectSizes::Standard`] it is
-/// [`render_scene`].
-pub fn render_scene_with(
-    seed: u64,
-    split: Split,
-    index: usize,
-    width: u32,
-    height: u32,
-    sizes: ObjectSizes,
-) -> Scene {
-    let mut rng = scene_rng(seed, split, index);
+/// Draws one scene of the world `config` describes (its counts are not read); the standard
+/// sizes and class split give [`render_scene`]'s scene.
+pub fn render_scene_in(config: &SynthConfig, split: Split, index: usize) -> Scene {
+    let (width, height, sizes) = (config.width, config.height, config.object_sizes);
+    let mut rng = scene_rng(config.seed, split, index);
     let mut image = RgbImage::new(width, height);
     let background = paint_background(&mut rng, &mut image);
     let (w, h) = (width as f32, height as f32);
@@ -724,7 +809,7 @@ pub fn render_scene_with(
 
     let mut objects: Vec<Object> = Vec::new();
     let mut extents: Vec<[f32; 4]> = Vec::new();
-    let kinds = scene_kinds(&mut rng, split);
+    let kinds = scene_kinds(&mut rng, split, &config.classes);
     // A log-uniform world draws each object's size once, and places the largest first: drawn per
     // try, as the standard world does, a large object placed late almost always overlaps an
     // earlier one and is redrawn smaller, and large objects would be rare.
@@ -765,8 +850,11 @@ pub fn render_scene_with(
         .filter(|(_, b)| b[2] - b[0] >= 4.0 && b[3] - b[1] >= 4.0)
         .map(|(o, bbox)| Annotation {
             kind: o.kind.name(),
-            group: o.kind.group(),
-            class_id: o.kind.class_id(),
+            group: config
+                .classes
+                .group(o.kind)
+                .expect("scenes draw the split's kinds"),
+            class_id: config.classes.class_id(o.kind),
             category_id: o.kind.category_id(),
             bbox,
         })
@@ -867,7 +955,7 @@ fn create_dir(path: &Path) -> Result<()> {
 
 fn coco_json(
     split: Split,
-    seed: u64,
+    config: &SynthConfig,
     images: &[(String, u32, u32, Vec<Annotation>)],
 ) -> serde_json::Value {
     let mut annotations = Vec::new();
@@ -886,14 +974,16 @@ fn coco_json(
         }
     }
     serde_json::json!({
-        "info": {"description": "oodbox shapes world", "split": split.name(), "seed": seed},
+        "info": {"description": "oodbox shapes world", "split": split.name(), "seed": config.seed},
         "images": images.iter().enumerate().map(|(id, (file, w, h, _))| serde_json::json!({
             "id": id, "file_name": file, "width": w, "height": h,
         })).collect::<Vec<_>>(),
         "annotations": annotations,
-        "categories": Kind::ALL.iter().map(|k| serde_json::json!({
-            "id": k.category_id(), "name": k.name(), "supercategory": k.group(),
-        })).collect::<Vec<_>>(),
+        // Category ids stay the positions in `Kind::ALL` whatever the split, so that one kind has
+        // one id in every world.
+        "categories": Kind::ALL.iter().filter_map(|&k| config.classes.group(k).map(|group| serde_json::json!({
+            "id": k.category_id(), "name": k.name(), "supercategory": group,
+        }))).collect::<Vec<_>>(),
     })
 }
 
@@ -909,6 +999,18 @@ fn data_yaml(config: &SynthConfig) -> String {
         ObjectSizes::Standard => String::new(),
         ObjectSizes::LogUniform { min, max } => format!(" --object-size {min},{max}"),
     };
+    let classes = &config.classes;
+    let split = if *classes == ClassSplit::default() {
+        String::new()
+    } else {
+        let flag = |kinds: &[Kind]| list(kinds).replace(", ", ",");
+        format!(
+            " --known {} --near {} --far {}",
+            flag(&classes.known),
+            flag(&classes.near),
+            flag(&classes.far)
+        )
+    };
     // Every test split by its own name too, so that `--split test_mixed` reads it.
     let tests: String = config
         .counts
@@ -918,17 +1020,17 @@ fn data_yaml(config: &SynthConfig) -> String {
         .map(|name| format!("{name}: images/{name}\n"))
         .collect();
     format!(
-        "# The oodbox shapes world: `oodbox synth --seed {seed} --width {w} --height {h}{sizes}`.\n\
+        "# The oodbox shapes world: `oodbox synth --seed {seed} --width {w} --height {h}{sizes}{split}`.\n\
          # Paths are relative to this file. Unknown objects in the test splits have class -1.\n\
          train: images/train\nval: images/val\ntest: images/test_id\n{tests}nc: {nc}\n\
          names: [{names}]\nnear_ood_names: [{near}]\nfar_ood_names: [{far}]\n",
         seed = config.seed,
         w = config.width,
         h = config.height,
-        nc = Kind::ID.len(),
-        names = list(&Kind::ID),
-        near = list(&Kind::NEAR_OOD),
-        far = list(&Kind::FAR_OOD),
+        nc = classes.known.len(),
+        names = list(&classes.known),
+        near = list(&classes.near),
+        far = list(&classes.far),
     )
 }
 
@@ -936,13 +1038,10 @@ fn data_yaml(config: &SynthConfig) -> String {
 /// `coco/<split>.json`. `on_image` is called once per written image (for progress bars).
 pub fn generate(out: &Path, config: &SynthConfig, on_image: &(dyn Fn() + Sync)) -> Result<()> {
     use rayon::prelude::*;
-    config
-        .object_sizes
-        .validate()
-        .map_err(|reason| Error::BadInput {
-            path: out.to_path_buf(),
-            reason,
-        })?;
+    config.validate().map_err(|reason| Error::BadInput {
+        path: out.to_path_buf(),
+        reason,
+    })?;
     create_dir(&out.join("coco"))?;
     write_file(&out.join("data.yaml"), data_yaml(config).as_bytes())?;
     for &(split, count) in &config.counts {
@@ -953,14 +1052,7 @@ pub fn generate(out: &Path, config: &SynthConfig, on_image: &(dyn Fn() + Sync)) 
         let images = (0..count)
             .into_par_iter()
             .map(|index| {
-                let scene = render_scene_with(
-                    config.seed,
-                    split,
-                    index,
-                    config.width,
-                    config.height,
-                    config.object_sizes,
-                );
+                let scene = render_scene_in(config, split, index);
                 let stem = format!("{}_{:05}", split.name(), index);
                 let image_path = image_dir.join(format!("{stem}.png"));
                 scene.image.save(&image_path).map_err(|e| Error::BadInput {
@@ -982,7 +1074,7 @@ pub fn generate(out: &Path, config: &SynthConfig, on_image: &(dyn Fn() + Sync)) 
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let coco = coco_json(split, config.seed, &images);
+        let coco = coco_json(split, config, &images);
         write_file(
             &out.join("coco").join(format!("{}.json", split.name())),
             serde_json::to_string(&coco)
@@ -1028,6 +1120,82 @@ mod tests {
         assert!(mixed.iter().any(|o| o.group != Group::Id));
     }
 
+    #[test]
+    fn a_class_split_draws_only_its_kinds_with_its_class_ids() {
+        let classes = ClassSplit {
+            known: vec![Kind::Pentagon, Kind::Circle],
+            near: vec![Kind::Square],
+            far: vec![Kind::Scribble, Kind::Ring],
+        };
+        let config = SynthConfig {
+            classes: classes.clone(),
+            ..SynthConfig::default()
+        };
+        let mut seen = Vec::new();
+        for split in Split::ALL {
+            for i in 0..30 {
+                for o in render_scene_in(&config, split, i).objects {
+                    let kind = Kind::from_name(o.kind).unwrap();
+                    assert_eq!(Some(o.group), classes.group(kind), "{}", o.kind);
+                    assert_eq!(o.class_id, classes.class_id(kind));
+                    seen.push(kind);
+                }
+            }
+        }
+        for kind in Kind::ALL {
+            let listed = classes.group(kind).is_some();
+            assert_eq!(seen.contains(&kind), listed, "{}", kind.name());
+        }
+        assert_eq!(classes.class_id(Kind::Circle), Some(1));
+        assert_eq!(classes.class_names(), ["pentagon", "circle"]);
+    }
+
+    /// Benchmarks of unknown kinds rely on it: the ID splits stay the standard world's.
+    #[test]
+    fn other_unknown_kinds_keep_the_standard_known_splits() {
+        let config = SynthConfig {
+            classes: ClassSplit {
+                near: vec![Kind::Cross],
+                far: vec![Kind::Blob, Kind::Ring],
+                ..ClassSplit::default()
+            },
+            ..SynthConfig::default()
+        };
+        for split in [Split::Train, Split::Val, Split::TestId] {
+            for i in 0..3 {
+                let standard = render_scene(0, split, i, 256, 256);
+                let other = render_scene_in(&config, split, i);
+                assert_eq!(fingerprint(&[other]), fingerprint(&[standard]));
+            }
+        }
+    }
+
+    #[test]
+    fn class_splits_are_validated() {
+        assert!(ClassSplit::default().validate().is_ok());
+        let twice = ClassSplit {
+            near: vec![Kind::Pentagon, Kind::Circle],
+            ..ClassSplit::default()
+        };
+        let err = twice.validate().unwrap_err();
+        assert!(
+            err.contains("circle is listed as known and as near-OOD"),
+            "{err}"
+        );
+        let empty = ClassSplit {
+            far: vec![],
+            ..ClassSplit::default()
+        };
+        assert!(empty.validate().unwrap_err().contains("far-OOD"));
+        let dir = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            counts: vec![(Split::Val, 1)],
+            classes: twice,
+            ..SynthConfig::default()
+        };
+        assert!(generate(dir.path(), &config, &|| ()).is_err());
+    }
+
     /// FNV-1a over the pixels and boxes of a few scenes.
     fn fingerprint(scenes: &[Scene]) -> u64 {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -1052,32 +1220,31 @@ mod tests {
     fn the_standard_world_is_unchanged() {
         // The fingerprint of the standard world before object sizes became an option: committed
         // fixtures and models were made from these bytes, so they must never change.
-        let scenes = |sizes| -> Vec<Scene> {
-            Split::ALL
-                .iter()
-                .flat_map(|&s| (0..3).map(move |i| render_scene_with(0, s, i, 256, 256, sizes)))
-                .collect()
-        };
+        // The class split too: the default split draws exactly as the fixed lists did.
+        let config = SynthConfig::default();
+        assert_eq!(config.object_sizes, ObjectSizes::Standard);
+        let scenes: Vec<Scene> = Split::ALL
+            .iter()
+            .flat_map(|&s| (0..3).map(move |i| render_scene(0, s, i, 256, 256)))
+            .collect();
+        assert_eq!(fingerprint(&scenes), 0xad72_7e77_27e0_a865);
         assert_eq!(
-            fingerprint(&scenes(ObjectSizes::Standard)),
-            0xad72_7e77_27e0_a865
-        );
-        let default = SynthConfig::default().object_sizes;
-        assert_eq!(default, ObjectSizes::Standard);
-        assert_eq!(
-            fingerprint(&[render_scene(0, Split::Train, 1, 256, 256)]),
-            fingerprint(&scenes(default)[1..2])
+            fingerprint(&[render_scene_in(&config, Split::Train, 1)]),
+            fingerprint(&scenes[1..2])
         );
     }
 
     #[test]
     fn log_uniform_sizes_span_small_to_large_objects() {
-        let sizes = ObjectSizes::LogUniform {
-            min: 0.045,
-            max: 0.7,
+        let config = SynthConfig {
+            object_sizes: ObjectSizes::LogUniform {
+                min: 0.045,
+                max: 0.7,
+            },
+            ..SynthConfig::default()
         };
         let sides: Vec<f32> = (0..200)
-            .flat_map(|i| render_scene_with(0, Split::Train, i, 256, 256, sizes).objects)
+            .flat_map(|i| render_scene_in(&config, Split::Train, i).objects)
             .map(|o| (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]))
             .collect();
         let count = |f: &dyn Fn(f32) -> bool| sides.iter().filter(|s| f(**s)).count();
