@@ -75,7 +75,7 @@ pub struct Args {
     /// tail a negative ξ is often fitted too low, which gives ID boxes p-values near 0.
     #[arg(long, requires = "tail")]
     tail_bounded: bool,
-    /// Outlier boxes to train against, for `safe`. With `--param surrogate=fgsm`: the FGSM box
+    /// Outlier boxes to train against, for `safe` (alone or in a `combine`). With `--param surrogate=fgsm`: the FGSM box
     /// set of the fit images (`extract --fgsm-out`; with --calibration-fraction, only those of
     /// the fit images are used). With `--param surrogate=unknown` (outlier exposure): a box set
     /// of other images with objects the detector should not know (`extract --data`: its boxes

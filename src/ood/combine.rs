@@ -191,6 +191,45 @@ impl Combine {
         Ok(Combine { params, components })
     }
 
+    /// Fits every component on part A of the fit boxes (the outlier takers against `outliers`)
+    /// and keeps its scores of part B as its reference.
+    fn fit_against(&mut self, boxes: &BoxSet, outliers: Option<&BoxSet>) -> Result<()> {
+        let kind = self.kind();
+        check_fit_set(kind, boxes, self.uses())?;
+        let (part_a, part_b) = boxes.split_holdout(self.params.holdout, self.params.seed);
+        if part_a.is_empty() || part_b.is_empty() {
+            return Err(err(
+                kind, ScorerFault::CannotFit,
+                format!(
+                    "{} fit boxes cannot be split into a fit part and a held-out part \
+                     (holdout={}): give more fit images",
+                    boxes.len(),
+                    self.params.holdout
+                ),
+            ));
+        }
+        let classes: Vec<usize> = part_b.class_id.clone();
+        for c in &mut self.components {
+            match outliers {
+                Some(outliers) if c.scorer.takes_outliers() => {
+                    c.scorer.fit_with_outliers(&part_a, outliers)?
+                }
+                _ => c.scorer.fit(&part_a)?,
+            }
+            let scores = c.scorer.score(&part_b)?;
+            c.reference = Some(
+                Calibrator::fit(
+                    &scores,
+                    &classes,
+                    boxes.num_classes,
+                    REFERENCE_CLASS_BOXES,
+                )
+                .map_err(|e| within(kind, &format!("component `{}`", c.spec), e))?,
+            );
+        }
+        Ok(())
+    }
+
     /// What the components read, together.
     fn uses(&self) -> Uses {
         Uses {
@@ -212,35 +251,20 @@ impl Scorer for Combine {
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
-        let kind = self.kind();
-        check_fit_set(kind, boxes, self.uses())?;
-        let (part_a, part_b) = boxes.split_holdout(self.params.holdout, self.params.seed);
-        if part_a.is_empty() || part_b.is_empty() {
+        self.fit_against(boxes, None)
+    }
+
+    /// The components trained against outlier boxes (`safe` with `surrogate=unknown` or
+    /// `fgsm`) get them; the others fit on the ID boxes alone.
+    fn fit_with_outliers(&mut self, boxes: &BoxSet, outliers: &BoxSet) -> Result<()> {
+        if !self.components.iter().any(|c| c.scorer.takes_outliers()) {
             return Err(err(
-                kind, ScorerFault::CannotFit,
-                format!(
-                    "{} fit boxes cannot be split into a fit part and a held-out part \
-                     (holdout={}): give more fit images",
-                    boxes.len(),
-                    self.params.holdout
-                ),
+                self.kind(),
+                ScorerFault::BadParameter,
+                "no component is trained against outlier boxes (e.g. safe:surrogate=unknown)",
             ));
         }
-        let classes: Vec<usize> = part_b.class_id.clone();
-        for c in &mut self.components {
-            c.scorer.fit(&part_a)?;
-            let scores = c.scorer.score(&part_b)?;
-            c.reference = Some(
-                Calibrator::fit(
-                    &scores,
-                    &classes,
-                    boxes.num_classes,
-                    REFERENCE_CLASS_BOXES,
-                )
-                .map_err(|e| within(kind, &format!("component `{}`", c.spec), e))?,
-            );
-        }
-        Ok(())
+        self.fit_against(boxes, Some(outliers))
     }
 
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {

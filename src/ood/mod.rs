@@ -109,6 +109,11 @@ pub trait Scorer: Send + Sync {
             reason: "it is not trained against outlier boxes".into(),
         })
     }
+    /// Whether the scorer, as configured, is trained against outlier boxes
+    /// ([`Scorer::fit_with_outliers`]).
+    fn takes_outliers(&self) -> bool {
+        false
+    }
     /// One score per box, input order; higher = more OOD. Errors if not fitted, or on dimension
     /// mismatch.
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>>;

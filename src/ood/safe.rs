@@ -441,6 +441,10 @@ impl Scorer for Safe {
         self.fit_against(boxes, Some(outliers))
     }
 
+    fn takes_outliers(&self) -> bool {
+        self.params.surrogate.is_given()
+    }
+
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
         let kind = self.kind();
         let fit = self.fitted.as_ref().ok_or_else(|| not_fitted(kind))?;

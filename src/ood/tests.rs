@@ -1303,6 +1303,21 @@ fn safe_exposure_trains_on_the_unknown_boxes_of_the_outlier_set() {
         called_id >= 90,
         "{called_id} of 100 known objects of outlier scenes called ID"
     );
+    // In a combine, the outlier-trained component gets the outliers and the other fits on ID
+    // boxes alone; a combine with no such component refuses them.
+    let options = FitOptions {
+        outliers: Some(outliers.clone()),
+        ..FitOptions::default()
+    };
+    let combine = |of: &str| {
+        let params = [("of".to_string(), of.to_string())];
+        FittedScorer::fit("combine", None, &params, &fit, &calibration, &options)
+    };
+    let combined = combine("safe:surrogate=unknown:epochs=20,energy").unwrap();
+    let auroc = auroc_of(&combined, &id, &fresh.subset(&unknown));
+    assert!(auroc > 0.9, "combined AUROC {auroc}");
+    let e = combine("knn,energy").err().expect("refused");
+    assert!(message_of(e, ScorerFault::BadParameter).contains("no component is trained"));
     // An outlier set with no unknown box is refused.
     let known_only: Vec<usize> = (0..300).step_by(2).collect();
     let e = fit_with("unknown", &outliers.subset(&known_only))
