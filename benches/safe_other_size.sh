@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `safe` with outlier exposure on a world of other object sizes than the detector's (BENCHMARKS.md,
 # "Another object size"): `benches/safe_exposure.sh` with ROWS=headline on it, then the same fit
-# with the unknowns of a small-object outlier world added, and alone.
+# with the unknowns of a small-object outlier world added, and alone, and with four of them added.
 #   cargo build --release && bash benches/safe_other_size.sh [OUT]   (default /tmp/exposure)
 set -euo pipefail
 root=$(pwd)
@@ -25,3 +25,16 @@ header
 safe=(--scorer safe --param surrogate=unknown --features cls,roi:4,roi:6,roi:9)
 fit "the same, plus one small-object outlier world (seed 15)" "${safe[@]}" "${standard[@]}" --outliers "$small"
 fit "the small-object outlier world alone" "${safe[@]}" --outliers "$small"
+# Three more small-object outlier worlds (seeds 16 to 18), as the standard recipe has four.
+more=(--outliers "$small")
+for seed in 16 17 18; do
+  world=$root/data/shapes-small-oe$seed
+  [ -f "$world/data.yaml" ] ||
+    $B synth --out "$world" --seed $seed --object-size "$sizes" --train 1 --val 1 --test 1800 --quiet
+  boxes=$out/outliers-small$seed/test_mixed.safetensors
+  mkdir -p "$(dirname "$boxes")"
+  [ -f "$boxes" ] || $B extract --model "$root/models/shapes.safetensors" --imgsz 256 --quiet \
+    --features roi:4,roi:6,roi:9 --data "$world/coco/test_mixed.json" --out "$boxes"
+  more+=(--outliers "$boxes")
+done
+fit "the same, plus four small-object outlier worlds (seeds 15 to 18)" "${safe[@]}" "${standard[@]}" "${more[@]}"
