@@ -167,11 +167,6 @@ impl ClassSplit {
     pub fn class_id(&self, kind: Kind) -> Option<usize> {
         self.known.iter().position(|k| *k == kind)
     }
-
-    /// The names of the known classes, in class-id order.
-    pub fn class_names(&self) -> Vec<String> {
-        self.known.iter().map(|k| k.name().to_string()).collect()
-    }
 }
 
 /// The dataset splits, with what each contains.
@@ -1147,7 +1142,6 @@ mod tests {
             assert_eq!(seen.contains(&kind), listed, "{}", kind.name());
         }
         assert_eq!(classes.class_id(Kind::Circle), Some(1));
-        assert_eq!(classes.class_names(), ["pentagon", "circle"]);
     }
 
     /// Benchmarks of unknown kinds rely on it: the ID splits stay the standard world's.
