@@ -11,7 +11,9 @@
 # every one is given to the fit with its own --outliers). ROWS=headline fits only energy and the
 # best setting (cls,roi:4,roi:6,roi:9 against the unknowns of the mixed scenes), extracts only
 # the outlier worlds' mixed scenes, and adds the calibration check: the share of known objects
-# flagged at alpha 0.05 in test_id and test_mixed (`oodbox score`).
+# flagged at alpha 0.05 in test_id and test_mixed (`oodbox score`). CLASSES (synth's --known,
+# --near and --far) makes the outlier worlds with that class split, as data/shapes-s<SEED>-oe-
+# <known kinds>, for a detector trained on it (BENCHMARKS.md, "Another class split").
 set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
@@ -35,14 +37,16 @@ extract() { # world folder, box folder, splits...
 world 0 data/shapes
 world 7 data/shapes-s7-safe
 outlier_dirs=()
+read -ra classes <<< "${CLASSES:-}"
+tag=; [[ -z ${CLASSES:-} ]] || tag=-$(sed 's/.*--known \([^ ]*\).*/\1/; s/,/-/g' <<< "$CLASSES")
 for spec in ${OUTLIER_WORLDS:-11:900}; do
   seed=${spec%%:*}
-  world "$seed" "data/shapes-s$seed-oe" --train 1 --val 1 --test "${spec#*:}"
+  world "$seed" "data/shapes-s$seed-oe$tag" --train 1 --val 1 --test "${spec#*:}" "${classes[@]}"
   # The seed-11 boxes keep the folder name of the single-world runs.
   dir=$out/outliers; [[ $seed == 11 ]] || dir=$out/outliers$seed
   splits=(test_mixed test_ood_near test_ood_far)
   [[ ${ROWS:-all} == headline ]] && splits=(test_mixed)
-  extract "data/shapes-s$seed-oe" "$dir" "${splits[@]}"
+  extract "data/shapes-s$seed-oe$tag" "$dir" "${splits[@]}"
   outlier_dirs+=("$dir")
 done
 outliers() { # split: one --outliers per outlier world

@@ -97,6 +97,12 @@ def test_outlier_exposure_trains_safe_against_the_unknown_boxes_given():
     assert shown > own + 0.03, (shown, own)
     with pytest.raises(oodbox.OodboxError, match="outlier boxes are for"):
         oodbox.Scorer.fit("safe", train, calibration=val, outliers=far, params=quick)
+    # A combine hands them to its outlier-trained component (energy alone: AUROC 0.93).
+    combined = oodbox.Scorer.fit("combine", train, calibration=val, outliers=far,
+                                 params={"of": "safe:surrogate=unknown:epochs=5,energy", "method": "cauchy"})
+    assert auroc(combined.score(test_id)["score"], combined.score(far)["score"]) > own + 0.03
+    with pytest.raises(oodbox.OodboxError, match="no component is trained"):
+        oodbox.Scorer.fit("combine", train, calibration=val, outliers=far, params={"of": "knn,energy"})
 
 
 def test_recalibrate_equals_a_fit_with_those_calibration_boxes(tmp_path):
