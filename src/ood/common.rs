@@ -189,7 +189,10 @@ impl Grouping {
         }
     }
 
-    /// The group index of every box of a set to score.
+    /// The group index of every box of a set to score. A box on a level that had no fit boxes
+    /// goes to the nearest level that had (the lower on a tie): neighbouring levels detect
+    /// objects of neighbouring sizes, and a stream must not stop at the first box of a size
+    /// the fit images lacked.
     pub fn assign(&self, scorer: &str, boxes: &BoxSet) -> Result<Vec<usize>> {
         let Some(keys) = &self.levels else {
             return Ok(vec![0; boxes.len()]);
@@ -202,20 +205,13 @@ impl Grouping {
                 ),
             ));
         };
-        levels
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| {
-                keys.binary_search(&(l as i64)).map_err(|_| {
-                    err(
-                        scorer, ScorerFault::Mismatch,
-                        format!(
-                            "box {i} is on level {l}, which had no boxes at fit (fitted levels {keys:?}); refit with per_level=false to pool"
-                        ),
-                    )
-                })
-            })
-            .collect()
+        let nearest = |level: i64| match keys.binary_search(&level) {
+            Ok(g) => g,
+            Err(0) => 0,
+            Err(g) if g == keys.len() => g - 1,
+            Err(g) => g - usize::from(level - keys[g - 1] <= keys[g] - level),
+        };
+        Ok(levels.iter().map(|&l| nearest(l as i64)).collect())
     }
 
     /// Box indices of every group, for a set to score.

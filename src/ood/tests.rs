@@ -197,7 +197,7 @@ fn every_scorer_scores_an_obvious_ood_box_higher_than_id_boxes() {
 }
 
 #[test]
-fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
+fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_takes_the_nearest() {
     let fit = id_set(3, 600, Some(3));
     let test = id_set(4, 30, Some(3));
     for (kind, shaping) in all_configs() {
@@ -213,20 +213,30 @@ fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_is_an_error() {
             .unwrap();
         assert!(a.iter().chain(&b).all(|v| v.is_finite()), "{kind}");
     }
-    // Level 5 was never seen at fit.
-    let odd = edited(&test, |odd| {
-        odd.level.as_mut().unwrap()[2] = 5;
-        odd.head = None;
+    // A box on a level without fit boxes is scored by the nearest fitted level's model: level
+    // 5 as level 2; with levels 0 and 2 fitted, level 1 as the lower, 0.
+    let on_level = |set: &BoxSet, box_level: usize| {
+        edited(set, |p| {
+            p.level.as_mut().unwrap()[2] = box_level;
+            p.head = None;
+        })
+    };
+    let even = edited(&fit, |p| {
+        p.level
+            .as_mut()
+            .unwrap()
+            .iter_mut()
+            .for_each(|l| *l = 2 * (*l % 2));
+        p.head = None;
     });
     for kind in grouped_kinds() {
-        let err = message_of(
-            fitted(kind, None, &[], &fit).score(&odd).unwrap_err(),
-            ScorerFault::Mismatch,
-        );
-        assert!(
-            err.contains("box 2") && err.contains("level 5"),
-            "{kind}: {err}"
-        );
+        let s = fitted(kind, None, &[], &fit);
+        let (five, two) = (on_level(&test, 5), on_level(&test, 2));
+        assert_eq!(s.score(&five).unwrap(), s.score(&two).unwrap(), "{kind}");
+        let s = fitted(kind, None, &[], &even);
+        let (one, zero) = (on_level(&test, 1), on_level(&test, 0));
+        let (a, b) = (s.score(&one).unwrap(), s.score(&zero).unwrap());
+        assert_eq!(a[2], b[2], "{kind}");
     }
     // A per-level fit cannot score a box set without levels.
     let flat = edited(&test, |flat| {
