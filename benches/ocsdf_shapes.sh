@@ -4,8 +4,9 @@
 #   cargo build --release && bash benches/ocsdf_shapes.sh [DIR] [width=128 ...]
 # DIR holds train, val, test_id, test_ood_near, test_ood_far and test_mixed box sets (default
 # tests/fixtures/shapes_boxes); a missing split is skipped. KINDS lists the kinds (default
-# "energy knn ocsdf"); with POOLED=1 every kind but energy is fitted with per_level=false (for a
-# detector whose fit boxes leave a level empty that the test boxes use).
+# "energy knn ocsdf"); with POOLED=1 every kind but energy is fitted with per_level=false (one
+# model for all levels; per level, a test box on a level without fit boxes takes the nearest
+# fitted level's model).
 set -euo pipefail
 B=$(pwd)/target/release/oodbox
 dir=tests/fixtures/shapes_boxes
