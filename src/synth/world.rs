@@ -90,14 +90,10 @@ impl Kind {
         }
     }
 
-    /// The COCO category id: the position in [`Kind::ALL`]; equal to the YOLO class id for ID kinds.
+    /// The COCO category id: the position in [`Kind::ALL`], in every class split (the YOLO class
+    /// id too for the standard split's known kinds).
     pub fn category_id(self) -> usize {
         Self::ALL.iter().position(|k| *k == self).unwrap()
-    }
-
-    /// The YOLO class id in the standard class split, or `None` for an unknown (OOD) kind.
-    pub fn class_id(self) -> Option<usize> {
-        Self::ID.iter().position(|k| *k == self)
     }
 }
 
