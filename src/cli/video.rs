@@ -129,7 +129,8 @@ pub struct Args {
     /// whose p-value rests on a tail say so (`p_value_rests_on_tail`).
     #[arg(long, requires = "track_calibrations")]
     track_tail: bool,
-    /// Frames a track survives without a box.
+    /// Frames a track survives without a box (unless its object walked out of the frame: then
+    /// it ends at once).
     #[arg(long, default_value_t = 5)]
     max_missed: u64,
     /// Input frame rate for image sequences and image pipes (default: ffmpeg's reading, 25

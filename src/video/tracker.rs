@@ -9,12 +9,15 @@
 //!    move fast jumps further than IoU can follow before its velocity is known.
 //!
 //! Unmatched boxes start tracks, and a track that goes unmatched for more than `max_missed`
-//! frames ends.
+//! frames ends. A track that goes unmatched while its predicted box lies mostly outside the
+//! view ends at once: its object walked out of the frame, and a box that turns up at that
+//! edge a few frames later is another object coming in, whose evidence must not be added to
+//! the one that left.
 //!
 //! Matching ignores the class: an unknown object's predicted class often flickers between
 //! known classes, and it must stay one track for its OOD evidence to add up.
 
-use crate::core::geometry::iou;
+use crate::core::geometry::{area, intersection, iou};
 
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
@@ -112,9 +115,14 @@ impl Tracker {
         self.tracks.len()
     }
 
-    /// Assigns a track id to each of `boxes` (detected in `frame`; frames increase), and
-    /// returns the tracks that ended.
-    pub fn update(&mut self, frame: u64, boxes: &[[f32; 4]]) -> (Vec<u64>, Vec<EndedTrack>) {
+    /// Assigns a track id to each of `boxes` (detected in `frame`, of `view` = [width, height]
+    /// pixels; frames increase), and returns the tracks that ended.
+    pub fn update(
+        &mut self,
+        frame: u64,
+        view: [f32; 2],
+        boxes: &[[f32; 4]],
+    ) -> (Vec<u64>, Vec<EndedTrack>) {
         let predicted: Vec<[f32; 4]> = self.tracks.iter().map(|t| t.predict(frame)).collect();
         let mut box_track = vec![None; boxes.len()];
         let mut track_taken = vec![false; self.tracks.len()];
@@ -149,6 +157,11 @@ impl Tracker {
             }
         }
         assign(pairs, &mut box_track, &mut track_taken);
+        let left_view: Vec<bool> = predicted
+            .iter()
+            .zip(&track_taken)
+            .map(|(p, &taken)| !taken && mostly_outside(p, view))
+            .collect();
         let mut ids = Vec::with_capacity(boxes.len());
         for (b, bbox) in boxes.iter().enumerate() {
             match box_track[b] {
@@ -179,8 +192,11 @@ impl Tracker {
         }
         let max_missed = self.config.max_missed;
         let mut ended = Vec::new();
+        let mut index = 0;
         self.tracks.retain(|t| {
-            let keep = frame - t.last_frame <= max_missed;
+            let gone = left_view.get(index).copied().unwrap_or(false);
+            index += 1;
+            let keep = frame - t.last_frame <= max_missed && !gone;
             if !keep {
                 ended.push(t.ended());
             }
@@ -193,6 +209,12 @@ impl Tracker {
     pub fn finish(&mut self) -> Vec<EndedTrack> {
         self.tracks.drain(..).map(|t| t.ended()).collect()
     }
+}
+
+/// Whether less than half of `b`'s area lies inside the view.
+fn mostly_outside(b: &[f32; 4], view: [f32; 2]) -> bool {
+    let inside = intersection(b, &[0.0, 0.0, view[0], view[1]]);
+    inside < 0.5 * area(b)
 }
 
 /// Pairs (score, box, track) one to one, highest score first (ties: lower box, then lower
@@ -215,6 +237,8 @@ fn assign(
 mod tests {
     use super::*;
 
+    const VIEW: [f32; 2] = [640.0, 480.0];
+
     fn moved(b: [f32; 4], dx: f32) -> [f32; 4] {
         [b[0] + dx, b[1], b[2] + dx, b[3]]
     }
@@ -223,18 +247,18 @@ mod tests {
     fn moving_boxes_keep_their_ids_through_a_missed_frame() {
         let mut tracker = Tracker::new(TrackerConfig::default());
         let (a, b) = ([0.0, 0.0, 20.0, 20.0], [100.0, 50.0, 130.0, 80.0]);
-        let (first, _) = tracker.update(0, &[a, b]);
+        let (first, _) = tracker.update(0, VIEW, &[a, b]);
         assert_eq!(first, vec![0, 1]);
         for f in 1..10u64 {
             // Fast enough that without the velocity the IoU would fall below 0.3 after a gap.
             let dx = 8.0 * f as f32;
             if f == 5 {
-                let (ids, ended) = tracker.update(f, &[moved(b, -dx)]);
+                let (ids, ended) = tracker.update(f, VIEW, &[moved(b, -dx)]);
                 assert_eq!(ids, vec![1]);
                 assert!(ended.is_empty());
                 continue;
             }
-            let (ids, ended) = tracker.update(f, &[moved(b, -dx), moved(a, dx)]);
+            let (ids, ended) = tracker.update(f, VIEW, &[moved(b, -dx), moved(a, dx)]);
             assert_eq!(ids, vec![1, 0], "frame {f}");
             assert!(ended.is_empty());
         }
@@ -252,10 +276,10 @@ mod tests {
             ..Default::default()
         });
         let a = [10.0, 10.0, 30.0, 30.0];
-        tracker.update(0, &[a]);
-        assert!(tracker.update(1, &[]).1.is_empty());
-        assert!(tracker.update(2, &[]).1.is_empty());
-        let (_, ended) = tracker.update(3, &[]);
+        tracker.update(0, VIEW, &[a]);
+        assert!(tracker.update(1, VIEW, &[]).1.is_empty());
+        assert!(tracker.update(2, VIEW, &[]).1.is_empty());
+        let (_, ended) = tracker.update(3, VIEW, &[]);
         assert_eq!(
             ended,
             vec![EndedTrack {
@@ -264,9 +288,41 @@ mod tests {
                 last_frame: 0
             }]
         );
-        let (ids, _) = tracker.update(4, &[a]);
+        let (ids, _) = tracker.update(4, VIEW, &[a]);
         assert_eq!(ids, vec![1]);
         assert_eq!(tracker.active(), 1);
+    }
+
+    /// An object that walks out through an edge ends its track as soon as it is gone, and one
+    /// that comes in there two frames later starts a new track; an object that stands at the
+    /// edge, half out of view, keeps its track through missed frames.
+    #[test]
+    fn a_track_that_left_the_view_ends_at_once() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let at = |x: f32| [x, 200.0, (x + 60.0).min(VIEW[0]), 260.0];
+        for (f, x) in [
+            (0u64, 560.0),
+            (1, 575.0),
+            (2, 590.0),
+            (3, 605.0),
+            (4, 628.0),
+        ] {
+            assert_eq!(tracker.update(f, VIEW, &[at(x)]).0, vec![0]);
+        }
+        let (_, ended) = tracker.update(5, VIEW, &[]);
+        assert_eq!(ended.iter().map(|t| t.id).collect::<Vec<_>>(), vec![0]);
+        // Coming in where the other went out, well within `max_missed` frames of it.
+        let (ids, _) = tracker.update(7, VIEW, &[at(615.0)]);
+        assert_eq!(ids, vec![1]);
+
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let standing = [600.0, 100.0, 640.0, 160.0];
+        tracker.update(0, VIEW, &[standing]);
+        tracker.update(1, VIEW, &[standing]);
+        for f in 2..5 {
+            assert!(tracker.update(f, VIEW, &[]).1.is_empty(), "frame {f}");
+        }
+        assert_eq!(tracker.update(5, VIEW, &[standing]).0, vec![0]);
     }
 
     /// An object that starts to move fast (further than IoU follows), then stops, stays one
@@ -281,14 +337,14 @@ mod tests {
             if (3..9).contains(&f) {
                 x += 24.0;
             }
-            let (ids, ended) = tracker.update(f, &[at(x)]);
+            let (ids, ended) = tracker.update(f, VIEW, &[at(x)]);
             assert_eq!((ids, ended), (vec![0], vec![]), "frame {f}");
         }
         // 40 px: 0.71 of the diagonal away from where the track predicts.
-        let (ids, _) = tracker.update(12, &[at(x + 40.0)]);
+        let (ids, _) = tracker.update(12, VIEW, &[at(x + 40.0)]);
         assert_eq!(ids, vec![1]);
         // Near the first track's box, but twice its size.
-        let (ids, _) = tracker.update(13, &[[x - 10.0, 40.0, x + 70.0, 120.0]]);
+        let (ids, _) = tracker.update(13, VIEW, &[[x - 10.0, 40.0, x + 70.0, 120.0]]);
         assert_eq!(ids, vec![2]);
     }
 }

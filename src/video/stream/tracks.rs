@@ -90,7 +90,9 @@ impl<'a> TrackBook<'a> {
             .iter()
             .map(|g| detections[g[0]].record.bbox)
             .collect();
-        let (group_ids, ended) = self.tracker.update(frame.index, &leaders);
+        let (width, height) = frame.image.dimensions();
+        let view = [width as f32, height as f32];
+        let (group_ids, ended) = self.tracker.update(frame.index, view, &leaders);
         let mut observed = Observed {
             ids: vec![0; detections.len()],
             newly_unknown: Vec::new(),
