@@ -2,6 +2,7 @@
 # `safe` with outlier exposure on a world of other object sizes than the detector's (BENCHMARKS.md,
 # "Another object size"): `benches/safe_exposure.sh` with ROWS=headline on it, then the same fit
 # with the unknowns of a small-object outlier world added, and alone, and with four of them added.
+# SAFE_PARAMS: extra `fit` arguments for every safe row (e.g. "--param also=vos,mix").
 #   cargo build --release && bash benches/safe_other_size.sh [OUT]   (default /tmp/exposure)
 set -euo pipefail
 root=$(pwd)
@@ -22,7 +23,7 @@ standard=()
 for d in outliers outliers12 outliers13 outliers14; do standard+=(--outliers "$out/$d/test_mixed.safetensors"); done
 cd "$out/shapes-small"
 header
-safe=(--scorer safe --param surrogate=unknown --features cls,roi:4,roi:6,roi:9)
+safe=(--scorer safe --param surrogate=unknown ${SAFE_PARAMS:-} --features cls,roi:4,roi:6,roi:9)
 fit "the same, plus one small-object outlier world (seed 15)" "${safe[@]}" "${standard[@]}" --outliers "$small"
 fit "the small-object outlier world alone" "${safe[@]}" --outliers "$small"
 # Three more small-object outlier worlds (seeds 16 to 18), as the standard recipe has four.

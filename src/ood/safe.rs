@@ -22,7 +22,11 @@
 //! beside the fit boxes (repeated to weigh about as much), so that the scene around an unknown (which ROI features of deep layers
 //! see) is not what it learns. It learns the unknowns it is shown: on the
 //! shapes world it meets the learned-scorer goals when those are of the kinds met at test time,
-//! and does not carry over to unknowns of another kind (BENCHMARKS.md, "Outlier exposure").
+//! and alone does not carry over to unknowns of another kind (BENCHMARKS.md, "Outlier
+//! exposure"). `also` adds generated surrogates (each kind as many again) beside the given
+//! or generated ones: with outlier exposure, `also=vos,mix` marks the space around the known
+//! classes as outlying too, not only where the shown unknowns lie, and carries it over to
+//! unknowns of kinds not shown (BENCHMARKS.md, "Generated surrogates beside the outliers").
 //! The MLP `in → hidden → hidden → 1` (ReLU) is trained with AdamW on binary cross-entropy,
 //! ID = 0 and surrogate = 1, in mini-batches of 256, on the CPU in f32.
 //!
@@ -42,6 +46,7 @@
 //! | `weight_decay` | 0.01 | torch's AdamW default |
 //! | `surrogates` | 0 (= fit boxes) | balanced targets |
 //! | `surrogate` | `mix` | the lowest FPR95 of the three on both shapes worlds measured (docs/experiments.md, "safe: every surrogate") |
+//! | `also` | none | keeps `surrogate`'s measured figures; `vos,mix` with `unknown` when the unknowns met may be of kinds the outliers lack |
 //! | `use_logits` | true | with `mix`, higher far-OOD AUROC on both worlds (docs/experiments.md) |
 //! | `per_level` | true | levels have their own feature spaces |
 //! | `seed` | 0 | |
@@ -95,6 +100,8 @@ pub struct SafeParams {
     /// Surrogate outliers in all; 0 = as many as fit boxes.
     pub surrogates: usize,
     pub surrogate: Surrogate,
+    /// Generated surrogates trained against beside `surrogate`'s, as many again each.
+    pub also: Vec<Surrogate>,
     pub use_logits: bool,
     pub per_level: bool,
     pub seed: u64,
@@ -109,6 +116,7 @@ impl Default for SafeParams {
             weight_decay: 1e-2,
             surrogates: 0,
             surrogate: Surrogate::Mix,
+            also: Vec::new(),
             use_logits: true,
             per_level: true,
             seed: 0,
@@ -149,6 +157,11 @@ impl ParamSet for SafeParams {
             doc: "how surrogate outliers are made: VOS low-likelihood Gaussian samples, mixes of two classes' boxes, Gaussian noise; or given to the fit as outlier boxes: FGSM boxes of the fit images, or boxes of real unknown objects (outlier exposure)",
         },
         ParamDoc {
+            name: "also",
+            expected: "a list of vos, mix and noise (empty: none)",
+            doc: "generated surrogates to train against beside those of `surrogate`, as many again of each: with outlier exposure they keep the ID region tight where the given outliers do not reach",
+        },
+        ParamDoc {
             name: "use_logits",
             expected: "true or false",
             doc: "append the box's logits to its feature as the MLP's input",
@@ -169,6 +182,8 @@ impl ParamSet for SafeParams {
             Some("lr")
         } else if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             Some("weight_decay")
+        } else if self.also.iter().any(|s| s.is_given()) {
+            Some("also")
         } else {
             None
         }
@@ -320,7 +335,14 @@ impl Safe {
             }
             standardise_rows(&mut x, &mean, &scale);
             let count = (total * idx.len()).div_ceil(n);
-            let made = match (outliers, &outlier_groups) {
+            let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
+            let generate = |of: Surrogate, rows: &[f64], rng: &mut ChaCha8Rng| {
+                surrogate::generate(of, rows, d, &group_labels, count, rng).map_err(|e| {
+                    let of = serde_json::to_value(of).unwrap_or_default();
+                    err(kind, ScorerFault::CannotFit, format!("{of} surrogates of {}: {e}", grouping.name(g)))
+                })
+            };
+            let mut made = match (outliers, &outlier_groups) {
                 (Some(o), Some(groups)) => {
                     let mut own: Vec<usize> = (0..o.len()).filter(|&i| groups[i] == g).collect();
                     if self.params.surrogates > 0 && own.len() > count {
@@ -335,13 +357,12 @@ impl Safe {
                     standardise_rows(&mut rows, &mean, &scale);
                     rows
                 }
-                _ => {
-                    let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
-                    let kind_of = self.params.surrogate;
-                    surrogate::generate(kind_of, &x, d, &group_labels, count, rng)
-                        .map_err(|e| err(kind, ScorerFault::CannotFit, format!("surrogates of {}: {e}", grouping.name(g))))?
-                }
+                _ => generate(self.params.surrogate, &x, rng)?,
             };
+            // From the group's own fit rows only, not the given inliers joined to them.
+            for &also in &self.params.also {
+                made.extend(generate(also, &x[..idx.len() * d], rng)?);
+            }
             for (rows, out) in [(&x, &mut id), (&made, &mut made_all)] {
                 for row in rows.chunks(d) {
                     out.extend_from_slice(row);

@@ -1198,10 +1198,17 @@ fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
     let calibration = id_set(31, 200, Some(2));
     let test = append(&id_set(32, 40, Some(2)), ood_feature(), Some(1));
     let dir = tempfile::tempdir().unwrap();
-    for surrogate in ["vos", "mix", "noise"] {
+    // The last one also trains against two more generated kinds (`also`).
+    for (surrogate, also) in [
+        ("vos", ""),
+        ("mix", ""),
+        ("noise", ""),
+        ("mix", "vos,noise"),
+    ] {
         let file = |name: &str, seed: &str| {
             let params = [
                 ("surrogate".to_string(), surrogate.to_string()),
+                ("also".to_string(), also.to_string()),
                 ("use_logits".to_string(), "true".to_string()),
                 ("epochs".to_string(), "5".to_string()),
                 ("seed".to_string(), seed.to_string()),
@@ -1229,6 +1236,31 @@ fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
             loaded.score(&test, None).unwrap(),
             a.score(&test, None).unwrap()
         );
+    }
+    let fit_with = |also: &str| {
+        let params = [
+            ("epochs".to_string(), "5".to_string()),
+            ("also".to_string(), also.to_string()),
+        ];
+        FittedScorer::fit(
+            "safe",
+            None,
+            &params,
+            &fit,
+            &calibration,
+            &FitOptions::default(),
+        )
+    };
+    let (plain, with_vos) = (fit_with("").unwrap(), fit_with("vos").unwrap());
+    assert_ne!(
+        plain.raw_scores(&test).unwrap(),
+        with_vos.raw_scores(&test).unwrap(),
+        "also=vos trained against nothing more"
+    );
+    // Only generated kinds can be added: given outliers come in through `surrogate`.
+    for given in ["unknown", "fgsm"] {
+        let e = fit_with(given).err().expect("refused");
+        assert!(message_of(e, ScorerFault::BadParameter).contains("also"));
     }
 }
 
