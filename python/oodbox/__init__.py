@@ -286,6 +286,8 @@ def concat_boxes(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 def _param(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_param(v) for v in value)
     return str(value)
 
 
@@ -328,7 +330,8 @@ class Scorer(_Native):
         ``class_id`` (N,), and the ``head`` for scorers that need it (vim): a dict as
         :attr:`Detector.head` gives or ``(weight, bias)``. Keywords override the dict's entries.
         Boxes with a ``label`` < 0 (unmatched to a known object) are left out.
-        ``params`` takes Oodeel's names, e.g. ``{"nearest": 50}``.
+        ``params`` takes Oodeel's names, e.g. ``{"nearest": 50}``; a list value is a list
+        parameter, e.g. ``{"also": ["vos", "mix"]}``.
 
         Calibration boxes: ``calibration`` (a box set dict, or ``(features, logits,
         class_id)``), else a seeded hold-out of ``calibration_fraction`` of the images.

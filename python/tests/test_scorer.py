@@ -20,11 +20,13 @@ def assert_same(mine, cli):
         np.testing.assert_array_equal(mine[key], [b[key] for b in cli], err_msg=key)
 
 
-@pytest.mark.parametrize("kind,params", [("mahalanobis", {}), ("knn", {"nearest": 5}), ("vim", {"princ_dims": 12})])
+@pytest.mark.parametrize("kind,params", [("mahalanobis", {}), ("knn", {"nearest": 5}), ("vim", {"princ_dims": 12}),
+                                         ("safe", {"epochs": 2, "also": ["vos", "noise"]})])
 def test_python_fit_equals_cli_fit_both_ways(kind, params, tmp_path):
     train, val, test = (BOXES / f"{n}.safetensors" for n in ("train", "val", "test_mixed"))
     cli_file = tmp_path / "cli.safetensors"
-    run_cli("fit", "--scorer", kind, *[f"--param={k}={v}" for k, v in params.items()],
+    text = {k: ",".join(v) if isinstance(v, list) else v for k, v in params.items()}
+    run_cli("fit", "--scorer", kind, *[f"--param={k}={v}" for k, v in text.items()],
             "--boxes", train, "--calibration-boxes", val, "--out", cli_file, "--quiet")
     fitted = oodbox.Scorer.fit(kind, oodbox.load_boxes(train), params=params,
                                calibration=oodbox.load_boxes(val))
