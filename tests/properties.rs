@@ -1,5 +1,5 @@
-//! Property tests (proptest) of the invariants the metrics, NMS, letterbox geometry and conformal
-//! calibration promise, each checked on many generated inputs against a brute-force or exact
+//! Property tests (proptest) of the invariants the metrics, NMS, letterbox geometry, conformal
+//! calibration and the video tracker promise, each checked on many generated inputs against a brute-force or exact
 //! statement of the property.
 
 use proptest::prelude::*;
@@ -334,5 +334,54 @@ proptest! {
             (frequency - exact).abs() <= tolerance,
             "P(p <= {t}) ≈ {frequency}, exactly {exact} ± {tolerance}"
         );
+    }
+}
+
+/// One frame of boxes in a 256² view, some reaching past its edges (as clipped boxes of objects
+/// walking out do not, but a tracker must take any box).
+fn frames() -> impl Strategy<Value = Vec<(u8, Vec<[f32; 4]>)>> {
+    let bbox = (-40f32..280.0, -40f32..280.0, 2f32..120.0, 2f32..120.0)
+        .prop_map(|(x, y, w, h)| [x, y, x + w, y + h]);
+    // (frames skipped before this one, its boxes)
+    prop::collection::vec((0u8..4, prop::collection::vec(bbox, 0..6)), 1..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The tracker's bookkeeping: in each frame every box gets a track and no two boxes share
+    /// one; every track it started ends exactly once (by `update` or `finish`), after its last
+    /// box and never before; an ended track gets no more boxes.
+    #[test]
+    fn every_track_is_one_object_at_a_time_and_ends_once(frames in frames()) {
+        use oodbox::video::tracker::{Tracker, TrackerConfig};
+        use std::collections::HashMap;
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let (mut frame, mut last_box) = (0u64, HashMap::new());
+        let mut ended = HashMap::new();
+        for (skip, boxes) in &frames {
+            frame += u64::from(*skip);
+            let (ids, gone) = tracker.update(frame, [256.0, 256.0], boxes);
+            prop_assert_eq!(ids.len(), boxes.len());
+            let mut seen = ids.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            prop_assert_eq!(seen.len(), ids.len(), "two boxes on one track in frame {}", frame);
+            for id in &ids {
+                prop_assert!(!ended.contains_key(id), "track {} continued after it ended", id);
+                last_box.insert(*id, frame);
+            }
+            for t in gone {
+                prop_assert_eq!(Some(&t.last_frame), last_box.get(&t.id));
+                prop_assert!(t.first_frame <= t.last_frame);
+                prop_assert!(ended.insert(t.id, t.last_frame).is_none(), "track {} ended twice", t.id);
+            }
+            frame += 1;
+        }
+        for t in tracker.finish() {
+            prop_assert_eq!(Some(&t.last_frame), last_box.get(&t.id));
+            prop_assert!(ended.insert(t.id, t.last_frame).is_none(), "track {} ended twice", t.id);
+        }
+        prop_assert_eq!(ended.len() as u64, tracker.started());
     }
 }
