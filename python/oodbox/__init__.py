@@ -344,7 +344,9 @@ class Scorer(_Native):
         ``outliers`` (a box set dict) is ``oodbox fit --outliers``: for ``safe`` with
         ``params={"surrogate": "unknown"}`` (outlier exposure) the boxes of real unknown objects,
         those labelled -1 (every box without labels); with ``"fgsm"`` the FGSM boxes of the fit
-        images. A ``combine`` passes them to such a component, e.g. ``params={"of":
+        images. Where the unknowns met in service may be of kinds the outliers lack, add
+        generated surrogates: ``params={"surrogate": "unknown", "also": ["vos", "mix"]}``. A
+        ``combine`` passes the outliers to such a component, e.g. ``params={"of":
         "safe:surrogate=unknown,energy", "method": "cauchy"}``."""
         knobs = (tail_quantile, tail_min_points, tail_bounded)
         if not tail and any(k is not None for k in knobs):
