@@ -81,6 +81,19 @@ impl Track {
         [b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy]
     }
 
+    /// Moves the track on to `bbox`, seen in `frame`; returns its id.
+    fn continue_with(&mut self, bbox: [f32; 4], frame: u64) -> u64 {
+        let dt = (frame - self.last_frame) as f32;
+        let (new, _) = centre_and_diagonal(&bbox);
+        let (old, _) = centre_and_diagonal(&self.bbox);
+        for k in 0..2 {
+            self.velocity[k] = 0.5 * self.velocity[k] + 0.5 * (new[k] - old[k]) / dt;
+        }
+        self.bbox = bbox;
+        self.last_frame = frame;
+        self.id
+    }
+
     fn ended(&self) -> EndedTrack {
         EndedTrack {
             id: self.id,
@@ -124,6 +137,30 @@ impl Tracker {
         boxes: &[[f32; 4]],
     ) -> (Vec<u64>, Vec<EndedTrack>) {
         let predicted: Vec<[f32; 4]> = self.tracks.iter().map(|t| t.predict(frame)).collect();
+        let (box_track, track_taken) = self.match_boxes(&predicted, boxes);
+        let left_view: Vec<bool> = predicted
+            .iter()
+            .zip(&track_taken)
+            .map(|(p, &taken)| !taken && mostly_outside(p, view))
+            .collect();
+        let ids = boxes
+            .iter()
+            .zip(&box_track)
+            .map(|(bbox, &track)| match track {
+                Some(t) => self.tracks[t].continue_with(*bbox, frame),
+                None => self.start(*bbox, frame),
+            })
+            .collect();
+        (ids, self.end_tracks(frame, &left_view))
+    }
+
+    /// The track each box continues (or none), and which tracks were taken: by IoU first, then
+    /// by centre distance among the boxes and tracks left over.
+    fn match_boxes(
+        &self,
+        predicted: &[[f32; 4]],
+        boxes: &[[f32; 4]],
+    ) -> (Vec<Option<usize>>, Vec<bool>) {
         let mut box_track = vec![None; boxes.len()];
         let mut track_taken = vec![false; self.tracks.len()];
         let mut pairs = Vec::new();
@@ -141,55 +178,34 @@ impl Tracker {
             if box_track[b].is_some() {
                 continue;
             }
-            let (centre, diagonal) = centre_and_diagonal(bbox);
             for (t, p) in predicted.iter().enumerate() {
-                let (predicted_centre, predicted_diagonal) = centre_and_diagonal(p);
-                let ratio = diagonal.max(predicted_diagonal) / diagonal.min(predicted_diagonal);
-                let distance = (centre[0] - predicted_centre[0])
-                    .hypot(centre[1] - predicted_centre[1])
-                    / (0.5 * (diagonal + predicted_diagonal));
-                if !track_taken[t]
-                    && ratio < MAX_SIZE_RATIO
-                    && distance < self.config.max_centre_distance
-                {
+                let distance = relative_centre_distance(bbox, p);
+                if !track_taken[t] && distance < self.config.max_centre_distance {
                     pairs.push((-distance, b, t));
                 }
             }
         }
         assign(pairs, &mut box_track, &mut track_taken);
-        let left_view: Vec<bool> = predicted
-            .iter()
-            .zip(&track_taken)
-            .map(|(p, &taken)| !taken && mostly_outside(p, view))
-            .collect();
-        let mut ids = Vec::with_capacity(boxes.len());
-        for (b, bbox) in boxes.iter().enumerate() {
-            match box_track[b] {
-                Some(t) => {
-                    let track = &mut self.tracks[t];
-                    let dt = (frame - track.last_frame) as f32;
-                    let (new, _) = centre_and_diagonal(bbox);
-                    let (old, _) = centre_and_diagonal(&track.bbox);
-                    for k in 0..2 {
-                        track.velocity[k] = 0.5 * track.velocity[k] + 0.5 * (new[k] - old[k]) / dt;
-                    }
-                    track.bbox = *bbox;
-                    track.last_frame = frame;
-                    ids.push(track.id);
-                }
-                None => {
-                    self.tracks.push(Track {
-                        id: self.next_id,
-                        bbox: *bbox,
-                        velocity: [0.0; 2],
-                        first_frame: frame,
-                        last_frame: frame,
-                    });
-                    ids.push(self.next_id);
-                    self.next_id += 1;
-                }
-            }
-        }
+        (box_track, track_taken)
+    }
+
+    /// Starts a track at `bbox`; returns its id.
+    fn start(&mut self, bbox: [f32; 4], frame: u64) -> u64 {
+        let id = self.next_id;
+        self.tracks.push(Track {
+            id,
+            bbox,
+            velocity: [0.0; 2],
+            first_frame: frame,
+            last_frame: frame,
+        });
+        self.next_id += 1;
+        id
+    }
+
+    /// Ends the tracks unmatched for more than `max_missed` frames, and those of the tracks
+    /// that were there before this frame's new ones whose `left_view` is set.
+    fn end_tracks(&mut self, frame: u64, left_view: &[bool]) -> Vec<EndedTrack> {
         let max_missed = self.config.max_missed;
         let mut ended = Vec::new();
         let mut index = 0;
@@ -202,13 +218,25 @@ impl Tracker {
             }
             keep
         });
-        (ids, ended)
+        ended
     }
 
     /// Ends every track (the stream is over).
     pub fn finish(&mut self) -> Vec<EndedTrack> {
         self.tracks.drain(..).map(|t| t.ended()).collect()
     }
+}
+
+/// The distance between the centres of `b` and `p`, relative to their mean diagonal; infinite
+/// when one diagonal is [`MAX_SIZE_RATIO`] times the other or more.
+fn relative_centre_distance(b: &[f32; 4], p: &[f32; 4]) -> f32 {
+    let (centre, diagonal) = centre_and_diagonal(b);
+    let (predicted_centre, predicted_diagonal) = centre_and_diagonal(p);
+    if diagonal.max(predicted_diagonal) / diagonal.min(predicted_diagonal) >= MAX_SIZE_RATIO {
+        return f32::INFINITY;
+    }
+    (centre[0] - predicted_centre[0]).hypot(centre[1] - predicted_centre[1])
+        / (0.5 * (diagonal + predicted_diagonal))
 }
 
 /// Whether less than half of `b`'s area lies inside the view.
