@@ -100,7 +100,7 @@ impl ParamSet for CombineParams {
     const DOCS: &'static [ParamDoc] = &[
         ParamDoc {
             name: "of",
-            expected: "two or more scorers `kind[+shaping][:name=value...]` separated by commas, e.g. knn:nearest=20,energy (not combine)",
+            expected: "two or more scorers `kind[+shaping][:name=value...]` separated by commas, e.g. knn:nearest=20,energy, a list value in brackets, e.g. safe:surrogate=unknown:also=[vos,mix],energy (not combine)",
             doc: "the component scorers, each with its own parameters",
         },
         ParamDoc {

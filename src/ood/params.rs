@@ -218,17 +218,50 @@ fn text_value(default: &Value, text: &str) -> Value {
             "false" | "0" | "no" => Value::Bool(false),
             _ => Value::String(text.to_string()),
         },
-        Value::Array(_) => Value::Array(
-            text.trim_start_matches('[')
-                .trim_end_matches(']')
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(scalar_value)
-                .collect(),
-        ),
+        Value::Array(_) => Value::Array(list_items(text).into_iter().map(scalar_value).collect()),
         _ => scalar_value(text),
     }
+}
+
+/// The items of a list written `a,b` or `[a,b]`, split at the commas outside brackets, so that
+/// an item can hold a list of its own (`safe:also=[vos,mix],energy`).
+fn list_items(text: &str) -> Vec<&str> {
+    let inner = match text.strip_prefix('[') {
+        Some(rest) if closing_bracket(rest) == Some(rest.len() - 1) => &rest[..rest.len() - 1],
+        _ => text,
+    };
+    let (mut items, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&inner[start..]);
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The index in `text` of the `]` that closes a `[` just before it.
+fn closing_bracket(text: &str) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' if depth == 0 => return Some(i),
+            ']' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// An integer, a finite number, or else the lower-cased word (choices are case-insensitive).
@@ -264,3 +297,26 @@ pub(crate) const PER_LEVEL: ParamDoc = ParamDoc {
     expected: "true or false",
     doc: "fit one set of statistics per pyramid level (false: pool all boxes)",
 };
+
+#[cfg(test)]
+mod tests {
+    use super::list_items;
+
+    #[test]
+    fn list_items_split_at_the_commas_outside_brackets() {
+        assert_eq!(list_items("1, 2,3"), vec!["1", "2", "3"]);
+        assert_eq!(list_items("[vos,mix]"), vec!["vos", "mix"]);
+        assert_eq!(list_items(""), Vec::<&str>::new());
+        assert_eq!(list_items("[]"), Vec::<&str>::new());
+        assert_eq!(
+            list_items("safe:also=[vos,mix]:epochs=5,energy"),
+            vec!["safe:also=[vos,mix]:epochs=5", "energy"]
+        );
+        assert_eq!(
+            list_items("[safe:also=[vos,mix],energy]"),
+            vec!["safe:also=[vos,mix]", "energy"]
+        );
+        // Brackets that open and close separate items are not one outer pair.
+        assert_eq!(list_items("[a],[b]"), vec!["[a]", "[b]"]);
+    }
+}

@@ -1356,6 +1356,13 @@ fn safe_exposure_trains_on_the_unknown_boxes_of_the_outlier_set() {
     let combined = combine("safe:surrogate=unknown:epochs=20,energy").unwrap();
     let auroc = auroc_of(&combined, &id, &fresh.subset(&unknown));
     assert!(auroc > 0.9, "combined AUROC {auroc}");
+    // A component's list parameter is written in brackets.
+    let with_also = combine("safe:surrogate=unknown:epochs=20:also=[vos,mix],energy").unwrap();
+    assert_ne!(
+        with_also.raw_scores(&id).unwrap(),
+        combined.raw_scores(&id).unwrap(),
+        "also=[vos,mix] did not reach the component"
+    );
     let e = combine("knn,energy").err().expect("refused");
     assert!(message_of(e, ScorerFault::BadParameter).contains("no component is trained"));
     // An outlier set with no unknown box is refused.
