@@ -347,7 +347,8 @@ class Scorer(_Native):
         images. Where the unknowns met in service may be of kinds the outliers lack, add
         generated surrogates: ``params={"surrogate": "unknown", "also": ["vos", "mix"]}``. A
         ``combine`` passes the outliers to such a component, e.g. ``params={"of":
-        "safe:surrogate=unknown,energy", "method": "cauchy"}``."""
+        "safe:surrogate=unknown:also=[vos,mix],energy", "method": "cauchy"}``, the most robust
+        setting measured."""
         knobs = (tail_quantile, tail_min_points, tail_bounded)
         if not tail and any(k is not None for k in knobs):
             raise ValueError("tail_quantile, tail_min_points and tail_bounded need tail=True")
