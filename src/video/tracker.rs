@@ -208,10 +208,10 @@ impl Tracker {
     fn end_tracks(&mut self, frame: u64, left_view: &[bool]) -> Vec<EndedTrack> {
         let max_missed = self.config.max_missed;
         let mut ended = Vec::new();
-        let mut index = 0;
+        // The tracks started this frame come after those `left_view` covers.
+        let mut left = left_view.iter().copied().chain(std::iter::repeat(false));
         self.tracks.retain(|t| {
-            let gone = left_view.get(index).copied().unwrap_or(false);
-            index += 1;
+            let gone = left.next().unwrap_or(false);
             let keep = frame - t.last_frame <= max_missed && !gone;
             if !keep {
                 ended.push(t.ended());
