@@ -1191,24 +1191,31 @@ fn tail_p_values_hold_their_level_on_fresh_id_boxes() {
     assert!((mean - 1e-3).abs() <= 2.576 * se, "{mean} ± {se}");
 }
 
+/// Fit and calibration boxes of two classes, and test boxes with one outlier, for `safe`.
+fn safe_sets() -> (BoxSet, BoxSet, BoxSet) {
+    let test = append(&id_set(32, 40, Some(2)), ood_feature(), Some(1));
+    (id_set(30, 300, Some(2)), id_set(31, 200, Some(2)), test)
+}
+
 #[test]
 fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
     use super::fitted::{FitOptions, FittedScorer};
-    let fit = id_set(30, 300, Some(2));
-    let calibration = id_set(31, 200, Some(2));
-    let test = append(&id_set(32, 40, Some(2)), ood_feature(), Some(1));
+    let (fit, calibration, test) = safe_sets();
     let dir = tempfile::tempdir().unwrap();
-    // The last one also trains against two more generated kinds (`also`).
-    for (surrogate, also) in [
-        ("vos", ""),
-        ("mix", ""),
-        ("noise", ""),
-        ("mix", "vos,noise"),
+    // The fourth also trains against two more generated kinds (`also`); the last is an
+    // ensemble of three MLPs.
+    for (surrogate, also, members) in [
+        ("vos", "", "1"),
+        ("mix", "", "1"),
+        ("noise", "", "1"),
+        ("mix", "vos,noise", "1"),
+        ("mix", "", "3"),
     ] {
         let file = |name: &str, seed: &str| {
             let params = [
                 ("surrogate".to_string(), surrogate.to_string()),
                 ("also".to_string(), also.to_string()),
+                ("members".to_string(), members.to_string()),
                 ("use_logits".to_string(), "true".to_string()),
                 ("epochs".to_string(), "5".to_string()),
                 ("seed".to_string(), seed.to_string()),
@@ -1261,6 +1268,89 @@ fn safe_fits_are_byte_identical_for_a_seed_and_round_trip_through_the_file() {
     for given in ["unknown", "fgsm"] {
         let e = fit_with(given).err().expect("refused");
         assert!(message_of(e, ScorerFault::BadParameter).contains("also"));
+    }
+}
+
+/// A `safe` ensemble's first member is the MLP a single fit with the same seed trains, and its
+/// score is the mean of its members' logits: a file holding only the second member (renamed as
+/// a single MLP) scores the rest.
+#[test]
+fn a_safe_ensemble_scores_the_mean_of_its_members() {
+    use super::fitted::{FitOptions, FittedScorer};
+    use safetensors::SafeTensors;
+    let (fit, calibration, test) = safe_sets();
+    let dir = tempfile::tempdir().unwrap();
+    let fit_members = |members: &str| {
+        let params = [
+            ("epochs".to_string(), "5".to_string()),
+            ("members".to_string(), members.to_string()),
+        ];
+        let options = FitOptions::default();
+        let s = FittedScorer::fit("safe", None, &params, &fit, &calibration, &options).unwrap();
+        let path = dir.path().join(format!("members{members}.safetensors"));
+        s.save(&path).unwrap();
+        (s, std::fs::read(&path).unwrap())
+    };
+    let (single, single_bytes) = fit_members("1");
+    let (ensemble, ensemble_bytes) = fit_members("2");
+    let (single_file, ensemble_file) = (
+        SafeTensors::deserialize(&single_bytes).unwrap(),
+        SafeTensors::deserialize(&ensemble_bytes).unwrap(),
+    );
+    for k in 0..3 {
+        let name = format!("scorer.layer{k}.weight");
+        assert_eq!(
+            single_file.tensor(&name).unwrap().data(),
+            ensemble_file.tensor(&name).unwrap().data(),
+            "{name}"
+        );
+    }
+    // The second member alone, under the first member's names, with members=1.
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = ensemble_file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("scorer.layer"))
+        .map(|(name, view)| (name.replace("scorer.member1.layer", "scorer.layer"), view))
+        .collect();
+    let (_, meta) = SafeTensors::read_metadata(&ensemble_bytes).unwrap();
+    let mut metadata = meta.metadata().clone().unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(&metadata["oodbox"]).unwrap();
+    header["params"]["members"] = serde_json::json!(1);
+    metadata.insert("oodbox".into(), header.to_string());
+    let second = dir.path().join("second.safetensors");
+    std::fs::write(
+        &second,
+        safetensors::serialize(renamed, Some(metadata)).unwrap(),
+    )
+    .unwrap();
+    let second = FittedScorer::load(&second)
+        .unwrap()
+        .raw_scores(&test)
+        .unwrap();
+    let (first, both) = (
+        single.raw_scores(&test).unwrap(),
+        ensemble.raw_scores(&test).unwrap(),
+    );
+    assert_ne!(first, second, "the members trained alike");
+    // A file that says it holds more members than it does is refused, naming the missing one.
+    let mut header: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["oodbox"]).unwrap();
+    header["params"]["members"] = serde_json::json!(3);
+    let mut metadata = meta.metadata().clone().unwrap();
+    metadata.insert("oodbox".into(), header.to_string());
+    let short = dir.path().join("short.safetensors");
+    let bytes = safetensors::serialize(ensemble_file.tensors(), Some(metadata)).unwrap();
+    std::fs::write(&short, bytes).unwrap();
+    let err = FittedScorer::load(&short).err().unwrap().to_string();
+    assert!(
+        err.contains("short.safetensors") && err.contains("member2.layer0"),
+        "{err}"
+    );
+    for ((a, b), mean) in first.iter().zip(&second).zip(&both) {
+        assert!(
+            ((a + b) / 2.0 - mean).abs() <= 1e-12 * mean.abs().max(1.0),
+            "{a} {b} {mean}"
+        );
     }
 }
 
