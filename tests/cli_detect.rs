@@ -204,3 +204,41 @@ fn extract_writes_a_box_set_of_every_detection() {
         .collect();
     assert_eq!(set.logit_row(0), &first_logits[..]);
 }
+
+/// `bench --scorer` with a scorer that reads ROI features (the demo's) makes them, as `detect
+/// --scorer` does, and times its scoring.
+#[test]
+fn bench_times_a_scorer_that_reads_roi_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let scorer = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/shapes-scorer-exposure.safetensors"
+    );
+    let out = oodbox(&[
+        "bench",
+        "--model",
+        MODEL,
+        "--scorer",
+        scorer,
+        "--imgsz",
+        "256",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        report["score_ms"]["median"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

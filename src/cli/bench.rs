@@ -155,9 +155,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    // Checked before a scene of that size is drawn.
+    // Checked before a scene of that size is drawn. With a scorer, detection makes the ROI
+    // features it reads, as `detect --scorer` does: their cost is part of scoring a box.
     let options = super::common::checked(DetectOptions {
         imgsz: InputSize::square(args.imgsz),
+        roi: scorer
+            .as_ref()
+            .map(|s| s.options.roi.clone())
+            .unwrap_or_default(),
         ..DetectOptions::default()
     })?;
     let image = match &args.image {

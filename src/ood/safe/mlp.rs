@@ -37,7 +37,7 @@ impl Layer {
             .chunks(self.inputs)
             .zip(&self.bias)
             .map(|(w, &b)| {
-                let v = w.iter().zip(x).map(|(&w, x)| w as f64 * x).sum::<f64>() + b as f64;
+                let v = dot(w, x) + b as f64;
                 if relu {
                     v.max(0.0)
                 } else {
@@ -46,6 +46,44 @@ impl Layer {
             })
             .collect()
     }
+}
+
+/// Lanes of [`dot`]'s partial sums.
+const LANES: usize = 8;
+
+/// `Σ w·x` in f64, summed in [`LANES`] interleaved partial sums so that the compiler can use
+/// SIMD (one running sum cannot be reordered): several times faster on the ROI features'
+/// thousand-wide inputs. The order is fixed, so a box scores the same alone or in a batch,
+/// with or without AVX.
+fn dot(w: &[f32], x: &[f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX, checked just above.
+        return unsafe { dot_avx(w, x) };
+    }
+    dot_lanes(w, x)
+}
+
+/// [`dot_lanes`] compiled for AVX, four f64 lanes wide (the default target has SSE2's two);
+/// without FMA, so the same operations in the same order give the same values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dot_avx(w: &[f32], x: &[f64]) -> f64 {
+    dot_lanes(w, x)
+}
+
+#[inline(always)]
+fn dot_lanes(w: &[f32], x: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let (w_body, w_tail) = w.split_at(w.len() - w.len() % LANES);
+    let (x_body, x_tail) = x.split_at(w_body.len());
+    for (w, x) in w_body.chunks_exact(LANES).zip(x_body.chunks_exact(LANES)) {
+        for k in 0..LANES {
+            lanes[k] += w[k] as f64 * x[k];
+        }
+    }
+    let tail: f64 = w_tail.iter().zip(x_tail).map(|(&w, x)| w as f64 * x).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// The three layers of a trained MLP.
@@ -146,4 +184,30 @@ fn forward(vars: &[Var], x: &Tensor) -> candle_core::Result<Tensor> {
 fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let soft = (z.abs()?.neg()?.exp()? + 1.0)?.log()?;
     (z.relu()? - (z * y)?)?.add(&soft)?.mean_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The AVX path gives the plain path's bits, both are the plain sum up to rounding, and
+    /// lengths that are not a multiple of the lanes sum their tails.
+    #[test]
+    fn dot_is_the_same_with_and_without_avx() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for len in [0, 1, 7, 8, 9, 64, 1092] {
+            let w: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f64> = (0..len).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let plain = dot_lanes(&w, &x);
+            let naive: f64 = w.iter().zip(&x).map(|(&w, x)| w as f64 * x).sum();
+            assert!((plain - naive).abs() <= 1e-12 * (1.0 + naive.abs()), "{len}");
+            assert_eq!(dot(&w, &x).to_bits(), plain.to_bits(), "{len}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the CPU has AVX, checked just above.
+                assert_eq!(unsafe { dot_avx(&w, &x) }.to_bits(), plain.to_bits(), "{len}");
+            }
+        }
+    }
 }
