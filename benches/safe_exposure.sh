@@ -9,17 +9,20 @@
 # arguments for the safe rows (e.g. "--param per_level=false"), OUTLIER_WORLDS the outlier
 # worlds as SEED:SCENES (default "11:900"; each is data/shapes-s<SEED>-oe, made if missing, and
 # every one is given to the fit with its own --outliers). ROWS=headline fits only energy and the
-# best setting (cls,roi:4,roi:6,roi:9 against the unknowns of the mixed scenes), extracts only
+# best setting (cls,$ROI against the unknowns of the mixed scenes), extracts only
 # the outlier worlds' mixed scenes, and adds the calibration check: the share of known objects
 # flagged at alpha 0.05 in test_id and test_mixed (`oodbox score`). CLASSES (synth's --known,
 # --near and --far) makes the outlier worlds with that class split, as data/shapes-s<SEED>-oe-
-# <known kinds>, for a detector trained on it (BENCHMARKS.md, "Another class split").
+# <known kinds>, for a detector trained on it (BENCHMARKS.md, "Another class split"). ROI
+# (default roi:4@2,roi:6@2,roi:9, the recipe since 2026-12-05 night; before, roi:4,roi:6,roi:9)
+# the ROI sources extracted and fitted beside cls: give each ROI its own OUT, as box sets
+# already in OUT are reused.
 set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
 out=${1:-/tmp/exposure}
 model=$(realpath "${MODEL:-models/shapes.safetensors}")
-roi=roi:4,roi:6,roi:9
+roi=${ROI:-roi:4@2,roi:6@2,roi:9}
 world() { # seed, folder: a shapes world; the outlier worlds need only their test splits
   [ -f "$2/data.yaml" ] || $B synth --out "$2" --seed "$1" --quiet "${@:3}"
 }

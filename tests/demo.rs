@@ -137,19 +137,19 @@ fn the_demo_flags_unknown_objects_at_the_promised_rates() {
             }
         }
     }
-    // BENCHMARKS.md ("The demo scorer"): on test_mixed, 5.4% of boxes on known objects and
-    // 94.5% of boxes on unknown objects are flagged at alpha 0.05.
+    // BENCHMARKS.md ("The demo scorer"): on test_mixed, 5.5% of boxes on known objects and
+    // 98.1% of boxes on unknown objects are flagged at alpha 0.05.
     eprintln!("demo: {known_flagged} of {known} known and {unknown_flagged} of {unknown} unknown boxes flagged");
     assert!(
         known >= 10 && unknown >= 10,
         "{known} known and {unknown} unknown boxes"
     );
-    let (lo, hi) = interval_99(known, 0.054);
+    let (lo, hi) = interval_99(known, 0.055);
     assert!(
         (lo..=hi).contains(&known_flagged),
         "{known_flagged} of {known} known boxes flagged, expected {lo}..={hi}"
     );
-    let (lo, hi) = interval_99(unknown, 0.945);
+    let (lo, hi) = interval_99(unknown, 0.981);
     assert!(
         (lo..=hi).contains(&unknown_flagged),
         "{unknown_flagged} of {unknown} unknown boxes flagged, expected {lo}..={hi}"
