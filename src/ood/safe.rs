@@ -33,9 +33,9 @@
 //! order (a deep ensemble, Lakshminarayanan et al. NeurIPS'17).
 //!
 //! **Score:** the MLP's output logit (higher = more OOD), the mean of the members' logits for an
-//! ensemble, evaluated in f64 from the stored f32 weights. One MLP's ranking of boxes it was
-//! not shown moves with its seed; the mean of several moves less and ranks better
-//! (BENCHMARKS.md, "An ensemble of MLPs").
+//! ensemble, evaluated from the stored f32 weights with products in f32 and sums in f64. One
+//! MLP's ranking of boxes it was not shown moves with its seed; the mean of several moves less
+//! and ranks better (BENCHMARKS.md, "Finer ROI cells and an ensemble").
 //!
 //! **Determinism:** the initial weights, the surrogates and the batch order all come from one
 //! ChaCha8 generator seeded with `seed`, so the same fit boxes and parameters give the same
