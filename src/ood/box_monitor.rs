@@ -157,21 +157,28 @@ pub(crate) struct Boxes {
     pub width: usize,
     pub lo: Vec<f64>,
     pub hi: Vec<f64>,
-    /// The boxes again for [`Boxes::distance`]: sorted along the dimension in which their
-    /// centres spread most, [`LANES`] side by side per dimension.
+    /// The boxes again for [`Boxes::distance`]: in the order of a k-d tree, [`LANES`] side by
+    /// side per dimension.
     search: Search,
 }
 
-/// Boxes laid out for [`Boxes::distance`].
+/// Boxes laid out for [`Boxes::distance`]: blocks of [`LANES`] boxes, superblocks of [`LANES`]
+/// blocks, each layer `[group][dim][lane]`, [`LANES`] side by side. The boxes are in the leaf
+/// order of a k-d tree on their centres, whose splits fall between blocks (and between
+/// superblocks above [`LANES`]² boxes), so the boxes of a block or superblock are near one
+/// another and its bounding box is small.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Search {
-    /// `[block][dim][lane]`, the last block padded with boxes at infinity.
+    /// The boxes, the last block padded with boxes at infinity.
     lo: Vec<f64>,
     hi: Vec<f64>,
-    /// The bounding box of each block's boxes, laid out the same way ([`LANES`] blocks side by
-    /// side): the distance to it bounds the distances to the block's boxes from below.
-    union_lo: Vec<f64>,
-    union_hi: Vec<f64>,
+    /// The bounding box of each block: the distance to it bounds the distances to the block's
+    /// boxes from below. Group `s` holds the blocks of superblock `s`.
+    block_lo: Vec<f64>,
+    block_hi: Vec<f64>,
+    /// The bounding box of each superblock, bounding its blocks' distances from below.
+    super_lo: Vec<f64>,
+    super_hi: Vec<f64>,
 }
 
 /// Boxes whose distances [`Boxes::distance`] sums side by side.
@@ -251,81 +258,126 @@ impl Boxes {
         self.distance_side_by_side(x)
     }
 
-    /// Blocks are visited in the order of their bounding boxes' distances, and the search
-    /// stops at the first that cannot hold a box nearer than the best so far.
+    /// Superblocks, then the blocks of each, are visited in the order of their bounding boxes'
+    /// distances; each level stops at the first that cannot hold a box nearer than the best
+    /// so far.
     #[inline(always)]
     fn distance_side_by_side(&self, x: &[f64]) -> f64 {
         let (w, search) = (self.width, &self.search);
-        let block = w * LANES;
+        let group = w * LANES;
         let mut best = f64::INFINITY;
-        if block == 0 {
+        if group == 0 {
             return best;
         }
-        let mut bounds: Vec<(f64, usize)> = Vec::with_capacity(search.lo.len() / block * LANES);
-        for (lo, hi) in search.union_lo.chunks_exact(block).zip(search.union_hi.chunks_exact(block)) {
-            let sums = lane_sums(lo, hi, x, f64::INFINITY);
-            let first = bounds.len();
-            bounds.extend(sums.into_iter().enumerate().map(|(k, s)| (s, first + k)));
+        let blocks = search.lo.len() / group;
+        let supers = blocks.div_ceil(LANES);
+        let mut bounds = Vec::with_capacity(supers.next_multiple_of(LANES));
+        for (lo, hi) in search.super_lo.chunks_exact(group).zip(search.super_hi.chunks_exact(group)) {
+            bounds.extend(lane_sums(lo, hi, x, f64::INFINITY));
         }
-        let blocks = search.lo.len() / block;
-        bounds.truncate(blocks);
-        bounds.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (bound, b) in bounds {
+        let mut supers: Vec<(f64, usize)> = bounds.into_iter().zip(0..supers).collect();
+        supers.sort_unstable_by(by_bound);
+        for (bound, s) in supers {
             if bound >= best {
                 break;
             }
-            let at = b * block..(b + 1) * block;
-            for s in lane_sums(&search.lo[at.clone()], &search.hi[at], x, best) {
-                best = best.min(s);
-            }
-            if best == 0.0 {
-                break;
+            let at = s * group..(s + 1) * group;
+            let sums = lane_sums(&search.block_lo[at.clone()], &search.block_hi[at], x, best);
+            let mut inner: Vec<(f64, usize)> =
+                sums.into_iter().zip(s * LANES..blocks.min((s + 1) * LANES)).collect();
+            inner.sort_unstable_by(by_bound);
+            for (bound, b) in inner {
+                if bound >= best {
+                    break;
+                }
+                let at = b * group..(b + 1) * group;
+                for d in lane_sums(&search.lo[at.clone()], &search.hi[at], x, best) {
+                    best = best.min(d);
+                }
+                if best == 0.0 {
+                    return best;
+                }
             }
         }
         best
     }
 }
 
+/// Lower bounds first, ties by index.
+fn by_bound(a: &(f64, usize), b: &(f64, usize)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+}
+
 impl Search {
     fn new(width: usize, lo: &[f64], hi: &[f64]) -> Search {
-        let n = lo.len() / width.max(1);
-        let order = spread_order(width, lo, hi);
+        let order = kd_order(width, lo, hi);
         let sorted = |v: &[f64]| -> Vec<f64> {
             order.iter().flat_map(|&i| v[i * width..(i + 1) * width].iter().copied()).collect()
         };
         let (lo, hi) = (sorted(lo), sorted(hi));
-        let (mut union_lo, mut union_hi) = (Vec::new(), Vec::new());
-        for start in (0..n).step_by(LANES) {
-            let rows = start * width..(start + LANES).min(n) * width;
-            let (l, h) = (&lo[rows.clone()], &hi[rows]);
-            union_lo.extend((0..width).map(|d| l.iter().skip(d).step_by(width).fold(f64::INFINITY, |a, &v| a.min(v))));
-            union_hi.extend((0..width).map(|d| h.iter().skip(d).step_by(width).fold(f64::NEG_INFINITY, |a, &v| a.max(v))));
-        }
+        let (block_lo, block_hi) = bounding_boxes(&lo, &hi, width);
+        let (super_lo, super_hi) = bounding_boxes(&block_lo, &block_hi, width);
         Search {
             lo: interleave(&lo, width),
             hi: interleave(&hi, width),
-            union_lo: interleave(&union_lo, width),
-            union_hi: interleave(&union_hi, width),
+            block_lo: interleave(&block_lo, width),
+            block_hi: interleave(&block_hi, width),
+            super_lo: interleave(&super_lo, width),
+            super_hi: interleave(&super_hi, width),
         }
     }
 }
 
-/// The boxes' indices sorted along the dimension in which their centres vary most (ties by
-/// index): neighbours in that order are near in that dimension, which keeps the bounding
-/// boxes of [`LANES`] of them small there.
-fn spread_order(width: usize, lo: &[f64], hi: &[f64]) -> Vec<usize> {
-    let n = lo.len() / width.max(1);
-    let centre = |i: usize, d: usize| (lo[i * width + d] + hi[i * width + d]) / 2.0;
-    let spread = |d: usize| {
-        let mean = (0..n).map(|i| centre(i, d)).sum::<f64>() / n.max(1) as f64;
-        (0..n).map(|i| (centre(i, d) - mean).powi(2)).sum::<f64>()
+/// The bounding box of each [`LANES`] consecutive boxes (row-major `[n, width]`; the last
+/// group may hold fewer).
+fn bounding_boxes(lo: &[f64], hi: &[f64], width: usize) -> (Vec<f64>, Vec<f64>) {
+    let rows = LANES * width.max(1);
+    let fold = |v: &[f64], start: f64, pick: fn(f64, f64) -> f64| -> Vec<f64> {
+        v.chunks(rows)
+            .flat_map(|g| (0..width).map(move |d| g.iter().skip(d).step_by(width).fold(start, |a, &v| pick(a, v))))
+            .collect()
     };
-    let axis = (0..width)
-        .max_by(|&a, &b| spread(a).total_cmp(&spread(b)))
-        .unwrap_or(0);
+    (fold(lo, f64::INFINITY, f64::min), fold(hi, f64::NEG_INFINITY, f64::max))
+}
+
+/// The boxes' indices in the leaf order of a k-d tree on their centres: each node splits its
+/// boxes at the median of the dimension in which their centres vary most, rounded to whole
+/// blocks (whole superblocks above [`LANES`]² boxes).
+fn kd_order(width: usize, lo: &[f64], hi: &[f64]) -> Vec<usize> {
+    let n = lo.len() / width.max(1);
+    let centres: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| (l + h) / 2.0).collect();
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| centre(a, axis).total_cmp(&centre(b, axis)).then(a.cmp(&b)));
+    split(&mut order, &centres, width);
     order
+}
+
+fn split(rows: &mut [usize], centres: &[f64], width: usize) {
+    if rows.len() <= LANES {
+        return;
+    }
+    let unit = if rows.len() > LANES * LANES { LANES * LANES } else { LANES };
+    let mid = rows.len().div_ceil(unit).div_ceil(2) * unit;
+    let axis = widest_axis(rows, centres, width);
+    let key = |i: usize| centres[i * width + axis];
+    rows.select_nth_unstable_by(mid, |&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
+    let (left, right) = rows.split_at_mut(mid);
+    split(left, centres, width);
+    split(right, centres, width);
+}
+
+/// The dimension in which the centres of `rows` vary most (the first on ties).
+fn widest_axis(rows: &[usize], centres: &[f64], width: usize) -> usize {
+    let mut sum = vec![0.0; width];
+    let mut squares = vec![0.0; width];
+    for &i in rows {
+        for (d, &c) in centres[i * width..(i + 1) * width].iter().enumerate() {
+            sum[d] += c;
+            squares[d] += c * c;
+        }
+    }
+    let n = rows.len() as f64;
+    let spread = |d: usize| squares[d] - sum[d] * sum[d] / n;
+    (0..width).fold(0, |best, d| if spread(d) > spread(best) { d } else { best })
 }
 
 /// The L1 distances from `x` to [`LANES`] boxes laid side by side (`[dim][lane]`), each summed
@@ -840,7 +892,7 @@ mod tests {
     #[test]
     fn the_search_finds_the_plain_smallest_distance_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        for (n, width) in [(1, 3), (7, 5), (8, 16), (203, 16), (1000, 9)] {
+        for (n, width) in [(1, 3), (7, 5), (8, 16), (203, 16), (1000, 9), (4100, 12)] {
             let (mut lo, mut hi) = (Vec::new(), Vec::new());
             for _ in 0..n * width {
                 let (a, b): (f64, f64) = (rng.random_range(-5.0..5.0), rng.random_range(0.0..2.0));
