@@ -38,7 +38,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use super::common::{err, Grouping, TensorMap, TensorsOut, Uses};
 use super::grouped::{GroupInfo, PerLevel};
@@ -157,28 +158,28 @@ pub(crate) struct Boxes {
     pub width: usize,
     pub lo: Vec<f64>,
     pub hi: Vec<f64>,
-    /// The boxes again for [`Boxes::distance`]: in the order of a k-d tree, [`LANES`] side by
-    /// side per dimension.
+    /// The boxes again for [`Boxes::distance`]: a tree of bounding boxes.
     search: Search,
 }
 
-/// Boxes laid out for [`Boxes::distance`]: blocks of [`LANES`] boxes, superblocks of [`LANES`]
-/// blocks, each layer `[group][dim][lane]`, [`LANES`] side by side. The boxes are in the leaf
-/// order of a k-d tree on their centres, whose splits fall between blocks (and between
-/// superblocks above [`LANES`]² boxes), so the boxes of a block or superblock are near one
-/// another and its bounding box is small.
+/// Boxes laid out for [`Boxes::distance`]: a tree in which every node bounds [`LANES`] nodes of
+/// the layer below. The boxes are in the leaf order of a k-d tree on their centres, whose splits
+/// fall between whole subtrees, so the boxes under a node are near one another and its bounding
+/// box is small.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Search {
-    /// The boxes, the last block padded with boxes at infinity.
+    /// `layers[0]`: the boxes; `layers[l]`: the bounding box of each [`LANES`] nodes of layer
+    /// `l − 1`, whose distance bounds theirs from below. The top layer has at most [`LANES`].
+    layers: Vec<Layer>,
+}
+
+/// One layer of [`Search`]: `[group][dim][lane]`, [`LANES`] nodes side by side, the last group
+/// padded with boxes at infinity.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Layer {
     lo: Vec<f64>,
     hi: Vec<f64>,
-    /// The bounding box of each block: the distance to it bounds the distances to the block's
-    /// boxes from below. Group `s` holds the blocks of superblock `s`.
-    block_lo: Vec<f64>,
-    block_hi: Vec<f64>,
-    /// The bounding box of each superblock, bounding its blocks' distances from below.
-    super_lo: Vec<f64>,
-    super_hi: Vec<f64>,
+    len: usize,
 }
 
 /// Boxes whose distances [`Boxes::distance`] sums side by side.
@@ -258,54 +259,67 @@ impl Boxes {
         self.distance_side_by_side(x)
     }
 
-    /// Superblocks, then the blocks of each, are visited in the order of their bounding boxes'
-    /// distances; each level stops at the first that cannot hold a box nearer than the best
-    /// so far.
+    /// Best first: the node of smallest lower bound is opened next, and the search stops when
+    /// none left can hold a box nearer than the best so far.
     #[inline(always)]
     fn distance_side_by_side(&self, x: &[f64]) -> f64 {
-        let (w, search) = (self.width, &self.search);
-        let group = w * LANES;
+        let group = self.width * LANES;
+        let Some(top) = self.search.layers.len().checked_sub(1) else {
+            return f64::INFINITY;
+        };
+        if group == 0 || self.search.layers[0].len == 0 {
+            return f64::INFINITY;
+        }
         let mut best = f64::INFINITY;
-        if group == 0 {
-            return best;
-        }
-        let blocks = search.lo.len() / group;
-        let supers = blocks.div_ceil(LANES);
-        let mut bounds = Vec::with_capacity(supers.next_multiple_of(LANES));
-        for (lo, hi) in search.super_lo.chunks_exact(group).zip(search.super_hi.chunks_exact(group)) {
-            bounds.extend(lane_sums(lo, hi, x, f64::INFINITY));
-        }
-        let mut supers: Vec<(f64, usize)> = bounds.into_iter().zip(0..supers).collect();
-        supers.sort_unstable_by(by_bound);
-        for (bound, s) in supers {
-            if bound >= best {
+        // Min-heap of (lower bound, layer, node); node `i` of layer `l` opens group `i` of
+        // layer `l − 1`. The top layer is the one group opened first.
+        let mut open = BinaryHeap::new();
+        let expand = |layer: usize, g: usize, best: &mut f64, open: &mut BinaryHeap<_>| {
+            let below = &self.search.layers[layer];
+            let at = g * group..(g + 1) * group;
+            let sums = lane_sums(&below.lo[at.clone()], &below.hi[at], x, *best);
+            let nodes = g * LANES..below.len.min((g + 1) * LANES);
+            for (bound, node) in sums.into_iter().zip(nodes) {
+                if layer == 0 {
+                    *best = best.min(bound);
+                } else if bound < *best {
+                    open.push(Reverse(Bound(bound, layer, node)));
+                }
+            }
+        };
+        expand(top, 0, &mut best, &mut open);
+        while let Some(Reverse(Bound(bound, layer, node))) = open.pop() {
+            if bound >= best || best == 0.0 {
                 break;
             }
-            let at = s * group..(s + 1) * group;
-            let sums = lane_sums(&search.block_lo[at.clone()], &search.block_hi[at], x, best);
-            let mut inner: Vec<(f64, usize)> =
-                sums.into_iter().zip(s * LANES..blocks.min((s + 1) * LANES)).collect();
-            inner.sort_unstable_by(by_bound);
-            for (bound, b) in inner {
-                if bound >= best {
-                    break;
-                }
-                let at = b * group..(b + 1) * group;
-                for d in lane_sums(&search.lo[at.clone()], &search.hi[at], x, best) {
-                    best = best.min(d);
-                }
-                if best == 0.0 {
-                    return best;
-                }
-            }
+            expand(layer - 1, node, &mut best, &mut open);
         }
         best
     }
 }
 
-/// Lower bounds first, ties by index.
-fn by_bound(a: &(f64, usize), b: &(f64, usize)) -> std::cmp::Ordering {
-    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+/// A node's lower bound, its layer and index, ordered by bound (the bounds are not NaN).
+struct Bound(f64, usize, usize);
+
+impl PartialEq for Bound {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Bound {}
+
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Bound {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |b: &Bound| (b.1, b.2);
+        self.0.total_cmp(&other.0).then(key(self).cmp(&key(other)))
+    }
 }
 
 impl Search {
@@ -314,16 +328,19 @@ impl Search {
         let sorted = |v: &[f64]| -> Vec<f64> {
             order.iter().flat_map(|&i| v[i * width..(i + 1) * width].iter().copied()).collect()
         };
-        let (lo, hi) = (sorted(lo), sorted(hi));
-        let (block_lo, block_hi) = bounding_boxes(&lo, &hi, width);
-        let (super_lo, super_hi) = bounding_boxes(&block_lo, &block_hi, width);
-        Search {
-            lo: interleave(&lo, width),
-            hi: interleave(&hi, width),
-            block_lo: interleave(&block_lo, width),
-            block_hi: interleave(&block_hi, width),
-            super_lo: interleave(&super_lo, width),
-            super_hi: interleave(&super_hi, width),
+        let (mut lo, mut hi) = (sorted(lo), sorted(hi));
+        let mut layers = Vec::new();
+        loop {
+            let len = order.len().div_ceil(LANES.pow(layers.len() as u32));
+            layers.push(Layer {
+                lo: interleave(&lo, width),
+                hi: interleave(&hi, width),
+                len,
+            });
+            if len <= LANES || width == 0 {
+                return Search { layers };
+            }
+            (lo, hi) = bounding_boxes(&lo, &hi, width);
         }
     }
 }
@@ -342,7 +359,7 @@ fn bounding_boxes(lo: &[f64], hi: &[f64], width: usize) -> (Vec<f64>, Vec<f64>) 
 
 /// The boxes' indices in the leaf order of a k-d tree on their centres: each node splits its
 /// boxes at the median of the dimension in which their centres vary most, rounded to whole
-/// blocks (whole superblocks above [`LANES`]² boxes).
+/// subtrees of [`Search`] (the largest power of [`LANES`] below the node's size).
 fn kd_order(width: usize, lo: &[f64], hi: &[f64]) -> Vec<usize> {
     let n = lo.len() / width.max(1);
     let centres: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| (l + h) / 2.0).collect();
@@ -355,7 +372,10 @@ fn split(rows: &mut [usize], centres: &[f64], width: usize) {
     if rows.len() <= LANES {
         return;
     }
-    let unit = if rows.len() > LANES * LANES { LANES * LANES } else { LANES };
+    let mut unit = LANES;
+    while unit * LANES < rows.len() {
+        unit *= LANES;
+    }
     let mid = rows.len().div_ceil(unit).div_ceil(2) * unit;
     let axis = widest_axis(rows, centres, width);
     let key = |i: usize| centres[i * width + axis];
@@ -886,9 +906,9 @@ mod tests {
         }
     }
 
-    /// The search (sorted blocks of boxes side by side, bounded by their bounding boxes) gives
+    /// The search (a tree of bounding boxes over blocks of boxes side by side) gives
     /// the bits of the plain one: every box's distance summed over its dimensions in order,
-    /// the smallest kept. Box counts that fill no block, one, or some and a part.
+    /// the smallest kept. Box counts that fill no block, one, some and a part, and five layers.
     #[test]
     fn the_search_finds_the_plain_smallest_distance_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
