@@ -301,13 +301,32 @@ impl BoxSet {
     /// The boxes of all `sets`, in order: sets of one detector, with the same feature sources
     /// and the same optional columns. Image indices are renumbered so that images stay apart;
     /// the `source` names every set. For a fit's outliers gathered from several extractions.
+    /// Extra ROI sources recorded beside the features are kept where every set has them and
+    /// dropped otherwise, so that sets extracted with different `--features` lists but
+    /// selected alike gather.
     pub fn concat(sets: &[BoxSet]) -> Result<BoxSet> {
         let Some((first, rest)) = sets.split_first() else {
             return Err(Error::BadBoxSet {
                 reason: "no box sets to concatenate".into(),
             });
         };
+        let common = |r: &SourceFeatures| {
+            rest.iter().all(|s| {
+                s.roi
+                    .iter()
+                    .any(|o| (&o.source, o.dim) == (&r.source, r.dim))
+            })
+        };
         let mut out = first.parts.clone();
+        out.roi.retain(common);
+        let kept: Vec<RoiSource> = out.roi.iter().map(|r| r.source.clone()).collect();
+        let settings = |p: &BoxParts| {
+            p.detect_options.clone().map(|mut o| {
+                o.roi.retain(|r| kept.contains(r));
+                o
+            })
+        };
+        out.detect_options = settings(&out);
         for set in rest {
             let differ = |what: &str| Error::BadBoxSet {
                 reason: format!("{} and {} differ in {what}", first.source, set.source),
@@ -315,27 +334,20 @@ impl BoxSet {
             if set.fingerprint != out.fingerprint || set.class_names != out.class_names {
                 return Err(differ("detector (fingerprint or class names)"));
             }
-            let same_roi = set.roi.len() == out.roi.len()
-                && set
-                    .roi
-                    .iter()
-                    .zip(&out.roi)
-                    .all(|(a, b)| (&a.source, a.dim) == (&b.source, b.dim));
-            if set.feature_sources != out.feature_sources
-                || set.feature_dim != out.feature_dim
-                || !same_roi
-            {
+            if set.feature_sources != out.feature_sources || set.feature_dim != out.feature_dim {
                 return Err(differ("feature sources"));
             }
-            if set.num_classes != out.num_classes || set.detect_options != out.detect_options {
+            if set.num_classes != out.num_classes || settings(&set.parts) != out.detect_options {
                 return Err(differ("detection settings"));
             }
             extend_optional_columns(&mut out, set).map_err(|w| differ(&w))?;
             out.features.extend_from_slice(&set.features);
             out.logits.extend_from_slice(&set.logits);
             out.class_id.extend_from_slice(&set.class_id);
-            for (into, from) in out.roi.iter_mut().zip(&set.roi) {
-                into.values.extend_from_slice(&from.values);
+            for into in out.roi.iter_mut() {
+                if let Some(from) = set.roi.iter().find(|f| f.source == into.source) {
+                    into.values.extend_from_slice(&from.values);
+                }
             }
             out.source = format!("{} + {}", out.source, set.source);
         }
@@ -973,7 +985,8 @@ mod tests {
     }
 
     /// Concatenated sets keep every column, renumber the images of the later sets after the
-    /// earlier ones', and refuse sets that differ in detector, sources or columns.
+    /// earlier ones', keep the ROI sources all have, and refuse sets that differ in detector,
+    /// feature sources or columns.
     #[test]
     fn concatenates_sets_of_one_detector_and_refuses_others() {
         let (head, names) = one_level_head();
@@ -1019,6 +1032,15 @@ mod tests {
         };
         let err = BoxSet::concat(&[a.clone(), other]).unwrap_err().to_string();
         assert!(err.contains("detector"), "{err}");
+        // A set without the other's extra ROI source gathers; the source is dropped.
+        let fewer_roi = {
+            let mut s = b.clone();
+            s.parts.roi.clear();
+            s
+        };
+        let gathered = BoxSet::concat(&[a.clone(), fewer_roi]).unwrap();
+        assert_eq!((gathered.len(), gathered.roi.len()), (5, 0));
+        assert_eq!(gathered.features, both.features);
         let roi_only = b.select(&"roi:4@2".parse().unwrap()).unwrap();
         let err = BoxSet::concat(&[a, roi_only]).unwrap_err().to_string();
         assert!(err.contains("feature sources"), "{err}");
