@@ -67,6 +67,7 @@ use std::collections::BTreeMap;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use serde::{Deserialize, Serialize};
 
@@ -254,9 +255,14 @@ impl Fit {
         x
     }
 
-    /// The mean of the members' OOD logits for one input row.
-    fn logit(&self, x: &[f64]) -> f64 {
-        self.members.iter().map(|m| m.logit(x)).sum::<f64>() / self.members.len() as f64
+    /// The mean of the members' OOD logits for each input row (row-major, f32).
+    fn logits(&self, x: &[f32]) -> Vec<f64> {
+        let mut sum = self.members[0].logits(x);
+        for member in &self.members[1..] {
+            sum.iter_mut().zip(member.logits(x)).for_each(|(s, v)| *s += v);
+        }
+        let k = self.members.len() as f64;
+        sum.into_iter().map(|s| s / k).collect()
     }
 }
 
@@ -506,11 +512,17 @@ impl Scorer for Safe {
             check_dim(kind, "class count", fit.classes, boxes.num_classes)?;
         }
         let group_of = fit.grouping.assign(kind, boxes)?;
-        Ok(group_of
+        let rows: Vec<f32> = group_of
             .iter()
             .enumerate()
-            .map(|(i, &g)| fit.logit(&fit.input(boxes, i, g)))
-            .collect())
+            .flat_map(|(i, &g)| fit.input(boxes, i, g))
+            .map(|v| v as f32)
+            .collect();
+        // The boxes in one batch per core: even an image's few boxes are worth splitting.
+        let width = rows.len() / group_of.len().max(1);
+        let batch = group_of.len().div_ceil(rayon::current_num_threads()).max(1) * width;
+        let logits: Vec<Vec<f64>> = rows.par_chunks(batch.max(1)).map(|r| fit.logits(r)).collect();
+        Ok(logits.concat())
     }
 
     fn to_state(&self) -> ScorerState {
