@@ -196,6 +196,36 @@ fn every_scorer_scores_an_obvious_ood_box_higher_than_id_boxes() {
     }
 }
 
+/// A box's score does not depend on the boxes scored with it: one at a time, in a batch of
+/// many (which kinds split over threads and batch through their layers), or in another order.
+/// Kinds that score through a matrix product may differ in the last bits (its blocking
+/// follows the row count); `safe` and `box_monitor`, which document it, give the same bits.
+#[test]
+fn every_scorer_scores_a_box_alike_alone_and_among_others() {
+    let fit = id_set(3, 300, Some(2));
+    let test = append(&id_set(4, 40, Some(2)), ood_feature(), Some(1));
+    let reversed: Vec<usize> = (0..test.len()).rev().collect();
+    for (kind, shaping) in all_configs() {
+        let s = fitted(kind, shaping, &[], &fit);
+        let together = s.score(&test).unwrap();
+        let alone: Vec<f64> = (0..test.len())
+            .flat_map(|i| s.score(&test.subset(&[i])).unwrap())
+            .collect();
+        let mut backwards = s.score(&test.subset(&reversed)).unwrap();
+        backwards.reverse();
+        for (how, other) in [("alone", &alone), ("reversed", &backwards)] {
+            if matches!(kind, "safe" | "box_monitor") {
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&together), bits(other), "{kind} {shaping:?}: {how}");
+            }
+            for (a, b) in together.iter().zip(other.iter()) {
+                let close = (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0);
+                assert!(close, "{kind} {shaping:?}: {how}: {a} against {b}");
+            }
+        }
+    }
+}
+
 #[test]
 fn per_level_and_pooled_fits_both_work_and_an_unfitted_level_takes_the_nearest() {
     let fit = id_set(3, 600, Some(3));

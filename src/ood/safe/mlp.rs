@@ -108,7 +108,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// The OOD logits of standardised input rows (row-major, in f32 as [`Layer::apply`]
+    /// The OOD logits of standardised input rows (row-major, in f32 as each layer
     /// takes them).
     pub fn logits(&self, x: &[f32]) -> Vec<f64> {
         let f32s = |h: Vec<f64>| -> Vec<f32> { h.into_iter().map(|v| v as f32).collect() };
