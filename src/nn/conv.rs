@@ -415,11 +415,17 @@ impl Conv2dNhwc {
 
 /// `len` values, left uninitialised: zeroing every output map costs a full extra pass over
 /// memory, and the convolution writes all of them before anything reads them.
-/// Candle's thread count, read once: `candle_core::utils::get_num_threads` parses
-/// `/proc/cpuinfo` on every call, about 5% of a YOLOv8n forward when called per layer.
+/// Candle's thread count: `RAYON_NUM_THREADS` when set (the Python package's
+/// `set_num_threads` changes it at run time), else Candle's default, computed once:
+/// `candle_core::utils::get_num_threads` parses `/proc/cpuinfo` on every call, a third of a
+/// YOLOv8n forward at 256² when called per layer.
 fn threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| *DEFAULT.get_or_init(|| candle_core::utils::get_num_threads().max(1)))
 }
 
 fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
