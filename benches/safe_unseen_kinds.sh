@@ -7,14 +7,15 @@
 # split draws its known objects exactly as the standard world does).
 #   cargo build --release && bash benches/safe_unseen_kinds.sh [OUT]   (default /tmp/exposure)
 # SEED=7 evaluates on the seed-7 world instead (data/shapes-s7-safe, fitted on its train split);
-# the outlier worlds stay the same.
+# the outlier worlds stay the same. FEATURES: the ROI recipe (default cls,roi:4@2,roi:6@2,roi:9;
+# the first table of that section used cls,roi:4,roi:6,roi:9).
 # EXTRA: more `fit` rows, as "NAME|FIT-ARGS" lines; %OUTLIERS% in the arguments stands for the
 # fold's --outliers.
 set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
 out=${1:-/tmp/exposure}
-features=cls,roi:4,roi:6,roi:9
+features=${FEATURES:-cls,roi:4@2,roi:6@2,roi:9}
 extract() { # world folder, box folder, splits...
   mkdir -p "$2"
   for split in "${@:3}"; do
