@@ -413,8 +413,6 @@ impl Conv2dNhwc {
     }
 }
 
-/// `len` values, left uninitialised: zeroing every output map costs a full extra pass over
-/// memory, and the convolution writes all of them before anything reads them.
 /// Candle's thread count: `RAYON_NUM_THREADS` when set (the Python package's
 /// `set_num_threads` changes it at run time), else Candle's default, computed once:
 /// `candle_core::utils::get_num_threads` parses `/proc/cpuinfo` on every call, a third of a
@@ -428,6 +426,8 @@ fn threads() -> usize {
         .unwrap_or_else(|| *DEFAULT.get_or_init(|| candle_core::utils::get_num_threads().max(1)))
 }
 
+/// `len` values, left uninitialised: zeroing every output map costs a full extra pass over
+/// memory, and the convolution writes all of them before anything reads them.
 fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
     let mut out = Vec::with_capacity(len);
     // SAFETY: `MaybeUninit` needs no initialisation; the capacity was just reserved.
