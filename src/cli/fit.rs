@@ -75,12 +75,12 @@ pub struct Args {
     /// tail a negative ξ is often fitted too low, which gives ID boxes p-values near 0.
     #[arg(long, requires = "tail")]
     tail_bounded: bool,
-    /// Outlier boxes to train against, for `safe` (alone or in a `combine`). With `--param
+    /// Outlier boxes to train against, for `safe` and `ocsdf` (alone or in a `combine`). With `--param
     /// surrogate=fgsm`: the FGSM box set of the fit images (`extract --fgsm-out`; with
     /// --calibration-fraction, only those of the fit images are used). With `--param surrogate=unknown` (outlier exposure): a box set
     /// of other images with objects the detector should not know (`extract --data`: its boxes
     /// on unknown objects are the outliers, those on known objects train as ID; every box of
-    /// an unlabelled set is an outlier). Repeat the flag to train against several box sets of
+    /// an unlabelled set is an outlier); `ocsdf --param exposure=true` takes such sets too. Repeat the flag to train against several box sets of
     /// the same detector and feature sources.
     #[arg(long)]
     outliers: Vec<PathBuf>,

@@ -28,6 +28,12 @@ impl GroupInfo<'_> {
         self.grouping.levels.as_ref().map(|l| l[self.g])
     }
 
+    /// The indices of the boxes of `boxes` that this group scores.
+    pub fn members_of(&self, kind: &str, boxes: &BoxSet) -> Result<Vec<usize>> {
+        let groups = self.grouping.assign(kind, boxes)?;
+        Ok((0..boxes.len()).filter(|&i| groups[i] == self.g).collect())
+    }
+
     /// The state name of one of the group's tensors.
     pub fn tensor(&self, name: &str) -> String {
         format!("group{}.{name}", self.g)

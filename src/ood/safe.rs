@@ -60,7 +60,7 @@
 //! set's feature sources (`fit --features`); the FGSM boxes carry the same sources.
 
 mod mlp;
-mod surrogate;
+pub(crate) mod surrogate;
 
 use std::collections::BTreeMap;
 

@@ -12,6 +12,9 @@
 //! towards the current network's zero level set, and clipped to the box (the paper's algorithm).
 //! `per_class=true` trains one network per fit class of the group, `per_class=false` one network
 //! whose input is the features plus the class as a one-hot scaled by the ball radius.
+//! With `exposure=true` the outlier boxes given to the fit (`fit --outliers`, sorted as for
+//! `safe`'s outlier exposure) are negatives too, a batch of them with each step, and its boxes
+//! on known objects train as ID: no longer one-class, but the network stays 1-Lipschitz.
 //! Training is in f32 with Candle on the CPU, seeded: the same boxes, parameters and seed give a
 //! byte-identical scorer file. The stored weights are normalised once more to convergence in f64,
 //! so scoring is plain matmuls.
@@ -37,10 +40,13 @@ use std::collections::BTreeMap;
 
 use self::lipschitz::{Matrix, Net};
 use self::train::{train, TrainSet};
-use super::common::{distinct, err, fit_labels, gather_features, TensorMap, TensorsOut, Uses};
+use super::common::{
+    check_boxes, check_dim, distinct, err, fit_labels, gather_features, TensorMap, TensorsOut, Uses,
+};
 use super::grouped::{GroupInfo, PerLevel};
 use super::params::{infos, to_json, ParamDoc, ParamSet, PER_LEVEL};
 use super::registry::KindEntry;
+use super::safe::surrogate::{Given, Surrogate};
 use super::{Scorer, ScorerImpl, ScorerState};
 use crate::data::boxset::BoxSet;
 use crate::error::{Result, ScorerFault};
@@ -74,6 +80,7 @@ pub struct OcsdfParams {
     pub domain: f64,
     pub seed: u64,
     pub per_class: bool,
+    pub exposure: bool,
     pub per_level: bool,
 }
 
@@ -96,6 +103,7 @@ impl Default for OcsdfParams {
             domain: 2.0,
             seed: 0,
             per_class: true,
+            exposure: false,
             per_level: true,
         }
     }
@@ -183,6 +191,11 @@ impl ParamSet for OcsdfParams {
             expected: "true or false",
             doc: "one network per fit class (false: one network with the class as input)",
         },
+        ParamDoc {
+            name: "exposure",
+            expected: "true or false",
+            doc: "also train against the outlier boxes given to the fit (`fit --outliers`): boxes on unknown objects (every box of an unlabelled set) are negatives beside the generated ones, boxes on known objects train as ID",
+        },
         PER_LEVEL,
     ];
 
@@ -253,11 +266,61 @@ impl Ocsdf {
         logits: false,
     };
 
-    fn fit_group(&self, boxes: &BoxSet, labels: &[i64], idx: &[usize], info: &GroupInfo) -> Result<Group> {
+    fn fit_group(&self, boxes: &BoxSet, given: Option<&Given>, idx: &[usize], info: &GroupInfo) -> Result<Group> {
         let d = info.dim;
         let raw = gather_features(boxes, idx);
         let (mean, std) = standardisation(&raw, d);
-        let z = standardise(&raw, &mean, &std);
+        let mut fit = Rows::of(boxes, &fit_labels(boxes), idx, &mean, &std);
+        let (lo, hi) = self.domain(&fit.z, d);
+        let mut negatives = Rows::default();
+        if let Some(given) = given {
+            negatives = Rows::of(&given.outliers, &given.outliers.class_id.iter().map(|&c| c as i64).collect::<Vec<_>>(), &info.members_of(OCSDF.name, &given.outliers)?, &mean, &std);
+            if let Some(inliers) = &given.inliers {
+                fit.extend(Rows::of(inliers, &fit_labels(inliers), &info.members_of(OCSDF.name, inliers)?, &mean, &std));
+            }
+        }
+        let classes = distinct(fit.labels.iter().copied());
+        // Each network has its own seed, fixed by the group and class.
+        let seed = |k: usize| self.params.seed.wrapping_mul(1_000_003).wrapping_add((info.g * 4096 + k) as u64);
+        let fail = |e: candle_core::Error| err(OCSDF.name, ScorerFault::CannotFit, format!("training on {}: {e}", info.name()));
+        let models = if self.params.per_class {
+            let mut nets = Vec::with_capacity(classes.len());
+            for (k, &c) in classes.iter().enumerate() {
+                let set = TrainSet {
+                    x: fit.of_class(c, d),
+                    d,
+                    classes: None,
+                    negatives: negatives.of_class(c, d),
+                    negative_classes: Vec::new(),
+                    lo: lo.clone(),
+                    hi: hi.clone(),
+                };
+                nets.push(train(&set, &self.params, seed(k)).map_err(fail)?);
+            }
+            Models::PerClass(classes, nets)
+        } else {
+            let count = boxes.num_classes.max(classes.last().map_or(0, |&c| c as usize + 1));
+            let class_index = |labels: &[i64]| labels.iter().map(|&l| l.max(0) as usize).collect();
+            let mut set = TrainSet {
+                x: fit.z.iter().map(|&v| v as f32).collect(),
+                d,
+                classes: None,
+                negatives: negatives.z.iter().map(|&v| v as f32).collect(),
+                negative_classes: class_index(&negatives.labels),
+                lo,
+                hi,
+            };
+            let scale = set.radius();
+            set.classes = Some((class_index(&fit.labels), count, scale));
+            let net = train(&set, &self.params, seed(0)).map_err(fail)?;
+            Models::Shared { net, classes: count, scale }
+        };
+        Ok(Group { mean, std, models })
+    }
+
+    /// The box negatives are drawn in: the bounding box of the standardised fit rows `z`,
+    /// scaled by `domain` about its centre.
+    fn domain(&self, z: &[f64], d: usize) -> (Vec<f32>, Vec<f32>) {
         let (mut lo, mut hi) = (vec![f32::INFINITY; d], vec![f32::NEG_INFINITY; d]);
         for row in z.chunks_exact(d) {
             for j in 0..d {
@@ -270,40 +333,39 @@ impl Ocsdf {
             let pad = widen * (*h - *l);
             (*l, *h) = (*l - pad, *h + pad);
         }
-        let group_labels: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
-        let classes = distinct(group_labels.iter().copied());
-        // Each network has its own seed, fixed by the group and class.
-        let seed = |k: usize| self.params.seed.wrapping_mul(1_000_003).wrapping_add((info.g * 4096 + k) as u64);
-        let fail = |e: candle_core::Error| err(OCSDF.name, ScorerFault::CannotFit, format!("training on {}: {e}", info.name()));
-        let models = if self.params.per_class {
-            let mut nets = Vec::with_capacity(classes.len());
-            for (k, &c) in classes.iter().enumerate() {
-                let x: Vec<f32> = z
-                    .chunks_exact(d)
-                    .zip(&group_labels)
-                    .filter(|(_, &l)| l == c)
-                    .flat_map(|(row, _)| row.iter().map(|&v| v as f32))
-                    .collect();
-                let set = TrainSet { x, d, classes: None, lo: lo.clone(), hi: hi.clone() };
-                nets.push(train(&set, &self.params, seed(k)).map_err(fail)?);
+        (lo, hi)
+    }
+
+    /// [`Scorer::fit`], against `outliers` with `exposure`.
+    fn fit_against(&mut self, boxes: &BoxSet, outliers: Option<&BoxSet>) -> Result<()> {
+        let given = match (self.params.exposure, outliers) {
+            (true, None) => {
+                return Err(err(
+                    OCSDF.name,
+                    ScorerFault::MissingInput,
+                    "exposure=true trains against outlier boxes given beside the fit boxes (fit --outliers)",
+                ))
             }
-            Models::PerClass(classes, nets)
-        } else {
-            let count = boxes.num_classes.max(classes.last().map_or(0, |&c| c as usize + 1));
-            let mut set = TrainSet {
-                x: z.iter().map(|&v| v as f32).collect(),
-                d,
-                classes: None,
-                lo,
-                hi,
-            };
-            let scale = set.radius();
-            let class_idx = group_labels.iter().map(|&l| l.max(0) as usize).collect();
-            set.classes = Some((class_idx, count, scale));
-            let net = train(&set, &self.params, seed(0)).map_err(fail)?;
-            Models::Shared { net, classes: count, scale }
+            (false, Some(_)) => {
+                return Err(err(
+                    OCSDF.name,
+                    ScorerFault::BadParameter,
+                    "outlier boxes are for exposure=true; without it the negatives are generated",
+                ))
+            }
+            (true, Some(o)) => {
+                check_boxes(OCSDF.name, o, Self::USES)?;
+                check_dim(OCSDF.name, "outlier feature dimension", boxes.feature_dim, o.feature_dim)?;
+                Some(Surrogate::Unknown.sort_given(o, boxes))
+            }
+            (false, None) => None,
         };
-        Ok(Group { mean, std, models })
+        let mut groups = PerLevel::default();
+        groups.fit(self.kind(), boxes, Self::USES, self.params.per_level, |idx, info| {
+            self.fit_group(boxes, given.as_ref(), idx, info)
+        })?;
+        self.groups = groups;
+        Ok(())
     }
 
     fn score_group(&self, group: &Group, boxes: &BoxSet, idx: &[usize], info: &GroupInfo) -> Result<Vec<f64>> {
@@ -386,6 +448,38 @@ fn standardise(x: &[f64], mean: &[f64], std: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// Standardised feature rows of some boxes, with a label each.
+#[derive(Default)]
+struct Rows {
+    z: Vec<f64>,
+    labels: Vec<i64>,
+}
+
+impl Rows {
+    /// The boxes `idx` of `boxes`, standardised, labelled from `labels`.
+    fn of(boxes: &BoxSet, labels: &[i64], idx: &[usize], mean: &[f64], std: &[f64]) -> Rows {
+        Rows {
+            z: standardise(&gather_features(boxes, idx), mean, std),
+            labels: idx.iter().map(|&i| labels[i]).collect(),
+        }
+    }
+
+    fn extend(&mut self, other: Rows) {
+        self.z.extend(other.z);
+        self.labels.extend(other.labels);
+    }
+
+    /// The rows labelled `class`, in f32.
+    fn of_class(&self, class: i64, d: usize) -> Vec<f32> {
+        self.z
+            .chunks_exact(d)
+            .zip(&self.labels)
+            .filter(|(_, &l)| l == class)
+            .flat_map(|(row, _)| row.iter().map(|&v| v as f32))
+            .collect()
+    }
+}
+
 impl Scorer for Ocsdf {
     fn kind(&self) -> &'static str {
         OCSDF.name
@@ -396,13 +490,15 @@ impl Scorer for Ocsdf {
     }
 
     fn fit(&mut self, boxes: &BoxSet) -> Result<()> {
-        let labels = fit_labels(boxes);
-        let mut groups = PerLevel::default();
-        groups.fit(self.kind(), boxes, Self::USES, self.params.per_level, |idx, info| {
-            self.fit_group(boxes, &labels, idx, info)
-        })?;
-        self.groups = groups;
-        Ok(())
+        self.fit_against(boxes, None)
+    }
+
+    fn fit_with_outliers(&mut self, boxes: &BoxSet, outliers: &BoxSet) -> Result<()> {
+        self.fit_against(boxes, Some(outliers))
+    }
+
+    fn takes_outliers(&self) -> bool {
+        self.params.exposure
     }
 
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {

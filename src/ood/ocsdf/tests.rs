@@ -162,3 +162,85 @@ fn states_round_trip_to_the_same_scores() {
         assert_eq!(again.score(&test).unwrap(), s.score(&test).unwrap(), "{extra:?}");
     }
 }
+
+/// Boxes just beside the ID classes of [`boxes`]: predicted as class c, the dimensions of class
+/// `c + 1` raised from [0, 1) to [1, 2).
+fn beside(seed: u64) -> BoxSet {
+    boxes(seed)
+        .edit(|b| {
+            for (i, row) in b.features.chunks_exact_mut(D).enumerate() {
+                let next = (i % 3 + 1) % 3;
+                row.iter_mut().enumerate().filter(|(j, _)| j % 3 == next).for_each(|(_, v)| *v += 1.0);
+            }
+        })
+        .unwrap()
+}
+
+fn auroc(id: &[f64], ood: &[f64]) -> f64 {
+    crate::eval::metrics::ood_metrics(id, ood).unwrap().auroc
+}
+
+#[test]
+fn exposure_trains_against_the_given_outliers_and_keeps_the_network_1_lipschitz() {
+    let (fit, id, outliers, fresh) = (boxes(1), boxes(2), beside(4), beside(5));
+    for per_class in ["true", "false"] {
+        let mut plain = small(&[("per_class", per_class)]);
+        plain.params.epochs = 30;
+        plain.fit(&fit).unwrap();
+        let mut exposed = small(&[("per_class", per_class), ("exposure", "true")]);
+        exposed.params.epochs = 30;
+        exposed.fit_with_outliers(&fit, &outliers).unwrap();
+        let before = auroc(&plain.score(&id).unwrap(), &plain.score(&fresh).unwrap());
+        let after = auroc(&exposed.score(&id).unwrap(), &exposed.score(&fresh).unwrap());
+        assert!(after > before && after > 0.99, "per_class={per_class}: AUROC {before} → {after}");
+        for net in exposed.nets() {
+            for (w, _) in &net.hidden {
+                let start: Vec<f64> = (0..w.cols).map(|j| 1.0 + 0.1 * j as f64).collect();
+                assert!(spectral_norm(w, &start, 500) <= 1.0 + 1e-3);
+            }
+        }
+    }
+}
+
+#[test]
+fn exposure_needs_outliers_and_outliers_need_exposure() {
+    let message = |e: crate::error::Error| e.to_string();
+    let e = message(small(&[("exposure", "true")]).fit(&boxes(1)).unwrap_err());
+    assert!(e.contains("exposure=true") && e.contains("--outliers"), "{e}");
+    let e = message(small(&[]).fit_with_outliers(&boxes(1), &beside(4)).unwrap_err());
+    assert!(e.contains("exposure=true"), "{e}");
+    assert!(small(&[("exposure", "true")]).takes_outliers() && !small(&[]).takes_outliers());
+}
+
+#[test]
+fn an_exposed_fit_is_deterministic() {
+    let (fit, outliers) = (boxes(1), beside(4));
+    let state = |seed: &str| {
+        let mut s = small(&[("exposure", "true"), ("seed", seed)]);
+        s.fit_with_outliers(&fit, &outliers).unwrap();
+        s.to_state()
+    };
+    assert_eq!(state("3").tensors, state("3").tensors);
+    assert_ne!(state("3").tensors, state("4").tensors);
+}
+
+#[test]
+fn an_exposed_scorer_file_records_its_outliers_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let outliers = beside(4).edit(|b| b.source = "beside the classes".into()).unwrap();
+    let params: Vec<(String, String)> = [("width", "16"), ("depth", "2"), ("epochs", "3"), ("exposure", "true")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let options = FitOptions {
+        outliers: Some(outliers),
+        ..FitOptions::default()
+    };
+    let fitted = FittedScorer::fit("ocsdf", None, &params, &boxes(1), &boxes(2), &options).unwrap();
+    let path = dir.path().join("exposed.safetensors");
+    fitted.save(&path).unwrap();
+    let loaded = FittedScorer::load(&path).unwrap();
+    assert_eq!(loaded.outliers_source(), Some("beside the classes"));
+    let test = beside(5);
+    assert_eq!(loaded.raw_scores(&test).unwrap(), fitted.raw_scores(&test).unwrap());
+}

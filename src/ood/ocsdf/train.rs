@@ -25,6 +25,10 @@ pub(crate) struct TrainSet {
     pub d: usize,
     /// Per box, the class index of the class input, and the scaled one-hot's (classes, scale).
     pub classes: Option<(Vec<usize>, usize, f64)>,
+    /// Given negatives (outlier boxes, standardised), row-major `[m, d]`, trained against beside
+    /// the generated ones; with a class input, each one's class index.
+    pub negatives: Vec<f32>,
+    pub negative_classes: Vec<usize>,
     /// The domain box (per dimension) negatives are clipped to.
     pub lo: Vec<f32>,
     pub hi: Vec<f32>,
@@ -44,6 +48,34 @@ impl TrainSet {
             .map(|(l, h)| ((h - l) as f64).powi(2))
             .sum();
         0.5 * s.sqrt()
+    }
+}
+
+/// Indices of a set in batches, reshuffled each time all have been drawn.
+struct Draw {
+    order: Vec<u32>,
+    cursor: usize,
+}
+
+impl Draw {
+    fn new(n: usize) -> Draw {
+        Draw {
+            order: (0..n as u32).collect(),
+            cursor: n,
+        }
+    }
+
+    fn take(&mut self, count: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
+        let mut idx = Vec::with_capacity(count);
+        while idx.len() < count {
+            if self.cursor == self.order.len() {
+                self.order.shuffle(rng);
+                self.cursor = 0;
+            }
+            idx.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+        idx
     }
 }
 
@@ -286,6 +318,19 @@ fn negatives(
     Ok(q)
 }
 
+/// `f` of the given negatives `idx`, with their class input when the model has one.
+fn given_forward(net: &StepNet, set: &TrainSet, given: &Tensor, idx: Vec<u32>, p: &OcsdfParams) -> candle_core::Result<Tensor> {
+    let extra = match &set.classes {
+        Some((_, count, scale)) => {
+            let classes: Vec<usize> = idx.iter().map(|&i| set.negative_classes[i as usize]).collect();
+            Some(class_input(&classes, *count, *scale)?)
+        }
+        None => None,
+    };
+    let rows = given.index_select(&Tensor::from_vec(idx.clone(), idx.len(), &Device::Cpu)?, 0)?;
+    net.forward(&rows, extra.as_ref(), p)
+}
+
 /// `relu(m − y) − y/λ`, averaged.
 fn hinge_kr(y: &Tensor, p: &OcsdfParams) -> candle_core::Result<Tensor> {
     ((p.margin - y)?.relu()? - (y / p.lambda)?)?.mean_all()
@@ -309,21 +354,15 @@ pub(crate) fn train(set: &TrainSet, p: &OcsdfParams, seed: u64) -> candle_core::
     let epoch_steps = n.div_ceil(batch).max(MIN_EPOCH_STEPS);
     let total = p.epochs * epoch_steps;
     let x = Tensor::from_slice(&set.x, (n, d), &Device::Cpu)?;
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut cursor = n;
+    let mut draw = Draw::new(n);
+    let m = set.negatives.len() / d.max(1);
+    let given = Tensor::from_slice(&set.negatives, (m, d), &Device::Cpu)?;
+    let mut draw_given = Draw::new(m);
     for step in 0..total {
         // Learning rate decayed linearly to lr/1000, as in the paper.
         let t = step as f64 / total.max(1) as f64;
         opt.set_learning_rate(p.lr * (1.0 - t * (1.0 - 1e-3)));
-        let mut idx = Vec::with_capacity(batch);
-        while idx.len() < batch {
-            if cursor == n {
-                order.shuffle(&mut rng);
-                cursor = 0;
-            }
-            idx.push(order[cursor]);
-            cursor += 1;
-        }
+        let idx = draw.take(batch, &mut rng);
         let (extra_id, extra_neg) = match &set.classes {
             Some((classes, count, scale)) => {
                 let id: Vec<usize> = idx.iter().map(|&i| classes[i as usize]).collect();
@@ -338,7 +377,11 @@ pub(crate) fn train(set: &TrainSet, p: &OcsdfParams, seed: u64) -> candle_core::
         let q = negatives(&net.detach(), set, extra_neg.as_ref(), batch, steps, p, &mut rng)?;
         let f_id = net.forward(&xb, extra_id.as_ref(), p)?;
         let f_neg = net.forward(&q, extra_neg.as_ref(), p)?;
-        let loss = (hinge_kr(&f_id, p)? + hinge_kr(&f_neg.neg()?, p)?)?;
+        let mut loss = (hinge_kr(&f_id, p)? + hinge_kr(&f_neg.neg()?, p)?)?;
+        if m > 0 {
+            let f_given = given_forward(&net, set, &given, draw_given.take(batch, &mut rng), p)?;
+            loss = (loss + hinge_kr(&f_given.neg()?, p)?)?;
+        }
         opt.backward_step(&loss)?;
     }
     model.finish(p)
