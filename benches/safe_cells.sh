@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# `safe` with outlier exposure on ROI features pooled in one cell against 2x2 cells (BENCHMARKS.md,
-# "Finer ROI cells and an ensemble"): on each world, energy, then one `safe` row per feature list
-# in FEATURES, fitted on the world's train boxes (calibrated on its val boxes) against the
-# unknowns of the mixed scenes of the outlier worlds, then evaluated on near, far and mixed.
+# `safe` (and `ocsdf`) with outlier exposure on ROI features pooled in one cell against 2x2
+# cells (BENCHMARKS.md, "Finer ROI cells and an ensemble"): on each world, energy, then one row
+# per feature list in FEATURES and kind in KINDS, fitted on the world's train boxes (calibrated
+# on its val boxes) against the unknowns of the mixed scenes of the outlier worlds, then
+# evaluated on near, far and mixed.
 #   cargo build --release && bash benches/safe_cells.sh [OUT]   (default /tmp/cells)
 # MODEL (default models/shapes.safetensors); WORLDS (default "shapes shapes-s7-safe") and
 # OUTLIER_WORLDS (default the four standard ones, seeds 11 to 14) are folders under data/ made by
 # `oodbox synth` (benches/safe_exposure.sh makes them); SOURCES the ROI sources extracted once for
 # every row; FEATURES the rows' `--features`; SAFE_PARAMS extra `fit` arguments for every safe
-# row (e.g. "--param members=5").
+# row (e.g. "--param members=5"); KINDS (default "safe") the kinds fitted against the outliers
+# on each feature list: safe (surrogate=unknown) and ocsdf (exposure=true).
 set -euo pipefail
 root=$(pwd)
 B=$root/target/release/oodbox
@@ -36,9 +38,15 @@ for world in ${WORLDS:-shapes shapes-s7-safe}; do
   header
   fit energy --scorer energy
   for f in $features; do
-    # shellcheck disable=SC2086
-    fit "safe unknown, $f ${SAFE_PARAMS:-}" --scorer safe --param surrogate=unknown \
-      ${SAFE_PARAMS:-} --features "$f" "${outliers[@]}"
+    for kind in ${KINDS:-safe}; do
+      case $kind in
+        # shellcheck disable=SC2086
+        safe) fit "safe unknown, $f ${SAFE_PARAMS:-}" --scorer safe --param surrogate=unknown \
+          ${SAFE_PARAMS:-} --features "$f" "${outliers[@]}" ;;
+        ocsdf) fit "ocsdf exposure, $f" --scorer ocsdf --param exposure=true --features "$f" \
+          "${outliers[@]}" ;;
+      esac
+    done
   done
   cd "$root"
 done
