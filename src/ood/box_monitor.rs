@@ -272,7 +272,8 @@ impl Boxes {
         }
         let mut best = f64::INFINITY;
         // Min-heap of (lower bound, layer, node); node `i` of layer `l` opens group `i` of
-        // layer `l − 1`. The top layer is the one group opened first.
+        // layer `l − 1`. The top layer is the one group opened first. The bounds are sums of
+        // non-negative terms, so their bits order as their values do.
         let mut open = BinaryHeap::new();
         let expand = |layer: usize, g: usize, best: &mut f64, open: &mut BinaryHeap<_>| {
             let below = &self.search.layers[layer];
@@ -283,42 +284,18 @@ impl Boxes {
                 if layer == 0 {
                     *best = best.min(bound);
                 } else if bound < *best {
-                    open.push(Reverse(Bound(bound, layer, node)));
+                    open.push(Reverse((bound.to_bits(), layer, node)));
                 }
             }
         };
         expand(top, 0, &mut best, &mut open);
-        while let Some(Reverse(Bound(bound, layer, node))) = open.pop() {
-            if bound >= best || best == 0.0 {
+        while let Some(Reverse((bits, layer, node))) = open.pop() {
+            if f64::from_bits(bits) >= best || best == 0.0 {
                 break;
             }
             expand(layer - 1, node, &mut best, &mut open);
         }
         best
-    }
-}
-
-/// A node's lower bound, its layer and index, ordered by bound (the bounds are not NaN).
-struct Bound(f64, usize, usize);
-
-impl PartialEq for Bound {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for Bound {}
-
-impl PartialOrd for Bound {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Bound {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let key = |b: &Bound| (b.1, b.2);
-        self.0.total_cmp(&other.0).then(key(self).cmp(&key(other)))
     }
 }
 
