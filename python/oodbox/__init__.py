@@ -348,7 +348,8 @@ class Scorer(_Native):
         generated surrogates: ``params={"surrogate": "unknown", "also": ["vos", "mix"]}``. A
         ``combine`` passes the outliers to such a component, e.g. ``params={"of":
         "safe:surrogate=unknown:also=[vos,mix],energy", "method": "cauchy"}``, the most robust
-        setting measured."""
+        setting measured. ``ocsdf`` with ``params={"exposure": True}`` takes the same outliers
+        (a 1-Lipschitz network with a certified radius, behind ``safe`` on the benchmark)."""
         knobs = (tail_quantile, tail_min_points, tail_bounded)
         if not tail and any(k is not None for k in knobs):
             raise ValueError("tail_quantile, tail_min_points and tail_bounded need tail=True")
