@@ -374,18 +374,22 @@ impl Ocsdf {
         let m = idx.len();
         match &group.models {
             Models::PerClass(classes, nets) => {
-                let all: Vec<Vec<f64>> = nets.iter().map(|n| n.forward(&z, m)).collect();
-                Ok(idx
-                    .iter()
-                    .enumerate()
-                    .map(|(row, &i)| {
-                        let f = match classes.binary_search(&(boxes.class_id[i] as i64)) {
-                            Ok(k) => all[k][row],
-                            Err(_) => all.iter().map(|f| f[row]).fold(f64::NEG_INFINITY, f64::max),
-                        };
-                        -f
-                    })
-                    .collect())
+                // A box goes through its class's network only; a box of a class without one
+                // through every network, for −max_c f_c.
+                let own: Vec<Option<usize>> =
+                    idx.iter().map(|&i| classes.binary_search(&(boxes.class_id[i] as i64)).ok()).collect();
+                let mut f = vec![f64::NEG_INFINITY; m];
+                for (k, net) in nets.iter().enumerate() {
+                    let rows: Vec<usize> = (0..m).filter(|&r| own[r].is_none_or(|c| c == k)).collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let x: Vec<f64> = rows.iter().flat_map(|&r| z[r * d..(r + 1) * d].iter().copied()).collect();
+                    for (&r, v) in rows.iter().zip(net.forward(&x, rows.len())) {
+                        f[r] = f[r].max(v);
+                    }
+                }
+                Ok(f.into_iter().map(|v| -v).collect())
             }
             Models::Shared { net, classes, scale } => {
                 let mut input = Vec::with_capacity(m * (d + classes));
