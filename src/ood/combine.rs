@@ -255,7 +255,7 @@ impl Scorer for Combine {
     }
 
     /// The components trained against outlier boxes (`safe` with `surrogate=unknown` or
-    /// `fgsm`) get them; the others fit on the ID boxes alone.
+    /// `fgsm`, `ocsdf` with `exposure=true`) get them; the others fit on the ID boxes alone.
     fn fit_with_outliers(&mut self, boxes: &BoxSet, outliers: &BoxSet) -> Result<()> {
         if !self.components.iter().any(|c| c.scorer.takes_outliers()) {
             return Err(err(

@@ -274,7 +274,10 @@ impl Ocsdf {
         let (lo, hi) = self.domain(&fit.z, d);
         let mut negatives = Rows::default();
         if let Some(given) = given {
-            negatives = Rows::of(&given.outliers, &given.outliers.class_id.iter().map(|&c| c as i64).collect::<Vec<_>>(), &info.members_of(OCSDF.name, &given.outliers)?, &mean, &std);
+            // An outlier box is a negative of the class the detector predicted for it.
+            let predicted: Vec<i64> = given.outliers.class_id.iter().map(|&c| c as i64).collect();
+            let members = info.members_of(OCSDF.name, &given.outliers)?;
+            negatives = Rows::of(&given.outliers, &predicted, &members, &mean, &std);
             if let Some(inliers) = &given.inliers {
                 fit.extend(Rows::of(inliers, &fit_labels(inliers), &info.members_of(OCSDF.name, inliers)?, &mean, &std));
             }
