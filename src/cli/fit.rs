@@ -80,7 +80,7 @@ pub struct Args {
     /// --calibration-fraction, only those of the fit images are used). With `--param surrogate=unknown` (outlier exposure): a box set
     /// of other images with objects the detector should not know (`extract --data`: its boxes
     /// on unknown objects are the outliers, those on known objects train as ID; every box of
-    /// an unlabelled set is an outlier); `ocsdf --param exposure=true` takes such sets too. Repeat the flag to train against several box sets of
+    /// an unlabelled set is an outlier, alone or beside labelled sets); `ocsdf --param exposure=true` takes such sets too. Repeat the flag to train against several box sets of
     /// the same detector and feature sources.
     #[arg(long)]
     outliers: Vec<PathBuf>,
@@ -235,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
             let names = names.join(", ");
-            let set = BoxSet::concat(&sets)
+            let set = BoxSet::concat_outliers(sets)
                 .with_context(|| format!("gathering the outlier box sets {names}"))?;
             Some((names, set))
         }

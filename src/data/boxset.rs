@@ -354,6 +354,18 @@ impl BoxSet {
         BoxSet::new(out)
     }
 
+    /// [`BoxSet::concat`] of the outlier sets of a fit (`fit --outliers`), where an unlabelled
+    /// set means that every box is on an unknown object: beside labelled sets, its boxes are
+    /// labelled [`LABEL_UNKNOWN`] first, so that the two kinds of set gather.
+    pub fn concat_outliers(mut sets: Vec<BoxSet>) -> Result<BoxSet> {
+        if sets.iter().any(|s| s.label.is_some()) {
+            for set in sets.iter_mut().filter(|s| s.label.is_none()) {
+                set.parts.label = Some(vec![LABEL_UNKNOWN; set.len()]);
+            }
+        }
+        BoxSet::concat(&sets)
+    }
+
     /// The boxes matched to a known object (label ≥ 0) when the set has labels, else all: the
     /// boxes a scorer is fitted and calibrated on.
     pub fn known_objects(self) -> BoxSet {
@@ -1018,13 +1030,20 @@ mod tests {
             s.set_labels(None).unwrap();
             s
         };
-        let err = BoxSet::concat(&[a.clone(), unlabelled])
+        let err = BoxSet::concat(&[a.clone(), unlabelled.clone()])
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("a and b differ") && err.contains("`label`"),
             "{err}"
         );
+        // As outliers, every box of the unlabelled set is on an unknown object.
+        let outliers = BoxSet::concat_outliers(vec![a.clone(), unlabelled.clone()]).unwrap();
+        let mut labels = a.label.clone().unwrap();
+        labels.extend(vec![LABEL_UNKNOWN; unlabelled.len()]);
+        assert_eq!(outliers.label, Some(labels));
+        let alone = BoxSet::concat_outliers(vec![unlabelled.clone()]).unwrap();
+        assert_eq!(alone.label, None);
         let other = {
             let mut s = b.clone();
             s.set_fingerprint("sha256:y");
