@@ -104,10 +104,67 @@ def boxset_seeds():
     write("boxset", "minimal.safetensors", safetensors(minimal))
 
 
+# One small file per kind with state beyond calibration (tiny settings, so each stays small):
+# fitted by `oodbox fit` on the first boxes of the shapes fixture's train set (600; knn stores
+# its fit features, so 150; the tail needs about 200 calibration boxes per class, so 4000).
+BOXES = {"knn": 150, "energy_tail": 4000}
+KIND_SEEDS = {
+    "knn": ["--param", "nearest=5"],
+    "mahalanobis": [],
+    "vim": [],
+    "gram": [],
+    "she": [],
+    "box_monitor": ["--param", "density=40"],
+    "flow": ["--param", "blocks=1", "--param", "hidden=4", "--param", "epochs=1"],
+    "ocsdf": ["--param", "width=4", "--param", "depth=2", "--param", "epochs=1"],
+    "ocsdf_shared": ["--param", "width=4", "--param", "depth=1", "--param", "epochs=1", "--param", "per_class=false"],
+    "safe": ["--param", "hidden=4", "--param", "epochs=1"],
+    "combine": ["--param", "of=mahalanobis,energy"],
+    "energy_tail": ["--tail", "--tail-min-points", "10"],
+}
+
+
+def some_boxes(source, target, rows):
+    """The boxes `rows` of a box set (every per-box tensor cut; the head kept)."""
+    tensors, meta, _ = read_safetensors(source)
+    n = len(tensors["class_id"][2]) // 8
+    header, body = {"__metadata__": meta}, b""
+    for name, (dtype, shape, data) in tensors.items():
+        if not name.startswith("head.") and shape and shape[0] == n:
+            size = len(data) // n
+            data = b"".join(data[r * size : (r + 1) * size] for r in rows)
+            shape = [len(rows)] + shape[1:]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(body), len(body) + len(data)]}
+        body += data
+    raw = json.dumps(header).encode()
+    target.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+def score_boxes():
+    """fuzz/seeds/score_boxes.safetensors, which the `scorer` target scores with each file it
+    loads: 24 boxes of the fixture's test_id, spread over its levels."""
+    source = ROOT / "tests" / "fixtures" / "shapes_boxes" / "test_id.safetensors"
+    n = len(read_safetensors(source)[0]["class_id"][2]) // 8
+    some_boxes(source, ROOT / "fuzz" / "seeds" / "score_boxes.safetensors", range(0, n, n // 24)[:24])
+
+
 def scorer_seeds():
+    import subprocess
+    import tempfile
+
     write("scorer", "shapes-scorer.safetensors", (ROOT / "models" / "shapes-scorer.safetensors").read_bytes())
     # A box set given as --scorer: refused, naming the file.
     write("scorer", "err_boxset.safetensors", (CORPUS / "boxset" / "minimal.safetensors").read_bytes())
+    oodbox = ROOT / "target" / "release" / "oodbox"
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, args in KIND_SEEDS.items():
+            kind = name.split("_")[0] if name != "box_monitor" else name
+            boxes = Path(scratch) / "boxes.safetensors"
+            some_boxes(ROOT / "tests" / "fixtures" / "shapes_boxes" / "train.safetensors", boxes, range(BOXES.get(name, 600)))
+            out = Path(scratch) / f"{name}.safetensors"
+            subprocess.run([str(oodbox), "fit", "--scorer", kind, *args, "--boxes", str(boxes),
+                            "--min-class-calibration", "5", "--out", str(out), "--quiet"], check=True)
+            write("scorer", f"{name}.safetensors", out.read_bytes())
 
 
 def track_seeds():
@@ -177,6 +234,7 @@ if __name__ == "__main__":
     checkpoint_seeds()
     boxset_seeds()
     scorer_seeds()
+    score_boxes()
     track_seeds()
     dataset_seeds()
     detr_seeds()

@@ -114,13 +114,25 @@ pub fn boxset(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A scorer file (`--scorer`).
+/// A scorer file (`--scorer`), then scoring 24 boxes of the detector its seeds were fitted for
+/// (`fuzz/seeds/score_boxes.safetensors`): what a file's state holds is used only there.
 pub fn scorer(data: &[u8]) -> Result<()> {
     let dir = scratch();
     let path = put(dir.path(), "scorer.safetensors", data);
     let scorer = oodbox::ood::fitted::FittedScorer::load(&path)?;
     std::hint::black_box((scorer.name(), scorer.alpha(), scorer.calibration_summary()));
+    std::hint::black_box(scorer.score(score_boxes(), Some(0.05))?);
     Ok(())
+}
+
+fn score_boxes() -> &'static oodbox::data::boxset::BoxSet {
+    static BOXES: std::sync::OnceLock<oodbox::data::boxset::BoxSet> = std::sync::OnceLock::new();
+    BOXES.get_or_init(|| {
+        let dir = scratch();
+        let bytes = include_bytes!("../seeds/score_boxes.safetensors");
+        let path = put(dir.path(), "boxes.safetensors", bytes);
+        oodbox::data::boxset::BoxSet::load(&path).expect("the committed box set")
+    })
 }
 
 /// A track calibration (`video --track-calibration`), then checked against a setting and
