@@ -258,20 +258,28 @@ def concat_boxes(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Gathers box sets of one model into one, e.g. detections from many workers.
 
     ``image_index`` is renumbered so that images of different parts stay distinct (the
-    calibration hold-out splits whole images)."""
+    calibration hold-out splits whole images). Every part must have the same per-box arrays: a
+    column that only some parts have would be lost or meaningless for the others (without
+    ``label`` a fit takes every box as a known object, and an outlier set every box as an
+    unknown one), so that raises ``ValueError``. To use an unlabelled set as outliers beside
+    labelled ones, give it ``label`` −1 (unknown objects) first."""
     parts = [p for p in parts if len(p["class_id"]) > 0] or list(parts[:1])
     if not parts:
         raise ValueError("no box sets to concatenate")
     first = parts[0]
-    for p in parts[1:]:
+    for i, p in enumerate(parts[1:], 1):
         if p.get("fingerprint", "") != first.get("fingerprint", ""):
             raise ValueError("the box sets come from different models (fingerprints differ)")
+        for key in _FLOAT_ARRAYS + _INT_ARRAYS:
+            if (key in p) != (key in first):
+                has, lacks = (i, 0) if key in p else (0, i)
+                raise ValueError(f"box set {has} has `{key}` and box set {lacks} does not")
     out: Dict[str, Any] = {
         k: first[k] for k in ("class_names", "fingerprint", "source", "detect_options") if k in first
     }
     out.update({k: v for k, v in first.items() if k.startswith("head")})
     for key in _FLOAT_ARRAYS + _INT_ARRAYS:
-        if all(key in p for p in parts):
+        if key in first:
             out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
     if "image_index" in out:
         offset, renumbered = 0, []

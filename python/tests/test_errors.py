@@ -60,6 +60,22 @@ def test_bad_box_sets(tmp_path):
                           train["logits"][:5], train["class_id"][:5]))
 
 
+def test_concat_boxes_refuses_parts_with_other_columns():
+    far = oodbox.load_boxes(BOXES / "test_ood_far.safetensors")
+    near = oodbox.load_boxes(BOXES / "test_ood_near.safetensors")
+    both = oodbox.concat_boxes([far, near])
+    assert len(both["class_id"]) == len(far["class_id"]) + len(near["class_id"])
+    assert np.array_equal(both["label"], np.concatenate([far["label"], near["label"]]))
+    # Without its labels a part's known objects would count as unknown ones: refused, not dropped.
+    unlabelled = {k: v for k, v in near.items() if k != "label"}
+    for parts, has, lacks in (([far, unlabelled], 0, 1), ([unlabelled, far], 1, 0)):
+        with pytest.raises(ValueError, match=f"box set {has} has `label` and box set {lacks} does not"):
+            oodbox.concat_boxes(parts)
+    # Labelled as unknown objects, as the documentation says, it gathers.
+    outliers = oodbox.concat_boxes([far, {**unlabelled, "label": np.full(len(near["class_id"]), -1)}])
+    assert (outliers["label"][len(far["class_id"]):] == -1).all()
+
+
 def test_a_scorer_fitted_for_another_model(tmp_path):
     train = oodbox.load_boxes(BOXES / "train.safetensors")
     train["fingerprint"] = "sha256:another-model"
