@@ -7,6 +7,8 @@ Run from the repository root with the project's venv: `.venv/bin/python fuzz/see
 import io
 import json
 import struct
+import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -108,19 +110,20 @@ def boxset_seeds():
 # fitted by `oodbox fit` on the first boxes of the shapes fixture's train set (600; knn stores
 # its fit features, so 150; the tail needs about 200 calibration boxes per class, so 4000).
 BOXES = {"knn": 150, "energy_tail": 4000}
-KIND_SEEDS = {
-    "knn": ["--param", "nearest=5"],
-    "mahalanobis": [],
-    "vim": [],
-    "gram": [],
-    "she": [],
-    "box_monitor": ["--param", "density=40"],
-    "flow": ["--param", "blocks=1", "--param", "hidden=4", "--param", "epochs=1"],
-    "ocsdf": ["--param", "width=4", "--param", "depth=2", "--param", "epochs=1"],
-    "ocsdf_shared": ["--param", "width=4", "--param", "depth=1", "--param", "epochs=1", "--param", "per_class=false"],
-    "safe": ["--param", "hidden=4", "--param", "epochs=1"],
-    "combine": ["--param", "of=mahalanobis,energy"],
-    "energy_tail": ["--tail", "--tail-min-points", "10"],
+KIND_SEEDS = {  # seed name: (kind, fit arguments)
+    "knn": ("knn", ["--param", "nearest=5"]),
+    "mahalanobis": ("mahalanobis", []),
+    "vim": ("vim", []),
+    "gram": ("gram", []),
+    "she": ("she", []),
+    "box_monitor": ("box_monitor", ["--param", "density=40"]),
+    "flow": ("flow", ["--param", "blocks=1", "--param", "hidden=4", "--param", "epochs=1"]),
+    "ocsdf": ("ocsdf", ["--param", "width=4", "--param", "depth=2", "--param", "epochs=1"]),
+    "ocsdf_shared": ("ocsdf", ["--param", "width=4", "--param", "depth=1", "--param", "epochs=1",
+                               "--param", "per_class=false"]),
+    "safe": ("safe", ["--param", "hidden=4", "--param", "epochs=1"]),
+    "combine": ("combine", ["--param", "of=mahalanobis,energy"]),
+    "energy_tail": ("energy", ["--tail", "--tail-min-points", "10"]),
 }
 
 
@@ -142,23 +145,19 @@ def some_boxes(source, target, rows):
 
 def score_boxes():
     """fuzz/seeds/score_boxes.safetensors, which the `scorer` target scores with each file it
-    loads: 24 boxes of the fixture's test_id, spread over its levels."""
+    loads: 24 boxes spread over the fixture's test_id."""
     source = ROOT / "tests" / "fixtures" / "shapes_boxes" / "test_id.safetensors"
     n = len(read_safetensors(source)[0]["class_id"][2]) // 8
     some_boxes(source, ROOT / "fuzz" / "seeds" / "score_boxes.safetensors", range(0, n, n // 24)[:24])
 
 
 def scorer_seeds():
-    import subprocess
-    import tempfile
-
     write("scorer", "shapes-scorer.safetensors", (ROOT / "models" / "shapes-scorer.safetensors").read_bytes())
     # A box set given as --scorer: refused, naming the file.
     write("scorer", "err_boxset.safetensors", (CORPUS / "boxset" / "minimal.safetensors").read_bytes())
     oodbox = ROOT / "target" / "release" / "oodbox"
     with tempfile.TemporaryDirectory() as scratch:
-        for name, args in KIND_SEEDS.items():
-            kind = name.split("_")[0] if name != "box_monitor" else name
+        for name, (kind, args) in KIND_SEEDS.items():
             boxes = Path(scratch) / "boxes.safetensors"
             some_boxes(ROOT / "tests" / "fixtures" / "shapes_boxes" / "train.safetensors", boxes, range(BOXES.get(name, 600)))
             out = Path(scratch) / f"{name}.safetensors"

@@ -360,7 +360,7 @@ impl BoxSet {
     pub fn concat_outliers(mut sets: Vec<BoxSet>) -> Result<BoxSet> {
         if sets.iter().any(|s| s.label.is_some()) {
             for set in sets.iter_mut().filter(|s| s.label.is_none()) {
-                set.parts.label = Some(vec![LABEL_UNKNOWN; set.len()]);
+                set.set_labels(Some(vec![LABEL_UNKNOWN; set.len()]))?;
             }
         }
         BoxSet::concat(&sets)
