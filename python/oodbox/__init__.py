@@ -13,6 +13,7 @@ the dict that :func:`load_boxes` reads and :meth:`Scorer.fit` takes. The files a
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -40,6 +41,9 @@ Image = Union[np.ndarray, PathLike]
 # Per-box arrays of a box set, with the dtype the library takes.
 _FLOAT_ARRAYS = ("features", "logits", "confidence", "bbox")
 _INT_ARRAYS = ("class_id", "label", "level", "image_index")
+_OTHER_KEYS = ("class_names", "fingerprint", "source", "detect_options", "head.weight", "head.bias")
+# Per-box columns of `oodbox.ray`'s rows that a box set dict does not read.
+_ROW_COLUMNS = ("box_index", "x1", "y1", "x2", "y2", "class_name", "score", "p_value", "ood_confidence", "is_ood")
 
 
 def _imgsz(imgsz: Union[None, int, Tuple[int, int]]) -> Optional[Tuple[int, int]]:
@@ -223,11 +227,10 @@ class OodDetector(Detector):
 def _box_arrays(boxes: Mapping[str, Any]) -> Dict[str, Any]:
     """A box set dict with its arrays converted to the dtypes the library takes, refusing what
     cannot be converted without loss of meaning."""
+    _refuse_misspelt_keys(boxes)
     out: Dict[str, Any] = {}
     for key, value in boxes.items():
-        if key in ("features", "logits", "bbox") or (
-            key.startswith("head") and key.endswith((".weight", ".bias"))
-        ) or key == "confidence":
+        if key in _FLOAT_ARRAYS or _is_head_key(key):
             array = np.asarray(value)
             if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
                 raise TypeError(f"`{key}` must hold numbers, got dtype {array.dtype}")
@@ -240,6 +243,23 @@ def _box_arrays(boxes: Mapping[str, Any]) -> Dict[str, Any]:
         elif key in ("class_names", "fingerprint", "source", "detect_options"):
             out[key] = value if key != "class_names" else [str(n) for n in value]
     return out
+
+
+def _is_head_key(key: str) -> bool:
+    return key.startswith("head") and key.endswith((".weight", ".bias"))
+
+
+def _refuse_misspelt_keys(boxes: Mapping[str, Any]) -> None:
+    """Other columns (a Ray row's, say) are ignored, but one that looks like a box array the
+    dict lacks is refused: a `labels` read as no `label` would count every box as known."""
+    known = _FLOAT_ARRAYS + _INT_ARRAYS + _OTHER_KEYS
+    absent = [k for k in known if k not in boxes]
+    for key in boxes:
+        if not isinstance(key, str) or key in known or key in _ROW_COLUMNS or _is_head_key(key):
+            continue
+        close = difflib.get_close_matches(key.lower(), absent, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"box set dict has `{key}` but no `{close[0]}`: did you mean `{close[0]}`?")
 
 
 def load_boxes(path: PathLike) -> Dict[str, Any]:

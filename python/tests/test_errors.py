@@ -60,6 +60,24 @@ def test_bad_box_sets(tmp_path):
                           train["logits"][:5], train["class_id"][:5]))
 
 
+def test_misspelt_box_arrays_are_refused_not_ignored(tmp_path):
+    train = oodbox.load_boxes(BOXES / "train.safetensors")
+    renames = {"label": ("labels", "Label"), "class_id": ("class_ids",), "image_index": ("image_idx",),
+               "bbox": ("bboxes", "box"), "level": ("levels",), "confidence": ("confidences",),
+               "features": ("feature",), "logits": ("logit",)}
+    for array, misspellings in renames.items():
+        for wrong in misspellings:
+            boxes = {k: v for k, v in train.items() if k != array}
+            boxes[wrong] = train[array]
+            with pytest.raises(ValueError, match=f"has `{wrong}` but no `{array}`: did you mean"):
+                oodbox.save_boxes(boxes, tmp_path / "boxes.safetensors")
+    # Columns of other meanings, oodbox.ray's per-box ones among them, are ignored as before.
+    n = len(train["class_id"])
+    extra = {"path": "a.jpg", "height": 640, "class_name": ["x"] * n, "p_value": np.ones(n), "labels": 0}
+    scorer = oodbox.Scorer.fit("energy", {**train, **extra}, calibration_fraction=0.5)
+    assert scorer.kind == "energy"
+
+
 def test_concat_boxes_refuses_parts_with_other_columns():
     far = oodbox.load_boxes(BOXES / "test_ood_far.safetensors")
     near = oodbox.load_boxes(BOXES / "test_ood_near.safetensors")
