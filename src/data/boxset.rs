@@ -573,6 +573,8 @@ impl BoxSet {
         let (cshape, class_id) = file
             .i64("class_id")?
             .ok_or_else(|| missing(&file, "class_id"))?;
+        // After the required tensors, so that a file of another kind is named as such.
+        refuse_misspelt_tensors(&file)?;
         if fshape.len() != 2 || lshape.len() != 2 || cshape.len() != 1 {
             return Err(file.bad(format!(
                 "expected features [N, D], logits [N, C] and class_id [N]; found {fshape:?}, {lshape:?}, {cshape:?}"
@@ -801,6 +803,30 @@ fn missing(file: &TensorFile, name: &str) -> Error {
             name: name.to_string(),
         },
     }
+}
+
+/// The per-box tensors a box set may lack.
+const OPTIONAL_TENSORS: [&str; 5] = ["label", "level", "confidence", "bbox", "image_index"];
+
+/// Other tensors are not read, but one that looks like a misspelt optional tensor the file
+/// lacks is refused: read as absent, a `labels` would count every box as a known object.
+fn refuse_misspelt_tensors(file: &TensorFile) -> Result<()> {
+    let absent: Vec<&str> = OPTIONAL_TENSORS
+        .into_iter()
+        .filter(|name| !file.contains(name))
+        .collect();
+    for name in file.names() {
+        let lower = name.to_lowercase();
+        let meant = absent
+            .iter()
+            .find(|known| strsim::normalized_damerau_levenshtein(&lower, known) >= 0.65);
+        if let Some(meant) = meant {
+            return Err(file.bad(format!(
+                "it has a tensor `{name}` but no `{meant}`: did you mean `{meant}`?"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn required_f32(file: &TensorFile, name: &str) -> Result<Values<f32>> {
@@ -1212,6 +1238,49 @@ mod tests {
         assert!(matches!(err, Error::WrongKind { .. }), "{err}");
         let err = err.to_string();
         assert!(err.contains("liar.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn misspelt_optional_tensors_are_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let misspellings = [
+            ("label", &["labels", "Label", "LABEL", "lable"][..]),
+            ("level", &["levels", "Level"]),
+            ("confidence", &["confidences", "confidance"]),
+            ("bbox", &["bboxes", "box", "bbx"]),
+            ("image_index", &["image_idx", "image_indices", "img_index"]),
+        ];
+        for (tensor, wrong) in misspellings {
+            for wrong in wrong {
+                let path = saved_with(dir.path(), |c| match c.0.remove(tensor) {
+                    Some(mut entry) => {
+                        entry.0 = wrong.to_string();
+                        c.0.insert(wrong.to_string(), entry);
+                    }
+                    None => ids(c, wrong, [0, -1]),
+                });
+                let err = BoxSet::load(&path).unwrap_err().to_string();
+                let says = format!("tensor `{wrong}` but no `{tensor}`: did you mean `{tensor}`?");
+                assert!(
+                    err.contains(&says) && err.contains("edited.safetensors"),
+                    "{err}"
+                );
+            }
+        }
+        // Tensors of other meanings are not read, and do not stop the file loading.
+        for other in ["scores", "p_value", "x1", "embedding", "track_id"] {
+            let path = saved_with(dir.path(), |c| ids(c, other, [0, 1]));
+            assert!(BoxSet::load(&path).is_ok(), "{other}");
+        }
+        // Nor does a near name beside the tensor it resembles.
+        let path = saved_with(dir.path(), |c| {
+            ids(c, "label", [0, -1]);
+            ids(c, "labels", [0, 1]);
+        });
+        assert_eq!(
+            BoxSet::load(&path).unwrap().label.as_deref(),
+            Some(&[0, -1][..])
+        );
     }
 
     #[test]
