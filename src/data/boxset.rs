@@ -42,6 +42,21 @@ pub struct SourceFeatures {
     pub values: Vec<f32>,
 }
 
+/// One source's columns in a row-major matrix of `stride` columns.
+struct Columns<'a> {
+    values: &'a [f32],
+    stride: usize,
+    offset: usize,
+    dim: usize,
+}
+
+impl Columns<'_> {
+    fn row(&self, i: usize) -> &[f32] {
+        let start = i * self.stride + self.offset;
+        &self.values[start..start + self.dim]
+    }
+}
+
 impl SourceFeatures {
     fn row(&self, i: usize) -> &[f32] {
         &self.values[i * self.dim..(i + 1) * self.dim]
@@ -226,19 +241,57 @@ impl BoxSet {
         BoxSet { parts }
     }
 
-    /// The rows of one source, when the set has it: `features` when it holds that source
-    /// alone, else a recorded ROI source.
-    fn source_rows(&self, source: &FeatureSource) -> Option<(usize, &[f32])> {
-        if self.feature_sources.list() == std::slice::from_ref(source) {
-            return Some((self.feature_dim, &self.features));
+    /// The columns of one source, when the set has it: in `features` when they hold it (alone
+    /// or concatenated with others), else a recorded ROI source.
+    fn source_columns(&self, source: &FeatureSource) -> Option<Columns<'_>> {
+        if let Some(offset) = self.offset_in_features(source) {
+            let dim = self.listed_dim(source)?;
+            return Some(Columns {
+                values: &self.features,
+                stride: self.feature_dim,
+                offset,
+                dim,
+            });
         }
         match source {
-            FeatureSource::Roi(r) => self
-                .roi
-                .iter()
-                .find(|f| f.source == *r)
-                .map(|f| (f.dim, f.values.as_slice())),
+            FeatureSource::Roi(r) => self.roi.iter().find(|f| f.source == *r).map(|f| Columns {
+                values: &f.values,
+                stride: f.dim,
+                offset: 0,
+                dim: f.dim,
+            }),
             FeatureSource::Cls => None,
+        }
+    }
+
+    /// Where `source` starts in `features`, when they hold it and the widths before it are known.
+    fn offset_in_features(&self, source: &FeatureSource) -> Option<usize> {
+        let list = self.feature_sources.list();
+        let at = list.iter().position(|s| s == source)?;
+        list[..at].iter().map(|s| self.listed_dim(s)).sum()
+    }
+
+    /// The width of a source listed in `feature_sources`: a ROI source's recorded width; `cls`'s
+    /// is what the others leave of `feature_dim`.
+    fn listed_dim(&self, source: &FeatureSource) -> Option<usize> {
+        let roi_dim = |s: &FeatureSource| match s {
+            FeatureSource::Roi(r) => self.roi.iter().find(|f| f.source == *r).map(|f| f.dim),
+            FeatureSource::Cls => None,
+        };
+        match source {
+            FeatureSource::Roi(_) if self.feature_sources.list().len() == 1 => {
+                Some(self.feature_dim)
+            }
+            FeatureSource::Roi(_) => roi_dim(source),
+            FeatureSource::Cls => {
+                let others = self
+                    .feature_sources
+                    .list()
+                    .iter()
+                    .filter(|s| **s != FeatureSource::Cls);
+                let used = others.map(roi_dim).sum::<Option<usize>>()?;
+                self.feature_dim.checked_sub(used)
+            }
         }
     }
 
@@ -259,7 +312,7 @@ impl BoxSet {
         let missing: Vec<String> = sources
             .list()
             .iter()
-            .filter(|s| self.source_rows(s).is_none())
+            .filter(|s| self.source_columns(s).is_none())
             .map(|s| s.to_string())
             .collect();
         if !missing.is_empty() {
@@ -269,16 +322,16 @@ impl BoxSet {
                 self.available_sources().join(", ")
             )));
         }
-        let parts: Vec<(usize, &[f32])> = sources
+        let parts: Vec<Columns> = sources
             .list()
             .iter()
-            .filter_map(|s| self.source_rows(s))
+            .filter_map(|s| self.source_columns(s))
             .collect();
-        let dim = parts.iter().map(|(d, _)| d).sum();
+        let dim = parts.iter().map(|c| c.dim).sum();
         let mut features = Vec::with_capacity(self.len() * dim);
         for i in 0..self.len() {
-            for (d, rows) in &parts {
-                features.extend_from_slice(&rows[i * d..(i + 1) * d]);
+            for c in &parts {
+                features.extend_from_slice(c.row(i));
             }
         }
         let head = if sources.is_cls() {
@@ -996,13 +1049,14 @@ mod tests {
         both.save(&path).unwrap();
         let loaded = BoxSet::load(&path).unwrap();
         assert_eq!(loaded, both);
-        let back = loaded.select(&FeatureSources::default()).unwrap_err();
-        assert!(matches!(back, Error::Unsupported(_)), "{back}");
-        let back = back.to_string();
-        assert!(
-            back.contains("no feature source cls") && back.contains("roi:4@2"),
-            "{back}"
-        );
+        // Each source comes back out of the concatenation: `cls` is what the ROI source's
+        // recorded width leaves (without the head, which went with the first choice).
+        let cls = loaded.clone().select(&FeatureSources::default()).unwrap();
+        assert_eq!((cls.feature_dim, cls.feature(1)), (3, &[1.0, 2.0, 3.0][..]));
+        let roi = loaded.select(&"roi:4@2".parse().unwrap()).unwrap();
+        assert_eq!((roi.feature_dim, roi.feature(1)), (8, &[2.0; 8][..]));
+        let alone = set.clone().select(&"roi:4@2".parse().unwrap()).unwrap();
+        assert_eq!(roi, alone);
         let err = set.select(&"roi:6".parse().unwrap()).unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)), "{err}");
         let err = err.to_string();

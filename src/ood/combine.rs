@@ -4,6 +4,8 @@
 //! **Components** (`of`): two or more scorer specs `kind[+shaping][:name=value]...`, e.g.
 //! `safe:surrogate=vos`, `energy+react:react_quantile=0.9` or `knn:nearest=20`; each is built
 //! exactly as `build(kind, shaping, params)` builds it. `combine` itself is not a component.
+//! `features=[...]` in a spec gives that component its own feature sources, taken out of the
+//! scorer's (e.g. two `safe` on the one-cell and the 2×2-cell ROI features).
 //!
 //! **Fit:** the fit boxes are split, whole images at a time, into a part A (fit share
 //! `1 − holdout`) and a part B (`holdout`), seeded by `seed`. Every component is fitted on A and
@@ -24,17 +26,19 @@
 //! one scale.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::calibration::{conformal_p_value, Calibrator};
 use super::common::{
     check_boxes, check_fit_set, err, not_fitted, within, TensorMap, TensorsOut, Uses,
 };
-use super::params::{infos, to_json, ParamDoc, ParamSet};
+use super::params::{infos, list_items, split_outside_brackets, to_json, ParamDoc, ParamSet};
 use super::registry::{build_impl, entries, KindEntry};
 use super::{Scorer, ScorerImpl, ScorerState};
+use crate::core::sources::FeatureSources;
 use crate::data::boxset::BoxSet;
-use crate::error::{Result, ScorerFault};
+use crate::error::{Error, Result, ScorerFault};
 
 pub(crate) const COMBINE: KindEntry = KindEntry {
     name: "combine",
@@ -101,7 +105,7 @@ impl ParamSet for CombineParams {
         ParamDoc {
             name: "of",
             expected: "two or more scorers `kind[+shaping][:name=value...]` separated by commas, e.g. knn:nearest=20,energy, a list value in brackets, e.g. safe:surrogate=unknown:also=[vos,mix],energy (not combine)",
-            doc: "the component scorers, each with its own parameters",
+            doc: "the component scorers, each with its own parameters; `features=[cls,roi:4]` gives one its own feature sources, among the fit's --features (default: all of them)",
         },
         ParamDoc {
             name: "method",
@@ -134,9 +138,10 @@ impl ParamSet for CombineParams {
     }
 }
 
-/// A component spec's kind, shaping and `name=value` parameters.
+/// A component spec's kind, shaping and `name=value` parameters (split at the colons outside
+/// brackets, since a feature source such as `roi:4` holds one).
 fn parse_spec(spec: &str) -> (String, Option<String>, Vec<(String, String)>) {
-    let mut parts = spec.split(':');
+    let mut parts = split_outside_brackets(spec, ':').into_iter();
     let head = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
     let (kind, shaping) = match head.split_once('+') {
         Some((k, s)) => (k.to_string(), Some(s.to_string())),
@@ -154,6 +159,8 @@ fn parse_spec(spec: &str) -> (String, Option<String>, Vec<(String, String)>) {
 struct Component {
     spec: String,
     uses: Uses,
+    /// The feature sources it reads (`features=[...]`), among the scorer's; all of them if none.
+    sources: Option<FeatureSources>,
     scorer: Box<dyn ScorerImpl>,
     /// Its scores on the held-out fit boxes, per predicted class.
     reference: Option<Calibrator>,
@@ -170,9 +177,11 @@ impl Combine {
             .of
             .iter()
             .map(|spec| {
-                let (kind, shaping, given) = parse_spec(spec);
+                let (kind, shaping, mut given) = parse_spec(spec);
+                let context = format!("component `{spec}`");
+                let sources = take_sources(&mut given).map_err(|e| within(COMBINE.name, &context, e))?;
                 let scorer = build_impl(&kind, shaping.as_deref(), &given)
-                    .map_err(|e| within(COMBINE.name, &format!("component `{spec}`"), e))?;
+                    .map_err(|e| within(COMBINE.name, &context, e))?;
                 let inputs = entries()
                     .iter()
                     .find(|k| k.name == kind)
@@ -180,9 +189,10 @@ impl Combine {
                 Ok(Component {
                     spec: spec.clone(),
                     uses: Uses {
-                        features: inputs.features || shaping.is_some(),
+                        features: inputs.features || shaping.is_some() || sources.is_some(),
                         logits: inputs.logits,
                     },
+                    sources,
                     scorer,
                     reference: None,
                 })
@@ -210,13 +220,14 @@ impl Combine {
         }
         let classes: Vec<usize> = part_b.class_id.clone();
         for c in &mut self.components {
+            let part_a = c.view(&part_a)?;
             match outliers {
                 Some(outliers) if c.scorer.takes_outliers() => {
-                    c.scorer.fit_with_outliers(&part_a, outliers)?
+                    c.scorer.fit_with_outliers(&part_a, &*c.view(outliers)?)?
                 }
                 _ => c.scorer.fit(&part_a)?,
             }
-            let scores = c.scorer.score(&part_b)?;
+            let scores = c.scorer.score(&*c.view(&part_b)?)?;
             c.reference = Some(
                 Calibrator::fit(
                     &scores,
@@ -237,6 +248,31 @@ impl Combine {
             logits: self.components.iter().any(|c| c.uses.logits),
         }
     }
+}
+
+impl Component {
+    /// `boxes` with this component's feature sources as their features.
+    fn view<'a>(&self, boxes: &'a BoxSet) -> Result<Cow<'a, BoxSet>> {
+        match &self.sources {
+            None => Ok(Cow::Borrowed(boxes)),
+            Some(sources) => boxes.clone().select(sources).map(Cow::Owned).map_err(|e| {
+                let reason = format!("component `{}`: {e} (give them to the fit's --features)", self.spec);
+                err(COMBINE.name, ScorerFault::Mismatch, reason)
+            }),
+        }
+    }
+}
+
+/// Removes a `features=[...]` parameter from `given` and parses it.
+fn take_sources(given: &mut Vec<(String, String)>) -> Result<Option<FeatureSources>> {
+    let Some(at) = given.iter().position(|(name, _)| name == "features") else {
+        return Ok(None);
+    };
+    let (_, value) = given.remove(at);
+    let sources = list_items(&value).join(",").parse().map_err(|e: Error| {
+        err(COMBINE.name, ScorerFault::BadParameter, format!("features={value}: {e}"))
+    })?;
+    Ok(Some(sources))
 }
 
 /// `(1 + #{b ≥ s}) / (m + 2)` over the `m` sorted reference scores `b`.
@@ -273,7 +309,7 @@ impl Scorer for Combine {
         let mut p = vec![Vec::with_capacity(self.components.len()); boxes.len()];
         for c in &self.components {
             let reference = c.reference.as_ref().ok_or_else(|| not_fitted(kind))?;
-            for (i, s) in c.scorer.score(boxes)?.into_iter().enumerate() {
+            for (i, s) in c.scorer.score(&*c.view(boxes)?)?.into_iter().enumerate() {
                 let class = boxes.class_id[i];
                 p[i].push(open_p_value(reference.scores_for(class), s));
             }

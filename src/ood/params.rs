@@ -225,29 +225,34 @@ fn text_value(default: &Value, text: &str) -> Value {
 
 /// The items of a list written `a,b` or `[a,b]`, split at the commas outside brackets, so that
 /// an item can hold a list of its own (`safe:also=[vos,mix],energy`).
-fn list_items(text: &str) -> Vec<&str> {
+pub(crate) fn list_items(text: &str) -> Vec<&str> {
     let inner = match text.strip_prefix('[') {
         Some(rest) if closing_bracket(rest) == Some(rest.len() - 1) => &rest[..rest.len() - 1],
         _ => text,
     };
-    let (mut items, mut depth, mut start) = (Vec::new(), 0i32, 0);
-    for (i, c) in inner.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth -= 1,
-            ',' if depth == 0 => {
-                items.push(&inner[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(&inner[start..]);
-    items
+    split_outside_brackets(inner, ',')
         .into_iter()
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// `text` split at each `sep` outside brackets.
+pub(crate) fn split_outside_brackets(text: &str, sep: char) -> Vec<&str> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            c if c == sep && depth == 0 => {
+                items.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
 }
 
 /// The index in `text` of the `]` that closes a `[` just before it.

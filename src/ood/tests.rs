@@ -1641,3 +1641,91 @@ fn combine_is_calibrated_on_held_out_id_boxes_and_flags_the_ood_box() {
         );
     }
 }
+
+/// `id_set(seed, n)` carrying a second source, `roi:4@2`, of noise, with both as its features.
+fn id_set_with_roi(seed: u64, n: usize) -> BoxSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1000);
+    let set = id_set(seed, n, None)
+        .edit(|p| {
+            p.roi.push(crate::data::boxset::SourceFeatures {
+                source: "roi:4@2".parse().unwrap(),
+                dim: 5,
+                values: (0..n * 5)
+                    .map(|_| standard_normal(&mut rng) as f32)
+                    .collect(),
+            })
+        })
+        .unwrap();
+    set.select(&"cls,roi:4@2".parse().unwrap()).unwrap()
+}
+
+#[test]
+fn combine_components_read_their_own_feature_sources() {
+    use super::fitted::{FitOptions, FittedScorer};
+    let (fit, calibration, test) = (
+        id_set_with_roi(60, 500),
+        id_set_with_roi(61, 300),
+        id_set_with_roi(62, 200),
+    );
+    let cls = |set: &BoxSet| set.clone().select(&Default::default()).unwrap();
+    let options = FitOptions::default();
+    let combine = |of: &str, fit: &BoxSet, calibration: &BoxSet| {
+        let params = [("of".to_string(), of.to_string())];
+        FittedScorer::fit("combine", None, &params, fit, calibration, &options)
+    };
+    let scores = |s: &FittedScorer, set: &BoxSet| -> Vec<f64> {
+        s.score(set, None)
+            .unwrap()
+            .iter()
+            .map(|b| b.score)
+            .collect()
+    };
+    // knn on `cls` alone, taken out of the two sources, is knn fitted on `cls` alone.
+    let own = combine("knn:nearest=10:features=[cls],energy", &fit, &calibration).unwrap();
+    let alone = combine("knn:nearest=10,energy", &cls(&fit), &cls(&calibration)).unwrap();
+    assert_eq!(scores(&own, &test), scores(&alone, &cls(&test)));
+    // knn on both sources reads the noise too, and scores otherwise.
+    let both = combine("knn:nearest=10,energy", &fit, &calibration).unwrap();
+    assert_ne!(scores(&both, &test), scores(&own, &test));
+    // The scorer file keeps each component's sources.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("combine.safetensors");
+    own.save(&path).unwrap();
+    assert_eq!(
+        scores(&FittedScorer::load(&path).unwrap(), &test),
+        scores(&own, &test)
+    );
+    // A source the boxes lack is refused, naming the component and the source.
+    let err = combine("knn:features=[roi:6],energy", &fit, &calibration)
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::Mismatch,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("component `knn:features=[roi:6]`")
+            && text.contains("no feature source roi:6"),
+        "{text}"
+    );
+    let err = combine("knn:features=[cls:x],energy", &fit, &calibration)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Scorer {
+                fault: ScorerFault::BadParameter,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
