@@ -90,7 +90,8 @@ pub struct Args {
     /// Feature sources the scorer reads, concatenated per box: cls (the class-branch feature)
     /// and roi:<layer>[@k] (a layer's map ROI-aligned on the box, k×k bins). With --boxes, among
     /// those the box set recorded (`extract --features`). Scorers that read the class head
-    /// (vim, shaping) need cls alone. The scorer file records them.
+    /// (vim, shaping) need cls alone. A `combine` component may read some of them
+    /// (`features=[...]` in its spec). The scorer file records them.
     #[arg(long, value_parser = parse_features, default_value = "cls")]
     features: FeatureSources,
     #[command(flatten)]
