@@ -286,6 +286,8 @@ def concat_boxes(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     parts = [p for p in parts if len(p["class_id"]) > 0] or list(parts[:1])
     if not parts:
         raise ValueError("no box sets to concatenate")
+    for p in parts:
+        _refuse_misspelt_keys(p)
     first = parts[0]
     for i, p in enumerate(parts[1:], 1):
         if p.get("fingerprint", "") != first.get("fingerprint", ""):

@@ -71,6 +71,11 @@ def test_misspelt_box_arrays_are_refused_not_ignored(tmp_path):
             boxes[wrong] = train[array]
             with pytest.raises(ValueError, match=f"has `{wrong}` but no `{array}`: did you mean"):
                 oodbox.save_boxes(boxes, tmp_path / "boxes.safetensors")
+    # A part of a concatenation too: its `labels` would be dropped, and the set left unlabelled.
+    far = oodbox.load_boxes(BOXES / "test_ood_far.safetensors")
+    misspelt = {("labels" if k == "label" else k): v for k, v in far.items()}
+    with pytest.raises(ValueError, match="has `labels` but no `label`"):
+        oodbox.concat_boxes([misspelt, misspelt])
     # Columns of other meanings, oodbox.ray's per-box ones among them, are ignored as before.
     n = len(train["class_id"])
     extra = {"path": "a.jpg", "height": 640, "class_name": ["x"] * n, "p_value": np.ones(n), "labels": 0}
