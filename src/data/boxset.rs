@@ -18,6 +18,7 @@
 //! agree; its fields are then read-only, so a scorer can index any row without re-checking.
 
 use safetensors::tensor::Dtype;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -254,7 +255,7 @@ impl BoxSet {
             });
         }
         match source {
-            FeatureSource::Roi(r) => self.roi.iter().find(|f| f.source == *r).map(|f| Columns {
+            FeatureSource::Roi(r) => self.recorded(r).map(|f| Columns {
                 values: &f.values,
                 stride: f.dim,
                 offset: 0,
@@ -262,6 +263,11 @@ impl BoxSet {
             }),
             FeatureSource::Cls => None,
         }
+    }
+
+    /// The ROI source `source` recorded beside the features, if the set has it.
+    fn recorded(&self, source: &RoiSource) -> Option<&SourceFeatures> {
+        self.roi.iter().find(|f| f.source == *source)
     }
 
     /// Where `source` starts in `features`, when they hold it and the widths before it are known.
@@ -275,7 +281,7 @@ impl BoxSet {
     /// is what the others leave of `feature_dim`.
     fn listed_dim(&self, source: &FeatureSource) -> Option<usize> {
         let roi_dim = |s: &FeatureSource| match s {
-            FeatureSource::Roi(r) => self.roi.iter().find(|f| f.source == *r).map(|f| f.dim),
+            FeatureSource::Roi(r) => self.recorded(r).map(|f| f.dim),
             FeatureSource::Cls => None,
         };
         match source {
@@ -309,6 +315,67 @@ impl BoxSet {
         if *sources == self.feature_sources {
             return Ok(self);
         }
+        let (features, feature_dim) = self.gather(sources)?;
+        let head = self.head_for(sources);
+        // Whole rows of sources the set holds: the lengths agree.
+        Ok(BoxSet {
+            parts: BoxParts {
+                features,
+                feature_dim,
+                head,
+                feature_sources: sources.clone(),
+                ..self.parts
+            },
+        })
+    }
+
+    /// [`BoxSet::select`] without taking the set: borrowed when its features already are
+    /// `sources`, else a copy of the chosen columns and the per-box columns, recording beside
+    /// them only the ROI sources `sources` lists. For scoring, where the boxes may carry many
+    /// more sources than the scorer reads.
+    pub fn view(&self, sources: &FeatureSources) -> Result<Cow<'_, BoxSet>> {
+        if *sources == self.feature_sources {
+            return Ok(Cow::Borrowed(self));
+        }
+        let (features, feature_dim) = self.gather(sources)?;
+        let listed = |r: &&SourceFeatures| {
+            sources
+                .list()
+                .contains(&FeatureSource::Roi(r.source.clone()))
+        };
+        let p = &self.parts;
+        // Whole rows of sources the set holds, and recorded sources kept whole: consistent.
+        Ok(Cow::Owned(BoxSet {
+            parts: BoxParts {
+                features,
+                feature_dim,
+                logits: p.logits.clone(),
+                num_classes: p.num_classes,
+                class_id: p.class_id.clone(),
+                label: p.label.clone(),
+                level: p.level.clone(),
+                confidence: p.confidence.clone(),
+                bbox: p.bbox.clone(),
+                image_index: p.image_index.clone(),
+                head: self.head_for(sources),
+                class_names: p.class_names.clone(),
+                fingerprint: p.fingerprint.clone(),
+                source: p.source.clone(),
+                detect_options: p.detect_options.clone(),
+                feature_sources: sources.clone(),
+                roi: p.roi.iter().filter(listed).cloned().collect(),
+            },
+        }))
+    }
+
+    /// The class head, which applies to `cls` features alone.
+    fn head_for(&self, sources: &FeatureSources) -> Option<ClassHead> {
+        sources.is_cls().then(|| self.head.clone()).flatten()
+    }
+
+    /// Each box's columns of `sources`, concatenated per box, and their width; errors naming
+    /// the sources it lacks.
+    fn gather(&self, sources: &FeatureSources) -> Result<(Vec<f32>, usize)> {
         let missing: Vec<String> = sources
             .list()
             .iter()
@@ -327,28 +394,14 @@ impl BoxSet {
             .iter()
             .filter_map(|s| self.source_columns(s))
             .collect();
-        let dim = parts.iter().map(|c| c.dim).sum();
+        let dim: usize = parts.iter().map(|c| c.dim).sum();
         let mut features = Vec::with_capacity(self.len() * dim);
         for i in 0..self.len() {
             for c in &parts {
                 features.extend_from_slice(c.row(i));
             }
         }
-        let head = if sources.is_cls() {
-            self.parts.head
-        } else {
-            None
-        };
-        // Whole rows of sources the set holds: the lengths agree.
-        Ok(BoxSet {
-            parts: BoxParts {
-                features,
-                feature_dim: dim,
-                head,
-                feature_sources: sources.clone(),
-                ..self.parts
-            },
-        })
+        Ok((features, dim))
     }
 
     /// The boxes of all `sets`, in order: sets of one detector, with the same feature sources
@@ -398,7 +451,7 @@ impl BoxSet {
             out.logits.extend_from_slice(&set.logits);
             out.class_id.extend_from_slice(&set.class_id);
             for into in out.roi.iter_mut() {
-                if let Some(from) = set.roi.iter().find(|f| f.source == into.source) {
+                if let Some(from) = set.recorded(&into.source) {
                     into.values.extend_from_slice(&from.values);
                 }
             }
@@ -1053,10 +1106,28 @@ mod tests {
         // recorded width leaves (without the head, which went with the first choice).
         let cls = loaded.clone().select(&FeatureSources::default()).unwrap();
         assert_eq!((cls.feature_dim, cls.feature(1)), (3, &[1.0, 2.0, 3.0][..]));
-        let roi = loaded.select(&"roi:4@2".parse().unwrap()).unwrap();
+        let roi = loaded.clone().select(&"roi:4@2".parse().unwrap()).unwrap();
         assert_eq!((roi.feature_dim, roi.feature(1)), (8, &[2.0; 8][..]));
         let alone = set.clone().select(&"roi:4@2".parse().unwrap()).unwrap();
         assert_eq!(roi, alone);
+        // A view borrows the set that already has the sources; otherwise it holds the chosen
+        // columns of `select`, with only the listed ROI sources recorded beside them.
+        let sources: FeatureSources = "roi:4@2,cls".parse().unwrap();
+        assert!(matches!(both.view(&sources).unwrap(), Cow::Borrowed(_)));
+        let view = set.view(&sources).unwrap().into_owned();
+        assert_eq!((&view.features, view.feature_dim), (&both.features, 11));
+        assert_eq!(view.roi, both.roi);
+        let view = loaded
+            .view(&FeatureSources::default())
+            .unwrap()
+            .into_owned();
+        assert_eq!(
+            (view.feature_dim, view.feature(1)),
+            (3, &[1.0, 2.0, 3.0][..])
+        );
+        assert!(view.roi.is_empty());
+        assert_eq!(BoxSet::new(view.clone().into_parts()).unwrap(), view);
+        assert!(set.view(&"roi:6".parse().unwrap()).is_err());
         let err = set.select(&"roi:6".parse().unwrap()).unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)), "{err}");
         let err = err.to_string();

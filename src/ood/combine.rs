@@ -255,7 +255,7 @@ impl Component {
     fn view<'a>(&self, boxes: &'a BoxSet) -> Result<Cow<'a, BoxSet>> {
         match &self.sources {
             None => Ok(Cow::Borrowed(boxes)),
-            Some(sources) => boxes.clone().select(sources).map(Cow::Owned).map_err(|e| {
+            Some(sources) => boxes.view(sources).map_err(|e| {
                 let reason = format!("component `{}`: {e} (give them to the fit's --features)", self.spec);
                 err(COMBINE.name, ScorerFault::Mismatch, reason)
             }),

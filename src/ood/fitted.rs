@@ -390,15 +390,13 @@ impl FittedScorer {
     /// `boxes` with the scorer's feature sources as their features (chosen among those they
     /// carry when they hold others).
     fn with_sources<'a>(&self, boxes: &'a BoxSet) -> Result<Cow<'a, BoxSet>> {
-        if boxes.feature_sources == self.header.feature_sources {
-            return Ok(Cow::Borrowed(boxes));
-        }
-        let selected = boxes.clone().select(&self.header.feature_sources);
-        selected.map(Cow::Owned).map_err(|e| Error::Scorer {
-            scorer: self.name(),
-            fault: ScorerFault::Mismatch,
-            reason: e.to_string(),
-        })
+        boxes
+            .view(&self.header.feature_sources)
+            .map_err(|e| Error::Scorer {
+                scorer: self.name(),
+                fault: ScorerFault::Mismatch,
+                reason: e.to_string(),
+            })
     }
 
     pub fn calibration_summary(&self) -> &[ClassCalibration] {
