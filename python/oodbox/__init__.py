@@ -13,7 +13,6 @@ the dict that :func:`load_boxes` reads and :meth:`Scorer.fit` takes. The files a
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -257,9 +256,9 @@ def _refuse_misspelt_keys(boxes: Mapping[str, Any]) -> None:
     for key in boxes:
         if not isinstance(key, str) or key in known or key in _ROW_COLUMNS or _is_head_key(key):
             continue
-        close = difflib.get_close_matches(key.lower(), absent, n=1, cutoff=0.8)
-        if close:
-            raise ValueError(f"box set dict has `{key}` but no `{close[0]}`: did you mean `{close[0]}`?")
+        meant = _oodbox.misspelling_of(key, absent)
+        if meant is not None:
+            raise ValueError(f"box set dict has `{key}` but no `{meant}`: did you mean `{meant}`?")
 
 
 def load_boxes(path: PathLike) -> Dict[str, Any]:

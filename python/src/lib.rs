@@ -41,6 +41,7 @@ fn _oodbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<scorer::NativeScorer>()?;
     m.add_function(wrap_pyfunction!(boxes::load_boxes, m)?)?;
     m.add_function(wrap_pyfunction!(boxes::save_boxes, m)?)?;
+    m.add_function(wrap_pyfunction!(boxes::misspelling_of, m)?)?;
     m.add_function(wrap_pyfunction!(threads::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads::get_num_threads, m)?)?;
     Ok(())

@@ -922,17 +922,28 @@ fn refuse_misspelt_tensors(file: &TensorFile) -> Result<()> {
         .filter(|name| !file.contains(name))
         .collect();
     for name in file.names() {
-        let lower = name.to_lowercase();
-        let meant = absent
-            .iter()
-            .find(|known| strsim::normalized_damerau_levenshtein(&lower, known) >= 0.65);
-        if let Some(meant) = meant {
+        if let Some(meant) = misspelling_of(name, &absent) {
             return Err(file.bad(format!(
                 "it has a tensor `{name}` but no `{meant}`: did you mean `{meant}`?"
             )));
         }
     }
     Ok(())
+}
+
+/// The name among `absent` that `name` looks like a misspelling of (case aside, a normalised
+/// Damerau–Levenshtein similarity of at least 0.65: `labels`, `Label`, `box` for `bbox`,
+/// `image_idx`), the closest if several. The one rule for box set files and, through the
+/// Python binding, for box set dicts.
+pub fn misspelling_of<'a>(name: &str, absent: &[&'a str]) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    let similarity = |known: &&str| strsim::normalized_damerau_levenshtein(&lower, known);
+    absent
+        .iter()
+        .map(|known| (similarity(known), *known))
+        .filter(|(s, _)| *s >= 0.65)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, known)| known)
 }
 
 fn required_f32(file: &TensorFile, name: &str) -> Result<Values<f32>> {
@@ -1397,6 +1408,13 @@ mod tests {
             let path = saved_with(dir.path(), |c| ids(c, other, [0, 1]));
             assert!(BoxSet::load(&path).is_ok(), "{other}");
         }
+        // The rule itself, which the Python package's box set dicts share: the closest name.
+        assert_eq!(misspelling_of("levels", &["label", "level"]), Some("level"));
+        assert_eq!(
+            misspelling_of("Feature", &["features", "logits"]),
+            Some("features")
+        );
+        assert_eq!(misspelling_of("score", &["source", "confidence"]), None);
         // Nor does a near name beside the tensor it resembles.
         let path = saved_with(dir.path(), |c| {
             ids(c, "label", [0, -1]);
