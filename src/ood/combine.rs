@@ -7,19 +7,23 @@
 //! `features=[...]` in a spec gives that component its own feature sources, taken out of the
 //! scorer's (e.g. two `safe` on the one-cell and the 2×2-cell ROI features).
 //!
-//! **Fit:** the fit boxes are split, whole images at a time, into a part A (fit share
-//! `1 − holdout`) and a part B (`holdout`), seeded by `seed`. Every component is fitted on A and
-//! scores B; B's scores, per predicted class (pooled for a class with fewer than
-//! [`REFERENCE_CLASS_BOXES`] of them), are the component's reference.
+//! **Fit:** with `reference=calibration` (the default), every component is fitted on all the fit
+//! boxes, and the calibration boxes are split, whole images at a time, into a part B (share
+//! `holdout`, seeded by `seed`) and the rest, which calibrates `T`. With `reference=fit` the fit
+//! boxes are split so instead: every component is fitted on the rest and B is held out of its
+//! fit. Each component scores B; B's scores, per predicted class (pooled for a class with fewer
+//! than [`REFERENCE_CLASS_BOXES`] of them), are the component's reference. The first leaves the
+//! components all the fit boxes, which measured better (BENCHMARKS.md, "Two heads on the two
+//! feature lists, combined"), at the cost of calibration boxes.
 //!
 //! **Score:** each component's score `s_k` becomes `p_k = (1 + #{b ≥ s_k}) / (m + 2)` over its
 //! `m` reference scores `b` of the box's class: strictly inside (0, 1), so both transforms stay
 //! finite. Then `fisher`: `T = −2 Σ_k ln p_k`; `cauchy`: `T = (1/K) Σ_k tan((½ − p_k)π)`.
 //! Higher `T` = more OOD.
 //!
-//! **Validity:** `T` is a fixed function of a box once the fit boxes are given (A and B are both
-//! fit boxes). The scorer file calibrates `T` conformally on its calibration boxes, disjoint from
-//! the fit boxes, like any other scorer, so for an ID box exchangeable with them the final
+//! **Validity:** `T` is a fixed function of a box once the fit boxes and B are given. The
+//! scorer file calibrates `T` conformally on calibration boxes disjoint from both, like any
+//! other scorer, so for an ID box exchangeable with them the final
 //! p-value satisfies `P(p ≤ α) ≤ α` for any dependence between the components. Fisher's χ²₂ₖ
 //! and Cauchy's standard-Cauchy reference laws (exact only for independent, resp. asymptotically
 //! for dependent, p-values) are never used: the transforms only put the components' evidence on
@@ -79,12 +83,23 @@ impl Method {
     }
 }
 
+/// Which boxes give the components' references.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reference {
+    /// A share of the calibration images; the components fit on all the fit boxes.
+    Calibration,
+    /// A share of the fit images, held out of the components' fit.
+    Fit,
+}
+
 /// `combine`'s parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CombineParams {
     pub of: Vec<String>,
     pub method: Method,
+    pub reference: Reference,
     pub holdout: f64,
     pub seed: u64,
 }
@@ -94,7 +109,8 @@ impl Default for CombineParams {
         CombineParams {
             of: vec!["knn".into(), "energy".into()],
             method: Method::Fisher,
-            holdout: 0.3,
+            reference: Reference::Calibration,
+            holdout: 0.5,
             seed: 0,
         }
     }
@@ -113,14 +129,19 @@ impl ParamSet for CombineParams {
             doc: "how the components' p-values are combined",
         },
         ParamDoc {
+            name: "reference",
+            expected: "calibration or fit",
+            doc: "the boxes whose images turn the components' scores into p-values: a share of the calibration boxes (the components then fit on all fit boxes), or of the fit boxes",
+        },
+        ParamDoc {
             name: "holdout",
             expected: "a number in (0, 1)",
-            doc: "share of the fit images held out to turn the components' scores into p-values",
+            doc: "the share of those images",
         },
         ParamDoc {
             name: "seed",
             expected: "an integer >= 0",
-            doc: "seed of the split of the fit images",
+            doc: "seed of that split",
         },
     ];
     fn out_of_range(&self) -> Option<&'static str> {
@@ -201,44 +222,79 @@ impl Combine {
         Ok(Combine { params, components })
     }
 
-    /// Fits every component on part A of the fit boxes (the outlier takers against `outliers`)
-    /// and keeps its scores of part B as its reference.
+    /// Fits every component: with `reference=fit` on the fit boxes less a held-out part, whose
+    /// scores become its reference; with `reference=calibration` on all of them (its reference
+    /// then comes from [`Scorer::reserve_calibration`]). The outlier takers fit against
+    /// `outliers`.
     fn fit_against(&mut self, boxes: &BoxSet, outliers: Option<&BoxSet>) -> Result<()> {
-        let kind = self.kind();
-        check_fit_set(kind, boxes, self.uses())?;
-        let (part_a, part_b) = boxes.split_holdout(self.params.holdout, self.params.seed);
-        if part_a.is_empty() || part_b.is_empty() {
+        check_fit_set(self.kind(), boxes, self.uses())?;
+        let (fit, held_out) = match self.params.reference {
+            Reference::Fit => {
+                let (rest, held_out) = self.split(boxes, "fit")?;
+                (Cow::Owned(rest), Some(held_out))
+            }
+            Reference::Calibration => (Cow::Borrowed(boxes), None),
+        };
+        for c in &mut self.components {
+            let fit = c.view(&fit)?;
+            match outliers {
+                Some(outliers) if c.scorer.takes_outliers() => {
+                    c.scorer.fit_with_outliers(&fit, &*c.view(outliers)?)?
+                }
+                _ => c.scorer.fit(&fit)?,
+            }
+            c.reference = None;
+        }
+        match held_out {
+            Some(held_out) => self.fit_references(&held_out),
+            None => Ok(()),
+        }
+    }
+
+    /// `boxes` split, whole images at a time, into the rest and the `holdout` share; errors
+    /// when either is empty.
+    fn split(&self, boxes: &BoxSet, which: &str) -> Result<(BoxSet, BoxSet)> {
+        let (rest, held_out) = boxes.split_holdout(self.params.holdout, self.params.seed);
+        if rest.is_empty() || held_out.is_empty() {
             return Err(err(
-                kind, ScorerFault::CannotFit,
+                self.kind(), ScorerFault::CannotFit,
                 format!(
-                    "{} fit boxes cannot be split into a fit part and a held-out part \
-                     (holdout={}): give more fit images",
+                    "{} {which} boxes cannot be split into the components' reference and the \
+                     rest (holdout={}): give more {which} images",
                     boxes.len(),
                     self.params.holdout
                 ),
             ));
         }
-        let classes: Vec<usize> = part_b.class_id.clone();
+        Ok((rest, held_out))
+    }
+
+    /// Each component's scores of `boxes` (not fitted on), per predicted class: its reference.
+    fn fit_references(&mut self, boxes: &BoxSet) -> Result<()> {
+        let kind = self.kind();
         for c in &mut self.components {
-            let part_a = c.view(&part_a)?;
-            match outliers {
-                Some(outliers) if c.scorer.takes_outliers() => {
-                    c.scorer.fit_with_outliers(&part_a, &*c.view(outliers)?)?
-                }
-                _ => c.scorer.fit(&part_a)?,
-            }
-            let scores = c.scorer.score(&*c.view(&part_b)?)?;
-            c.reference = Some(
-                Calibrator::fit(
-                    &scores,
-                    &classes,
-                    boxes.num_classes,
-                    REFERENCE_CLASS_BOXES,
-                )
-                .map_err(|e| within(kind, &format!("component `{}`", c.spec), e))?,
-            );
+            let scores = c.scorer.score(&*c.view(boxes)?)?;
+            let reference =
+                Calibrator::fit(&scores, &boxes.class_id, boxes.num_classes, REFERENCE_CLASS_BOXES)
+                    .map_err(|e| within(kind, &format!("component `{}`", c.spec), e))?;
+            c.reference = Some(reference);
         }
         Ok(())
+    }
+
+    /// Why a component has no reference: the scorer was not fitted, or (with
+    /// `reference=calibration`) fitted without its calibration boxes.
+    fn no_reference(&self) -> Error {
+        match self.params.reference {
+            Reference::Calibration => err(
+                COMBINE.name,
+                ScorerFault::NotFitted,
+                "not fitted, or fitted without calibration boxes: with reference=calibration the \
+                 components' p-values come from them (fit it with FittedScorer::fit or `oodbox \
+                 fit`, or give reference=fit)",
+            ),
+            Reference::Fit => not_fitted(COMBINE.name),
+        }
     }
 
     /// What the components read, together.
@@ -303,12 +359,21 @@ impl Scorer for Combine {
         self.fit_against(boxes, Some(outliers))
     }
 
+    fn reserve_calibration<'a>(&mut self, calibration: &'a BoxSet) -> Result<Cow<'a, BoxSet>> {
+        if self.params.reference == Reference::Fit {
+            return Ok(Cow::Borrowed(calibration));
+        }
+        let (rest, held_out) = self.split(calibration, "calibration")?;
+        self.fit_references(&held_out)?;
+        Ok(Cow::Owned(rest))
+    }
+
     fn score(&self, boxes: &BoxSet) -> Result<Vec<f64>> {
         let kind = self.kind();
         check_boxes(kind, boxes, self.uses())?;
         let mut p = vec![Vec::with_capacity(self.components.len()); boxes.len()];
         for c in &self.components {
-            let reference = c.reference.as_ref().ok_or_else(|| not_fitted(kind))?;
+            let reference = c.reference.as_ref().ok_or_else(|| self.no_reference())?;
             for (i, s) in c.scorer.score(&*c.view(boxes)?)?.into_iter().enumerate() {
                 let class = boxes.class_id[i];
                 p[i].push(open_p_value(reference.scores_for(class), s));

@@ -274,8 +274,9 @@ impl FittedScorer {
                 calibration.feature_dim, calibration.num_classes, fit.feature_dim, fit.num_classes
             )));
         }
+        let calibration = scorer.reserve_calibration(calibration)?;
         let (calibrator, mut calibration_summary) =
-            calibrate(scorer.as_ref(), calibration, fit.num_classes, options)?;
+            calibrate(scorer.as_ref(), &calibration, fit.num_classes, options)?;
         for label in scorer.fit_classes(fit).unwrap_or_default() {
             if let Some(class) = usize::try_from(label)
                 .ok()

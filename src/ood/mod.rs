@@ -109,6 +109,16 @@ pub trait Scorer: Send + Sync {
             reason: "it is not trained against outlier boxes".into(),
         })
     }
+    /// Called once after the fit with the calibration boxes, before they calibrate the scorer:
+    /// a scorer that turns its parts' scores into p-values (`combine` with
+    /// `reference=calibration`) keeps some of their images for that and returns the others,
+    /// which then calibrate it. The others keep none.
+    fn reserve_calibration<'a>(
+        &mut self,
+        calibration: &'a BoxSet,
+    ) -> Result<std::borrow::Cow<'a, BoxSet>> {
+        Ok(std::borrow::Cow::Borrowed(calibration))
+    }
     /// Whether the scorer, as configured, is trained against outlier boxes
     /// ([`Scorer::fit_with_outliers`]).
     fn takes_outliers(&self) -> bool {

@@ -168,6 +168,14 @@ fn fitted(
     let mut s = build(kind, shaping, &params).unwrap_or_else(|e| panic!("{kind}: {e}"));
     s.fit(fit)
         .unwrap_or_else(|e| panic!("{kind} {shaping:?}: {e}"));
+    // As FittedScorer::fit does next: what a scorer keeps of the calibration boxes
+    // (`combine`'s reference), from boxes like the fit's.
+    let levels = fit
+        .level
+        .as_ref()
+        .map(|l| l.iter().max().map_or(1, |m| m + 1));
+    s.reserve_calibration(&id_set(1_000_003, 200, levels))
+        .unwrap_or_else(|e| panic!("{kind} {shaping:?}: {e}"));
     s
 }
 
@@ -1609,16 +1617,26 @@ fn combine_is_calibrated_on_held_out_id_boxes_and_flags_the_ood_box() {
     let calibration = id_set(41, 400, None);
     let test = id_set(42, 3000, None);
     let with_ood = append(&id_set(43, 40, None), ood_feature(), None);
-    for method in ["fisher", "cauchy"] {
+    for (reference, method) in [
+        ("calibration", "fisher"),
+        ("calibration", "cauchy"),
+        ("fit", "fisher"),
+    ] {
         let params = [
             ("of".to_string(), "knn:nearest=10,energy".to_string()),
             ("method".to_string(), method.to_string()),
+            ("reference".to_string(), reference.to_string()),
         ];
         let options = FitOptions {
             min_class_boxes: 1000,
             ..FitOptions::default()
         };
         let s = FittedScorer::fit("combine", None, &params, &fit, &calibration, &options).unwrap();
+        // With reference=calibration half the calibration images make the components'
+        // reference and the other half calibrates the combination.
+        let calibrated: usize = s.calibration_summary().iter().map(|c| c.boxes).sum();
+        let expected = if reference == "fit" { 400 } else { 200 };
+        assert_eq!(calibrated, expected, "{reference} {method}");
         let flagged = s
             .score(&test, Some(0.05))
             .unwrap()
@@ -1627,19 +1645,65 @@ fn combine_is_calibrated_on_held_out_id_boxes_and_flags_the_ood_box() {
             .count();
         // Given the calibration set the flag rate varies as Beta(⌊(n+1)α⌋, …) and the test
         // count binomially around it: three standard deviations of both.
-        let (n_cal, n_test) = (calibration.len() as f64, test.len() as f64);
+        let (n_cal, n_test) = (calibrated as f64, test.len() as f64);
         let sd = (0.05f64 * 0.95 * (1.0 / n_cal + 1.0 / n_test)).sqrt();
         let rate = flagged as f64 / n_test;
         assert!(
             (rate - 0.05).abs() <= 3.0 * sd,
-            "{method}: {flagged} of {n_test} ID boxes flagged at alpha 0.05 (sd {sd:.4})"
+            "{reference} {method}: {flagged} of {n_test} ID boxes flagged at alpha 0.05 (sd {sd:.4})"
         );
         let ood = s.score(&with_ood, Some(0.05)).unwrap();
         assert!(
             ood.last().unwrap().is_ood,
-            "{method}: the OOD box is not flagged"
+            "{reference} {method}: the OOD box is not flagged"
         );
     }
+}
+
+/// With `reference=calibration` the components fit on every fit box, and a combine fitted
+/// without its calibration boxes says where its reference comes from instead of scoring.
+#[test]
+fn combine_takes_its_reference_from_the_calibration_boxes() {
+    let fit = id_set(44, 300, None);
+    let calibration = id_set(45, 200, None);
+    let params = |reference: &str| {
+        [
+            ("of".to_string(), "knn:nearest=10,energy".to_string()),
+            ("reference".to_string(), reference.to_string()),
+        ]
+    };
+    let mut bare = build("combine", None, &params("calibration")).unwrap();
+    bare.fit(&fit).unwrap();
+    let err = message_of(bare.score(&fit).unwrap_err(), ScorerFault::NotFitted);
+    assert!(err.contains("reference=calibration"), "{err}");
+    let rest = bare.reserve_calibration(&calibration).unwrap();
+    assert_eq!(rest.len(), 100);
+    assert!(bare.score(&fit).unwrap().iter().all(|s| s.is_finite()));
+    // The knn component saw all 300 fit boxes: its leave-one-out bank is the whole fit set.
+    let knn_alone = fitted("knn", None, &[("nearest", "10")], &fit).to_state();
+    let state = bare.to_state();
+    let bank = |s: &ScorerState| {
+        s.tensors
+            .iter()
+            .find(|t| t.0.ends_with("bank"))
+            .map(|t| t.1.clone())
+    };
+    assert_eq!(bank(&state), bank(&knn_alone));
+    // With reference=fit the calibration boxes stay whole, and the reference is held out of
+    // the fit boxes.
+    let mut held = build("combine", None, &params("fit")).unwrap();
+    held.fit(&fit).unwrap();
+    assert_eq!(held.reserve_calibration(&calibration).unwrap().len(), 200);
+    assert_ne!(bank(&held.to_state()), bank(&knn_alone));
+    // Too few calibration images to split is an error naming them.
+    let mut small = build("combine", None, &params("calibration")).unwrap();
+    small.fit(&fit).unwrap();
+    let err = small
+        .reserve_calibration(&calibration.subset(&[0]))
+        .err()
+        .unwrap();
+    let err = message_of(err, ScorerFault::CannotFit);
+    assert!(err.contains("calibration images"), "{err}");
 }
 
 /// `id_set(seed, n)` carrying a second source, `roi:4@2`, of noise, with both as its features.
