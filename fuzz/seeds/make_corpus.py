@@ -123,6 +123,8 @@ KIND_SEEDS = {  # seed name: (kind, fit arguments)
                                "--param", "per_class=false"]),
     "safe": ("safe", ["--param", "hidden=4", "--param", "epochs=1"]),
     "combine": ("combine", ["--param", "of=mahalanobis,energy"]),
+    "combine_features": ("combine", ["--param", "of=mahalanobis:features=[cls],energy"]),
+    "combine_fit_reference": ("combine", ["--param", "of=mahalanobis,energy", "--param", "reference=fit"]),
     "energy_tail": ("energy", ["--tail", "--tail-min-points", "10"]),
 }
 
