@@ -373,7 +373,6 @@ fn combine_fits_from_the_command_line_with_its_components_parameters() {
             &format!("of={of}"),
             "--param",
             "method=cauchy",
-            "--quiet",
         ])
     };
     let out = fit("knn:nearest=7,energy+react:react_quantile=0.95");
@@ -384,6 +383,21 @@ fn combine_fits_from_the_command_line_with_its_components_parameters() {
     );
     let scorer = FittedScorer::load(&out_path).unwrap();
     assert_eq!(scorer.name(), "combine");
+    // The summary counts the calibration boxes that calibrate it, and says where the others went.
+    let calibrated: usize = scorer.calibration_summary().iter().map(|c| c.boxes).sum();
+    let given = oodbox::data::boxset::BoxSet::load(&val)
+        .unwrap()
+        .known_objects()
+        .len();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "calibrated on {calibrated} boxes (the other {} calibration boxes make its components' reference)",
+        given - calibrated
+    );
+    assert!(
+        calibrated < given && said.contains(&expected),
+        "{calibrated} of {given}: {said}"
+    );
     let eval = dir.path().join("eval.json");
     let out = oodbox(&[
         "eval",

@@ -285,11 +285,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| c.class_id.to_string())
             })
             .collect();
+        let calibrated: usize = fitted.calibration_summary().iter().map(|c| c.boxes).sum();
+        let reference = match calibration.len().saturating_sub(calibrated) {
+            0 => String::new(),
+            n => format!(" (the other {n} calibration boxes make its components' reference)"),
+        };
         eprintln!(
-            "fitted {} on {} boxes, calibrated on {} boxes in {seconds:.2} s; wrote {}",
+            "fitted {} on {} boxes, calibrated on {calibrated} boxes{reference} in {seconds:.2} s; wrote {}",
             fitted.name(),
             fit.len(),
-            calibration.len(),
             args.out.display()
         );
         if !pooled.is_empty() {

@@ -13,8 +13,8 @@
 //! boxes are split so instead: every component is fitted on the rest and B is held out of its
 //! fit. Each component scores B; B's scores, per predicted class (pooled for a class with fewer
 //! than [`REFERENCE_CLASS_BOXES`] of them), are the component's reference. The first leaves the
-//! components all the fit boxes, which measured better (BENCHMARKS.md, "Two heads on the two
-//! feature lists, combined"), at the cost of calibration boxes.
+//! components all the fit boxes, which measured better (BENCHMARKS.md, "The heads fitted on
+//! every fit box"), at the cost of calibration boxes.
 //!
 //! **Score:** each component's score `s_k` becomes `p_k = (1 + #{b ≥ s_k}) / (m + 2)` over its
 //! `m` reference scores `b` of the box's class: strictly inside (0, 1), so both transforms stay
