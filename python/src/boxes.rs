@@ -260,7 +260,6 @@ pub fn load_boxes(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> 
     to_dict(py, set, true)
 }
 
-/// Writes a box set dict as a box set file that `oodbox fit` and `oodbox score` read.
 /// The name among `absent` that `name` looks like a misspelling of, by the rule box set files
 /// are read with (`oodbox::data::boxset::misspelling_of`).
 #[pyfunction]
@@ -269,6 +268,7 @@ pub fn misspelling_of(name: &str, absent: Vec<String>) -> Option<String> {
     oodbox::data::boxset::misspelling_of(name, &absent).map(str::to_string)
 }
 
+/// Writes a box set dict as a box set file that `oodbox fit` and `oodbox score` read.
 #[pyfunction]
 pub fn save_boxes(py: Python<'_>, boxes: &Bound<'_, PyDict>, path: PathBuf) -> PyResult<()> {
     let set = from_dict(boxes)?;

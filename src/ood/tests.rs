@@ -1679,7 +1679,7 @@ fn combine_takes_its_reference_from_the_calibration_boxes() {
     let rest = bare.reserve_calibration(&calibration).unwrap();
     assert_eq!(rest.len(), 100);
     assert!(bare.score(&fit).unwrap().iter().all(|s| s.is_finite()));
-    // The knn component saw all 300 fit boxes: its leave-one-out bank is the whole fit set.
+    // The knn component saw all 300 fit boxes: its bank has the shape of knn's fitted alone.
     let knn_alone = fitted("knn", None, &[("nearest", "10")], &fit).to_state();
     let state = bare.to_state();
     let bank = |s: &ScorerState| {
